@@ -1,0 +1,100 @@
+"""Per-band robust normalization between raster units and the model's [-1, 1] range.
+
+Each band maps its [low, high] range (by default the 0.5 and 99.5 percentiles of the training
+split's valid pixels) linearly onto [-1, 1], clipped. `denormalize` is the exact inverse inside
+the clip range. Needs only numpy and torch, so training code can use it on a bare GPU box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+
+
+@dataclass(frozen=True)
+class BandStats:
+    """Statistics of the bands of one side (source or target), in raster units.
+
+    Attributes:
+        mean: Per-band mean of valid pixels.
+        std: Per-band standard deviation of valid pixels.
+        low: Per-band value mapped to -1 (0.5th percentile).
+        high: Per-band value mapped to +1 (99.5th percentile).
+    """
+
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    low: tuple[float, ...]
+    high: tuple[float, ...]
+
+    def __post_init__(self) -> None:
+        n = len(self.mean)
+        if not (len(self.std) == len(self.low) == len(self.high) == n):
+            raise ValueError("BandStats fields must all have one value per band")
+
+    @property
+    def bands(self) -> int:
+        """Number of bands."""
+        return len(self.mean)
+
+    def to_dict(self) -> dict[str, list[float]]:
+        """JSON-able form (lists of floats)."""
+        return {k: [float(x) for x in v] for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BandStats:
+        """Inverse of `to_dict`."""
+        return cls(**{k: tuple(float(x) for x in data[k]) for k in ("mean", "std", "low", "high")})
+
+
+def _scale(stats: BandStats, like: ArrayT, band_axis: int) -> tuple[ArrayT, ArrayT]:
+    """Per-band low and span, shaped to broadcast along `band_axis` of `like`."""
+    low = np.asarray(stats.low, dtype=np.float64)
+    span = np.asarray(stats.high, dtype=np.float64) - low
+    span = np.where(span > 0, span, 1.0)  # a constant band maps to -1 instead of dividing by 0
+    shape = [1] * like.ndim
+    shape[band_axis] = stats.bands
+    if isinstance(like, torch.Tensor):
+        return (
+            torch.as_tensor(low.reshape(shape), dtype=torch.float32, device=like.device),
+            torch.as_tensor(span.reshape(shape), dtype=torch.float32, device=like.device),
+        )
+    return low.reshape(shape).astype(np.float32), span.reshape(shape).astype(np.float32)
+
+
+def normalize(x: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
+    """Map raster values to [-1, 1] per band, clipped.
+
+    Args:
+        x: Array with bands on `band_axis`, e.g. `(C, H, W)` or `(N, C, H, W)`, raster units.
+        stats: Statistics with one entry per band.
+        band_axis: Axis holding the bands.
+
+    Returns:
+        float32 array of the same shape in [-1, 1].
+    """
+    low, span = _scale(stats, x, band_axis)
+    if isinstance(x, torch.Tensor):
+        return ((x.float() - low) / span * 2 - 1).clamp(-1, 1)
+    out: np.ndarray = np.clip((x.astype(np.float32) - low) / span * 2 - 1, -1, 1)
+    return out.astype(np.float32)
+
+
+def denormalize(y: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
+    """Inverse of `normalize`: [-1, 1] back to raster units (float32).
+
+    Args:
+        y: Normalized array with bands on `band_axis`.
+        stats: The statistics `normalize` used.
+        band_axis: Axis holding the bands.
+    """
+    low, span = _scale(stats, y, band_axis)
+    if isinstance(y, torch.Tensor):
+        return (y.float() + 1) / 2 * span + low
+    out: np.ndarray = (y.astype(np.float32) + 1) / 2 * span + low
+    return out.astype(np.float32)
