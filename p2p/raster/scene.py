@@ -1,0 +1,297 @@
+"""Windowed, memory-bounded reading of one scene side (one raster or band files stacked).
+
+A `SceneReader` validates its files up front (they open, band files share one grid, band
+numbers exist) and then reads any window, also windows that reach past the scene's edge, as
+``(data, valid)``: data in the file dtype, and a valid mask that combines nodata (from the files
+or a per-scene override), NaN, and the files' internal masks or alpha bands. Given a `grid`, it
+warps each file onto that grid window by window (`rasterio.vrt.WarpedVRT`), so memory stays
+bounded by the window whatever the scene size. Reader objects hold open GDAL handles and are not
+thread-safe: open one per thread or Dask task (opening costs milliseconds).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.coords import BoundingBox
+from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, MaskFlags, Resampling
+from rasterio.errors import RasterioIOError
+from rasterio.io import DatasetReader
+from rasterio.vrt import WarpedVRT
+from rasterio.windows import Window
+
+from p2p.errors import InputError
+
+log = logging.getLogger(__name__)
+
+# Pixel-size tolerance when deciding that two grids are the same (no resampling needed).
+GRID_TOLERANCE = 1e-6
+
+
+@dataclass(frozen=True)
+class Grid:
+    """A raster grid: CRS, pixel-to-map transform and shape in pixels."""
+
+    crs: CRS
+    transform: Affine
+    width: int
+    height: int
+
+    @classmethod
+    def of(cls, dataset: Any) -> Grid:
+        """The grid of an open rasterio dataset."""
+        return cls(dataset.crs, dataset.transform, int(dataset.width), int(dataset.height))
+
+    @property
+    def bounds(self) -> BoundingBox:
+        """(left, bottom, right, top) in CRS units."""
+        return self.window_bounds(Window(0, 0, self.width, self.height))
+
+    @property
+    def res(self) -> tuple[float, float]:
+        """Pixel size (x, y) in CRS units, both positive."""
+        return abs(self.transform.a), abs(self.transform.e)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(height, width) in pixels."""
+        return self.height, self.width
+
+    def window_bounds(self, window: Window) -> BoundingBox:
+        """Map bounds (left, bottom, right, top) of a pixel window of this grid."""
+        x0, y0 = self.transform @ (window.col_off, window.row_off)
+        x1, y1 = self.transform @ (window.col_off + window.width, window.row_off + window.height)
+        return BoundingBox(min(x0, x1), min(y0, y1), max(x0, x1), max(y0, y1))
+
+    def matches(self, other: Grid) -> bool:
+        """True when both grids have the same CRS, shape and (nearly) the same transform."""
+        return (
+            self.width == other.width
+            and self.height == other.height
+            and self.crs == other.crs
+            and self.transform.almost_equals(other.transform, precision=GRID_TOLERANCE)
+        )
+
+    def describe(self) -> str:
+        """Short text for error messages."""
+        return (
+            f"{self.crs.to_string() if self.crs else 'no CRS'}, {self.width}x{self.height} px "
+            f"of {self.res[0]:g}x{self.res[1]:g}, origin ({self.transform.c:g}, "
+            f"{self.transform.f:g})"
+        )
+
+
+def open_raster(path: str | Path) -> DatasetReader:
+    """Open one raster with rasterio, raising a one-line `InputError` when it cannot be read."""
+    p = Path(path)
+    if not p.exists() and "://" not in str(path) and not str(path).startswith("/vsi"):
+        raise InputError(path, "file not found")
+    try:
+        return rasterio.open(path)
+    except RasterioIOError:
+        raise InputError(path, "not a raster GDAL can open") from None
+
+
+def _default_bands(ds: DatasetReader) -> list[int]:
+    """All bands except alpha bands, which act as masks, not data."""
+    return [i for i, ci in enumerate(ds.colorinterp, start=1) if ci != ColorInterp.alpha] or [1]
+
+
+def _is_nan(value: float | None) -> bool:
+    return value is not None and math.isnan(value)
+
+
+class SceneReader:
+    """Windowed reader of one scene side: one raster, or band files stacked in order.
+
+    Args:
+        paths: One raster path, or several band files stacked in order.
+        bands: 1-based selection over the stacked bands (all non-alpha bands when None).
+        nodata: Nodata value overriding the files' own.
+        grid: When given, every file is warped onto this grid (files already on it are read
+            directly, without resampling); windows then refer to this grid.
+        resampling: Resampling method name used when warping ("bilinear", "nearest", ...).
+
+    Raises:
+        InputError: a file is missing or unreadable, band files are on different grids, or a
+            band number is out of range.
+    """
+
+    def __init__(
+        self,
+        paths: Sequence[str | Path] | str | Path,
+        bands: Sequence[int] | None = None,
+        nodata: float | None = None,
+        grid: Grid | None = None,
+        resampling: str = "bilinear",
+    ) -> None:
+        self.paths = [str(paths)] if isinstance(paths, str | Path) else [str(p) for p in paths]
+        if not self.paths:
+            raise InputError("scene", "no raster files given")
+        self._files: list[DatasetReader] = []
+        self._readers: list[Any] = []
+        try:
+            self._open(bands, nodata, grid, resampling)
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(
+        self, bands: Sequence[int] | None, nodata: float | None, grid: Grid | None, resampling: str
+    ) -> None:
+        self._files = [open_raster(p) for p in self.paths]
+        first = self._files[0]
+        file_grid = Grid.of(first)
+        for path, ds in zip(self.paths[1:], self._files[1:], strict=True):
+            if not Grid.of(ds).matches(file_grid):
+                raise InputError(
+                    path,
+                    f"grid ({Grid.of(ds).describe()}) differs from {self.paths[0]} "
+                    f"({file_grid.describe()}); band files of one scene must share the grid",
+                )
+        stacked = [(i, b) for i, ds in enumerate(self._files) for b in range(1, ds.count + 1)]
+        if bands is None:
+            picks = [(i, b) for i, ds in enumerate(self._files) for b in _default_bands(ds)]
+        else:
+            bad = [b for b in bands if not 1 <= b <= len(stacked)]
+            if bad:
+                raise InputError(
+                    self.paths[0] if len(self.paths) == 1 else ", ".join(self.paths),
+                    f"band {bad[0]} out of range: the scene has {len(stacked)} band(s)",
+                )
+            picks = [stacked[b - 1] for b in bands]
+        self._picks = picks
+        self.band_nodata = [
+            nodata if nodata is not None else self._files[i].nodatavals[b - 1] for i, b in picks
+        ]
+        self.nodata: float | None = nodata if nodata is not None else self.band_nodata[0]
+        self.dtype: str = str(np.result_type(*[self._files[i].dtypes[b - 1] for i, b in picks]))
+        self.count = len(picks)
+        self.band_names = [self._band_name(i, b) for i, b in picks]
+        self.file_grid = file_grid
+        self.resampled = grid is not None and not grid.matches(file_grid)
+        self.grid: Grid = grid if grid is not None else file_grid
+        self._readers = [
+            self._warp(ds, resampling, nodata) if self.resampled else ds for ds in self._files
+        ]
+        self._masked = [self._has_mask(k) for k in range(len(self._readers))]
+
+    def _band_name(self, file_index: int, band: int) -> str:
+        ds = self._files[file_index]
+        if ds.descriptions[band - 1]:
+            return str(ds.descriptions[band - 1])
+        if len(self._files) == 1:
+            return f"band_{band}"
+        stem = Path(self.paths[file_index]).stem
+        return stem if ds.count == 1 else f"{stem}_{band}"
+
+    def _warp(self, ds: DatasetReader, resampling: str, nodata: float | None) -> WarpedVRT:
+        src_nodata = nodata if nodata is not None else ds.nodata
+        options: dict[str, Any] = {}
+        if src_nodata is None:
+            # Without nodata the warper marks pixels outside the file through an alpha band.
+            options["add_alpha"] = True
+        else:
+            options.update(src_nodata=src_nodata, nodata=src_nodata)
+        return WarpedVRT(
+            ds,
+            crs=self.grid.crs,
+            transform=self.grid.transform,
+            width=self.grid.width,
+            height=self.grid.height,
+            resampling=Resampling[resampling],
+            **options,
+        )
+
+    def _has_mask(self, k: int) -> bool:
+        """Whether reader `k` carries an internal mask or alpha band worth reading."""
+        flags = self._readers[k].mask_flag_enums
+        return any(MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags)
+
+    @property
+    def block_shape(self) -> tuple[int, int]:
+        """Internal block (tile) shape (rows, cols) of the first file."""
+        rows, cols = self._files[0].block_shapes[0]
+        return int(rows), int(cols)
+
+    @property
+    def fill_value(self) -> float:
+        """Value written where there is no data (outside the scene): nodata, else 0."""
+        if self.nodata is None:
+            return 0
+        if _is_nan(self.nodata) and not np.issubdtype(np.dtype(self.dtype), np.floating):
+            return 0
+        return self.nodata
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window of the (stacked, selected, possibly warped) bands.
+
+        Args:
+            window: Pixel window on `grid`; it may extend past the grid's edges.
+
+        Returns:
+            data: ``(count, h, w)`` in `dtype`, `fill_value` outside the grid.
+            valid: ``(h, w)`` bool, False outside the grid, where any band is nodata or NaN,
+                and where a file's internal mask or alpha says so.
+        """
+        col, row = round(window.col_off), round(window.row_off)
+        h, w = round(window.height), round(window.width)
+        data = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
+        valid = np.zeros((h, w), dtype=bool)
+        c0, r0 = max(col, 0), max(row, 0)
+        c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
+        if c1 <= c0 or r1 <= r0:
+            return data, valid
+        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        ys, xs = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
+        data[:, ys, xs], valid[ys, xs] = self._read_inner(inner)
+        return data, valid
+
+    def _read_inner(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Read a window lying wholly inside the grid."""
+        shape = (int(window.height), int(window.width))
+        data = np.empty((self.count, *shape), dtype=self.dtype)
+        valid = np.ones(shape, dtype=bool)
+        for k, reader in enumerate(self._readers):
+            slots = [n for n, (i, _) in enumerate(self._picks) if i == k]
+            if not slots:
+                continue
+            indexes = [self._picks[n][1] for n in slots]
+            data[slots] = reader.read(indexes, window=window)
+            if self._masked[k]:
+                valid &= reader.read_masks(indexes[0], window=window) > 0
+        for n, nod in enumerate(self.band_nodata):
+            if _is_nan(nod):
+                continue
+            if nod is not None:
+                valid &= data[n] != nod
+        if np.issubdtype(data.dtype, np.floating):
+            valid &= ~np.isnan(data).any(axis=0)
+        return data, valid
+
+    def close(self) -> None:
+        """Close the files (and warped views)."""
+        for handle in [*self._readers, *self._files]:
+            if not handle.closed:
+                handle.close()
+
+    def __enter__(self) -> SceneReader:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

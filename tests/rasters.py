@@ -1,0 +1,68 @@
+"""Helpers that write small real GeoTIFFs with rasterio for tests (importable by any test)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+
+
+def write_geotiff(
+    path: str | Path,
+    array: np.ndarray,
+    crs: str | CRS = "EPSG:32633",
+    transform: Affine | None = None,
+    nodata: float | None = None,
+    dtype: str | None = None,
+    blocksize: int | None = 64,
+    descriptions: list[str] | None = None,
+    **profile: Any,
+) -> Path:
+    """Write `array` (C, H, W) (or (H, W)) as a GeoTIFF and return its path.
+
+    Args:
+        path: Output file.
+        array: Pixel values, bands first.
+        crs: Coordinate reference system.
+        transform: Pixel-to-map transform; defaults to 10 m pixels at (500000, 1000000).
+        nodata: Nodata value stored in the file (None leaves it unset).
+        dtype: Output dtype; the array's dtype by default.
+        blocksize: Internal tile side (a multiple of 16), or None for a striped file.
+        descriptions: Per-band descriptions.
+        **profile: Extra creation options (e.g. ``compress="deflate"``).
+    """
+    data = np.asarray(array)
+    if data.ndim == 2:
+        data = data[None]
+    count, height, width = data.shape
+    meta: dict[str, Any] = {
+        "driver": "GTiff",
+        "width": width,
+        "height": height,
+        "count": count,
+        "dtype": dtype or str(data.dtype),
+        "crs": CRS.from_user_input(crs),
+        "transform": transform or Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0),
+        "nodata": nodata,
+    }
+    if blocksize is not None:
+        meta.update(tiled=True, blockxsize=blocksize, blockysize=blocksize)
+    meta.update(profile)
+    path = Path(path)
+    with rasterio.open(path, "w", **meta) as dst:
+        dst.write(data.astype(meta["dtype"]))
+        for i, text in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, text)
+    return path
+
+
+def ramp(
+    count: int, height: int, width: int, dtype: str = "uint16", scale: float = 1.0
+) -> np.ndarray:
+    """A deterministic (count, height, width) test pattern: band b at (y, x) = b*1000 + y + 2x."""
+    b, y, x = np.meshgrid(np.arange(count), np.arange(height), np.arange(width), indexing="ij")
+    return ((b * 1000 + y + 2 * x) * scale).astype(dtype)
