@@ -1,0 +1,160 @@
+"""Window geometry and blending weights for seamless tiled inference.
+
+A scene axis of `size` pixels is covered by windows of `tile` pixels whose centre regions,
+`stride = tile - 2·overlap` pixels each, partition the axis: window k spans
+``[k·stride - overlap, k·stride - overlap + tile)`` and its centre ``[k·stride, (k+1)·stride)``.
+Parts of a window outside the scene are filled by reflection, so border pixels see as much
+context as interior ones. A row strip of the output is the centre region of one row of windows.
+
+Blending is separable: each window's 2-D weight is the outer product of one weight vector per
+axis, and each axis' vectors are divided by their sum at every pixel, so the weights of all
+windows covering a pixel sum to one (up to float rounding) for any tile, overlap and size.
+Profiles: ``cosine`` ramps as sin² over the 2·overlap pixels shared with a neighbour (a window's
+outer pixels, where the network lacks context, get almost no weight); ``linear`` ramps
+linearly; ``none`` keeps each window's centre only (weight 1 there, 0 elsewhere).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Literal
+
+import numpy as np
+
+Blend = Literal["cosine", "linear", "none"]
+
+
+def round_up(value: int, multiple: int) -> int:
+    """Smallest multiple of `multiple` that is >= `value`."""
+    return -(-value // multiple) * multiple
+
+
+@dataclass(frozen=True)
+class AxisLayout:
+    """Windows along one axis of a scene.
+
+    Attributes:
+        size: Scene pixels along the axis.
+        tile: Window length in pixels.
+        overlap: Pixels shared with each neighbour on each side (0 for a single window).
+        blend: Weight profile.
+    """
+
+    size: int
+    tile: int
+    overlap: int
+    blend: Blend = "cosine"
+
+    def __post_init__(self) -> None:
+        if self.size < 1 or self.tile < 1 or self.overlap < 0 or 2 * self.overlap >= self.tile:
+            raise ValueError(f"invalid axis layout {self}")
+
+    @property
+    def stride(self) -> int:
+        """Step between windows, the length of a centre region."""
+        return self.tile - 2 * self.overlap
+
+    @property
+    def count(self) -> int:
+        """Number of windows."""
+        return math.ceil(self.size / self.stride)
+
+    def start(self, k: int) -> int:
+        """First pixel of window k (negative at the leading edge: reflected context)."""
+        return k * self.stride - self.overlap
+
+    def centre(self, k: int) -> tuple[int, int]:
+        """Scene pixels `[a, b)` whose output comes from window k's centre (a strip or column)."""
+        return k * self.stride, min((k + 1) * self.stride, self.size)
+
+    def covering(self, a: int, b: int) -> range:
+        """Indices of the windows that overlap scene pixels `[a, b)`."""
+        first = max(0, (a + self.overlap - self.tile) // self.stride + 1)
+        last = min(self.count - 1, (b - 1 + self.overlap) // self.stride)
+        return range(first, last + 1)
+
+    def profile(self) -> np.ndarray:
+        """Unnormalized weight of each window position, `(tile,)` float64, positive except
+        outside the centre for ``none``."""
+        u = np.arange(self.tile, dtype=np.float64)
+        if self.blend == "none" or self.overlap == 0:
+            w = np.zeros(self.tile)
+            w[self.overlap : self.tile - self.overlap] = 1.0
+            return w
+        ramp = 2 * self.overlap
+        # +0.5 samples pixel centres, so even the outermost pixel keeps a small positive weight
+        rise = np.clip((u + 0.5) / ramp, 0.0, 1.0)
+        fall = np.clip((self.tile - u - 0.5) / ramp, 0.0, 1.0)
+        t = np.minimum(rise, fall)
+        if self.blend == "cosine":
+            t = np.sin(t * np.pi / 2) ** 2
+        return t
+
+    @cached_property
+    def weights(self) -> np.ndarray:
+        """Normalized weights, `(count, tile)` float64: row k weighs window k's pixels.
+
+        Entries for positions outside the scene are 0; at every scene pixel the entries of all
+        windows covering it sum to one.
+        """
+        raw = self.profile()
+        out = np.zeros((self.count, self.tile))
+        total = np.zeros(self.size)
+        for k in range(self.count):
+            lo, hi = self._inside(k)
+            out[k, lo:hi] = raw[lo:hi]
+            s = self.start(k)
+            total[s + lo : s + hi] += raw[lo:hi]
+        for k in range(self.count):
+            lo, hi = self._inside(k)
+            s = self.start(k)
+            out[k, lo:hi] /= total[s + lo : s + hi]
+        return out
+
+    def _inside(self, k: int) -> tuple[int, int]:
+        """Window-local range `[lo, hi)` of window k that lies inside the scene."""
+        s = self.start(k)
+        return max(0, -s), min(self.tile, self.size - s)
+
+
+def axis_layout(size: int, tile: int, overlap: int, multiple: int, blend: Blend) -> AxisLayout:
+    """Lay out one axis; an axis shorter than `tile` gets one window of `size` rounded up to
+    `multiple` (the model's input multiple) with no overlap.
+
+    Raises:
+        ValueError: `size` is smaller than `multiple` (no window the model accepts fits).
+    """
+    if size >= tile:
+        return AxisLayout(size, tile, overlap, blend)
+    if size < multiple:
+        raise ValueError(f"{size} px is smaller than the model's input multiple {multiple}")
+    return AxisLayout(size, round_up(size, multiple), 0, blend)
+
+
+def reflect_read_span(layout: AxisLayout, k: int) -> tuple[int, int, int, int]:
+    """How to build window k from scene pixels: read `[a, b)`, then reflect-pad.
+
+    Returns:
+        `(a, b, pad_before, pad_after)` with `b - a + pad_before + pad_after == tile`.
+    """
+    s = layout.start(k)
+    a, b = max(0, s), min(layout.size, s + layout.tile)
+    return a, b, a - s, s + layout.tile - b
+
+
+def reflect_pad(data: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
+    """Reflect-pad the last two axes of `data` (`(..., h, w)`), repeating the reflection when a
+    pad is longer than the data (tiny scenes).
+
+    Args:
+        data: Array with spatial axes last.
+        pads: `((top, bottom), (left, right))` pixels.
+    """
+    if not any(p for pair in pads for p in pair):
+        return data
+    width = [(0, 0)] * (data.ndim - 2) + [pads[0], pads[1]]
+    # numpy's reflect mode needs 2+ pixels; a 1-pixel axis can only repeat its value
+    mode = "reflect" if min(data.shape[-2:]) > 1 else "edge"
+    return np.pad(data, width, mode=mode)

@@ -1,0 +1,88 @@
+"""Window geometry: centres partition the scene, blending weights sum to one everywhere."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from p2p.windows import AxisLayout, axis_layout, reflect_pad, reflect_read_span
+
+
+@st.composite
+def layouts(draw: st.DrawFn) -> AxisLayout:
+    tile = draw(st.integers(2, 96))
+    overlap = draw(st.integers(0, (tile - 1) // 2))
+    size = draw(st.integers(1, 400))
+    blend = draw(st.sampled_from(["cosine", "linear", "none"]))
+    return AxisLayout(size, tile, overlap, blend)
+
+
+def _coverage(layout: AxisLayout) -> np.ndarray:
+    """Sum of the normalized weights of all windows at every scene pixel."""
+    total = np.zeros(layout.size)
+    for k in range(layout.count):
+        s = layout.start(k)
+        for u in range(layout.tile):
+            if 0 <= s + u < layout.size:
+                total[s + u] += layout.weights[k, u]
+    return total
+
+
+@settings(max_examples=150, deadline=None)
+@given(layouts())
+def test_axis_weights_sum_to_one_everywhere(layout: AxisLayout) -> None:
+    np.testing.assert_allclose(_coverage(layout), 1.0, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=60, deadline=None)
+@given(layouts(), layouts())
+def test_2d_weights_sum_to_one_over_every_pixel(ly: AxisLayout, lx: AxisLayout) -> None:
+    total = np.zeros((ly.size, lx.size))
+    for j in range(ly.count):
+        for i in range(lx.count):
+            w = np.outer(ly.weights[j], lx.weights[i])
+            sy, sx = ly.start(j), lx.start(i)
+            ya, yb = max(0, sy), min(ly.size, sy + ly.tile)
+            xa, xb = max(0, sx), min(lx.size, sx + lx.tile)
+            total[ya:yb, xa:xb] += w[ya - sy : yb - sy, xa - sx : xb - sx]
+    np.testing.assert_allclose(total, 1.0, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=150, deadline=None)
+@given(layouts())
+def test_centres_partition_the_axis_and_covering_is_exact(layout: AxisLayout) -> None:
+    seen = np.zeros(layout.size, dtype=int)
+    for k in range(layout.count):
+        a, b = layout.centre(k)
+        seen[a:b] += 1
+        expected = [
+            j
+            for j in range(layout.count)
+            if layout.start(j) < b and layout.start(j) + layout.tile > a
+        ]
+        assert list(layout.covering(a, b)) == expected
+        ra, rb, before, after = reflect_read_span(layout, k)
+        assert rb - ra + before + after == layout.tile
+    assert (seen == 1).all()
+
+
+def test_cosine_ramp_favours_window_centres() -> None:
+    layout = AxisLayout(200, 48, 8, "cosine")
+    w = layout.weights[1]
+    assert w[0] < 0.01 and w[24] == 1.0 and w[47] < 0.01
+    assert np.all(np.diff(w[:24]) >= 0) and np.all(np.diff(w[24:]) <= 0)
+
+
+def test_short_axis_gets_one_window_rounded_to_the_model_multiple() -> None:
+    layout = axis_layout(40, 64, 8, 16, "cosine")
+    assert (layout.tile, layout.overlap, layout.count) == (48, 0, 1)
+    with pytest.raises(ValueError, match="multiple 16"):
+        axis_layout(12, 64, 8, 16, "cosine")
+
+
+def test_reflect_pad_mirrors_without_repeating_the_edge() -> None:
+    data = np.arange(5.0)[None, None, :].repeat(2, axis=1)
+    out = reflect_pad(data, ((0, 0), (2, 3)))
+    np.testing.assert_array_equal(out[0, 0], [2, 1, 0, 1, 2, 3, 4, 3, 2, 1])
