@@ -1,0 +1,165 @@
+"""The chip store: paired chips in Zarr v3, written block by block and resumable.
+
+Layout of a tile-stage folder::
+
+    chips.zarr/source   (N, Cs, S, S) source dtype   one chip per chunk, one block per shard
+    chips.zarr/target   (N, Ct, S, S) target dtype
+    chips.zarr/valid    (N, S, S)     bool           source AND target valid
+    blocks/{i}_{j}.done  JSON rows of the block's chips; written after its chips (resume unit)
+    index.parquet        one row per chip (see `INDEX_COLUMNS`), gathered from the markers
+    meta.json            band names, dtypes, nodata, source grid, chip size, stride
+
+Chip slots are fixed in advance: block ``b`` owns slots ``[b * B², (b + 1) * B²)`` (``B`` =
+`block_chips`), so a block always writes the same chips into the same shard and a resumed run
+ends with a store identical to an uninterrupted one. Edge blocks leave unused slots, which cost
+nothing (unwritten chunks are not stored) and never appear in the index.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import zarr
+
+from p2p.errors import StageError
+from p2p.fsutil import atomic_path, atomic_write_json, atomic_write_text, read_json
+
+STORE = "chips.zarr"
+INDEX = "index.parquet"
+META = "meta.json"
+BLOCKS = "blocks"
+READY = ".ready"
+INDEX_COLUMNS = (
+    "chip",  # slot in the arrays
+    "row",  # chip row in the scene's chip grid
+    "col",
+    "x0",  # pixel offset of the chip's upper-left corner on the source grid
+    "y0",
+    "minx",  # map bounds in the source CRS
+    "miny",
+    "maxx",
+    "maxy",
+    "valid_fraction",
+    "scene",
+    "block",
+)
+
+
+@dataclass(frozen=True)
+class StoreLayout:
+    """Shapes and dtypes of a chip store."""
+
+    n_slots: int
+    block_slots: int
+    chip_size: int
+    source_bands: int
+    target_bands: int
+    source_dtype: str
+    target_dtype: str
+
+
+def _array_specs(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], str]]:
+    s, n = layout.chip_size, layout.n_slots
+    return {
+        "source": ((n, layout.source_bands, s, s), layout.source_dtype),
+        "target": ((n, layout.target_bands, s, s), layout.target_dtype),
+        "valid": ((n, s, s), "bool"),
+    }
+
+
+def create_store(folder: Path, layout: StoreLayout, meta: dict[str, Any]) -> None:
+    """Create the empty arrays and meta.json, unless a previous run already did.
+
+    A folder without the ready marker (a run killed while creating arrays) is recreated.
+    """
+    if (folder / READY).exists():
+        return
+    shutil.rmtree(folder / STORE, ignore_errors=True)
+    shutil.rmtree(folder / BLOCKS, ignore_errors=True)
+    for name, (shape, dtype) in _array_specs(layout).items():
+        chunk = (1, *shape[1:])
+        zarr.create_array(
+            str(folder / STORE / name),
+            shape=shape,
+            chunks=chunk,
+            shards=(layout.block_slots, *shape[1:]),
+            dtype=dtype,
+            fill_value=False if dtype == "bool" else 0,
+            dimension_names=("chip", "band", "y", "x") if len(shape) == 4 else ("chip", "y", "x"),
+        )
+    (folder / BLOCKS).mkdir(exist_ok=True)
+    atomic_write_json(folder / META, meta)
+    atomic_write_text(folder / READY, "")
+
+
+def open_arrays(folder: str | Path, mode: str = "r") -> dict[str, Any]:
+    """The store's `source`, `target` and `valid` Zarr arrays."""
+    root = Path(folder) / STORE
+    return {
+        name: zarr.open_array(str(root / name), mode=mode) for name in ("source", "target", "valid")
+    }  # type: ignore[arg-type]
+
+
+def done_blocks(folder: Path) -> set[str]:
+    """Ids of the blocks whose chips are completely written."""
+    return {p.name.removesuffix(".done") for p in (folder / BLOCKS).glob("*.done")}
+
+
+def write_block(
+    folder: Path,
+    block: str,
+    slot0: int,
+    chips: dict[str, np.ndarray],
+    rows: list[dict[str, Any]],
+) -> None:
+    """Write one block's chips into its slots, then its done-marker (the commit point).
+
+    Args:
+        folder: Tile-stage folder.
+        block: Block id, e.g. ``"3_4"``.
+        slot0: First slot of the block.
+        chips: ``source (n, Cs, S, S)``, ``target (n, Ct, S, S)``, ``valid (n, S, S)``.
+        rows: One index row per chip, in slot order.
+    """
+    arrays = open_arrays(folder, mode="r+")
+    n = len(rows)
+    for name, array in arrays.items():
+        array[slot0 : slot0 + n] = chips[name]
+    atomic_write_json(folder / BLOCKS / f"{block}.done", rows)
+
+
+def write_index(folder: Path) -> pd.DataFrame:
+    """Gather the block markers into index.parquet (sorted by slot) and return it."""
+    rows: list[dict[str, Any]] = []
+    for marker in sorted((folder / BLOCKS).glob("*.done")):
+        rows.extend(read_json(marker))
+    frame = pd.DataFrame(rows, columns=list(INDEX_COLUMNS))
+    frame = frame.sort_values("chip", kind="stable").reset_index(drop=True)
+    with atomic_path(folder / INDEX, suffix=".parquet") as tmp:
+        frame.to_parquet(tmp, index=False)
+    return frame
+
+
+def read_index(folder: str | Path) -> pd.DataFrame:
+    """The chip index of a finished tile-stage folder."""
+    path = Path(folder) / INDEX
+    if not path.is_file():
+        raise StageError(folder, "no index.parquet: not a finished tile-stage folder")
+    return pd.read_parquet(path)
+
+
+def read_meta(folder: str | Path) -> dict[str, Any]:
+    """The store's meta.json (band names, dtypes, nodata, grid, chip size, stride)."""
+    path = Path(folder) / META
+    if not path.is_file():
+        raise StageError(folder, "no meta.json: not a tile-stage folder")
+    data = json.loads(path.read_text())
+    if not isinstance(data, dict):
+        raise StageError(path, "meta.json does not hold a mapping")
+    return data
