@@ -156,5 +156,6 @@ def reflect_pad(data: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]])
         return data
     width = [(0, 0)] * (data.ndim - 2) + [pads[0], pads[1]]
     # numpy's reflect mode needs 2+ pixels; a 1-pixel axis can only repeat its value
-    mode = "reflect" if min(data.shape[-2:]) > 1 else "edge"
-    return np.pad(data, width, mode=mode)
+    if min(data.shape[-2:]) > 1:
+        return np.pad(data, width, mode="reflect")
+    return np.pad(data, width, mode="edge")
