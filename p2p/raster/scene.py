@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,7 +26,7 @@ from affine import Affine
 from rasterio.coords import BoundingBox
 from rasterio.crs import CRS
 from rasterio.enums import ColorInterp, MaskFlags, Resampling
-from rasterio.errors import RasterioIOError
+from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
@@ -97,7 +98,10 @@ def open_raster(path: str | Path) -> DatasetReader:
     if not p.exists() and "://" not in str(path) and not str(path).startswith("/vsi"):
         raise InputError(path, "file not found")
     try:
-        return rasterio.open(path)
+        with warnings.catch_warnings():
+            # Chips exported without georeference are fine to read; their grid is pixels.
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(path)
     except RasterioIOError:
         raise InputError(path, "not a raster GDAL can open") from None
 
