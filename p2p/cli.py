@@ -71,3 +71,179 @@ def guard(fn: Callable[[], T]) -> T:
 def print_json(record: dict[str, Any]) -> None:
     """Print the machine-readable record as the last line of stdout."""
     sys.stdout.write(json.dumps(record, default=str) + "\n")
+
+
+# --- run / demo: the Prefect flows --------------------------------------------------------
+# These two commands are the CLI's only way up into `flows/`; they import it inside the
+# command (never at module level), so the library and `p2p --help` never load Prefect.
+# tests/test_layering.py holds that line.
+
+
+def _print_stages(record: dict[str, Any]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("stage", "cached", "seconds", "folder", title=f"workspace {record['workspace']}")
+    for name, stage in record["stages"].items():
+        table.add_row(
+            name, "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", stage["path"]
+        )
+    Console().print(table)
+
+
+@app.command()
+def run(
+    config: str = typer.Argument(..., help="Pipeline config YAML."),
+    until: str | None = typer.Option(
+        None, "--until", help="Stop after this stage: tile, dataset, train or evaluate."
+    ),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field, e.g. --set train.epochs=5 (repeatable)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Run the training pipeline flow (tile → dataset → train → evaluate), cached per stage."""
+
+    def body() -> None:
+        from p2p.config import load_config
+        from p2p.errors import ConfigError
+        from p2p.pipeline import STAGES
+
+        if until is not None and until not in STAGES:
+            raise ConfigError("--until", f"must be one of {', '.join(STAGES)}, not {until!r}")
+        cfg = load_config(config, overrides)
+        from flows.console import console_progress_bars, quiet_prefect
+
+        quiet_prefect(_state["debug"])
+        from flows.train_pipeline import train_pipeline
+
+        with console_progress_bars():
+            record = train_pipeline(cfg, until)  # type: ignore[arg-type]
+        if as_json:
+            print_json(record)
+        else:
+            _print_stages(record)
+
+    guard(body)
+
+
+@app.command()
+def demo(
+    workspace: str = typer.Option("demo-work", "--workspace", help="Folder for data and runs."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+) -> None:
+    """Generate sample scenes, train, predict two held-out scenes, mosaic and report (CPU)."""
+
+    def body() -> None:
+        from flows.console import console_progress_bars, quiet_prefect
+
+        quiet_prefect(_state["debug"])
+        from flows.demo import demo_flow
+
+        with console_progress_bars():
+            record = demo_flow(workspace)
+        if as_json:
+            print_json(record)
+        else:
+            _print_stages(record)
+            typer.echo(f"report: {record['report']}")
+
+    guard(body)
+
+
+def _scene_progress(label: str) -> Any:
+    """A rich progress bar on stderr (stdout stays clean for --json)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        f"[bold]{label}[/bold] {{task.description}}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+    )
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", help="Model bundle folder."),
+    inputs: list[str] = typer.Option(
+        ..., "--input", help="Source scene: a raster or comma-joined band files (repeatable)."
+    ),
+    output: str = typer.Option(..., "--output", help="Prediction (one input) or mosaic."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
+    nodata: float | None = typer.Option(None, "--nodata", help="Source nodata override."),
+    tile_size: int = typer.Option(512, "--tile-size", help="Window side in pixels."),
+    overlap: int = typer.Option(64, "--overlap", help="Overlap on each side of a window."),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
+    output_format: str = typer.Option("cog", "--format", help="gtiff or cog."),
+) -> None:
+    """Translate one scene, or several scenes into one mosaic, with a model bundle."""
+
+    def body() -> None:
+        import time
+
+        from pydantic import ValidationError
+
+        from p2p.bundle import load_bundle
+        from p2p.config import PredictConfig, SceneConfig
+        from p2p.errors import ConfigError
+        from p2p.mosaic import predict_region
+
+        start = time.perf_counter()
+        try:
+            config = PredictConfig(
+                tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
+                blend=blend, output_format=output_format, nodata=nodata,
+            )  # fmt: skip
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
+        scenes = [SceneConfig(source=spec) for spec in inputs]
+        bundle = load_bundle(model)
+        with _scene_progress("predict") as bars:
+
+            def progress(name: str) -> Callable[[int, int], None]:
+                task = bars.add_task(name, total=None)
+                return lambda done, total: bars.update(task, completed=done, total=total)
+
+            record = predict_region(bundle, scenes, output, config, progress)
+        record["seconds"] = round(time.perf_counter() - start, 3)
+        if as_json:
+            print_json(record)
+        else:
+            typer.echo(f"wrote {record['output']}")
+
+    guard(body)
+
+
+@app.command()
+def evaluate(
+    prediction: str = typer.Option(..., "--prediction", help="Predicted raster."),
+    target: str = typer.Option(..., "--target", help="Reference raster or comma-joined bands."),
+    target_bands: list[int] | None = typer.Option(
+        None, "--target-bands", help="1-based reference band (repeatable)."
+    ),
+    error_map: str | None = typer.Option(None, "--error-map", help="Write |error| here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+) -> None:
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band)."""
+
+    def body() -> None:
+        from p2p.evaluation import evaluate as run_evaluation
+
+        record = run_evaluation(prediction, target, error_map, target_bands=target_bands or None)
+        if as_json:
+            print_json(record)
+            return
+        for band in [*record["bands"], {"name": "overall", **record["overall"]}]:
+            cells = [
+                f"{k}={band[k]:.4g}" for k in ("mae", "rmse", "psnr", "ssim") if band[k] is not None
+            ]
+            typer.echo(f"{band['name']}: " + " ".join(cells))
+
+    guard(body)
