@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import zarr
+from zarr.codecs import BloscCodec
 
 from p2p.errors import StageError
 from p2p.fsutil import atomic_path, atomic_write_json, atomic_write_text, read_json
@@ -35,6 +36,9 @@ INDEX = "index.parquet"
 META = "meta.json"
 BLOCKS = "blocks"
 READY = ".ready"
+# Byte-shuffled zstd at level 1 writes ~5x faster than zarr's default zstd and compresses
+# 16-bit imagery better; chip writing is the tile stage's bottleneck after decoding.
+CODEC = BloscCodec(cname="zstd", clevel=1, shuffle="shuffle")
 INDEX_COLUMNS = (
     "chip",  # slot in the arrays
     "row",  # chip row in the scene's chip grid
@@ -90,6 +94,7 @@ def create_store(folder: Path, layout: StoreLayout, meta: dict[str, Any]) -> Non
             chunks=chunk,
             shards=(layout.block_slots, *shape[1:]),
             dtype=dtype,
+            compressors=CODEC,
             fill_value=False if dtype == "bool" else 0,
             dimension_names=("chip", "band", "y", "x") if len(shape) == 4 else ("chip", "y", "x"),
         )
