@@ -232,6 +232,25 @@ class PipelineConfig(_Config):
         return self
 
 
+class BatchPredictConfig(_Config):
+    """Everything the batch-prediction flow needs; the one parameter of `batch_predict`."""
+
+    workspace: str = Field(default="./work", description="Folder holding cached predictions.")
+    model: str = Field(description="Model bundle folder (weights.safetensors + model.json).")
+    scenes: list[str] = Field(
+        default_factory=list,
+        description="Scenes to predict: raster paths, comma-joined band files, or glob patterns "
+        "(e.g. /data/incoming/*.tif); each match is one scene.",
+    )
+    output: str = Field(description="Mosaic GeoTIFF written over all predicted scenes.")
+    predict: PredictConfig = Field(default_factory=PredictConfig, description="Inference.")
+    mosaic: MosaicConfig = Field(default_factory=MosaicConfig, description="Mosaic grid.")
+    dask: DaskConfig = Field(
+        default_factory=DaskConfig,
+        description="With an address, scenes are predicted on that Dask cluster.",
+    )
+
+
 def _first_error(exc: ValidationError) -> tuple[str, str]:
     err = exc.errors()[0]
     field = ".".join(str(p) for p in err["loc"]) or "config"

@@ -1,0 +1,59 @@
+"""How the CLI runs a flow: Prefect's console noise turned down, rich progress bars on stderr.
+
+Prefect reads its logging settings when it is first imported, so `quiet_prefect` must run
+before anything imports `prefect`; the CLI calls it first thing in `run` and `demo`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+from collections.abc import Iterator
+
+
+def quiet_prefect(debug: bool = False) -> None:
+    """Keep Prefect's console to what a CLI user needs (everything with `debug`).
+
+    Runs still log in full to the Prefect API (the UI); p2p's own loggers are added to what
+    Prefect forwards there. Values the user has already set win.
+    """
+    defaults = {
+        "PREFECT_LOGGING_EXTRA_LOGGERS": "p2p",
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL": "DEBUG" if debug else "CRITICAL",
+        "PREFECT_SERVER_LOGGING_LEVEL": "WARNING",
+    }
+    for name, value in defaults.items():
+        os.environ.setdefault(name, value)
+
+
+@contextlib.contextmanager
+def console_progress_bars() -> Iterator[None]:
+    """Show one rich progress bar per long stage (tiling a scene, training, predicting)."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
+
+    from tasks.common import console_progress
+
+    bars = Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=Console(file=sys.stderr),
+        transient=False,
+    )
+    ids: dict[str, int] = {}
+
+    def sink(label: str, done: int, total: int) -> None:
+        if label not in ids:
+            ids[label] = int(bars.add_task(label, total=total))
+        bars.update(ids[label], completed=done, total=total)  # type: ignore[arg-type]
+
+    token = console_progress.set(sink)
+    try:
+        with bars:
+            yield
+    finally:
+        console_progress.reset(token)

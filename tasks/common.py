@@ -1,0 +1,129 @@
+"""What every p2p task shares: the cache policy, result storage, progress and record artifacts.
+
+Cache policy: a task's Prefect cache key is the p2p stage key, offered only once the stage's
+``manifest.json`` exists. So Prefect never claims a stage whose artifacts are gone (the
+manifest is the source of truth), and a record Prefect hands back from its cache always
+describes a finished, cached stage. The first rerun after a build runs the (instant) task once
+to store that record; from then on the UI shows the task as Cached.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from contextvars import ContextVar
+from pathlib import Path
+from typing import Any, cast
+from uuid import UUID
+
+from prefect.artifacts import (
+    create_progress_artifact,
+    create_table_artifact,
+    update_progress_artifact,
+)
+from prefect.context import TaskRunContext
+
+from p2p.cache import StageRecord, read_manifest, stage_dir
+from p2p.errors import P2PError
+
+#: (stage label, done, total) → None; the CLI sets it to drive its rich progress bars.
+console_progress: ContextVar[Callable[[str, int, int], None] | None] = ContextVar(
+    "p2p_console_progress", default=None
+)
+
+KeyOf = Callable[[dict[str, Any]], tuple[str, str, str]]
+CacheKeyFn = Callable[[TaskRunContext, dict[str, Any]], str | None]
+
+
+def results_storage(workspace: str) -> Path:
+    """Where Prefect persists task results: inside the workspace, beside the artifacts."""
+    return Path(workspace) / ".prefect" / "results"
+
+
+def stage_cache(key_of: KeyOf) -> CacheKeyFn:
+    """A `cache_key_fn` from a function of the task's parameters → (workspace, stage, key)."""
+
+    def cache_key(_: TaskRunContext, parameters: dict[str, Any]) -> str | None:
+        try:
+            workspace, stage, key = key_of(parameters)
+        except (P2PError, OSError):
+            return None  # let the task run and raise its clear error
+        if read_manifest(stage_dir(workspace, stage, key)) is None:
+            return None
+        return f"p2p-{stage}-{key}"
+
+    return cache_key
+
+
+def artifact_key(*parts: str) -> str:
+    """An artifact key Prefect accepts (lowercase letters, digits, dashes)."""
+    return re.sub(r"-+", "-", re.sub(r"[^a-z0-9]+", "-", "-".join(parts).lower())).strip("-")
+
+
+class StageProgress:
+    """A progress callback (done, total) that feeds a Prefect progress artifact and the CLI.
+
+    The artifact is created on the first call, so a cached stage publishes none; updates are
+    throttled to about one a second.
+    """
+
+    def __init__(self, label: str, key: str) -> None:
+        self.label = label
+        self.key = key
+        self._artifact: UUID | None = None
+        self._last = 0.0
+
+    def __call__(self, done: int, total: int) -> None:
+        percent = 100.0 * done / max(total, 1)
+        now = time.monotonic()
+        if self._artifact is None:
+            created = create_progress_artifact(percent, key=self.key, description=self.label)
+            self._artifact = cast(UUID, created)
+            self._last = now
+        elif done >= total or now - self._last >= 1.0:
+            update_progress_artifact(self._artifact, percent)
+            self._last = now
+        sink = console_progress.get()
+        if sink is not None:
+            sink(self.label, done, total)
+
+
+def _scalar(value: Any) -> Any:
+    return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def publish_record(record: StageRecord, label: str) -> None:
+    """A table artifact of one stage result: key, cached, seconds, folder and summary fields."""
+    rows: list[dict[str, Any]] = [
+        {"field": "stage", "value": label},
+        {"field": "key", "value": record.key},
+        {"field": "cached", "value": record.cached},
+        {"field": "seconds", "value": record.seconds},
+        {"field": "path", "value": record.path},
+    ]
+    rows += [
+        {"field": k, "value": _scalar(v)}
+        for k, v in sorted(record.summary.items())
+        if not isinstance(v, dict | list)
+    ]
+    create_table_artifact(
+        rows, key=artifact_key("p2p", label), description=f"{label}: stage result"
+    )
+
+
+def publish_run(record: dict[str, Any], flow_name: str) -> None:
+    """A table artifact of every stage of a run: cached or built, seconds, folder."""
+    rows: list[dict[str, Any]] = [
+        {
+            "stage": name,
+            "cached": s["cached"],
+            "seconds": s["seconds"],
+            "key": s["key"],
+            "path": s["path"],
+        }
+        for name, s in record["stages"].items()
+    ]
+    create_table_artifact(
+        rows, key=artifact_key("p2p", flow_name, "stages"), description=f"{flow_name}: stages"
+    )

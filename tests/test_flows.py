@@ -1,0 +1,176 @@
+"""The Prefect flows under a temporary server: caching, reruns, Dask fan-out, the demo."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import rasterio
+from distributed import LocalCluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+from flows.batch_predict import batch_predict
+from flows.demo import demo_flow
+from flows.train_pipeline import train_pipeline
+from p2p.config import BatchPredictConfig, DaskConfig, PipelineConfig
+from p2p.demo import DemoScenes, demo_config, write_demo_scenes
+from p2p.errors import PathNotAllowedError
+from p2p.pipeline import STAGES
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def artifact_mtimes(workspace: str | Path) -> dict[str, int]:
+    """mtime of every artifact file (Prefect's own result store excluded)."""
+    root = Path(workspace)
+    return {
+        str(p.relative_to(root)): p.stat().st_mtime_ns
+        for p in root.rglob("*")
+        if p.is_file() and ".prefect" not in p.parts
+    }
+
+
+def task_states(state: Any) -> dict[str, str]:
+    """Task run name → state name of a finished flow run."""
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    return {r.name: r.state.name for r in runs if r.state is not None}
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One quick demo run: the training pipeline, batch prediction and the report."""
+    return demo_flow(str(tmp_path_factory.mktemp("ws")), scene_size=96, quick=True)
+
+
+@pytest.fixture(scope="module")
+def data(demo: dict[str, Any]) -> DemoScenes:
+    return write_demo_scenes(Path(demo["workspace"]) / "data", scene_size=96)
+
+
+@pytest.fixture(scope="module")
+def trained(demo: dict[str, Any], data: DemoScenes) -> tuple[PipelineConfig, dict[str, Any]]:
+    """The demo's training config and the training part of its record."""
+    config = demo_config(demo["workspace"], data.train, quick=True)
+    train_stages = [n for n in demo["stages"] if n.split(":")[0] in STAGES]
+    return config, {**demo, "stages": {n: demo["stages"][n] for n in train_stages}}
+
+
+def test_full_pipeline_record(trained: tuple[PipelineConfig, dict[str, Any]]) -> None:
+    _, record = trained
+    assert list(record["stages"]) == [
+        "tile:train_1",
+        "tile:train_2",
+        "tile:train_3",
+        "dataset",
+        "train",
+        "evaluate",
+    ]
+    for name, stage in record["stages"].items():
+        assert not stage["cached"], name
+        assert Path(stage["path"], "manifest.json").is_file()
+        assert Path(stage["path"]).parent.name == name.split(":")[0]
+    assert Path(record["model"], "model.json").is_file()
+    assert record["model"].startswith(record["stages"]["train"]["path"])
+    bands = record["metrics"]["bands"]
+    assert len(bands) == 3 and all(0 < b["mae"] < 255 for b in bands)
+
+
+def test_rerun_is_all_cached_and_rewrites_nothing(
+    trained: tuple[PipelineConfig, dict[str, Any]],
+) -> None:
+    config, first = trained
+    before = artifact_mtimes(config.workspace)
+    second = train_pipeline(config)
+    assert {n: s["cached"] for n, s in second["stages"].items()} == {
+        n: True for n in first["stages"]
+    }
+    assert {n: s["key"] for n, s in second["stages"].items()} == {
+        n: s["key"] for n, s in first["stages"].items()
+    }
+    state = train_pipeline(config, return_state=True)
+    third = state.result()
+    assert all(s["cached"] for s in third["stages"].values())
+    assert set(task_states(state).values()) == {"Cached"}  # what the UI shows
+    assert artifact_mtimes(config.workspace) == before
+
+
+def test_more_epochs_reruns_train_and_evaluate_only(
+    trained: tuple[PipelineConfig, dict[str, Any]],
+) -> None:
+    config, first = trained
+    longer = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 2})})
+    record = train_pipeline(longer)
+    cached = {n: s["cached"] for n, s in record["stages"].items()}
+    assert cached == {**{n: True for n in first["stages"]}, "train": False, "evaluate": False}
+    assert record["stages"]["train"]["key"] != first["stages"]["train"]["key"]
+    until = train_pipeline(longer, until="dataset")
+    assert list(until["stages"])[-1] == "dataset" and until["model"] is None
+
+
+def test_batch_predict_on_a_local_cluster(
+    trained: tuple[PipelineConfig, dict[str, Any]], data: DemoScenes, tmp_path: Path
+) -> None:
+    config, record = trained
+    pattern = str(Path(data.union_source).parent / "heldout_[ab]_image.tif")
+    batch = BatchPredictConfig(
+        workspace=config.workspace,
+        model=record["model"],
+        scenes=[pattern],
+        output=str(tmp_path / "out" / "mosaic.tif"),
+        predict=config.predict,
+    )
+    with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
+        dask = DaskConfig(address=cluster.scheduler_address)
+        result = batch_predict(batch.model_copy(update={"dask": dask}))
+        ran_on_cluster = set(cluster.scheduler.task_prefixes)
+    assert "predict_scene" in ran_on_cluster  # the Prefect task ran on the Dask workers
+    assert result["scenes"] == ["heldout_a_image", "heldout_b_image"]
+    assert not any(s["cached"] for s in result["stages"].values())
+    with rasterio.open(result["output"]) as out, rasterio.open(data.union_target) as ref:
+        assert (out.crs, out.transform, out.shape) == (ref.crs, ref.transform, ref.shape)
+        assert out.dtypes[0] == "uint8" and np.ptp(out.read(1)) > 0
+
+    # a new scene in the batch: only it is predicted, the mosaic is rebuilt
+    more = batch.model_copy(update={"scenes": [pattern, data.train[0].source[0]]})
+    again = batch_predict(more)
+    cached = {n: s["cached"] for n, s in again["stages"].items()}
+    assert cached == {
+        "predict:heldout_a_image": True,
+        "predict:heldout_b_image": True,
+        "predict:train_1_image": False,
+        "mosaic": False,
+    }
+
+
+def test_paths_outside_the_allowed_roots_are_refused(
+    trained: tuple[PipelineConfig, dict[str, Any]], monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    config, _ = trained
+    monkeypatch.setenv("P2P_ALLOWED_ROOTS", str(tmp_path))
+    with pytest.raises(PathNotAllowedError, match="outside the allowed roots"):
+        train_pipeline(config)
+
+
+def test_demo_reports_and_reruns_cached(demo: dict[str, Any]) -> None:
+    ws = Path(demo["workspace"])
+    assert Path(demo["report"]) == ws / "report.png" and (ws / "report.md").is_file()
+    assert "| **overall** |" in (ws / "report.md").read_text()
+    assert list(demo["stages"])[-4:] == [
+        "predict:heldout_a_image",
+        "predict:heldout_b_image",
+        "mosaic",
+        "report",
+    ]
+    assert demo["metrics"]["bands"][0]["count"] > 0
+    assert not any(s["cached"] for s in demo["stages"].values())
+    again = demo_flow(str(ws), scene_size=96, quick=True)
+    assert all(s["cached"] for s in again["stages"].values())
+    assert again["metrics"] == demo["metrics"]
