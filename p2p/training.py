@@ -259,6 +259,49 @@ def _loaders(
     return loader, DataLoader(val_set, batch_size=cfg.batch_size, **common)
 
 
+def _run_epoch(
+    run: Pix2Pix,
+    epoch: int,
+    total: int,
+    loader: DataLoader[Sample],
+    val_loader: DataLoader[Sample] | None,
+    val_set: Dataset[Sample] | None,
+    cfg: TrainConfig,
+    out_dir: Path,
+    target_stats: BandStats,
+    progress: Callable[[TrainProgress], None] | None,
+) -> tuple[dict[str, Any], Path]:
+    """Train, validate, preview, log and checkpoint one epoch; returns (metrics, checkpoint)."""
+    t0 = time.monotonic()
+    _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    lr = run.opt_g.param_groups[0]["lr"]
+    losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress)
+    run.sched_g.step()
+    run.sched_d.step()
+    metrics: dict[str, Any] = {}
+    if val_loader is not None and val_set is not None:
+        metrics = _validate(run, val_loader, target_stats)
+        if cfg.preview_chips:
+            preview = out_dir / "previews" / f"epoch_{epoch:04d}.png"
+            _preview(run, val_set, cfg.preview_chips, preview)
+    seconds = time.monotonic() - t0
+    record = {"epoch": epoch, "lr": lr, **losses, **_flat(metrics), "seconds": seconds}
+    # the metrics line goes first: a crash before the checkpoint leaves a line that resume drops
+    _append_jsonl(out_dir / "metrics.jsonl", record)
+    ckpt = save_checkpoint(out_dir / "checkpoints", epoch, _state(run, metrics))
+    mae = metrics.get("overall", {}).get("mae")
+    log.info(
+        "epoch %d/%d: loss_g %.4f, loss_d %.4f, val MAE %s, %.1f s",
+        epoch,
+        total,
+        losses["loss_g"],
+        losses["loss_d"],
+        mae,
+        seconds,
+    )
+    return metrics, ckpt
+
+
 def train(
     train_set: Dataset[Sample],
     val_set: Dataset[Sample] | None,
@@ -301,28 +344,9 @@ def train(
     total = cfg.epochs + cfg.epochs_decay
     log.info("training epochs %d..%d on %s (%s)", start + 1, total, device, run.amp_dtype)
     for epoch in range(start + 1, total + 1):
-        t0 = time.monotonic()
-        _seed_epoch(cfg.seed, epoch, run.loader_gen)
-        lr = run.opt_g.param_groups[0]["lr"]
-        losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress)
-        run.sched_g.step()
-        run.sched_d.step()
-        if val_loader is not None and val_set is not None:
-            metrics = _validate(run, val_loader, target_stats)
-            if cfg.preview_chips:
-                _preview(
-                    run, val_set, cfg.preview_chips, out_dir / "previews" / f"epoch_{epoch:04d}.png"
-                )
-        record = {
-            "epoch": epoch,
-            "lr": lr,
-            **losses,
-            **_flat(metrics),
-            "seconds": time.monotonic() - t0,
-        }
-        _append_jsonl(out_dir / "metrics.jsonl", record)
-        ckpt = save_checkpoint(out_dir / "checkpoints", epoch, _state(run, metrics))
-        log.info("epoch %d/%d: %s", epoch, total, json.dumps(record))
+        metrics, ckpt = _run_epoch(
+            run, epoch, total, loader, val_loader, val_set, cfg, out_dir, target_stats, progress
+        )
     if ckpt is None:  # zero epochs: keep the initial weights so a bundle can still be written
         ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics))
     return TrainResult(max(start, total), metrics, ckpt, in_ch, out_ch, model_cfg)
