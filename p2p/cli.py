@@ -1,12 +1,14 @@
 """The `p2p` command line (Typer).
 
-Every command runs through `_guard`: a `P2PError` (or a bad-input OSError) becomes one line
+Every command runs through `guard`: a `P2PError` (or an OSError a user can fix: a missing
+path, a full or read-only disk) becomes one line
 ``error: <where>: <problem>`` on stderr and exit code 1; ``--debug`` shows the traceback.
 Commands import their stage modules lazily so `p2p --help` stays fast.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import logging
 import sys
@@ -51,6 +53,23 @@ def main(
     )
 
 
+# OS errors a user can fix (a wrong path, a full or read-only disk), with what to do; any
+# other OSError is a bug and keeps its traceback.
+_OS_HINTS: dict[int, str] = {
+    errno.ENOENT: "",
+    errno.ENOTDIR: "a part of this path is a file, not a folder",
+    errno.EISDIR: "this is a folder; give a file",
+    errno.EEXIST: "",
+    errno.EACCES: "check its permissions or choose another path",
+    errno.EPERM: "check its permissions or choose another path",
+    errno.EROFS: "the file system is read-only; write to another folder",
+    errno.ENOSPC: "free some space or write to another disk, then rerun to resume",
+    errno.EDQUOT: "the disk quota is used up; free some space, then rerun to resume",
+    errno.EFBIG: "the file is too large for this file system",
+    errno.ENAMETOOLONG: "",
+}
+
+
 def guard(fn: Callable[[], T]) -> T:
     """Run a command body, turning user-facing failures into one line and exit code 1."""
     try:
@@ -60,11 +79,12 @@ def guard(fn: Callable[[], T]) -> T:
             raise
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None
-    except (FileNotFoundError, PermissionError, IsADirectoryError) as exc:
-        if _state["debug"]:
+    except OSError as exc:
+        if _state["debug"] or exc.errno not in _OS_HINTS:
             raise
-        where = exc.filename or "input"
-        typer.echo(f"error: {where}: {exc.strerror}", err=True)
+        where = exc.filename or "output"
+        hint = _OS_HINTS[exc.errno]
+        typer.echo(f"error: {where}: {exc.strerror}{'; ' + hint if hint else ''}", err=True)
         raise typer.Exit(1) from None
 
 

@@ -50,9 +50,13 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
             os.fsync(fh.fileno())
         os.replace(tmp, final)
         fsync_dir(final.parent)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp_name):
+            # a full or read-only disk surfaces on write() or rename() of the temporary: name
+            # the artifact the user asked for instead (OSError picks the subclass by errno)
+            raise OSError(exc.errno, exc.strerror, str(final)) from exc
         raise
 
 

@@ -101,9 +101,35 @@ def open_raster(path: str | Path) -> DatasetReader:
         with warnings.catch_warnings():
             # Chips exported without georeference are fine to read; their grid is pixels.
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            return rasterio.open(path)
+            ds = rasterio.open(path)
     except RasterioIOError:
         raise InputError(path, "not a raster GDAL can open") from None
+    if _truncated(ds, p):
+        ds.close()
+        raise InputError(
+            path, "is truncated or corrupt (its last tile lies past the end of the file)"
+        )
+    return ds
+
+
+def _truncated(ds: DatasetReader, path: Path) -> bool:
+    """Whether a local GeoTIFF's last tile of the first or last band ends past the file's end.
+
+    Headers come first, so a copy or download cut short still opens and fails only when the
+    missing tiles are read, possibly hours in; this check costs a few metadata look-ups and
+    catches it before any work. Sparse (never written) tiles have offset 0 and are fine.
+    """
+    if ds.driver != "GTiff" or not path.is_file():
+        return False
+    rows, cols = ds.block_shapes[0]
+    last = f"{math.ceil(ds.width / cols) - 1}_{math.ceil(ds.height / rows) - 1}"
+    size = path.stat().st_size
+    for band in {1, ds.count}:
+        offset = ds.get_tag_item(f"BLOCK_OFFSET_{last}", "TIFF", bidx=band)
+        length = ds.get_tag_item(f"BLOCK_SIZE_{last}", "TIFF", bidx=band)
+        if offset and length and int(offset) > 0 and int(offset) + int(length) > size:
+            return True
+    return False
 
 
 def _default_bands(ds: DatasetReader) -> list[int]:
@@ -271,9 +297,18 @@ class SceneReader:
             if not slots:
                 continue
             indexes = [self._picks[n][1] for n in slots]
-            data[slots] = reader.read(indexes, window=window)
-            if self._masked[k]:
-                valid &= reader.read_masks(indexes[0], window=window) > 0
+            try:
+                data[slots] = reader.read(indexes, window=window)
+                if self._masked[k]:
+                    valid &= reader.read_masks(indexes[0], window=window) > 0
+            except RasterioIOError as exc:
+                # a damaged tile found mid-run: name the file, not GDAL's internals
+                detail = str(exc).splitlines()[0] if str(exc) else "read failed"
+                raise InputError(
+                    self.paths[k],
+                    f"cannot read rows {window.row_off}..{window.row_off + window.height}: "
+                    f"truncated or corrupt file ({detail})",
+                ) from None
         for n, nod in enumerate(self.band_nodata):
             if _is_nan(nod):
                 continue
