@@ -154,27 +154,26 @@ def test_artifacts_progress_and_rerun_of_a_finished_run(tmp_path: Path) -> None:
         train(train_set, val_set, other, cfg, tmp_path, SyntheticPairs.stats(1))
 
 
-def test_chips_that_do_not_fit_the_model_fail_before_any_work(tmp_path: Path) -> None:
-    bad = SyntheticPairs(2, size=24, in_bands=2, out_bands=1)
-    with pytest.raises(InputError, match=r"24x24 pixels; with model.num_downs=4 .* multiple of 16"):
-        train(bad, None, TINY, TrainConfig(epochs=1), tmp_path / "out", SyntheticPairs.stats(1))
-    with pytest.raises(InputError, match="target has 1 bands, statistics 2"):
+@pytest.mark.parametrize(
+    ("size", "stats_bands", "message"),
+    [
+        (24, 1, r"24x24 pixels; with model.num_downs=4 .* multiple of 16"),
+        (32, 2, "target has 1 bands, statistics 2"),
+        (16, 1, "too small for a PatchGAN"),
+    ],
+)
+def test_data_that_does_not_fit_the_model_fails_before_any_work(
+    tmp_path: Path, size: int, stats_bands: int, message: str
+) -> None:
+    data = SyntheticPairs(2, size=size, in_bands=2, out_bands=1)
+    with pytest.raises(InputError, match=message):
         train(
-            SyntheticPairs(2, size=32, in_bands=2, out_bands=1),
+            data,
             None,
             TINY,
             TrainConfig(epochs=1),
             tmp_path / "out",
-            SyntheticPairs.stats(2),
-        )
-    with pytest.raises(InputError, match="too small for a PatchGAN"):
-        train(
-            SyntheticPairs(2, size=16, in_bands=2, out_bands=1),
-            None,
-            TINY,
-            TrainConfig(epochs=1),
-            tmp_path / "out",
-            SyntheticPairs.stats(1),
+            SyntheticPairs.stats(stats_bands),
         )
     assert not (tmp_path / "out").exists()
 
