@@ -37,7 +37,7 @@ from p2p.config import PredictConfig, SceneConfig
 from p2p.errors import ConfigError, InputError
 from p2p.normalization import BandStats, denormalize, normalize
 from p2p.raster import SceneReader
-from p2p.windows import AxisLayout, axis_layout, reflect_pad
+from p2p.windows import AxisLayout, axis_layout, reflect_index
 
 log = logging.getLogger(__name__)
 
@@ -187,23 +187,24 @@ def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> No
 
 
 def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Model input for window row j: the rows it spans, invalid pixels filled with the band
-    means, normalized and reflect-padded.
+    """Model input for window row j: its rows, parts outside the scene mirrored about the edge
+    (reflection), invalid pixels filled with the band means, normalized.
 
     Returns:
         rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
-        valid: `(b - a, width)` bool for the scene rows `[a, b)` the window row covers.
+        valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
     """
     ly, lx = plan.ly, plan.lx
-    s = ly.start(j)
-    a, b = max(0, s), min(ly.size, s + ly.tile)
-    data, valid = reader.read(Window(0, a, lx.size, b - a))
+    ys = reflect_index(np.arange(ly.start(j), ly.start(j) + ly.tile), ly.size)
+    xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
+    top, bottom = int(ys.min()), int(ys.max()) + 1
+    data, valid = reader.read(Window(0, top, lx.size, bottom - top))
     values = data.astype(np.float32)
     means = np.asarray(plan.source_stats.mean, dtype=np.float32)
     values[:, ~valid] = np.broadcast_to(means[:, None], (len(means), int((~valid).sum())))
     x = normalize(values, plan.source_stats, band_axis=0)
-    right = lx.count * lx.stride + lx.overlap - lx.size
-    return reflect_pad(x, ((a - s, s + ly.tile - b), (lx.overlap, right))), valid
+    a, b = ly.centre(j)
+    return x[:, ys - top][:, :, xs], valid[a - top : b - top]
 
 
 def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.ndarray:
@@ -243,8 +244,7 @@ def _strips(
         out = _predict_window_row(model, plan, rows)
         s = ly.start(j)
         if j >= first:
-            a, b = ly.centre(j)
-            valid[j] = row_valid[a - max(0, s) : b - max(0, s)]
+            valid[j] = row_valid
         for r in _strips_of_window(ly, j):
             if r < first:
                 continue

@@ -133,29 +133,23 @@ def axis_layout(size: int, tile: int, overlap: int, multiple: int, blend: Blend)
     return AxisLayout(size, round_up(size, multiple), 0, blend)
 
 
-def reflect_read_span(layout: AxisLayout, k: int) -> tuple[int, int, int, int]:
-    """How to build window k from scene pixels: read `[a, b)`, then reflect-pad.
+def reflect_index(positions: np.ndarray, size: int) -> np.ndarray:
+    """Map pixel positions, possibly outside `[0, size)`, to the scene pixels that mirror them
+    about the scene's edge pixels (numpy's ``reflect``: the edge pixel is not repeated).
 
-    Returns:
-        `(a, b, pad_before, pad_after)` with `b - a + pad_before + pad_after == tile`.
-    """
-    s = layout.start(k)
-    a, b = max(0, s), min(layout.size, s + layout.tile)
-    return a, b, a - s, s + layout.tile - b
-
-
-def reflect_pad(data: np.ndarray, pads: tuple[tuple[int, int], tuple[int, int]]) -> np.ndarray:
-    """Reflect-pad the last two axes of `data` (`(..., h, w)`), repeating the reflection when a
-    pad is longer than the data (tiny scenes).
+    Positions farther out than the scene is long reflect back and forth, so any window fits
+    any scene of at least one pixel.
 
     Args:
-        data: Array with spatial axes last.
-        pads: `((top, bottom), (left, right))` pixels.
+        positions: Integer positions along one axis.
+        size: Scene pixels along that axis.
+
+    Returns:
+        Indices in `[0, size)`, same shape as `positions`.
     """
-    if not any(p for pair in pads for p in pair):
-        return data
-    width = [(0, 0)] * (data.ndim - 2) + [pads[0], pads[1]]
-    # numpy's reflect mode needs 2+ pixels; a 1-pixel axis can only repeat its value
-    if min(data.shape[-2:]) > 1:
-        return np.pad(data, width, mode="reflect")
-    return np.pad(data, width, mode="edge")
+    if size == 1:
+        return np.zeros_like(positions)
+    period = 2 * (size - 1)
+    m = np.mod(positions, period)
+    out: np.ndarray = np.where(m >= size, period - m, m)
+    return out

@@ -1,0 +1,194 @@
+"""Benchmark: `predict_scene` end to end vs the bare model forward over the same windows.
+
+Writes a tiny-U-Net bundle and a `--side`² uint16 scene, then prints, side by side in one run,
+at overlap 0 and at `--overlap`:
+
+- bare forward: the generator over the very windows the scene needs (read beforehand), in the
+  same batches and on the same device path (AMP + channels_last on CUDA), no I/O;
+- predict_scene: read, normalize, reflect-pad, forward, blend, cast and write a GeoTIFF;
+
+as windows/s and scene megapixels/s (best of `--repeat` interleaved runs), and the ratio
+end-to-end / bare (goal <= 1.10: the
+windows already include the overlap factor 1/(1 - 2·overlap/tile)²). Then the peak RSS of
+predicting scenes of 1x, 4x and 16x the area of `--rss-side`², each in its own subprocess
+(goal: flat within ±10%).
+
+    python benchmarks/inference.py          # the paper's U-Net, 256² tiles: minutes on 2 cores
+    python benchmarks/inference.py --side 8192 --tile 512 --overlap 64 --batch 8   # on a GPU
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import rasterio
+import torch
+from affine import Affine
+
+from p2p.bundle import BundleMeta, load_bundle, write_bundle
+from p2p.config import PredictConfig, SceneConfig
+from p2p.inference import Translator, pick_device, predict_scene
+from p2p.models import UNetGenerator
+from p2p.normalization import BandStats, normalize
+from p2p.windows import AxisLayout, axis_layout
+
+BANDS = 3
+
+
+def write_scene(path: Path, side: int, seed: int = 0) -> None:
+    """A smooth-plus-noise uint16 scene, written in row blocks (bounded memory)."""
+    rng = np.random.default_rng(seed)
+    profile = {
+        "driver": "GTiff", "width": side, "height": side, "count": BANDS, "dtype": "uint16",
+        "crs": "EPSG:32633", "transform": Affine(10, 0, 500000, 0, -10, 1000000),
+        "tiled": True, "blockxsize": 256, "blockysize": 256, "compress": "deflate",
+    }  # fmt: skip
+    x = np.arange(side)
+    with rasterio.open(path, "w", **profile) as dst:
+        for r0 in range(0, side, 256):
+            rows = np.arange(r0, min(r0 + 256, side))[:, None]
+            base = 1000 + 400 * np.sin(x / 37.0) * np.cos(rows / 53.0)
+            block = np.stack([base + 100 * b + rng.normal(0, 20, base.shape) for b in range(BANDS)])
+            dst.write(block.astype(np.uint16), window=((r0, r0 + len(rows)), (0, side)))
+
+
+def write_model(model_dir: Path, ngf: int, num_downs: int) -> None:
+    torch.manual_seed(0)
+    gen = UNetGenerator(BANDS, 1, num_downs=num_downs, ngf=ngf, norm="batch", dropout=0.0)
+    stats = BandStats((1100.0,) * BANDS, (300.0,) * BANDS, (500.0,) * BANDS, (1800.0,) * BANDS)
+    meta = BundleMeta(
+        model={"num_downs": num_downs, "ngf": ngf, "norm": "batch", "dropout": 0.0},
+        in_channels=BANDS, out_channels=1, source_bands=tuple(f"b{i}" for i in range(BANDS)),
+        target_bands=("t",), source_stats=stats.to_dict(),
+        target_stats=BandStats((1000.0,), (1.0,), (0.0,), (4000.0,)).to_dict(),
+        target_dtype="uint16", target_nodata=None, source_nodata=None, chip_size=256,
+    )  # fmt: skip
+    write_bundle(model_dir, gen.eval(), meta)
+
+
+def scene_windows(scene: Path, stats: BandStats, layout: AxisLayout) -> list[np.ndarray]:
+    """The very windows `predict_scene` feeds the model: normalized, reflect-padded, one
+    `(per_row, C, tile, tile)` array per row of windows (the benchmark scene fits in memory)."""
+    with rasterio.open(scene) as ds:
+        x = normalize(ds.read().astype(np.float32), stats, band_axis=0)
+    pad = layout.count * layout.stride + layout.overlap - layout.size
+    x = np.pad(x, ((0, 0), (layout.overlap, pad), (layout.overlap, pad)), mode="reflect")
+    starts = [k * layout.stride for k in range(layout.count)]
+    return [
+        np.stack([x[:, r : r + layout.tile, c : c + layout.tile] for c in starts]) for r in starts
+    ]
+
+
+def bare_forward(model: Translator, rows: list[np.ndarray], batch: int) -> float:
+    """Seconds to run the windows through the model in the batches `predict_scene` uses
+    (each row of windows cut into batches of `batch`), with no I/O and no blending."""
+    start = time.perf_counter()
+    for row in rows:
+        for b0 in range(0, len(row), batch):
+            model(np.ascontiguousarray(row[b0 : b0 + batch]))
+    if model.cuda:
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
+
+
+def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -> list[str]:
+    bundle = load_bundle(model_dir)
+    stats = BandStats.from_dict(bundle.meta.source_stats)
+    multiple = 2**args.num_downs
+    rows = []
+    for overlap in (0, args.overlap):
+        config = PredictConfig(
+            tile_size=args.tile, overlap=overlap, batch_size=args.batch,
+            output_format="gtiff", device=args.device,
+        )  # fmt: skip
+        layout = axis_layout(side, args.tile, overlap, multiple, "cosine")
+        rows_of_windows = scene_windows(scene, stats, layout)
+        windows = layout.count**2
+        model = Translator(bundle.generator, pick_device(args.device))
+        bare_forward(model, rows_of_windows, args.batch)  # warm-up: every batch shape once
+        bares, e2es = [], []
+        for _ in range(args.repeat):  # interleaved, best of each: robust to a busy machine
+            bares.append(bare_forward(model, rows_of_windows, args.batch))
+            start = time.perf_counter()
+            predict_scene(bundle, SceneConfig(source=str(scene)), scene.with_name("p.tif"), config)
+            e2es.append(time.perf_counter() - start)
+        bare, e2e = min(bares), min(e2es)
+        mp = side * side / 1e6
+        rows.append(
+            f"| {overlap:>7} | {windows:>7} | {windows / bare:>9.1f} | {windows / e2e:>9.1f} "
+            f"| {mp / bare:>9.2f} | {mp / e2e:>9.2f} | {e2e / bare:>9.2f} |"
+        )
+    return rows
+
+
+def rss_child(model_dir: str, scene: str, tile: int, overlap: int, batch: int, dev: str) -> None:
+    config = PredictConfig(tile_size=tile, overlap=overlap, batch_size=batch,
+                           output_format="gtiff", device=dev)  # fmt: skip
+    out = Path(scene).with_name("rss_pred.tif")
+    predict_scene(load_bundle(model_dir), SceneConfig(source=scene), out, config)
+    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+
+
+def peak_rss(model_dir: Path, folder: Path, args: argparse.Namespace) -> list[str]:
+    rows, base = [], None
+    for factor in (1, 2, 4):
+        side = args.rss_side * factor
+        scene = folder / f"rss_{side}.tif"
+        write_scene(scene, side, seed=1)
+        cmd = [sys.executable, __file__, "--rss-child", str(model_dir), str(scene),
+               str(args.tile), str(args.overlap), str(args.batch), args.device]  # fmt: skip
+        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        mb = json.loads(done.stdout.strip().splitlines()[-1])["maxrss_mb"]
+        base = base or mb
+        rows.append(f"| {factor**2:>3}x | {side:>6}² | {mb:>9.0f} | {mb / base:>6.2f} |")
+    return rows
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--side", type=int, default=1024, help="Scene side for throughput.")
+    parser.add_argument("--tile", type=int, default=256)
+    parser.add_argument("--overlap", type=int, default=32)
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--ngf", type=int, default=64)
+    parser.add_argument("--num-downs", type=int, default=8)
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--repeat", type=int, default=3, help="Timed runs (best is kept).")
+    parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
+    parser.add_argument("--rss-child", nargs=6, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rss_child:
+        m, s, t, o, b, d = args.rss_child
+        rss_child(m, s, int(t), int(o), int(b), d)
+        return
+    device = pick_device(args.device)
+    label = torch.cuda.get_device_name(device) if device.type == "cuda" else (
+        f"CPU ({torch.get_num_threads()} threads)")  # fmt: skip
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_model(folder / "model", args.ngf, args.num_downs)
+        write_scene(folder / "scene.tif", args.side)
+        print(
+            f"device: {label}; U-Net ngf={args.ngf} num_downs={args.num_downs}; "
+            f"scene {args.side}² x {BANDS} bands uint16; tile {args.tile}, batch {args.batch}"
+        )
+        print("\n| overlap | windows | bare win/s | e2e win/s | bare MP/s | e2e MP/s | e2e/bare |")
+        print("|---|---|---|---|---|---|---|")
+        for row in compare(folder / "model", folder / "scene.tif", args.side, args):
+            print(row)
+        print(f"\npeak RSS of predict_scene (overlap {args.overlap}), one subprocess each:")
+        print("| area | scene | RSS (MB) | vs 1x |\n|---|---|---|---|")
+        for row in peak_rss(folder / "model", folder, args):
+            print(row)
+
+
+if __name__ == "__main__":
+    main()
