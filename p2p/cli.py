@@ -59,10 +59,10 @@ _OS_HINTS: dict[int, str] = {
     errno.ENOENT: "",
     errno.ENOTDIR: "a part of this path is a file, not a folder",
     errno.EISDIR: "this is a folder; give a file",
-    errno.EEXIST: "",
+    errno.EEXIST: "something is in the way; remove it or choose another path",
     errno.EACCES: "check its permissions or choose another path",
     errno.EPERM: "check its permissions or choose another path",
-    errno.EROFS: "the file system is read-only; write to another folder",
+    errno.EROFS: "write to another folder",
     errno.ENOSPC: "free some space or write to another disk, then rerun to resume",
     errno.EDQUOT: "the disk quota is used up; free some space, then rerun to resume",
     errno.EFBIG: "the file is too large for this file system",
@@ -82,10 +82,30 @@ def guard(fn: Callable[[], T]) -> T:
     except OSError as exc:
         if _state["debug"] or exc.errno not in _OS_HINTS:
             raise
-        where = exc.filename or "output"
+        where = exc.filename2 or exc.filename or "output"  # a rename: name its destination
         hint = _OS_HINTS[exc.errno]
         typer.echo(f"error: {where}: {exc.strerror}{'; ' + hint if hint else ''}", err=True)
         raise typer.Exit(1) from None
+
+
+def check_output_path(path: str) -> None:
+    """Fail before any work when `path` cannot become an output file.
+
+    Raises:
+        InputError: `path` is a folder, or a file stands where one of its folders must be.
+    """
+    from pathlib import Path
+
+    from p2p.errors import InputError
+
+    target = Path(path).absolute()
+    if target.is_dir():
+        raise InputError(path, "is a folder; give the output file's name")
+    parent = target.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise InputError(parent, "is a file, not a folder; choose another output path")
 
 
 def print_json(record: dict[str, Any]) -> None:
@@ -224,6 +244,7 @@ def predict(
             err = exc.errors()[0]
             raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
         scenes = [SceneConfig(source=spec) for spec in inputs]
+        check_output_path(output)
         bundle = load_bundle(model)
         with _scene_progress("predict") as bars:
 
@@ -256,6 +277,8 @@ def evaluate(
     def body() -> None:
         from p2p.evaluation import evaluate as run_evaluation
 
+        if error_map is not None:
+            check_output_path(error_map)
         record = run_evaluation(prediction, target, error_map, target_bands=target_bands or None)
         if as_json:
             print_json(record)

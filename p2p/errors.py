@@ -49,3 +49,7 @@ class StageError(P2PError):
 
 class PathNotAllowedError(P2PError):
     """A path given as a flow parameter lies outside the allowed roots."""
+
+
+class OutputError(P2PError):
+    """An output could not be written completely (disk full, read-only, I/O error)."""

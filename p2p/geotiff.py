@@ -19,10 +19,12 @@ from typing import Any, Literal
 
 import numpy as np
 import rasterio
+from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
 from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
+from p2p.errors import OutputError
 from p2p.fsutil import atomic_path, atomic_write_json, fsync_dir, read_json
 from p2p.raster import Grid
 
@@ -133,6 +135,42 @@ def write_rows(path: Path, data: np.ndarray, row_off: int) -> None:
         dst.write(data, window=Window(0, row_off, data.shape[2], data.shape[1]))
     with contextlib.suppress(OSError), open(path, "rb+") as fh:
         os.fsync(fh.fileno())
+    check_written(path, row_off, row_off + data.shape[1])
+
+
+def check_written(
+    path: Path, row0: int = 0, row1: int | None = None, name: Path | None = None
+) -> None:
+    """Raise unless the tiles of rows `[row0, row1)` lie wholly inside the file on disk.
+
+    GDAL reports a full disk on `write` only while the data fits its block cache; when the
+    cache is flushed on close the error is printed and swallowed, leaving a file that opens
+    (or not) with tiles missing. Checking the tile offsets against the file size costs a few
+    metadata look-ups per block row and catches that before the rows are recorded as done.
+
+    Args:
+        path: The GeoTIFF just written.
+        row0: First row to check.
+        row1: End of the rows to check (all rows when None).
+        name: The file to name in the error (the final output rather than its temporary).
+
+    Raises:
+        OutputError: the file does not open or a tile ends past its end.
+    """
+    problem = "was not written completely (disk full or I/O error); free space and rerun"
+    try:
+        size = path.stat().st_size
+        with rasterio.open(path) as ds:
+            rows, cols = ds.block_shapes[0]
+            last = ds.height if row1 is None else min(row1, ds.height)
+            for by in range(row0 // rows, math.ceil(last / rows)):
+                for bx in range(math.ceil(ds.width / cols)):
+                    offset = ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1)
+                    length = ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1)
+                    if offset and length and int(offset) + int(length) > size:
+                        raise OutputError(name or path, problem)
+    except (OSError, RasterioIOError):
+        raise OutputError(name or path, problem) from None
 
 
 def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
@@ -140,8 +178,10 @@ def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
     if output_format == "cog":
         with atomic_path(final, suffix=".tif") as tmp:
             to_cog(partial, tmp)
+            check_written(tmp, name=final)
         partial.unlink()
     else:
+        check_written(partial, name=final)
         os.replace(partial, final)
         fsync_dir(final.parent)
 
