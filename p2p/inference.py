@@ -264,7 +264,7 @@ def _strips_of_window(ly: AxisLayout, j: int) -> range:
     return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
-def _job(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> str:
+def scene_job(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> str:
     """Fingerprint of everything that decides the output's pixels."""
     inputs = [f"weights:{bundle.weights_hash}", *(fingerprint_file(p) for p in scene.source)]
     return stage_key(
@@ -316,7 +316,7 @@ def predict_scene(
         plan = _plan(reader, bundle, config, scene.source[0])
         model = Translator(bundle.generator, pick_device(config.device))
         partial, state = geotiff.partial_paths(output)
-        job = _job(bundle, scene, config)
+        job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
         rows_done = geotiff.rows_on_disk(partial, state, job)
         if rows_done == 0:

@@ -337,8 +337,9 @@ def predict_region(
     """Predict one scene into `output`, or several scenes and mosaic them into `output`.
 
     Several scenes are predicted (as plain GeoTIFFs, resumable) into the folder
-    ``.NAME.scenes`` beside the output, which is removed once the mosaic is written. Every
-    scene is checked before the first is predicted.
+    ``.NAME.scenes`` beside the output, which is removed once the mosaic is written; a rerun
+    after an interruption reuses the scenes finished there. Every scene is checked before the
+    first is predicted.
 
     Args:
         bundle: The model bundle.
@@ -350,7 +351,7 @@ def predict_region(
     Returns:
         ``{"output", "scenes"}``.
     """
-    from p2p.inference import check_scene, predict_scene  # torch only when predicting
+    from p2p.inference import check_scene, predict_scene, scene_job  # torch only here
 
     output = Path(output)
     for scene in scenes:
@@ -366,7 +367,8 @@ def predict_region(
     per_scene = config.model_copy(update={"output_format": "gtiff"})
     paths = []
     for n, scene in enumerate(scenes):
-        path = folder / f"{n:04d}_{scene.scene_id}.tif"
+        # the job key in the name: a finished file from another model or setting is not reused
+        path = folder / f"{n:04d}_{scene.scene_id}_{scene_job(bundle, scene, per_scene)}.tif"
         if not path.is_file():
             predict_scene(bundle, scene, path, per_scene, callback(scene.scene_id))
         paths.append(path)

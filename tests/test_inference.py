@@ -161,6 +161,19 @@ def test_tiled_prediction_equals_one_pass_and_shows_no_seam(tmp_path: Path) -> N
     assert 0.8 < ratio < 1.2  # without overlap this model gives 0.44: a visible grid
 
 
+def test_scene_edges_see_reflected_context(tmp_path: Path) -> None:
+    src, data = _source(tmp_path / "src.tif", 50, 61, hole=False)
+    config = CFG.model_copy(update={"blend": "none"})  # centres only: exact for radius 3 < 8
+    predict_scene(
+        _bundle(EdgeSensitive()), SceneConfig(source=str(src)), tmp_path / "p.tif", config
+    )
+    with rasterio.open(tmp_path / "p.tif") as ds:
+        tiled = ds.read(1)
+    mirrored = np.pad(data, ((0, 0), (8, 8), (8, 8)), mode="reflect")
+    expected = _one_pass(EdgeSensitive(), mirrored, "float32")[0, 8:-8, 8:-8]
+    np.testing.assert_allclose(tiled, expected, atol=1e-5)
+
+
 def test_bad_inputs_fail_before_any_output(tmp_path: Path) -> None:
     src, _ = _source(tmp_path / "src.tif")
     three = write_geotiff(tmp_path / "three.tif", np.ones((3, 40, 40), np.uint16))
