@@ -236,14 +236,15 @@ def predict(
 
         start = time.perf_counter()
         try:
-            config = PredictConfig(
-                tile_size=tile_size, overlap=overlap, batch_size=batch_size, device=device,
-                blend=blend, output_format=output_format, nodata=nodata,
+            config = PredictConfig.model_validate(
+                {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
+                 "device": device, "blend": blend, "output_format": output_format,
+                 "nodata": nodata}
             )  # fmt: skip
         except ValidationError as exc:
             err = exc.errors()[0]
             raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
-        scenes = [SceneConfig(source=spec) for spec in inputs]
+        scenes = [SceneConfig.model_validate({"source": spec}) for spec in inputs]
         check_output_path(output)
         bundle = load_bundle(model)
         with _scene_progress("predict") as bars:

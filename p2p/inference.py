@@ -168,7 +168,7 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
         ) from None
     meta = bundle.meta
     dtype = str(meta.target_dtype)
-    nodata = meta.target_nodata if meta.target_nodata is not None else None
+    nodata = meta.target_nodata
     return _Plan(
         ly=ly,
         lx=lx,

@@ -301,3 +301,19 @@ def test_cli_predicts_one_scene_or_a_mosaic_of_several(tmp_path: Path) -> None:
     assert bad.exit_code == 1
     assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'x.tif'}: file not found"]
     assert not list(tmp_path.glob("*bad.tif*"))
+    cfg = runner.invoke(
+        app,
+        [
+            "predict",
+            "--model",
+            str(model_dir),
+            "--input",
+            str(a),
+            "--output",
+            str(tmp_path / "bad.tif"),
+            "--overlap",
+            "300",
+        ],
+    )
+    assert cfg.exit_code == 1 and cfg.stderr.count("\n") == 1
+    assert cfg.stderr.startswith("error: ") and "overlap" in cfg.stderr
