@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 #: Internal tile side of every GeoTIFF p2p writes (and the row unit of resumable writes).
 BLOCK = 256
 OutputFormat = Literal["gtiff", "cog"]
+INCOMPLETE = "was not written completely (disk full or I/O error); free space and rerun"
 
 
 def default_nodata(dtype: str) -> float:
@@ -131,7 +132,7 @@ def write_rows(path: Path, data: np.ndarray, row_off: int) -> None:
         data: `(C, h, width)` in the file's dtype.
         row_off: First row.
     """
-    with rasterio.open(path, "r+") as dst:
+    with _writing(path), rasterio.open(path, "r+") as dst:
         dst.write(data, window=Window(0, row_off, data.shape[2], data.shape[1]))
     with contextlib.suppress(OSError), open(path, "rb+") as fh:
         os.fsync(fh.fileno())
@@ -157,7 +158,6 @@ def check_written(
     Raises:
         OutputError: the file does not open or a tile ends past its end.
     """
-    problem = "was not written completely (disk full or I/O error); free space and rerun"
     try:
         size = path.stat().st_size
         with rasterio.open(path) as ds:
@@ -168,15 +168,25 @@ def check_written(
                     offset = ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1)
                     length = ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1)
                     if offset and length and int(offset) + int(length) > size:
-                        raise OutputError(name or path, problem)
+                        raise OutputError(name or path, INCOMPLETE)
     except (OSError, RasterioIOError):
-        raise OutputError(name or path, problem) from None
+        raise OutputError(name or path, INCOMPLETE) from None
+
+
+@contextlib.contextmanager
+def _writing(name: Path) -> Iterator[None]:
+    """Turn GDAL's write failures (a full disk, mostly) into a one-line `OutputError`."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "write failed"
+        raise OutputError(name, f"{INCOMPLETE} ({detail})") from None
 
 
 def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
     """Publish a complete partial file under its final name (as a COG when asked)."""
     if output_format == "cog":
-        with atomic_path(final, suffix=".tif") as tmp:
+        with atomic_path(final, suffix=".tif") as tmp, _writing(final):
             to_cog(partial, tmp)
             check_written(tmp, name=final)
         partial.unlink()
@@ -196,7 +206,8 @@ def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]
     os.close(fd)
     work = Path(name)
     try:
-        yield work
+        with _writing(final):
+            yield work
         finish(work, final, output_format)
     finally:
         work.unlink(missing_ok=True)
