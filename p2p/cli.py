@@ -131,6 +131,18 @@ def _print_stages(record: dict[str, Any]) -> None:
     Console().print(table)
 
 
+def check_scenes(config: Any) -> None:
+    """Check paths and every scene pair (files, bands, grids, overlap, chip size) before the
+    flow starts, so bad input costs a second and one line, not a Prefect start-up and task
+    retries of an error no retry can fix."""
+    from p2p.pipeline import checked_pipeline_config
+    from p2p.tiling import plan_scene
+
+    checked = checked_pipeline_config(config)
+    for scene in checked.scenes:
+        plan_scene(scene, checked.tiling)
+
+
 @app.command()
 def run(
     config: str = typer.Argument(..., help="Pipeline config YAML."),
@@ -152,6 +164,7 @@ def run(
         if until is not None and until not in STAGES:
             raise ConfigError("--until", f"must be one of {', '.join(STAGES)}, not {until!r}")
         cfg = load_config(config, overrides)
+        check_scenes(cfg)
         from flows.console import console_progress_bars, quiet_prefect
 
         quiet_prefect(_state["debug"])

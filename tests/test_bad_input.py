@@ -155,7 +155,7 @@ def test_output_folder_is_a_file(tmp_path: Path, model: Path) -> None:
 
 def test_evaluate_with_no_overlap(tmp_path: Path) -> None:
     pred = write_scene(tmp_path / "pred.tif", bands=1)
-    far = write_scene(tmp_path / "ref.tif", bands=1, transform=UTM * Affine.translation(5000, 0))
+    far = write_scene(tmp_path / "ref.tif", bands=1, transform=UTM @ Affine.translation(5000, 0))
     error_map = tmp_path / "out" / "error.tif"
     args = ["evaluate", "--prediction", pred, "--target", far, "--error-map", error_map]
     line = assert_failed_cleanly(cli(args), far)
@@ -264,3 +264,20 @@ def test_unknown_until_stage(tmp_path: Path, config_data: dict[str, object]) -> 
     config = yaml_config(tmp_path / "config.yaml", config_data)
     line = assert_failed_cleanly(cli(["run", config, "--until", "mosaic"]), "--until")
     assert "tile" in line
+
+
+def test_source_and_target_with_no_overlap(tmp_path: Path, config_data: dict[str, object]) -> None:
+    far = write_scene(tmp_path / "far.tif", bands=1, transform=UTM @ Affine.translation(500, 0))
+    scenes = config_data["scenes"]
+    assert isinstance(scenes, list)
+    scenes[0]["target"] = str(far)
+    config = yaml_config(tmp_path / "config.yaml", config_data)
+    line = _run_fails(tmp_path, config, far)
+    assert "does not overlap the source grid" in line
+
+
+def test_scene_smaller_than_one_chip(tmp_path: Path, config_data: dict[str, object]) -> None:
+    config_data["tiling"] = {"chip_size": 128, "stride": 128}
+    config = yaml_config(tmp_path / "config.yaml", config_data)
+    line = _run_fails(tmp_path, config, tmp_path / "src.tif")
+    assert "chip_size 128 is larger than the scene (64x64 px)" in line
