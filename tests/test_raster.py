@@ -196,3 +196,18 @@ def test_open_scene_is_lazy_block_aligned_and_keeps_metadata(tmp_path: Path) -> 
     assert da.attrs["nodata"] == 0 and list(da.attrs["long_name"]) == ["c", "g"]
     assert da.rio.crs.to_epsg() == 32633 and da.rio.transform() == UTM
     np.testing.assert_array_equal(da.values, np.stack([a[0] + 5, a[1]]))
+
+
+@pytest.mark.parametrize(("dtype", "bands"), [("float32", 1), ("uint16", 3)])
+def test_warped_file_without_nodata_is_invalid_outside_its_footprint(
+    tmp_path: Path, dtype: str, bands: int
+) -> None:
+    f = write_geotiff(tmp_path / "ref.tif", np.full((bands, 64, 64), 7, dtype))
+    # A grid shifted by half a pixel and twice as large: the warp resamples, and pixels outside
+    # the file must come back invalid rather than as valid zeros.
+    grid = Grid(rasterio.crs.CRS.from_epsg(32633), UTM * Affine.translation(0.5, 0.5), 128, 128)
+    with open_aligned([f], grid) as r:
+        assert r.resampled
+        data, valid = r.read(Window(0, 0, 128, 128))
+    assert valid.sum() == (data[0] == 7).sum() > 0
+    assert not valid[100:, 100:].any()

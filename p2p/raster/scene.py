@@ -215,6 +215,12 @@ class SceneReader:
             self._warp(ds, resampling, nodata) if self.resampled else ds for ds in self._files
         ]
         self._masked = [self._has_mask(k) for k in range(len(self._readers))]
+        # The alpha band a warp added (1-based index in the warped view), read as the mask
+        # directly: GDAL does not always report it in the data bands' mask flags (float32).
+        self._alpha = [
+            r.count if self.resampled and self._files[k].count < r.count else None
+            for k, r in enumerate(self._readers)
+        ]
 
     def _band_name(self, file_index: int, band: int) -> str:
         ds = self._files[file_index]
@@ -299,7 +305,10 @@ class SceneReader:
             indexes = [self._picks[n][1] for n in slots]
             try:
                 data[slots] = reader.read(indexes, window=window)
-                if self._masked[k]:
+                alpha = self._alpha[k]
+                if alpha is not None:
+                    valid &= reader.read(alpha, window=window) > 0
+                elif self._masked[k]:
                     valid &= reader.read_masks(indexes[0], window=window) > 0
             except RasterioIOError as exc:
                 # a damaged tile found mid-run: name the file, not GDAL's internals
