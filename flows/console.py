@@ -7,6 +7,7 @@ before anything imports `prefect`; the CLI calls it first thing in `run` and `de
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -26,6 +27,10 @@ def quiet_prefect(debug: bool = False) -> None:
     }
     for name, value in defaults.items():
         os.environ.setdefault(name, value)
+    # Prefect sets its loggers (and p2p's, as an extra logger) to INFO; their records still
+    # reach the API, but the CLI's own stderr handler shows only warnings unless --debug.
+    for handler in logging.getLogger().handlers:
+        handler.setLevel(logging.DEBUG if debug else logging.WARNING)
 
 
 @contextlib.contextmanager

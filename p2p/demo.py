@@ -35,7 +35,8 @@ from p2p.report import comparison_png, deliver_file, metrics_markdown, read_disp
 
 log = logging.getLogger(__name__)
 
-DEMO_EPOCHS = 16
+DEMO_EPOCHS = 40
+DEMO_SEED = 5
 REPORT_VERSION = 1
 
 Window = tuple[int, int, int, int]  # row, col, height, width in world pixels
@@ -72,7 +73,9 @@ def _window_transform(window: Window) -> Affine:
     return Affine(PIXEL_M, 0.0, ORIGIN[0] + c * PIXEL_M, 0.0, -PIXEL_M, ORIGIN[1] - r * PIXEL_M)
 
 
-def write_demo_scenes(folder: str | Path, scene_size: int = 384, seed: int = 0) -> DemoScenes:
+def write_demo_scenes(
+    folder: str | Path, scene_size: int = 384, seed: int = DEMO_SEED
+) -> DemoScenes:
     """Render the demo world and write its scenes as GeoTIFFs (satellite RGB + map RGB).
 
     Files that a previous call finished (marked by ``scenes.done``) are kept untouched, so
@@ -141,7 +144,7 @@ def demo_config(
             epochs=1 if quick else DEMO_EPOCHS,
             epochs_decay=1 if quick else DEMO_EPOCHS // 2,
             batch_size=8,
-            lr=2e-4 if quick else 1e-3,
+            lr=2e-4 if quick else 5e-4,
             lambda_l1=100.0,
             device="cpu",
             preview_chips=4,

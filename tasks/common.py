@@ -22,6 +22,7 @@ from prefect.artifacts import (
     create_table_artifact,
     update_progress_artifact,
 )
+from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 
 from p2p.cache import StageRecord, read_manifest, stage_dir
@@ -54,6 +55,17 @@ def stage_cache(key_of: KeyOf) -> CacheKeyFn:
         return f"p2p-{stage}-{key}"
 
     return cache_key
+
+
+def transient_failure(_task: Any, _run: Any, state: State[Any]) -> bool:
+    """`retry_condition_fn`: retry I/O hiccups, never a `P2PError` (bad input stays bad)."""
+    try:
+        state.result()
+    except P2PError:
+        return False
+    except Exception:
+        return True
+    return True
 
 
 def artifact_key(*parts: str) -> str:

@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from p2p.cache import StageRecord
 from p2p.config import DatasetConfig, TilingConfig
 from p2p.dataset import dataset_stage, dataset_stage_key
-from tasks.common import publish_record, stage_cache
+from tasks.common import publish_record, stage_cache, transient_failure
 
 
 def _key(p: dict[str, Any]) -> tuple[str, str, str]:
@@ -23,6 +23,7 @@ def _key(p: dict[str, Any]) -> tuple[str, str, str]:
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=transient_failure,
 )
 def assemble_dataset(
     workspace: str, tile_dirs: list[str], config: DatasetConfig, tiling: TilingConfig

@@ -11,7 +11,7 @@ from p2p.config import MosaicConfig
 from p2p.geotiff import OutputFormat
 from p2p.mosaic import mosaic_stage
 from p2p.pipeline import mosaic_stage_key
-from tasks.common import publish_record, stage_cache
+from tasks.common import publish_record, stage_cache, transient_failure
 
 
 def _key(p: dict[str, Any]) -> tuple[str, str, str]:
@@ -25,6 +25,7 @@ def _key(p: dict[str, Any]) -> tuple[str, str, str]:
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=transient_failure,
 )
 def mosaic(
     workspace: str, predictions: list[str], config: MosaicConfig, output_format: OutputFormat

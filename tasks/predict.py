@@ -10,7 +10,7 @@ from p2p.cache import StageRecord
 from p2p.config import PredictConfig, SceneConfig
 from p2p.inference import predict_stage
 from p2p.pipeline import predict_stage_key
-from tasks.common import publish_record, stage_cache
+from tasks.common import publish_record, stage_cache, transient_failure
 
 
 def _key(p: dict[str, Any]) -> tuple[str, str, str]:
@@ -25,6 +25,7 @@ def _key(p: dict[str, Any]) -> tuple[str, str, str]:
     persist_result=True,
     retries=1,
     retry_delay_seconds=5,
+    retry_condition_fn=transient_failure,
     tags=["gpu"],
 )
 def predict_scene(

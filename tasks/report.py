@@ -11,10 +11,10 @@ from prefect.artifacts import create_image_artifact, create_markdown_artifact
 from p2p.cache import StageRecord
 from p2p.demo import DemoScenes, report_stage, report_stage_key
 from p2p.report import deliver_file
-from tasks.common import publish_record, stage_cache
+from tasks.common import publish_record, stage_cache, transient_failure
 
 
-@task(name="deliver-mosaic", retries=2, retry_delay_seconds=5)
+@task(name="deliver-mosaic", retries=2, retry_delay_seconds=5, retry_condition_fn=transient_failure)
 def deliver_mosaic(mosaic: StageRecord, predictions: list[StageRecord], output: str) -> bool:
     """Copy the mosaic to `output` when it changed; a report lists every scene.
 

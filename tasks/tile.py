@@ -9,7 +9,7 @@ from prefect import get_run_logger, task
 from p2p.cache import StageRecord
 from p2p.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.tiling import tile_stage, tile_stage_key
-from tasks.common import StageProgress, artifact_key, publish_record, stage_cache
+from tasks.common import StageProgress, artifact_key, publish_record, stage_cache, transient_failure
 
 
 def _key(p: dict[str, Any]) -> tuple[str, str, str]:
@@ -23,6 +23,7 @@ def _key(p: dict[str, Any]) -> tuple[str, str, str]:
     persist_result=True,
     retries=2,
     retry_delay_seconds=5,
+    retry_condition_fn=transient_failure,
 )
 def tile_scene(
     workspace: str, scene: SceneConfig, tiling: TilingConfig, dask: DaskConfig

@@ -11,6 +11,7 @@ import yaml
 from prefect.cli.deploy._models import PrefectYamlModel
 from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedule
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.utilities.schema_tools.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -31,6 +32,9 @@ def test_entrypoint_is_a_flow_whose_parameters_validate(spec: dict[str, Any], na
     deployment = _deployment(spec, name)
     flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
     assert isinstance(flow, Flow)
+    # what the server checks when the deployment is created (and the UI form before a run)
+    schema = flow.parameters.model_dump()
+    assert validate(deployment["parameters"], schema, raise_on_error=True) == []
     validated = flow.validate_parameters(deployment["parameters"])
     assert type(validated["config"]).__name__ in ("PipelineConfig", "BatchPredictConfig")
     assert deployment["work_pool"]["name"] == "p2p-process"

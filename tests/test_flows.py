@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
+import yaml
 from distributed import LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL
 
 from flows.batch_predict import batch_predict
 from flows.demo import demo_flow
@@ -159,6 +167,20 @@ def test_paths_outside_the_allowed_roots_are_refused(
         train_pipeline(config)
 
 
+def test_bad_input_fails_once_without_retries(data: DemoScenes, tmp_path: Path) -> None:
+    missing = data.train[0].model_copy(update={"source": [str(tmp_path / "missing.tif")]})
+    config = demo_config(tmp_path / "ws", [missing], quick=True)
+    state = train_pipeline(config, return_state=True)
+    assert state.is_failed()
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(
+                id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
+            )
+        )
+    assert [(r.name, r.run_count) for r in runs] == [("tile-train_1", 1)]  # no retry
+
+
 def test_demo_reports_and_reruns_cached(demo: dict[str, Any]) -> None:
     ws = Path(demo["workspace"])
     assert Path(demo["report"]) == ws / "report.png" and (ws / "report.md").is_file()
@@ -174,3 +196,71 @@ def test_demo_reports_and_reruns_cached(demo: dict[str, Any]) -> None:
     again = demo_flow(str(ws), scene_size=96, quick=True)
     assert all(s["cached"] for s in again["stages"].values())
     assert again["metrics"] == demo["metrics"]
+
+
+def _p2p_run(config: PipelineConfig, folder: Path, *extra: str) -> subprocess.Popen[str]:
+    """Start `p2p run` in its own process group, against the test's Prefect server."""
+    path = folder / f"config-{len(list(folder.glob('config-*.yaml')))}.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    env = {**os.environ, "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    return subprocess.Popen(
+        [str(Path(sys.executable).parent / "p2p"), "run", str(path), "--json", *extra],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_training_from_its_checkpoint(
+    trained: tuple[PipelineConfig, dict[str, Any]], tmp_path: Path
+) -> None:
+    config, _ = trained
+    longer = config.model_copy(update={"train": config.train.model_copy(update={"epochs": 6})})
+    proc = _p2p_run(longer, tmp_path)
+    train_root = Path(config.workspace) / "train"
+    known = {p.name for p in train_root.iterdir()}
+    deadline = time.monotonic() + 120
+    checkpoints: list[Path] = []
+    while not checkpoints and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+        checkpoints = [
+            c
+            for d in train_root.iterdir()
+            if d.name not in known
+            for c in d.glob("checkpoints/epoch_*.pt")
+        ]
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert checkpoints, proc.stderr.read() if proc.stderr else ""
+    folder = checkpoints[0].parents[1]
+    assert not (folder / "manifest.json").exists()
+    saved = max(int(c.stem.split("_")[1]) for c in folder.glob("checkpoints/epoch_*.pt"))
+    before = (folder / "metrics.jsonl").read_text().splitlines()[:saved]
+
+    record = train_pipeline(longer)
+    assert record["stages"]["train"]["path"] == str(folder)
+    assert not record["stages"]["train"]["cached"]
+    lines = (folder / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == list(range(1, 8))
+    assert lines[:saved] == before  # the epochs done before the kill were not redone
+
+
+@pytest.mark.slow
+def test_two_concurrent_runs_share_one_set_of_artifacts(data: DemoScenes, tmp_path: Path) -> None:
+    config = demo_config(tmp_path / "ws", data.train[:1], quick=True)
+    runs = [_p2p_run(config, tmp_path) for _ in range(2)]
+    outputs = [p.communicate(timeout=300) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [err[-2000:] for _, err in outputs]
+    records = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    keys = [{n: s["key"] for n, s in r["stages"].items()} for r in records]
+    assert keys[0] == keys[1]
+    for stage in ("tile", "dataset", "train", "evaluate"):
+        assert len(list((tmp_path / "ws" / stage).glob("*/manifest.json"))) == 1, stage
+    # exactly one run built each stage; the other waited on its lock and reused it
+    for name in keys[0]:
+        assert sorted(r["stages"][name]["cached"] for r in records) == [False, True], name
+    train_dir = Path(records[0]["stages"]["train"]["path"])
+    assert len((train_dir / "metrics.jsonl").read_text().splitlines()) == 2
