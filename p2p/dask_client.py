@@ -23,8 +23,10 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
     Args:
         config: `address` connects to a running scheduler (its workers must see the workspace
             and input paths); otherwise a LocalCluster with `n_workers` x `threads_per_worker`.
-        processes: Local workers as processes (default; GDAL and numpy release the GIL only in
-            part) or as threads in this process.
+        processes: Local workers as processes (default: isolates Python-heavy work from the
+            GIL) or as threads in this process, which start in a fraction of a second and
+            share memory; threads suit work that releases the GIL (GDAL decoding, compression,
+            numpy copies), such as tiling. Ignored with `address`.
 
     Raises:
         ConfigError: the scheduler at `address` cannot be reached.

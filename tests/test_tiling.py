@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 from p2p import chipstore
 from p2p.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.dask_client import dask_client
 from p2p.errors import P2PError
 from p2p.tiling import ChipGrid, tile_stage
 from tests.rasters import ramp, write_geotiff
@@ -91,6 +92,7 @@ def test_overlapping_chips_hold_the_scene_pixels(
         assert row.valid_fraction == pytest.approx(expected_valid.mean())
         assert (row.minx, row.maxy) == (500000 + 10 * row.x0, 1000000 - 10 * row.y0)
     assert rec.summary["chips_kept"] == int((index.valid_fraction >= 0.5).sum())
+    assert chipstore.read_meta(rec.path)["target"]["resampled"] is False  # same grid: no warp
     again = tile_stage(tmp_path / "ws", scene, tiling, DASK, client=client)
     assert again.cached and again.path == rec.path
 
@@ -114,10 +116,11 @@ def test_target_on_another_grid_is_chipped_on_the_source_grid(
     assert not arrays["valid"][first, :4].any() and arrays["valid"][first, 4:, 4:].all()
 
 
-def test_tiling_on_a_process_local_cluster(tmp_path: Path) -> None:
+def test_tiling_on_its_own_cluster_and_on_worker_processes(tmp_path: Path) -> None:
     scene = make_pair(tmp_path, 100, 100)
     tiling = TilingConfig(chip_size=32, stride=32, block_chips=1)
-    rec = tile_stage(tmp_path / "ws", scene, tiling, DaskConfig(n_workers=2, threads_per_worker=1))
+    dask = DaskConfig(n_workers=2, threads_per_worker=1)
+    rec = tile_stage(tmp_path / "ws", scene, tiling, dask)  # its own (threaded) LocalCluster
     index, arrays = chipstore.read_index(rec.path), store_arrays(rec.path)
     assert len(index) == 16 and sorted(index.block) == sorted(
         f"{r}_{c}" for r in range(4) for c in range(4)
@@ -125,6 +128,12 @@ def test_tiling_on_a_process_local_cluster(tmp_path: Path) -> None:
     src = np.asarray(__import__("rasterio").open(tmp_path / "src.tif").read())
     for row in index.itertuples():
         np.testing.assert_array_equal(arrays["source"][row.chip], padded(src, row.y0, row.x0, 32))
+    # Worker processes get the jobs pickled, as a remote scheduler does: same store.
+    with dask_client(dask, processes=True) as procs:
+        other = tile_stage(tmp_path / "ws_procs", scene, tiling, dask, client=procs)
+    assert chipstore.read_index(other.path).equals(index)
+    for name, values in store_arrays(other.path).items():
+        np.testing.assert_array_equal(values, arrays[name])
 
 
 KILL_SCRIPT = """
