@@ -10,15 +10,19 @@ import pytest
 
 from p2p.bundle import load_bundle
 from p2p.cache import StageRecord
-from p2p.config import BatchPredictConfig, DaskConfig
+from p2p.config import BatchPredictConfig, DaskConfig, MosaicConfig
 from p2p.dataset import dataset_stage
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.errors import InputError, PathNotAllowedError, StageError
+from p2p.inference import predict_stage
+from p2p.mosaic import mosaic_stage
 from p2p.pipeline import (
     checked_batch_config,
     evaluate_stage,
     expand_scenes,
     finished_stage,
+    mosaic_stage_key,
+    predict_stage_key,
     train_stage,
     train_stage_key,
 )
@@ -65,6 +69,13 @@ def test_train_then_evaluate_reproduces_validation_metrics(
 
     again = train_stage(tmp_path, dataset, cfg.model, cfg.train)
     assert again.cached and again.key == trained.key
+
+    # the Prefect tasks' keys are the keys the predict and mosaic stages really use
+    model, scene = trained.summary["model"], data.held_out[0]
+    predicted = predict_stage(tmp_path, model, scene, cfg.predict)
+    assert predicted.key == predict_stage_key(model, scene, cfg.predict)
+    merged = mosaic_stage(tmp_path, [predicted.summary["output"]], MosaicConfig(), "gtiff")
+    assert merged.key == mosaic_stage_key([predicted.summary["output"]], MosaicConfig(), "gtiff")
 
 
 def test_train_key_ignores_loader_workers_only(data: DemoScenes, dataset: StageRecord) -> None:
