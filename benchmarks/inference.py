@@ -35,9 +35,10 @@ from affine import Affine
 
 from p2p.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.config import PredictConfig, SceneConfig
-from p2p.inference import Translator, pick_device, predict_scene
+from p2p.inference import predict_scene
 from p2p.models import UNetGenerator
 from p2p.normalization import BandStats, normalize
+from p2p.translator import Translator, pick_device
 from p2p.windows import AxisLayout, axis_layout
 
 BANDS = 3

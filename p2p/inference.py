@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from rasterio.windows import Window
 
 from p2p import __version__, geotiff
@@ -37,6 +36,7 @@ from p2p.config import PredictConfig, SceneConfig
 from p2p.errors import ConfigError, InputError
 from p2p.normalization import BandStats, denormalize, normalize
 from p2p.raster import SceneReader
+from p2p.translator import Translator, pick_device
 from p2p.windows import AxisLayout, axis_layout, reflect_index
 
 log = logging.getLogger(__name__)
@@ -73,46 +73,6 @@ class PredictResult:
     strips: int
     resumed_rows: int
     seconds: float
-
-
-def pick_device(name: str) -> torch.device:
-    """Resolve ``auto``/``cpu``/``cuda`` to a device (auto: CUDA when present)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("predict.device", "cuda was asked for but no CUDA device is present")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
-
-
-class Translator:
-    """The generator as a function of normalized window batches.
-
-    On CUDA it runs with channels_last and autocast (bf16 where supported, else fp16).
-
-    Args:
-        generator: Module mapping `(N, C_in, h, w)` in [-1, 1] to `(N, C_out, h, w)`.
-        device: Where it runs; the module is moved there and put in eval mode.
-    """
-
-    def __init__(self, generator: torch.nn.Module, device: torch.device) -> None:
-        self.device = device
-        self.cuda = device.type == "cuda"
-        self.generator = generator.to(device).eval()
-        if self.cuda:
-            self.generator = self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        bf16 = self.cuda and torch.cuda.is_bf16_supported()
-        self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
-        x = torch.from_numpy(batch)
-        if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
-            y = self.generator(x)
-        return np.ascontiguousarray(y.float().cpu().numpy())
 
 
 @dataclass(frozen=True)
@@ -372,6 +332,17 @@ def _run(
         _strips(reader, model, plan, first, emit)
 
 
+def predict_key_parts(
+    weights_hash: str, scene: SceneConfig, config: PredictConfig
+) -> tuple[dict[str, Any], list[str]]:
+    """What the predict stage's key covers: (settings, input fingerprints)."""
+    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
+    return {
+        "scene": scene.model_dump(mode="json"),
+        "predict": config.model_dump(mode="json"),
+    }, inputs
+
+
 def predict_stage(
     workspace: str | Path, model_dir: str | Path, scene: SceneConfig, config: PredictConfig
 ) -> StageRecord:
@@ -384,11 +355,7 @@ def predict_stage(
         if not Path(path).is_file():
             raise InputError(path, "file not found")
     bundle = load_bundle(model_dir)
-    inputs = [f"weights:{bundle.weights_hash}", *(fingerprint_file(p) for p in scene.source)]
-    settings: dict[str, Any] = {
-        "scene": scene.model_dump(mode="json"),
-        "predict": config.model_dump(mode="json"),
-    }
+    settings, inputs = predict_key_parts(bundle.weights_hash, scene, config)
 
     def build(folder: Path) -> dict[str, Any]:
         result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config)

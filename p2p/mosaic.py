@@ -295,6 +295,14 @@ def _write(
                 progress(n, len(cores))
 
 
+def mosaic_key_parts(
+    prediction_paths: Sequence[str], config: MosaicConfig, output_format: str
+) -> tuple[dict[str, Any], list[str]]:
+    """What the mosaic stage's key covers: (settings, input fingerprints)."""
+    inputs = [fingerprint_file(p) for p in prediction_paths]
+    return {"mosaic": config.model_dump(mode="json"), "output_format": output_format}, inputs
+
+
 def mosaic_stage(
     workspace: str | Path,
     prediction_paths: Sequence[str],
@@ -309,8 +317,7 @@ def mosaic_stage(
     for path in prediction_paths:
         if not Path(path).is_file():
             raise InputError(path, "file not found")
-    inputs = [fingerprint_file(p) for p in prediction_paths]
-    settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
+    settings, inputs = mosaic_key_parts(prediction_paths, config, output_format)
 
     def build(folder: Path) -> dict[str, Any]:
         result = mosaic_scenes(

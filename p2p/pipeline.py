@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from p2p.bundle import Bundle, BundleMeta, load_bundle, read_meta, write_bundle
-from p2p.cache import StageRecord, fingerprint_file, read_manifest, run_stage, stage_key
+from p2p.cache import StageRecord, read_manifest, run_stage, stage_key
 from p2p.config import (
     BatchPredictConfig,
     ModelConfig,
@@ -27,12 +27,13 @@ from p2p.config import (
 from p2p.dataset import ChipDataset, load_stats
 from p2p.errors import InputError, StageError
 from p2p.fsutil import atomic_write_json
-from p2p.inference import PREDICT_VERSION, pick_device
+from p2p.inference import PREDICT_VERSION, predict_key_parts
 from p2p.metrics import MetricAccumulator
-from p2p.mosaic import MOSAIC_VERSION
+from p2p.mosaic import MOSAIC_VERSION, mosaic_key_parts
 from p2p.normalization import BandStats, denormalize
 from p2p.roots import allowed_roots, check_path
 from p2p.training import TrainProgress, TrainResult, train
+from p2p.translator import pick_device
 
 log = logging.getLogger(__name__)
 
@@ -267,18 +268,15 @@ def train_stage(
 def predict_stage_key(model_dir: str | Path, scene: SceneConfig, config: PredictConfig) -> str:
     """The predict stage's cache key: the same inputs `p2p.inference.predict_stage` keys on."""
     weights_hash = read_meta(model_dir)[1] or load_bundle(model_dir).weights_hash
-    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
-    settings = {"scene": scene.model_dump(mode="json"), "predict": config.model_dump(mode="json")}
-    return stage_key("predict", PREDICT_VERSION, settings, inputs)
+    return stage_key("predict", PREDICT_VERSION, *predict_key_parts(weights_hash, scene, config))
 
 
 def mosaic_stage_key(
     prediction_paths: Sequence[str], config: MosaicConfig, output_format: str
 ) -> str:
     """The mosaic stage's cache key: the same inputs `p2p.mosaic.mosaic_stage` keys on."""
-    inputs = [fingerprint_file(p) for p in prediction_paths]
-    settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
-    return stage_key("mosaic", MOSAIC_VERSION, settings, inputs)
+    parts = mosaic_key_parts(prediction_paths, config, output_format)
+    return stage_key("mosaic", MOSAIC_VERSION, *parts)
 
 
 @torch.no_grad()
