@@ -31,11 +31,23 @@ def quiet_prefect(debug: bool = False) -> None:
     # reach the API, but the CLI's own stderr handler shows only warnings unless --debug.
     for handler in logging.getLogger().handlers:
         handler.setLevel(logging.DEBUG if debug else logging.WARNING)
+        if not debug:
+            # A failed task or flow is reported once, as the CLI's one-line error; Prefect's
+            # own records (with tracebacks) still reach the API and the UI.
+            handler.addFilter(_drop_prefect_records)
+
+
+def _drop_prefect_records(record: logging.LogRecord) -> bool:
+    return not record.name.startswith("prefect")
 
 
 @contextlib.contextmanager
 def console_progress_bars() -> Iterator[None]:
     """Show one rich progress bar per long stage (tiling a scene, training, predicting)."""
+    if not sys.stderr.isatty():
+        # Bars are for terminals; logs and pipes get the stage table (or one error line).
+        yield
+        return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 

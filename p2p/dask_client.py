@@ -46,7 +46,7 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
             n_workers=config.n_workers,
             threads_per_worker=config.threads_per_worker,
             processes=processes,
-            dashboard_address=None,
+            dashboard_address=":0",  # any free port: never collide with a running cluster
         ) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):

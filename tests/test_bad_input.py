@@ -8,6 +8,8 @@ in-process with Typer's `CliRunner` (stderr kept apart from stdout).
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -18,6 +20,7 @@ from tests.faultkit import (
     PREDICT_OPTS,
     UTM,
     assert_failed_cleanly,
+    assert_one_line_error,
     cli,
     finished_looking,
     leftovers,
@@ -281,3 +284,24 @@ def test_scene_smaller_than_one_chip(tmp_path: Path, config_data: dict[str, obje
     config = yaml_config(tmp_path / "config.yaml", config_data)
     line = _run_fails(tmp_path, config, tmp_path / "src.tif")
     assert "chip_size 128 is larger than the scene (64x64 px)" in line
+
+
+@pytest.mark.slow
+def test_all_nodata_scene_through_the_flow(tmp_path: Path, config_data: dict[str, object]) -> None:
+    # Found only while tiling, inside a Prefect task: a real process, so that Prefect's own
+    # console logging (tracebacks of the failed task and flow) is what the user would see.
+    empty = write_scene(tmp_path / "empty.tif", fill=0)  # nodata 0 everywhere
+    scenes = config_data["scenes"]
+    assert isinstance(scenes, list)
+    scenes[0]["source"] = str(empty)
+    config = yaml_config(tmp_path / "config.yaml", config_data)
+    done = subprocess.run(
+        [sys.executable, "-m", "p2p", "run", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        cwd=tmp_path,
+    )
+    line = assert_one_line_error(done.returncode, done.stderr, empty)
+    assert "no valid pixel" in line
+    assert finished_looking(tmp_path / "ws") == []

@@ -1,0 +1,6 @@
+"""`python -m p2p` runs the command line."""
+
+from p2p.cli import app
+
+if __name__ == "__main__":
+    app()
