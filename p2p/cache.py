@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import re
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
 KEY_LENGTH = 16
+TEMP_NAME = re.compile(r"\..+\.[^.]+\.tmp(\.\w+)?")
 
 
 class StageRecord(BaseModel):
@@ -106,6 +108,15 @@ def stage_lock(folder: str | Path) -> FileLock:
     return FileLock(str(folder.parent / f".{folder.name}.lock"))
 
 
+def _sweep_temporaries(folder: Path) -> None:
+    """Delete temporary files a killed writer left (`p2p.fsutil.atomic_path` names them
+    ``.NAME.XXXX.tmp[.ext]``). Safe: the caller holds the stage lock, so no writer is live."""
+    for path in folder.rglob(".*.tmp*"):
+        if path.is_file() and TEMP_NAME.fullmatch(path.name):
+            log.info("removing a killed run's temporary file %s", path)
+            path.unlink(missing_ok=True)
+
+
 def run_stage(
     workspace: str | Path,
     stage: str,
@@ -133,6 +144,7 @@ def run_stage(
         cached = manifest is not None
         if manifest is None:
             folder.mkdir(parents=True, exist_ok=True)
+            _sweep_temporaries(folder)
             log.info("%s: building %s", stage, folder)
             summary = build(folder)
             manifest = {

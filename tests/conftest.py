@@ -17,3 +17,22 @@ def prefect_harness() -> Iterator[None]:
 
     with prefect_test_harness(server_startup_timeout=60):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _restore_dask_scheduler() -> Iterator[None]:
+    """Undo a global ``scheduler=dask.distributed`` that a closed client left behind.
+
+    A distributed ``Client`` sets the global scheduler while open; clients closed out of order
+    (Prefect's DaskTaskRunner closes its own in another thread) can leave it set, and a later
+    test's ``.compute()`` then asks for a client that no longer exists.
+    """
+    import dask
+
+    before = dask.config.get("scheduler", None)
+    yield
+    if dask.config.get("scheduler", None) != before:
+        if before is None:
+            dask.config.config.pop("scheduler", None)
+        else:
+            dask.config.set(scheduler=before)

@@ -101,3 +101,24 @@ def test_atomic_write_failing_rename_leaves_nothing(
     with pytest.raises(OSError, match="No space"):
         atomic_write_json(tmp_path / "manifest.json", {"v": 1})
     assert list(tmp_path.iterdir()) == []
+
+
+def test_resumed_stage_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> None:
+    def killed(folder: Path) -> dict[str, int]:
+        (folder / "keep.partial").write_text("resumable work")
+        (folder / ".pred.tif.ab12cd_9.tmp.tif").write_text("half a COG")
+        (folder / "sub").mkdir()
+        (folder / "sub" / ".ckpt.pt.x7y8z9.tmp").write_text("half a checkpoint")
+        raise KeyboardInterrupt  # the process dies here
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(tmp_path, "demo", 1, None, [], killed)
+
+    seen: list[str] = []
+
+    def resumed(folder: Path) -> dict[str, int]:
+        seen.extend(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
+        return {}
+
+    run_stage(tmp_path, "demo", 1, None, [], resumed)
+    assert seen == ["keep.partial"]
