@@ -20,19 +20,20 @@ def prefect_harness() -> Iterator[None]:
 
 
 @pytest.fixture(autouse=True)
-def _restore_dask_scheduler() -> Iterator[None]:
-    """Undo a global ``scheduler=dask.distributed`` that a closed client left behind.
+def _no_stale_distributed_scheduler() -> Iterator[None]:
+    """Drop a global ``scheduler=dask.distributed`` whose client is gone, before each test.
 
-    A distributed ``Client`` sets the global scheduler while open; clients closed out of order
-    (Prefect's DaskTaskRunner closes its own in another thread) can leave it set, and a later
-    test's ``.compute()`` then asks for a client that no longer exists.
+    A distributed ``Client`` sets the global scheduler while open; one closed out of order
+    (Prefect's DaskTaskRunner closes its own in another thread, possibly after the test that
+    used it ended) can leave it set, and a later ``.compute()`` then asks for a client that no
+    longer exists.
     """
     import dask
+    from distributed import Client
 
-    before = dask.config.get("scheduler", None)
-    yield
-    if dask.config.get("scheduler", None) != before:
-        if before is None:
+    if dask.config.get("scheduler", None) in ("dask.distributed", "distributed"):
+        try:
+            Client.current(allow_global=True)
+        except ValueError:
             dask.config.config.pop("scheduler", None)
-        else:
-            dask.config.set(scheduler=before)
+    yield
