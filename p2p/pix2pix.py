@@ -133,10 +133,10 @@ def lr_factor(epochs: int, epochs_decay: int) -> Callable[[int], float]:
     return factor
 
 
-def select_device(name: str) -> torch.device:
-    """`auto` → CUDA when present, else CPU; `cuda` without a GPU is a ConfigError."""
+def select_device(name: str, field: str = "train.device") -> torch.device:
+    """`auto` → CUDA when present, else CPU; `cuda` without a GPU is a ConfigError on `field`."""
     if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("train.device", "cuda was asked for but no CUDA device is available")
+        raise ConfigError(field, "cuda was asked for but no CUDA device is available")
     use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
     return torch.device("cuda" if use_cuda else "cpu")
 

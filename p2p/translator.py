@@ -8,16 +8,12 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from p2p.errors import ConfigError
+from p2p.pix2pix import select_device
 
 
 def pick_device(name: str) -> torch.device:
-    """Resolve ``auto``/``cpu``/``cuda`` to a device (auto: CUDA when present)."""
-    if name == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("predict.device", "cuda was asked for but no CUDA device is present")
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    return torch.device(name)
+    """Resolve ``auto``/``cpu``/``cuda`` for prediction (auto: CUDA when present)."""
+    return select_device(name, field="predict.device")
 
 
 class Translator:
