@@ -37,13 +37,15 @@ INDEX = "index.parquet"
 META = "meta.json"
 BLOCKS = "blocks"
 READY = ".ready"
-# Byte-shuffled LZ4: writing chips is the tile stage's main cost after decoding. Measured on
-# 2048² x (3+1) uint16 blocks (benchmarks/tiling.py data): zarr writes ~2x faster than
-# byte-shuffled zstd-1 and only ~20% slower than no compression, while keeping ~90% of zstd's
-# ratio (1.65 vs 1.76 on noisy 16-bit imagery; 1.0 uncompressed), and it decodes fastest when
-# training reads the chips. Chips are written to the workspace, usually a local or fast shared
-# disk, where CPU time matters more than the last 10% of bytes.
-CODEC = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle")
+# Chip codecs (`TilingConfig.compression`). Writing chips is the tile stage's main cost after
+# decoding. Measured on 2048² x (3+1) uint16 blocks (benchmarks/tiling.py data), byte-shuffled
+# LZ4 writes ~2x faster than byte-shuffled zstd-1 with ~90% of its ratio (1.65 vs 1.76 on noisy
+# 16-bit imagery) and decodes fastest when training reads the chips; no compression saves a
+# further ~15% of the tile stage's CPU time at 1.65x the bytes on disk.
+CODECS: dict[str, BloscCodec | None] = {
+    "lz4": BloscCodec(cname="lz4", clevel=5, shuffle="shuffle"),
+    "none": None,
+}
 # Store chunks even when they equal the fill value: checking every chunk for it costs a full
 # scan of the block (~30% of a write) and only saves bytes for all-nodata chips, which LZ4
 # shrinks to a few bytes anyway.
@@ -75,6 +77,7 @@ class StoreLayout:
     target_bands: int
     source_dtype: str
     target_dtype: str
+    compression: str = "lz4"  # a key of `CODECS`
 
 
 def _array_specs(layout: StoreLayout) -> dict[str, tuple[tuple[int, ...], str]]:
@@ -103,7 +106,7 @@ def create_store(folder: Path, layout: StoreLayout, meta: dict[str, Any]) -> Non
             chunks=chunk,
             shards=(layout.block_slots, *shape[1:]),
             dtype=dtype,
-            compressors=CODEC,
+            compressors=CODECS[layout.compression],
             fill_value=False if dtype == "bool" else 0,
             dimension_names=("chip", "band", "y", "x") if len(shape) == 4 else ("chip", "y", "x"),
         )

@@ -90,6 +90,11 @@ class TilingConfig(_Config):
         default="bilinear",
         description="Resampling used when the target is warped onto the source grid.",
     )
+    compression: Literal["lz4", "none"] = Field(
+        default="lz4",
+        description="Chip store codec: byte-shuffled LZ4 (~40% smaller) or none (~15% less "
+        "tiling CPU, for fast local disks). Only bytes on disk differ, not chip values.",
+    )
 
 
 class DatasetConfig(_Config):

@@ -261,6 +261,7 @@ def plan_scene(scene: SceneConfig, tiling: TilingConfig) -> ScenePlan:
                 target.count,
                 source.dtype,
                 target.dtype,
+                tiling.compression,
             )
             meta = {
                 "scene": scene.scene_id,
@@ -313,11 +314,12 @@ def tile_stage_config(scene: SceneConfig, tiling: TilingConfig) -> dict[str, Any
     """The config part of the tile stage's key.
 
     `min_valid_fraction` is left out: it only filters chips in the dataset stage, so changing
-    it must not re-tile.
+    it must not re-tile. So is `compression`: it changes bytes on disk, never chip values, so a
+    store tiled with either codec serves both (a resumed run keeps the store's codec).
     """
     return {
         "scene": scene.model_dump(mode="json"),
-        "tiling": tiling.model_dump(mode="json", exclude={"min_valid_fraction"}),
+        "tiling": tiling.model_dump(mode="json", exclude={"min_valid_fraction", "compression"}),
     }
 
 

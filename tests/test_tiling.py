@@ -97,6 +97,22 @@ def test_overlapping_chips_hold_the_scene_pixels(
     assert again.cached and again.path == rec.path
 
 
+def test_uncompressed_store_holds_the_same_chips_under_the_same_key(
+    tmp_path: Path, client: Client
+) -> None:
+    scene = make_pair(tmp_path, 100, 100)
+    lz4 = TilingConfig(chip_size=32, stride=24, block_chips=2)
+    plain = lz4.model_copy(update={"compression": "none"})
+    a = tile_stage(tmp_path / "a", scene, lz4, DASK, client=client)
+    b = tile_stage(tmp_path / "b", scene, plain, DASK, client=client)
+    assert a.key == b.key  # only bytes on disk differ
+    arrays_a, arrays_b = chipstore.open_arrays(a.path), chipstore.open_arrays(b.path)
+    for name in arrays_a:
+        assert arrays_a[name].compressors and not arrays_b[name].compressors
+        np.testing.assert_array_equal(arrays_a[name][:], arrays_b[name][:])
+    assert chipstore.read_index(a.path).equals(chipstore.read_index(b.path))
+
+
 def test_target_on_another_grid_is_chipped_on_the_source_grid(
     tmp_path: Path, client: Client
 ) -> None:
