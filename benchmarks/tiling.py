@@ -18,7 +18,7 @@ for all methods. Speeds are MB/s of decoded pixels (``size² x (bands + 1) x 2``
 the peak RSS of tiling scenes of 1x, 4x and 16x the area of `--rss-base`², with blocks of
 4x4 chips so that even the 1x scene keeps every worker thread busy.
 
-    python benchmarks/tiling.py                  # 4096² x 3+1 bands, about a minute on 2 cores
+    python benchmarks/tiling.py                  # 8192² x 3+1 bands, ~2 minutes on 2 cores
     python benchmarks/tiling.py --size 16384     # the issue's large scene (~2.1 GB of pixels)
 """
 
@@ -245,7 +245,7 @@ def peak_rss(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
-    parser.add_argument("--size", type=int, default=4096, help="scene side in pixels")
+    parser.add_argument("--size", type=int, default=8192, help="scene side in pixels")
     parser.add_argument("--bands", type=int, default=3, help="source bands")
     parser.add_argument("--chip", type=int, default=256, help="chip side in pixels")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2, help="Dask threads")
@@ -265,7 +265,7 @@ def main() -> None:
     args.dir.mkdir(parents=True, exist_ok=True)
     sys.argv += ["--dir", str(args.dir)]
     print(f"generating {args.size}² x {args.bands}+1 uint16 in {args.dir} ...", flush=True)
-    warm = min(args.size // 2, 4096)  # several blocks, so every worker thread warms up
+    warm = min(args.size, 3072)  # several blocks, so every worker thread warms up
     write_scene(args.dir / "warm_s.tif", warm, args.bands, 4)
     write_scene(args.dir / "warm_t.tif", warm, 1, 5)
     write_scene(args.dir / "big_s.tif", args.size, args.bands, 0)
