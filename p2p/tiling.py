@@ -16,9 +16,11 @@ one LZ4 write. A local cluster runs the blocks on threads of this process.
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import math
 import shutil
+import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from itertools import islice
@@ -41,6 +43,22 @@ log = logging.getLogger(__name__)
 
 TILE_VERSION = 1
 Progress = Callable[[int, int], None]
+
+
+def _malloc_trim() -> Callable[[int], int] | None:
+    """glibc's malloc_trim, or None elsewhere (macOS, musl)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim  # type: ignore[no-any-return]
+    except (OSError, AttributeError):
+        return None
+
+
+# glibc keeps freed block buffers in its arenas, so a process tiling on threads crept from 305
+# to 345 MB peak RSS between 4 and 64 blocks; trimming after each block keeps it flat (Dask's
+# nanny does the same for worker processes through MALLOC_TRIM_THRESHOLD_). Costs ~1 ms.
+MALLOC_TRIM = _malloc_trim()
 
 
 @dataclass(frozen=True)
@@ -212,7 +230,11 @@ def tile_block(job: BlockJob) -> int:
     # counting is exact and ~5x cheaper than a float mean of the bool masks
     fraction = np.count_nonzero(chips["valid"], axis=(1, 2)) / (k * k)
     chipstore.write_block(Path(job.folder), b.name, b.slot0, chips, _index_rows(job, fraction))
-    return int(np.count_nonzero(valid))
+    n_valid = int(np.count_nonzero(valid))
+    del chips, valid
+    if MALLOC_TRIM is not None:
+        MALLOC_TRIM(0)
+    return n_valid
 
 
 @dataclass(frozen=True)
