@@ -19,10 +19,9 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
-import math
 import shutil
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
@@ -30,11 +29,11 @@ from typing import Any
 
 import numpy as np
 from distributed import Client, as_completed
-from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
 from p2p import chipstore
 from p2p.cache import StageRecord, fingerprint_file, run_stage, stage_key
+from p2p.chipgrid import Block, ChipGrid, cut_chips
 from p2p.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.dask_client import dask_client
 from p2p.errors import InputError
@@ -67,83 +66,6 @@ _blocks_done = itertools.count(1)
 
 
 @dataclass(frozen=True)
-class Block:
-    """A block of the chip grid: chip rows [row0, row1) x cols [col0, col1) from slot `slot0`."""
-
-    i: int
-    j: int
-    row0: int
-    row1: int
-    col0: int
-    col1: int
-    slot0: int
-
-    @property
-    def name(self) -> str:
-        """Block id used for its done-marker."""
-        return f"{self.i}_{self.j}"
-
-
-@dataclass(frozen=True)
-class ChipGrid:
-    """Chip positions over a scene of `height` x `width` pixels."""
-
-    height: int
-    width: int
-    chip_size: int
-    stride: int
-    block_chips: int
-
-    @property
-    def rows(self) -> int:
-        """Chip rows; the last one may reach past the bottom edge."""
-        return math.ceil(max(self.height - self.chip_size, 0) / self.stride) + 1
-
-    @property
-    def cols(self) -> int:
-        """Chip columns; the last one may reach past the right edge."""
-        return math.ceil(max(self.width - self.chip_size, 0) / self.stride) + 1
-
-    @property
-    def block_rows(self) -> int:
-        return math.ceil(self.rows / self.block_chips)
-
-    @property
-    def block_cols(self) -> int:
-        return math.ceil(self.cols / self.block_chips)
-
-    @property
-    def n_slots(self) -> int:
-        """Slots in the store: every block owns block_chips² of them."""
-        return self.block_rows * self.block_cols * self.block_chips**2
-
-    def blocks(self) -> Iterator[Block]:
-        """All blocks, row-major, with their pre-assigned first slot."""
-        b = self.block_chips
-        for i in range(self.block_rows):
-            for j in range(self.block_cols):
-                yield Block(
-                    i,
-                    j,
-                    i * b,
-                    min((i + 1) * b, self.rows),
-                    j * b,
-                    min((j + 1) * b, self.cols),
-                    (i * self.block_cols + j) * b * b,
-                )
-
-    def window(self, block: Block) -> Window:
-        """Source pixel window covering all chips of `block` (with the overlap halo)."""
-        s, k = self.stride, self.chip_size
-        return Window(
-            block.col0 * s,
-            block.row0 * s,
-            (block.col1 - block.col0 - 1) * s + k,
-            (block.row1 - block.row0 - 1) * s + k,
-        )
-
-
-@dataclass(frozen=True)
 class BlockJob:
     """Everything a worker needs to tile one block (picklable)."""
 
@@ -167,23 +89,6 @@ def _open_pair(job: BlockJob) -> tuple[SceneReader, SceneReader]:
         resampling=job.resampling,
     )
     return source, target
-
-
-def cut_chips(pixels: np.ndarray, rows: int, cols: int, size: int, stride: int) -> np.ndarray:
-    """Cut a block's window into its chips with one copy (no per-chip Python work).
-
-    Args:
-        pixels: ``(C, H, W)`` window covering ``rows`` x ``cols`` chips, ``H = (rows - 1) *
-            stride + size`` (likewise ``W``).
-        rows, cols: Chips down and across the window.
-        size, stride: Chip side and step in pixels (``stride < size`` overlaps chips).
-
-    Returns:
-        ``(rows * cols, C, size, size)`` contiguous, chips in row-major order.
-    """
-    view = sliding_window_view(pixels, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    chips = np.moveaxis(view[:, :rows, :cols], 0, 2)  # (rows, cols, C, size, size), no copy
-    return chips.reshape(rows * cols, pixels.shape[0], size, size)
 
 
 def _index_rows(job: BlockJob, valid_fraction: np.ndarray) -> list[dict[str, Any]]:
