@@ -184,3 +184,12 @@ def read_meta(folder: str | Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise StageError(path, "meta.json does not hold a mapping")
     return data
+
+
+def sides_summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """Band names, dtypes and nodata of both sides, as stage summaries report them."""
+    return {
+        f"{side}_{key}": meta[side][field]
+        for side in ("source", "target")
+        for key, field in (("bands", "band_names"), ("dtype", "dtype"), ("nodata", "nodata"))
+    }

@@ -196,12 +196,7 @@ def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -
     return {
         "n_train": n_train,
         "n_val": n_val,
-        "source_bands": meta["source"]["band_names"],
-        "target_bands": meta["target"]["band_names"],
-        "source_dtype": meta["source"]["dtype"],
-        "target_dtype": meta["target"]["dtype"],
-        "source_nodata": meta["source"]["nodata"],
-        "target_nodata": meta["target"]["nodata"],
+        **chipstore.sides_summary(meta),
         "chip_size": meta["chip_size"],
         "tile_dirs": tiles,
     }
