@@ -97,3 +97,50 @@ def test_overlapping_batches_predict_each_scene_once_and_never_show_partials(
     (b_shared,) = {o for run in records for s, _, o in run if s == "b"}
     with rasterio.open(b_alone) as x, rasterio.open(b_shared) as y:
         np.testing.assert_array_equal(x.read(), y.read())
+
+
+# Runs the batch_predict flow (argv: workspace, model, output, scenes...) and prints
+# {stage name: cached}.
+FLOW_CHILD = """
+import json, sys
+from flows.batch_predict import batch_predict
+from p2p.config import BatchPredictConfig, PredictConfig
+ws, model, output, scenes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
+predict = PredictConfig(tile_size=32, overlap=4, batch_size=2, device="cpu", output_format="gtiff")
+config = BatchPredictConfig(
+    workspace=ws, model=model, scenes=scenes, output=output, predict=predict
+)
+record = batch_predict(config)
+print(json.dumps({name: stage["cached"] for name, stage in record["stages"].items()}))
+"""
+
+
+@pytest.mark.slow
+def test_two_batch_predict_flows_on_overlapping_scenes(
+    prefect_harness: None, tmp_path: Path
+) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    model = write_tiny_bundle(tmp_path / "model")
+    scenes = [write_scene(tmp_path / f"{n}.tif", height=260, width=40) for n in "abc"]
+    ws = tmp_path / "ws"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": str(PREFECT_API_URL.value())}
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-c", FLOW_CHILD, str(ws), str(model), str(tmp_path / out), *lst],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            cwd=ROOT,
+            env=env,
+        )
+        for out, lst in (("ab.tif", map(str, scenes[:2])), ("cb.tif", map(str, scenes[:0:-1])))
+    ]
+    outs = [p.communicate(timeout=300) for p in runs]
+    assert [p.returncode for p in runs] == [0, 0], [err[-2000:] for _, err in outs]
+    records = [json.loads(out.strip().splitlines()[-1]) for out, _ in outs]
+    assert sorted(r["predict:b"] for r in records) == [False, True]  # b built once, reused once
+    assert len(list(ws.glob("predict/*/manifest.json"))) == 3
+    for name in ("ab.tif", "cb.tif"):
+        with rasterio.open(tmp_path / name) as ds:
+            assert ds.read(masked=True).count() > 0
