@@ -110,7 +110,7 @@ def stage_lock(folder: str | Path) -> FileLock:
 
 def _sweep_temporaries(folder: Path) -> None:
     """Delete temporary files a killed writer left (`p2p.fsutil.atomic_path` names them
-    ``.NAME.XXXX.tmp[.ext]``). Safe: the caller holds the stage lock, so no writer is live."""
+    ``.NAME.<random>.tmp[.ext]``). Safe: the caller holds the stage lock, so no writer is live."""
     for path in folder.rglob(".*.tmp*"):
         if path.is_file() and TEMP_NAME.fullmatch(path.name):
             log.info("removing a killed run's temporary file %s", path)

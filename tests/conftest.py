@@ -3,8 +3,23 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    """A small threaded Dask LocalCluster for tests that do not test distribution itself."""
+    from distributed import Client, LocalCluster
+
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as c,
+    ):
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 import torch
-from distributed import Client, LocalCluster
+from distributed import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -24,17 +23,6 @@ from tests.rasters import write_geotiff
 
 TILING = TilingConfig(chip_size=32, stride=24, block_chips=2, min_valid_fraction=0.6)
 SPLIT = DatasetConfig(val_fraction=0.3, split_block_chips=2, seed=3)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as c,
-        Client(c) as cl,
-    ):
-        yield cl
 
 
 def tile_scene(root: Path, name: str, src: np.ndarray, tgt: np.ndarray, client: Client) -> str:

@@ -8,13 +8,12 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 from affine import Affine
-from distributed import Client, LocalCluster
+from distributed import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -27,18 +26,6 @@ from tests.rasters import ramp, write_geotiff
 
 UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)
 DASK = DaskConfig(n_workers=2, threads_per_worker=1)
-
-
-@pytest.fixture(scope="module")
-def client() -> Iterator[Client]:
-    """A small threaded LocalCluster shared by the tests that do not test distribution itself."""
-    with (
-        LocalCluster(
-            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
-        ) as c,
-        Client(c) as cl,
-    ):
-        yield cl
 
 
 def make_pair(folder: Path, h: int = 150, w: int = 130, dtype: str = "uint16") -> SceneConfig:
