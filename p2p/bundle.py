@@ -164,7 +164,8 @@ def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMe
             f"says {meta.in_channels}→{meta.out_channels}"
         )
     model_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", dir=model_dir.parent))
+    # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.cache)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
@@ -184,7 +185,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
     """Rename folder `tmp` onto `final`; an existing `final` is moved aside, then removed."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", dir=final.parent))
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", suffix=".tmp", dir=final.parent))
         os.replace(final, old / final.name)
     os.replace(tmp, final)
     fsync_dir(final.parent)

@@ -15,6 +15,7 @@ import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -109,11 +110,16 @@ def stage_lock(folder: str | Path) -> FileLock:
 
 
 def _sweep_temporaries(folder: Path) -> None:
-    """Delete temporary files a killed writer left (`p2p.fsutil.atomic_path` names them
-    ``.NAME.<random>.tmp[.ext]``). Safe: the caller holds the stage lock, so no writer is live."""
-    for path in folder.rglob(".*.tmp*"):
-        if path.is_file() and TEMP_NAME.fullmatch(path.name):
-            log.info("removing a killed run's temporary file %s", path)
+    """Delete temporary files and folders a killed writer left (`p2p.fsutil.atomic_path` and
+    `p2p.bundle` name them ``.NAME.<random>.tmp[.ext]``). Safe: the caller holds the stage
+    lock, so no writer is live."""
+    for path in sorted(folder.rglob(".*.tmp*")):
+        if not TEMP_NAME.fullmatch(path.name) or not path.exists():
+            continue  # not ours, or inside a temporary folder removed just before
+        log.info("removing a killed run's temporary %s", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
             path.unlink(missing_ok=True)
 
 

@@ -109,6 +109,8 @@ def test_resumed_stage_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> No
         (folder / ".pred.tif.ab12cd_9.tmp.tif").write_text("half a COG")
         (folder / "sub").mkdir()
         (folder / "sub" / ".ckpt.pt.x7y8z9.tmp").write_text("half a checkpoint")
+        (folder / ".model.k2j4h5g6.tmp").mkdir()  # a bundle folder killed mid-write
+        (folder / ".model.k2j4h5g6.tmp" / "weights.safetensors").write_text("half")
         raise KeyboardInterrupt  # the process dies here
 
     with pytest.raises(KeyboardInterrupt):
