@@ -95,6 +95,7 @@ def _index_rows(job: BlockJob, valid_fraction: np.ndarray) -> list[dict[str, Any
     """The index rows of a block's chips, in slot order."""
     k, s, b = job.chips.chip_size, job.chips.stride, job.block
     cells = [(r, c) for r in range(b.row0, b.row1) for c in range(b.col0, b.col1)]
+    scene_id = job.scene.scene_id  # a Path parse per call: once per block, not per chip
     rows = []
     for n, (r, c) in enumerate(cells):
         bounds = job.grid.window_bounds(Window(c * s, r * s, k, k))
@@ -110,7 +111,7 @@ def _index_rows(job: BlockJob, valid_fraction: np.ndarray) -> list[dict[str, Any
                 "maxx": bounds.right,
                 "maxy": bounds.top,
                 "valid_fraction": float(valid_fraction[n]),
-                "scene": job.scene.scene_id,
+                "scene": scene_id,
                 "block": b.name,
             }
         )
@@ -128,7 +129,7 @@ def tile_block(job: BlockJob) -> int:
     with source, target:
         src, src_valid = source.read(window)
         tgt, tgt_valid = target.read(window)
-    valid = src_valid & tgt_valid
+    valid = np.logical_and(src_valid, tgt_valid, out=src_valid)
     k, s, b = job.chips.chip_size, job.chips.stride, job.block
     shape = (b.row1 - b.row0, b.col1 - b.col0, k, s)
     chips = {
@@ -137,8 +138,9 @@ def tile_block(job: BlockJob) -> int:
         "valid": cut_chips(valid[None], *shape)[:, 0],
     }
     del src, tgt  # only the chips stay alive during the write
-    # counting is exact and ~5x cheaper than a float mean of the bool masks
-    fraction = np.count_nonzero(chips["valid"], axis=(1, 2)) / (k * k)
+    # counting is exact and ~5x cheaper than a float mean of the bool masks; chip by chip,
+    # because count_nonzero with `axis` sums converted ints (~20x slower than whole arrays)
+    fraction = np.array([np.count_nonzero(m) for m in chips["valid"]]) / (k * k)
     chipstore.write_block(Path(job.folder), b.name, b.slot0, chips, _index_rows(job, fraction))
     n_valid = int(np.count_nonzero(valid))
     del chips, valid

@@ -282,10 +282,13 @@ class SceneReader:
         """
         col, row = round(window.col_off), round(window.row_off)
         h, w = round(window.height), round(window.width)
-        data = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
-        valid = np.zeros((h, w), dtype=bool)
         c0, r0 = max(col, 0), max(row, 0)
         c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
+        if (c0, r0, c1, r1) == (col, row, col + w, row + h) and h > 0 and w > 0:
+            # wholly inside (most windows): no fill and no second copy of the pixels
+            return self._read_inner(Window(col, row, w, h))
+        data = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
+        valid = np.zeros((h, w), dtype=bool)
         if c1 <= c0 or r1 <= r0:
             return data, valid
         inner = Window(c0, r0, c1 - c0, r1 - r0)
@@ -304,7 +307,7 @@ class SceneReader:
                 continue
             indexes = [self._picks[n][1] for n in slots]
             try:
-                data[slots] = reader.read(indexes, window=window)
+                self._read_bands(k, indexes, slots, window, data)
                 alpha = self._alpha[k]
                 if alpha is not None:
                     valid &= reader.read(alpha, window=window) > 0
@@ -319,13 +322,26 @@ class SceneReader:
                     f"truncated or corrupt file ({detail})",
                 ) from None
         for n, nod in enumerate(self.band_nodata):
-            if _is_nan(nod):
-                continue
-            if nod is not None:
+            if nod is not None and not _is_nan(nod):
                 valid &= data[n] != nod
         if np.issubdtype(data.dtype, np.floating):
             valid &= ~np.isnan(data).any(axis=0)
         return data, valid
+
+    def _read_bands(
+        self, k: int, indexes: list[int], slots: list[int], window: Window, data: np.ndarray
+    ) -> None:
+        """Read bands `indexes` of reader `k` into `data[slots]` (``(count, h, w)``).
+
+        Bands stored in `dtype` and landing in consecutive slots (the usual case) are decoded
+        straight into `data`; otherwise they are read and then cast by numpy.
+        """
+        reader = self._readers[k]
+        consecutive = slots == list(range(slots[0], slots[0] + len(slots)))
+        if consecutive and all(reader.dtypes[b - 1] == self.dtype for b in indexes):
+            reader.read(indexes, window=window, out=data[slots[0] : slots[0] + len(slots)])
+        else:
+            data[slots] = reader.read(indexes, window=window)
 
     def close(self) -> None:
         """Close the files (and warped views)."""
