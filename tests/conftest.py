@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -64,3 +65,41 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if "gpu" in item.keywords:
             item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """moto's standalone S3 server on a free loopback port, for the whole session."""
+    from tests.s3server import run_server
+
+    with run_server(tmp_path_factory.mktemp("s3") / "moto.log") as server:
+        yield server
+
+
+@pytest.fixture
+def s3(s3_server: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The S3 server with this test's environment pointing at it and a fresh, empty bucket
+    ``s3.bucket`` (any other AWS variable of this machine removed)."""
+    import uuid
+
+    for key in [k for k in os.environ if k.startswith("AWS_")]:
+        monkeypatch.delenv(key)
+    for key, value in s3_server.env.items():
+        monkeypatch.setenv(key, value)
+    bucket = f"test-{uuid.uuid4().hex[:12]}"
+    s3_server.client().create_bucket(Bucket=bucket)
+    return _Bucket(s3_server, bucket)
+
+
+class _Bucket:
+    """A test's bucket on the S3 server: ``url(key)`` and the server's helpers."""
+
+    def __init__(self, server: Any, bucket: str) -> None:
+        self.server, self.bucket = server, bucket
+
+    def url(self, key: str) -> str:
+        """``s3://{bucket}/{key}``."""
+        return f"s3://{self.bucket}/{key}"
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.server, name)

@@ -24,6 +24,7 @@ from typing import Any
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
+from p2p.core import storage
 from p2p.core.fsutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,12 @@ class StageRecord(BaseModel):
 
 
 def fingerprint_file(path: str | Path, strict: bool = False) -> str:
-    """Fingerprint a user file: resolved path + size + mtime, or a content hash when `strict`."""
+    """Fingerprint a user file: resolved path + size + mtime, or a content hash when `strict`.
+
+    An ``s3://`` object's is its URL + size + ETag (`storage.fingerprint`).
+    """
+    if storage.is_remote(path):
+        return storage.fingerprint(str(path), strict)
     p = Path(path).resolve()
     st = p.stat()
     if strict:

@@ -11,6 +11,7 @@ thread-safe: open one per thread or Dask task (opening costs milliseconds).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import warnings
@@ -31,7 +32,9 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
+from p2p.core import storage
 from p2p.core.errors import InputError
+from p2p.raster.vsi import ObjectAccess
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +95,15 @@ class Grid:
         )
 
 
-def open_raster(path: str | Path) -> DatasetReader:
-    """Open one raster with rasterio, raising a one-line `InputError` when it cannot be read."""
+def open_raster(path: str | Path, access: ObjectAccess | None = None) -> DatasetReader:
+    """Open one raster with rasterio, raising a one-line `InputError` when it cannot be read.
+
+    Args:
+        path: A local path, a GDAL name (``/vsi...``) or an ``s3://`` URL (read in place).
+        access: GDAL settings and credentials for a URL; made from the environment when None.
+    """
+    if storage.is_remote(path):
+        return _open_remote(str(path), access or ObjectAccess(str(path)))
     p = Path(path)
     if not p.exists() and "://" not in str(path) and not str(path).startswith("/vsi"):
         raise InputError(path, "file not found")
@@ -110,6 +120,18 @@ def open_raster(path: str | Path) -> DatasetReader:
             path, "is truncated or corrupt (its last tile lies past the end of the file)"
         )
     return ds
+
+
+def _open_remote(url: str, access: ObjectAccess) -> DatasetReader:
+    """Open an object in place through ``/vsis3/``; on failure, ask S3 why (one line)."""
+    try:
+        with access.env(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", NotGeoreferencedWarning)
+            return rasterio.open(storage.gdal_path(url))
+    except RasterioIOError:
+        pass
+    storage.require_file(url)  # raises: no credentials, no such bucket or key, access denied
+    raise InputError(url, "not a raster GDAL can open")
 
 
 def _truncated(ds: DatasetReader, path: Path) -> bool:
@@ -170,8 +192,11 @@ class SceneReader:
             raise InputError("scene", "no raster files given")
         self._files: list[DatasetReader] = []
         self._readers: list[Any] = []
+        remote = [p for p in self.paths if storage.is_remote(p)]
+        self._access = ObjectAccess(remote[0]) if remote else None
         try:
-            self._open(bands, nodata, grid, resampling)
+            with self._env():
+                self._open(bands, nodata, grid, resampling)
         except BaseException:
             self.close()
             raise
@@ -179,7 +204,7 @@ class SceneReader:
     def _open(
         self, bands: Sequence[int] | None, nodata: float | None, grid: Grid | None, resampling: str
     ) -> None:
-        self._files = [open_raster(p) for p in self.paths]
+        self._files = [open_raster(p, self._access) for p in self.paths]
         first = self._files[0]
         file_grid = Grid.of(first)
         for path, ds in zip(self.paths[1:], self._files[1:], strict=True):
@@ -221,6 +246,10 @@ class SceneReader:
             r.count if self.resampled and self._files[k].count < r.count else None
             for k, r in enumerate(self._readers)
         ]
+
+    def _env(self) -> contextlib.AbstractContextManager[Any]:
+        """GDAL's object-store settings (thread-local in worker threads) while reading URLs."""
+        return self._access.env() if self._access is not None else contextlib.nullcontext()
 
     def _band_name(self, file_index: int, band: int) -> str:
         ds = self._files[file_index]
@@ -286,14 +315,16 @@ class SceneReader:
         c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
         if (c0, r0, c1, r1) == (col, row, col + w, row + h) and h > 0 and w > 0:
             # wholly inside (most windows): no fill and no second copy of the pixels
-            return self._read_inner(Window(col, row, w, h))
+            with self._env():
+                return self._read_inner(Window(col, row, w, h))
         data = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
         valid = np.zeros((h, w), dtype=bool)
         if c1 <= c0 or r1 <= r0:
             return data, valid
         inner = Window(c0, r0, c1 - c0, r1 - r0)
         ys, xs = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
-        data[:, ys, xs], valid[ys, xs] = self._read_inner(inner)
+        with self._env():
+            data[:, ys, xs], valid[ys, xs] = self._read_inner(inner)
         return data, valid
 
     def _read_inner(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
