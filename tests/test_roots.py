@@ -46,3 +46,16 @@ def test_roots_come_from_the_environment(tmp_path: Path, monkeypatch: pytest.Mon
     assert allowed_roots() == [tmp_path.resolve()]
     with pytest.raises(PathNotAllowedError):
         check_path("/tmp/../etc/hosts")
+
+
+def test_object_storage_roots_bound_urls(tmp_path: Path) -> None:
+    roots = allowed_roots(os.pathsep.join([str(tmp_path), "s3://bucket/in", "s3://out/"]))
+    assert roots == [tmp_path.resolve(), "s3://bucket/in", "s3://out"]
+    assert check_path("s3://bucket/in/a.tif", roots) == "s3://bucket/in/a.tif"
+    assert check_path("s3://out/x/mosaic.tif", roots) == "s3://out/x/mosaic.tif"
+    for url in ("s3://bucket/inside/a.tif", "s3://other/a.tif", "s3://bucket/in/../b.tif"):
+        with pytest.raises(PathNotAllowedError):
+            check_path(url, roots)
+    with pytest.raises(PathNotAllowedError):
+        check_path("s3://bucket/in/a.tif", allowed_roots(str(tmp_path)))
+    assert check_path("s3://anything/a.tif", []) == "s3://anything/a.tif"

@@ -13,6 +13,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from p2p.core import storage
 from p2p.core.errors import ConfigError
 
 
@@ -320,6 +321,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
 
 
 def _resolve(p: str, base: Path) -> str:
+    if storage.is_remote(p):
+        return p
     q = Path(p).expanduser()
     return str(q if q.is_absolute() else (base / q).resolve())
 

@@ -274,18 +274,45 @@ def glob(pattern: str) -> list[str]:
     return sorted(found)
 
 
-def upload(local: Path, url: str) -> None:
+def upload(local: Path, url: str, metadata: dict[str, str] | None = None) -> None:
     """Upload a complete local file as one object (readers see all of it or nothing).
+
+    Args:
+        local: The finished file.
+        url: ``s3://bucket/key``.
+        metadata: User metadata stored with the object.
 
     Raises:
         OutputError: the upload failed (one line naming `url` and why).
     """
     bucket, key = split_url(url)
+    extra = {"Metadata": metadata} if metadata else None
     try:
-        client().upload_file(str(local), bucket, key)
+        client().upload_file(str(local), bucket, key, ExtraArgs=extra)
     except Exception as exc:
         cause = exc.__cause__ if exc.__cause__ is not None else exc
         raise OutputError(url, problem(url, cause)) from None
+
+
+def upload_if_changed(local: Path, url: str) -> bool:
+    """Upload `local` to `url` unless the object there was uploaded from the same bytes (its
+    sha256 travels as object metadata; an ETag is no content hash for multipart uploads).
+
+    Returns:
+        True when the object was (re)written.
+    """
+    digest = hashlib.sha256()
+    with open(local, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    try:
+        current = head(url)
+    except InputError as exc:
+        raise OutputError(url, exc.problem) from None
+    if current is not None and current.get("Metadata", {}).get("sha256") == digest.hexdigest():
+        return False
+    upload(local, url, {"sha256": digest.hexdigest()})
+    return True
 
 
 def check_writable(url: str) -> None:

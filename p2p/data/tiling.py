@@ -31,6 +31,7 @@ import numpy as np
 from distributed import Client, as_completed
 from rasterio.windows import Window
 
+from p2p.core import storage
 from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.dask_client import dask_client
@@ -261,8 +262,7 @@ def tile_stage_inputs(scene: SceneConfig) -> list[str]:
     """The input fingerprints of the tile stage's key (every source and target file)."""
     files = [*scene.source, *(scene.target or [])]
     for f in files:
-        if not Path(f).exists():
-            raise InputError(f, "file not found")
+        storage.require_file(f)
     return [fingerprint_file(f) for f in files]
 
 

@@ -30,6 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from p2p import __version__
+from p2p.core import storage
 from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
@@ -352,8 +353,7 @@ def predict_stage(
     `config`; an interrupted run resumes its strips inside the folder.
     """
     for path in scene.source:
-        if not Path(path).is_file():
-            raise InputError(path, "file not found")
+        storage.require_file(path)
     bundle = load_bundle(model_dir)
     settings, inputs = predict_key_parts(bundle.weights_hash, scene, config)
 

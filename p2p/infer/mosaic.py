@@ -32,6 +32,7 @@ from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
+from p2p.core import storage
 from p2p.core.cache import StageRecord, fingerprint_file, run_stage
 from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
@@ -347,10 +348,13 @@ def predict_region(
     after an interruption reuses the scenes finished there. Every scene is checked before the
     first is predicted.
 
+    An ``s3://`` output is built in a local staging folder (where a rerun resumes) and
+    uploaded whole once complete.
+
     Args:
         bundle: The model bundle.
         scenes: Source scenes.
-        output: The prediction (one scene) or mosaic (several).
+        output: The prediction (one scene) or mosaic (several); a path or an ``s3://`` URL.
         config: Inference settings; `output_format` applies to `output`.
         progress: Given a scene id (or ``"mosaic"``), returns that step's progress callback.
 
@@ -359,6 +363,12 @@ def predict_region(
     """
     from p2p.infer.inference import check_scene, predict_scene, scene_job  # torch only here
 
+    if storage.is_remote(output):
+        for scene in scenes:
+            check_scene(bundle, scene, config)
+        with storage.staged_output(output) as local:
+            record = predict_region(bundle, scenes, local, config, progress)
+        return {**record, "output": str(output)}
     output = Path(output)
     for scene in scenes:
         check_scene(bundle, scene, config)

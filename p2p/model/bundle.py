@@ -6,8 +6,11 @@
                                     summary, metrics, and the weights' sha256
 
 The folder is written into a temporary sibling and renamed into place, so a reader never sees
-a half-written bundle. Loading checks the format version, the weights' checksum and their
-shapes, and raises `BundleError` with a message a user can act on.
+a half-written bundle. A bundle may also live under an ``s3://`` prefix: it is then read with
+two GETs, and written by uploading the weights first and ``model.json`` last (a reader finds
+no bundle until ``model.json`` is there; one overwritten in place fails the weights checksum
+until both are new, never loading mismatched weights). Loading checks the format version, the
+weights' checksum and their shapes, and raises `BundleError` with a message a user can act on.
 """
 
 from __future__ import annotations
@@ -23,10 +26,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load, load_file, save_file
 
 from p2p import __version__
-from p2p.core.errors import BundleError
+from p2p.core import storage
+from p2p.core.errors import BundleError, InputError
 from p2p.core.fsutil import fsync_dir
 from p2p.model.networks import UNetGenerator
 
@@ -110,13 +114,13 @@ class Bundle:
         generator: The generator in eval mode, on the requested device.
         meta: The bundle's metadata.
         weights_hash: sha256 (hex) of `weights.safetensors`; identifies the model in cache keys.
-        path: The bundle folder.
+        path: The bundle folder (or its s3:// prefix).
     """
 
     generator: UNetGenerator
     meta: BundleMeta
     weights_hash: str
-    path: Path
+    path: Path | str
 
 
 def _sha256(path: Path) -> str:
@@ -140,23 +144,32 @@ def build_generator(meta: BundleMeta) -> UNetGenerator:
     )
 
 
-def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMeta) -> Path:
+def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMeta) -> Path | str:
     """Write `generator` and `meta` as a bundle at `model_dir`, replacing any earlier one.
 
     The bundle appears complete or not at all: it is written into a temporary sibling folder
     and renamed into place.
 
     Args:
-        model_dir: The bundle folder to create.
+        model_dir: The bundle folder to create, or an ``s3://`` prefix.
         generator: The trained generator (any device; stored as contiguous CPU tensors).
         meta: Its metadata; band counts must match the generator.
 
     Returns:
-        The bundle folder.
+        The bundle folder (or URL).
 
     Raises:
         ValueError: The generator's band counts differ from `meta`'s.
+        OutputError: an upload failed.
     """
+    if storage.is_remote(model_dir):
+        url = str(model_dir)
+        storage.check_writable(url)
+        with tempfile.TemporaryDirectory(prefix="p2p-bundle-") as scratch:
+            local = write_bundle(Path(scratch, "model"), generator, meta)
+            for name in (WEIGHTS, META):  # model.json last: it makes the bundle visible
+                storage.upload(Path(local, name), storage.join(url, name))
+        return url
     model_dir = Path(model_dir)
     if (generator.in_channels, generator.out_channels) != (meta.in_channels, meta.out_channels):
         raise ValueError(
@@ -193,6 +206,36 @@ def _swap_in(tmp: Path, final: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+def _read_object(url: str) -> bytes:
+    """An object of a bundle on S3; a missing key means a missing file of the bundle."""
+    try:
+        return storage.read_bytes(url)
+    except InputError as exc:
+        if exc.problem.startswith("no such key"):
+            what = "the bundle has no weights" if url.endswith(WEIGHTS) else "no p2p bundle here"
+            raise BundleError(url, f"missing: {what} ({exc.problem})") from None
+        raise BundleError(url, exc.problem) from None
+
+
+def _meta_text(model_dir: str | Path) -> tuple[str, str]:
+    """(where, text) of a bundle's model.json, local or on S3."""
+    if storage.is_remote(model_dir):
+        url = storage.join(model_dir, META)
+        return url, _read_object(url).decode("utf-8", errors="replace")
+    folder = Path(model_dir)
+    if not folder.is_dir():
+        raise BundleError(
+            folder, "no such model folder (expected weights.safetensors + model.json)"
+        )
+    path = folder / META
+    if not path.is_file():
+        raise BundleError(path, "missing: this folder is not a p2p model bundle")
+    try:
+        return str(path), path.read_text()
+    except OSError as exc:
+        raise BundleError(path, f"cannot be read ({exc})") from None
+
+
 def read_meta(model_dir: str | Path) -> tuple[BundleMeta, str]:
     """The metadata of a bundle and the weights checksum it records, without the weights.
 
@@ -200,17 +243,10 @@ def read_meta(model_dir: str | Path) -> tuple[BundleMeta, str]:
         BundleError: The folder or `model.json` is missing, unreadable, from a newer format
             or incomplete.
     """
-    model_dir = Path(model_dir)
-    if not model_dir.is_dir():
-        raise BundleError(
-            model_dir, "no such model folder (expected weights.safetensors + model.json)"
-        )
-    path = model_dir / META
-    if not path.is_file():
-        raise BundleError(path, "missing: this folder is not a p2p model bundle")
+    path, text = _meta_text(model_dir)
     try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as exc:
+        data = json.loads(text)
+    except ValueError as exc:
         raise BundleError(path, f"cannot be read as JSON ({exc})") from None
     if not isinstance(data, dict):
         raise BundleError(path, "must hold a JSON object")
@@ -233,26 +269,30 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
     """Load a bundle: checks format, checksum and shapes; unpickles nothing.
 
     Args:
-        model_dir: The bundle folder.
+        model_dir: The bundle folder, or its ``s3://`` prefix.
         device: Where to put the generator.
 
     Raises:
         BundleError: Missing folder or file, a newer format, truncated or corrupt weights, or
             weights that do not fit the architecture in `model.json`.
     """
-    model_dir = Path(model_dir)
     meta, recorded = read_meta(model_dir)
-    weights = model_dir / WEIGHTS
-    if not weights.is_file():
+    remote = storage.is_remote(model_dir)
+    weights = storage.join(model_dir, WEIGHTS)
+    if remote:
+        blob = _read_object(weights)
+        digest = hashlib.sha256(blob).hexdigest()
+    elif not Path(weights).is_file():
         raise BundleError(weights, "missing: the bundle has no weights")
-    digest = _sha256(weights)
+    else:
+        digest = _sha256(Path(weights))
     if recorded and digest != recorded:
         raise BundleError(
             weights,
             "does not match the checksum in model.json: truncated or corrupt; copy it again",
         )
     try:
-        state = load_file(str(weights), device="cpu")
+        state = load(blob) if remote else load_file(weights, device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(weights, f"cannot be read: truncated or corrupt ({exc})") from None
     generator = build_generator(meta)
@@ -263,4 +303,5 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
         raise BundleError(
             weights, f"do not fit the model described in model.json ({detail})"
         ) from None
-    return Bundle(generator.to(device).eval(), meta, digest, model_dir)
+    where = model_dir if remote else Path(model_dir)
+    return Bundle(generator.to(device).eval(), meta, digest, where)

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
+from p2p.core import storage
 from p2p.core.cache import StageRecord, read_manifest, run_stage, stage_key
 from p2p.core.config import (
     BatchPredictConfig,
@@ -23,7 +24,7 @@ from p2p.core.config import (
     SceneConfig,
     TrainConfig,
 )
-from p2p.core.errors import InputError, StageError
+from p2p.core.errors import ConfigError, InputError, StageError
 from p2p.core.fsutil import atomic_write_json
 from p2p.core.roots import allowed_roots, check_path
 from p2p.data.dataset import ChipDataset, load_stats
@@ -46,6 +47,21 @@ Progress = Callable[[int, int], None]
 # --- paths from flow parameters ------------------------------------------------------------
 
 
+def check_local_workspace(workspace: str) -> None:
+    """Refuse a workspace on object storage (stage folders, locks and resumable partial files
+    need a file system); scenes, models and outputs may be ``s3://`` URLs.
+
+    Raises:
+        ConfigError: `workspace` is a URL.
+    """
+    if storage.is_remote(workspace):
+        raise ConfigError(
+            "workspace",
+            f"{workspace}: a workspace on object storage is not supported; use a local or "
+            "shared folder (scenes, the model and the output may be s3:// URLs)",
+        )
+
+
 def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
     """Resolve the workspace and every scene file, each under `P2P_ALLOWED_ROOTS`.
 
@@ -54,6 +70,7 @@ def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
         InputError: the config names no scene.
     """
     roots = allowed_roots()
+    check_local_workspace(config.workspace)
     if not config.scenes:
         raise InputError("scenes", "the training pipeline needs at least one scene pair")
     scenes = [
@@ -79,7 +96,11 @@ def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[
     scenes: list[SceneConfig] = []
     for entry in patterns:
         if glob.has_magic(entry):
-            matches = sorted(glob.glob(str(Path(entry).expanduser())))
+            matches = (
+                storage.glob(entry)
+                if storage.is_remote(entry)
+                else sorted(glob.glob(str(Path(entry).expanduser())))
+            )
             if not matches:
                 raise InputError(entry, "the pattern matches no file")
             scenes += [SceneConfig(source=[m], nodata=nodata) for m in matches]
@@ -88,8 +109,7 @@ def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[
     seen: dict[str, str] = {}
     for scene in scenes:
         for f in scene.source:
-            if not Path(f).is_file():
-                raise InputError(f, "file not found")
+            storage.require_file(f)
         if scene.scene_id in seen:
             raise InputError(
                 scene.source[0], f"scene id {scene.scene_id!r} repeats {seen[scene.scene_id]}"
@@ -107,6 +127,7 @@ def checked_batch_config(
     folder) and every match again after (a symlink inside a root may point outside).
     """
     roots = allowed_roots()
+    check_local_workspace(config.workspace)
     for entry in config.scenes:
         for part in entry.split(","):
             check_path(part.strip(), roots)

@@ -13,6 +13,7 @@ import rasterio
 from numpy.typing import NDArray
 from PIL import Image, ImageDraw
 
+from p2p.core import storage
 from p2p.core.fsutil import atomic_path
 
 METRICS = ("mae", "rmse", "psnr", "ssim")
@@ -82,9 +83,14 @@ def comparison_png(
 def deliver_file(source: str | Path, output: str | Path) -> bool:
     """Copy `source` to `output` atomically, unless `output` already holds the same bytes.
 
+    An ``s3://`` output is uploaded whole, carrying the file's sha256 as object metadata so an
+    unchanged mosaic is not uploaded again.
+
     Returns:
         True when `output` was written.
     """
+    if storage.is_remote(output):
+        return storage.upload_if_changed(Path(source), str(output))
     output = Path(output)
     if output.is_file() and filecmp.cmp(source, output, shallow=False):
         return False

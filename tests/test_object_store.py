@@ -1,0 +1,141 @@
+"""Scenes, bundles and outputs in a bucket of a real (local) S3 server: the same chips, the
+same prediction bytes and the same one-line errors as with local files."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+from distributed import Client, LocalCluster
+from typer.testing import CliRunner
+
+from p2p.app.cli import app
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.core.errors import BundleError, ConfigError
+from p2p.data.tiling import tile_stage
+from p2p.model.bundle import load_bundle, write_bundle
+from p2p.model.networks import UNetGenerator
+from p2p.stages.pipeline import check_local_workspace
+from tests.test_inference import NUM_DOWNS, _meta, _source
+from tests.test_tiling import make_pair, store_arrays
+
+P2P = str(Path(sys.executable).with_name("p2p"))
+
+
+def _generator() -> UNetGenerator:
+    torch.manual_seed(0)
+    return UNetGenerator(2, 1, num_downs=NUM_DOWNS, ngf=4, norm="batch", dropout=0.0).eval()
+
+
+@pytest.mark.slow
+def test_scenes_in_a_bucket_tile_into_the_same_chips_on_worker_processes(
+    s3: Any, tmp_path: Path
+) -> None:
+    local = make_pair(tmp_path)
+    remote = SceneConfig(
+        source=[s3.put(local.source[0], s3.url("pairs/src.tif"))],
+        target=[s3.put(local.target[0], s3.url("pairs/tgt.tif"))],  # type: ignore[index]
+        nodata=0,
+    )
+    tiling = TilingConfig(chip_size=32, stride=32, block_chips=2, min_valid_fraction=0.5)
+    dask = DaskConfig(n_workers=2, threads_per_worker=1)
+    # worker processes: each opens the objects itself, with the environment it inherited
+    with (
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        Client(cluster) as client,
+    ):
+        from_bucket = tile_stage(tmp_path / "ws_s3", remote, tiling, dask, client=client)
+    from_disk = tile_stage(tmp_path / "ws_local", local, tiling, dask)
+    a, b = store_arrays(from_bucket.path), store_arrays(from_disk.path)
+    assert a.keys() == b.keys() and a["source"].shape[0] > 0
+    for name in a:
+        np.testing.assert_array_equal(a[name], b[name])
+
+
+def test_bundle_round_trips_through_a_bucket_manifest_last(s3: Any) -> None:
+    url = s3.url("models/m1")
+    generator = _generator()
+    assert write_bundle(url, generator, _meta("uint16", None)) == url
+    assert s3.keys(s3.bucket, "models/") == [
+        "models/m1/model.json",
+        "models/m1/weights.safetensors",
+    ]
+    upload_order = [line for line in s3.log_lines() if '"PUT /' + s3.bucket + "/models" in line]
+    assert "weights.safetensors" in upload_order[0] and "model.json" in upload_order[-1]
+    bundle = load_bundle(url)
+    assert bundle.path == url and bundle.meta == _meta("uint16", None)
+    for name, value in generator.state_dict().items():
+        torch.testing.assert_close(bundle.generator.state_dict()[name], value)
+    with pytest.raises(BundleError, match="missing: no p2p bundle here") as err:
+        load_bundle(s3.url("models/none"))
+    assert err.value.where == s3.url("models/none/model.json")
+
+
+BASE = ["predict", "--tile-size", "32", "--overlap", "4", "--json"]
+
+
+def test_cli_predicts_from_and_to_a_bucket_with_the_local_bytes(s3: Any, tmp_path: Path) -> None:
+    write_bundle(tmp_path / "model", _generator(), _meta("uint16", None))
+    model = str(write_bundle(s3.url("model"), _generator(), _meta("uint16", None)))
+    src, _ = _source(tmp_path / "scene.tif", 70, 90)
+    scene = s3.put(src, s3.url("in/scene.tif"))
+    args = ["--model", str(tmp_path / "model"), "--input", str(src), "--output"]
+    local = CliRunner().invoke(app, [*BASE, *args, str(tmp_path / "o.tif")])
+    assert local.exit_code == 0, local.output
+    out = s3.url("out/scene.tif")
+    remote = subprocess.run(  # the installed command, as a user runs it
+        [P2P, *BASE, "--model", model, "--input", scene, "--output", out],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        timeout=300,
+    )
+    assert remote.returncode == 0, remote.stderr
+    assert json.loads(remote.stdout.splitlines()[-1])["output"] == out
+    assert s3.get(out) == (tmp_path / "o.tif").read_bytes()
+    assert s3.keys(s3.bucket, "out/") == ["out/scene.tif"]
+
+
+def _error_line(args: list[str]) -> str:
+    result = CliRunner().invoke(app, [*BASE, *args])
+    assert result.exit_code == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_cli_names_the_url_and_what_is_missing(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = str(write_bundle(s3.url("model"), _generator(), _meta("uint16", None)))
+    scene = s3.put(_source(tmp_path / "scene.tif", 40, 40)[0], s3.url("in/scene.tif"))
+    out = s3.url("out/x.tif")
+    none = s3.url("in/none.tif")
+    assert _error_line(["--model", model, "--input", none, "--output", out]) == (
+        f"error: {none}: no such key 'in/none.tif' in bucket {s3.bucket!r}"
+    )
+    nobucket = "s3://no-such-bucket-p2p/o.tif"
+    assert _error_line(["--model", model, "--input", scene, "--output", nobucket]) == (
+        f"error: {nobucket}: no such bucket 'no-such-bucket-p2p'"
+    )
+    assert _error_line(["--model", s3.url("nomodel"), "--input", scene, "--output", out]) == (
+        f"error: {s3.url('nomodel/model.json')}: missing: no p2p bundle here "
+        f"(no such key 'nomodel/model.json' in bucket {s3.bucket!r})"
+    )
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    local_out = str(tmp_path / "o.tif")
+    line = _error_line(["--model", model, "--input", scene, "--output", local_out])
+    assert line.startswith(f"error: {s3.url('model/model.json')}: no AWS credentials found")
+    assert s3.keys(s3.bucket, "out/") == [] and not list(tmp_path.glob("*o.tif*"))
+
+
+def test_a_workspace_on_object_storage_is_refused_in_one_line() -> None:
+    with pytest.raises(ConfigError, match="workspace on object storage is not supported"):
+        check_local_workspace("s3://bucket/ws")
