@@ -17,7 +17,8 @@ from distributed import Client, LocalCluster
 from typer.testing import CliRunner
 
 from p2p.app.cli import app
-from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.app.demo import demo_config, write_demo_scenes
+from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, TilingConfig
 from p2p.core.errors import BundleError, ConfigError
 from p2p.data.tiling import tile_stage
 from p2p.model.bundle import load_bundle, write_bundle
@@ -139,3 +140,50 @@ def test_cli_names_the_url_and_what_is_missing(
 def test_a_workspace_on_object_storage_is_refused_in_one_line() -> None:
     with pytest.raises(ConfigError, match="workspace on object storage is not supported"):
         check_local_workspace("s3://bucket/ws")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("prefect_harness")
+def test_training_and_batch_prediction_with_data_model_and_output_in_a_bucket(
+    s3: Any, tmp_path: Path
+) -> None:
+    from flows.batch_predict import batch_predict
+    from flows.train_pipeline import train_pipeline
+
+    data = write_demo_scenes(tmp_path / "data", scene_size=96)
+
+    def up(path: str) -> str:
+        return str(s3.put(path, s3.url(f"scenes/{Path(path).name}")))
+
+    scenes = [
+        s.model_copy(
+            update={"source": [up(p) for p in s.source], "target": [up(p) for p in s.target or []]}
+        )
+        for s in data.train
+    ]
+    config = demo_config(tmp_path / "ws", scenes, quick=True)
+    record = train_pipeline(config)
+    assert record["metrics"]["overall"]["mae"] > 0
+    for name in ("model.json", "weights.safetensors"):
+        s3.put(Path(record["model"], name), s3.url(f"models/demo/{name}"))
+    for scene in data.held_out:
+        up(scene.source[0])
+
+    batch = BatchPredictConfig(
+        workspace=str(tmp_path / "ws"),
+        model=s3.url("models/demo"),
+        scenes=[s3.url("scenes/heldout_*_image.tif")],
+        output=s3.url("out/mosaic.tif"),
+        predict=config.predict,
+    )
+    result = batch_predict(batch)
+    assert result["scenes"] == ["heldout_a_image", "heldout_b_image"]
+    local = batch.model_copy(
+        update={
+            "model": record["model"],
+            "scenes": [str(Path(data.union_source).parent / "heldout_[ab]_image.tif")],
+            "output": str(tmp_path / "mosaic.tif"),
+        }
+    )
+    batch_predict(local)
+    assert s3.get(s3.url("out/mosaic.tif")) == (tmp_path / "mosaic.tif").read_bytes()
