@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pystac
 import pytest
 import torch
 from distributed import Client, LocalCluster
@@ -18,13 +19,14 @@ from typer.testing import CliRunner
 
 from p2p.app.cli import app
 from p2p.app.demo import demo_config, write_demo_scenes
-from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, TilingConfig
+from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, StacRef, TilingConfig
 from p2p.core.errors import BundleError, ConfigError
 from p2p.data.tiling import tile_stage
 from p2p.model.bundle import load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.stages.pipeline import check_local_workspace
 from tests.test_inference import NUM_DOWNS, _meta, _source
+from tests.test_stac import make_item, write_json
 from tests.test_tiling import make_pair, store_arrays
 
 P2P = str(Path(sys.executable).with_name("p2p"))
@@ -178,12 +180,16 @@ def test_training_and_batch_prediction_with_data_model_and_output_in_a_bucket(
     )
     result = batch_predict(batch)
     assert result["scenes"] == ["heldout_a_image", "heldout_b_image"]
+    # the same scenes as a local STAC ItemCollection: the same mosaic, byte for byte
+    items = [make_item(Path(s.source[0]).stem, {"image": s.source[0]}) for s in data.held_out]
+    collection = write_json(tmp_path / "heldout.json", pystac.ItemCollection(items))
     local = batch.model_copy(
         update={
             "model": record["model"],
-            "scenes": [str(Path(data.union_source).parent / "heldout_[ab]_image.tif")],
+            "scenes": [],
+            "items": [StacRef(stac=str(collection), assets=["image"])],
             "output": str(tmp_path / "mosaic.tif"),
         }
     )
-    batch_predict(local)
+    assert batch_predict(local)["scenes"] == ["heldout_a_image", "heldout_b_image"]
     assert s3.get(s3.url("out/mosaic.tif")) == (tmp_path / "mosaic.tif").read_bytes()

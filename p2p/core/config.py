@@ -11,9 +11,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
-from p2p.core import storage
+from p2p.core import stac, storage
 from p2p.core.errors import ConfigError
 
 
@@ -28,8 +36,30 @@ def _as_list(value: Any) -> Any:
     return value
 
 
+class StacRef(_Config):
+    """A STAC Item (or ItemCollection) and the assets to stack, in order, as bands."""
+
+    stac: str = Field(
+        description="Item or ItemCollection JSON: a path (relative to the config file) or a "
+        "URL (s3://, https://)."
+    )
+    assets: list[str] = Field(
+        min_length=1, description="Asset keys stacked in order as bands, e.g. [B02, B03, B04]."
+    )
+
+
+def _base(info: ValidationInfo) -> Path | None:
+    """The folder relative paths are relative to (the config file's), when validating one."""
+    base = (info.context or {}).get("base") if isinstance(info.context, dict) else None
+    return Path(base) if base is not None else None
+
+
 class SceneConfig(_Config):
-    """One scene: a source raster (and, for training, its paired target)."""
+    """One scene: a source raster (and, for training, its paired target).
+
+    Either side may be given as a STAC item, ``{stac: item.json, assets: [B02, B03]}``: it
+    becomes the item's asset files in that order, and the scene takes the item's id as name.
+    """
 
     source: list[str] = Field(
         description="Source raster path, or band files stacked in order (list or comma-joined)."
@@ -53,6 +83,21 @@ class SceneConfig(_Config):
     )
 
     _split = field_validator("source", "target", mode="before")(_as_list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _stac_sides(cls, data: Any, info: ValidationInfo) -> Any:
+        if not isinstance(data, dict):
+            return data
+        out = dict(data)
+        for side in ("source", "target"):
+            value = out.get(side)
+            if isinstance(value, dict | StacRef):
+                ref = StacRef.model_validate(value)
+                out[side], item_id = stac.scene_side(ref.stac, ref.assets, _base(info))
+                if side == "source" and out.get("name") is None:
+                    out["name"] = item_id
+        return out
 
     @field_validator("source")
     @classmethod
@@ -248,6 +293,11 @@ class BatchPredictConfig(_Config):
         description="Scenes to predict: raster paths, comma-joined band files, or glob patterns "
         "(e.g. /data/incoming/*.tif); each match is one scene.",
     )
+    items: list[StacRef] = Field(
+        default_factory=list,
+        description="STAC Items or ItemCollections to predict besides `scenes`: each item is "
+        "one scene, its `assets` stacked as the source bands, named by the item id.",
+    )
     output: str = Field(description="Mosaic GeoTIFF written over all predicted scenes.")
     predict: PredictConfig = Field(default_factory=PredictConfig, description="Inference.")
     mosaic: MosaicConfig = Field(default_factory=MosaicConfig, description="Mosaic grid.")
@@ -263,14 +313,17 @@ def _first_error(exc: ValidationError) -> tuple[str, str]:
     return field, err["msg"]
 
 
-def parse_config(data: dict[str, Any], source: str = "config") -> PipelineConfig:
-    """Validate a mapping into a `PipelineConfig`.
+def parse_config(
+    data: dict[str, Any], source: str = "config", base: Path | None = None
+) -> PipelineConfig:
+    """Validate a mapping into a `PipelineConfig`; relative STAC item paths are read against
+    `base` (the current folder when None).
 
     Raises:
         ConfigError: naming the first offending field, e.g. ``train.epochs: ...``.
     """
     try:
-        return PipelineConfig.model_validate(data)
+        return PipelineConfig.model_validate(data, context={"base": base})
     except ValidationError as exc:
         field, msg = _first_error(exc)
         raise ConfigError(f"{source}: {field}", msg) from None
@@ -316,7 +369,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not isinstance(data, dict):
         raise ConfigError(path, "a config file must hold a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    config = parse_config(data, source=str(path))
+    config = parse_config(data, source=str(path), base=path.parent.resolve())
     return resolve_paths(config, path.parent)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader
 
-from p2p.core import storage
+from p2p.core import stac, storage
 from p2p.core.cache import StageRecord, read_manifest, run_stage, stage_key
 from p2p.core.config import (
     BatchPredictConfig,
@@ -22,6 +22,7 @@ from p2p.core.config import (
     PipelineConfig,
     PredictConfig,
     SceneConfig,
+    StacRef,
     TrainConfig,
 )
 from p2p.core.errors import ConfigError, InputError, StageError
@@ -86,12 +87,16 @@ def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
     return config.model_copy(update={"workspace": workspace, "scenes": scenes})
 
 
-def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[SceneConfig]:
+def expand_scenes(
+    patterns: Sequence[str], nodata: float | None = None, items: Sequence[StacRef] = ()
+) -> list[SceneConfig]:
     """Turn batch entries into scenes: a glob pattern gives one scene per match (sorted), a
-    comma-joined entry is one scene stacked from band files, anything else one file.
+    comma-joined entry is one scene stacked from band files, anything else one file; then
+    each item of the STAC `items` is one scene (its assets stacked, named by its id).
 
     Raises:
-        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
+        InputError: a pattern matches nothing, a file is missing, an asset key is missing, or
+            two scenes share an id.
     """
     scenes: list[SceneConfig] = []
     for entry in patterns:
@@ -106,6 +111,14 @@ def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[
             scenes += [SceneConfig(source=[m], nodata=nodata) for m in matches]
         else:
             scenes.append(SceneConfig.model_validate({"source": entry, "nodata": nodata}))
+    for ref in items:
+        where, found = stac.read_items(ref.stac)
+        scenes += [
+            SceneConfig(
+                source=stac.asset_files(item, ref.assets, where), name=item.id, nodata=nodata
+            )
+            for item in found
+        ]
     seen: dict[str, str] = {}
     for scene in scenes:
         for f in scene.source:
@@ -131,7 +144,7 @@ def checked_batch_config(
     for entry in config.scenes:
         for part in entry.split(","):
             check_path(part.strip(), roots)
-    scenes = expand_scenes(config.scenes, config.predict.nodata)
+    scenes = expand_scenes(config.scenes, config.predict.nodata, config.items)
     for scene in scenes:
         for f in scene.source:
             check_path(f, roots)
