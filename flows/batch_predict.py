@@ -2,7 +2,8 @@
 
 Scenes already predicted with the same model and settings are cached, so a scheduled run only
 predicts the new ones. With `dask.address` set, the scenes are predicted on that Dask cluster
-through prefect-dask's `DaskTaskRunner` (its workers must see the workspace and the scenes).
+through prefect-dask's `DaskTaskRunner` (its workers must see the workspace and the scenes),
+and their task runs report to this flow's Prefect server (`tasks.cluster`).
 """
 
 from __future__ import annotations
@@ -10,11 +11,11 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, unmapped
-from prefect_dask.task_runners import DaskTaskRunner
 
 from p2p.core.cache import StageRecord
 from p2p.core.config import BatchPredictConfig, PredictConfig, SceneConfig
 from p2p.stages.pipeline import checked_batch_config, stage_entry
+from tasks.cluster import reporting_runner
 from tasks.common import publish_run, results_storage
 from tasks.mosaic import mosaic
 from tasks.predict import predict_scene
@@ -41,11 +42,12 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
     ws = config.workspace
     store = results_storage(ws)
 
-    fan_out = predict_scenes
     if config.dask.address:
-        runner: Any = DaskTaskRunner(address=config.dask.address)
-        fan_out = predict_scenes.with_options(task_runner=runner)
-    predictions = fan_out(ws, config.model, scenes, config.predict)
+        with reporting_runner(config.dask.address) as runner:
+            fan_out = predict_scenes.with_options(task_runner=runner)
+            predictions = fan_out(ws, config.model, scenes, config.predict)
+    else:
+        predictions = predict_scenes(ws, config.model, scenes, config.predict)
 
     outputs = [p.summary["output"] for p in predictions]
     merged = mosaic.with_options(result_storage=store)(

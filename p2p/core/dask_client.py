@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import socket
 from collections.abc import Iterator
+from urllib.parse import urlsplit
 
 from distributed import Client, LocalCluster
 
@@ -52,3 +54,28 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
     ):
         log.info("dask: local cluster with %s", client.nthreads())
         yield client
+
+
+def worker_hosts(address: str) -> list[str]:
+    """The hosts of the workers now attached to the scheduler at `address`.
+
+    Raises:
+        ConfigError: the scheduler cannot be reached.
+    """
+    with dask_client(DaskConfig(address=address)) as client:
+        workers = client.scheduler_info(n_workers=-1)["workers"]
+    return sorted({urlsplit(str(addr)).hostname or str(addr) for addr in workers})
+
+
+def this_machine() -> set[str]:
+    """Names and addresses under which processes on this machine can appear."""
+    names = {"127.0.0.1", "::1", "localhost", socket.gethostname(), socket.getfqdn()}
+    with contextlib.suppress(OSError):
+        names.update(socket.gethostbyname_ex(socket.gethostname())[2])
+    return names
+
+
+def remote_hosts(hosts: list[str], local: set[str] | None = None) -> list[str]:
+    """The hosts in `hosts` that are not this machine (loopback addresses never are)."""
+    mine = this_machine() if local is None else local
+    return [h for h in hosts if h not in mine and not h.startswith("127.")]
