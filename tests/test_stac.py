@@ -14,10 +14,9 @@ import pytest
 import yaml
 from rasterio.windows import Window
 
-from p2p.core.config import SceneConfig, StacRef, load_config
+from p2p.core.config import SceneConfig, StacRef, expand_scenes, load_config
 from p2p.core.errors import InputError
 from p2p.raster import SceneReader
-from p2p.stages.pipeline import expand_scenes
 from tests.rasters import ramp, write_geotiff
 
 

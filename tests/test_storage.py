@@ -73,16 +73,15 @@ def test_glob_lists_one_level_and_fingerprint_follows_the_object(s3: Any, tmp_pa
     assert strict == fingerprint_file(tmp_path / "other.tif", strict=True)
 
 
-def test_staged_output_uploads_whole_objects_or_nothing(s3: Any) -> None:
-    url = s3.url("out/result.bin")
-    with pytest.raises(RuntimeError), storage.staged_output(url) as local:
-        local.write_bytes(b"half")
-        raise RuntimeError("killed mid-write")
-    assert s3.keys(s3.bucket, "out/") == []
-    with storage.staged_output(url) as local:
-        local.write_bytes(b"complete")
-    assert s3.get(url) == b"complete"
-    assert not storage.staging_dir(url).exists()
-    with pytest.raises(OutputError, match="no such bucket 'no-such-bucket-p2p'"):  # noqa: SIM117
-        with storage.staged_output("s3://no-such-bucket-p2p/x.tif"):
-            pytest.fail("no work starts when the bucket is missing")
+def test_upload_if_changed_skips_the_same_bytes(s3: Any, tmp_path: Path) -> None:
+    url = s3.url("out/result.tif")
+    local = tmp_path / "result.tif"
+    local.write_bytes(b"first")
+    assert storage.upload_if_changed(local, url) and s3.get(url) == b"first"
+    puts = len([line for line in s3.log_lines() if '"PUT /' in line])
+    assert not storage.upload_if_changed(local, url)
+    assert len([line for line in s3.log_lines() if '"PUT /' in line]) == puts
+    local.write_bytes(b"second")
+    assert storage.upload_if_changed(local, url) and s3.get(url) == b"second"
+    with pytest.raises(OutputError, match="no such bucket 'no-such-bucket-p2p'"):
+        storage.check_writable("s3://no-such-bucket-p2p/x.tif")

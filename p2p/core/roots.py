@@ -15,7 +15,14 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from p2p.core import storage
-from p2p.core.errors import PathNotAllowedError
+from p2p.core.config import (
+    BatchPredictConfig,
+    PipelineConfig,
+    SceneConfig,
+    expand_scenes,
+    map_scene_paths,
+)
+from p2p.core.errors import ConfigError, InputError, PathNotAllowedError
 
 ENV_VAR = "P2P_ALLOWED_ROOTS"
 
@@ -75,3 +82,64 @@ def check_path(path: str | Path, roots: Iterable[Path | str] | None = None) -> P
     raise PathNotAllowedError(
         path, f"resolves to {resolved}, outside the allowed roots ({ENV_VAR}={listed})"
     )
+
+
+def check_local_workspace(workspace: str) -> None:
+    """Refuse a workspace on object storage (stage folders, locks and resumable partial files
+    need a file system); scenes, models and outputs may be ``s3://`` URLs.
+
+    Raises:
+        ConfigError: `workspace` is a URL.
+    """
+    if storage.is_remote(workspace):
+        raise ConfigError(
+            "workspace",
+            f"{workspace}: a workspace on object storage is not supported; use a local or "
+            "shared folder (scenes, the model and the output may be s3:// URLs)",
+        )
+
+
+def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
+    """Resolve the workspace and every scene path, each under `P2P_ALLOWED_ROOTS`.
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots.
+        InputError: the config names no scene.
+    """
+    roots = allowed_roots()
+    check_local_workspace(config.workspace)
+    if not config.scenes:
+        raise InputError("scenes", "the training pipeline needs at least one scene pair")
+    scenes = [map_scene_paths(s, lambda p: str(check_path(p, roots))) for s in config.scenes]
+    workspace = str(check_path(config.workspace, roots))
+    return config.model_copy(update={"workspace": workspace, "scenes": scenes})
+
+
+def checked_batch_config(
+    config: BatchPredictConfig,
+) -> tuple[BatchPredictConfig, list[SceneConfig]]:
+    """Resolve and check the batch paths under the allowed roots, and expand the scenes.
+
+    Patterns are checked before they are expanded (a pattern outside the roots never lists a
+    folder) and every match again after (a symlink inside a root may point outside).
+    """
+    roots = allowed_roots()
+    check_local_workspace(config.workspace)
+    for entry in config.scenes:
+        for part in entry.split(","):
+            check_path(part.strip(), roots)
+    for ref in config.items:
+        if "://" not in ref.stac or storage.is_remote(ref.stac):
+            check_path(ref.stac, roots)  # the STAC JSON too, before it is read
+    scenes = expand_scenes(config.scenes, config.predict.nodata, config.items)
+    for scene in scenes:
+        for f in scene.source:
+            check_path(f, roots)
+    checked = config.model_copy(
+        update={
+            "workspace": str(check_path(config.workspace, roots)),
+            "model": str(check_path(config.model, roots)),
+            "output": str(check_path(config.output, roots)),
+        }
+    )
+    return checked, scenes

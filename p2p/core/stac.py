@@ -18,7 +18,6 @@ from pystac.utils import make_absolute_href
 
 from p2p.core import storage
 from p2p.core.errors import InputError
-from p2p.core.roots import check_path
 
 
 def _location(href: str, base: Path | None) -> str:
@@ -63,9 +62,8 @@ def read_items(href: str, base: Path | None = None) -> tuple[str, list[pystac.It
 
     Raises:
         InputError: the JSON cannot be read or is neither an Item nor an ItemCollection.
-        PathNotAllowedError: the JSON lies outside `P2P_ALLOWED_ROOTS`.
     """
-    where = str(check_path(_location(href, base))) if "://" not in href else href
+    where = _location(href, base)
     data = _read_json(where)
     kind = data.get("type") if isinstance(data, dict) else None
     try:

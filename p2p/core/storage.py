@@ -7,21 +7,18 @@ standard AWS environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS
 and ``~/.aws``, ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``), resolved by
 botocore and handed to GDAL, so both always agree.
 
-Outputs reach a bucket as complete objects only: they are built in a local staging folder and
-uploaded whole (a multipart upload becomes visible when it completes), a manifest-like object
-last. A failed upload leaves the staged file, so a rerun resumes instead of starting over.
+Outputs reach a bucket as complete objects only: they are built locally (a workspace, a
+staging folder) and uploaded whole (a multipart upload becomes visible when it completes), a
+manifest-like object last (a bundle's ``model.json``).
 """
 
 from __future__ import annotations
 
-import contextlib
 import fnmatch
 import functools
 import hashlib
 import os
-import shutil
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -335,23 +332,7 @@ def check_writable(url: str) -> None:
 
 
 def staging_dir(url: str) -> Path:
-    """A local folder for building what will be uploaded to `url`; the same for a rerun, so
-    an interrupted build resumes there."""
+    """A local folder for building what will be uploaded to `url` (e.g. `p2p predict`'s
+    workspace); the same for a rerun, so an interrupted build resumes there."""
     digest = hashlib.sha256(url.encode()).hexdigest()[:16]
     return Path(tempfile.gettempdir()) / "p2p-staging" / digest
-
-
-@contextlib.contextmanager
-def staged_output(path: str | Path) -> Iterator[Path]:
-    """Yield where to write an output: the path itself when local; for a URL, a local file
-    of the same name, uploaded whole when the block succeeds (then removed)."""
-    if not is_remote(path):
-        yield Path(path)
-        return
-    url = str(path)
-    check_writable(url)
-    folder = staging_dir(url)
-    folder.mkdir(parents=True, exist_ok=True)
-    yield folder / name(url)
-    upload(folder / name(url), url)
-    shutil.rmtree(folder, ignore_errors=True)
