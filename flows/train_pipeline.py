@@ -13,6 +13,8 @@ from p2p.stages.pipeline import TRAINING, run_record, run_steps
 from tasks.common import publish_run
 from tasks.stages import run_on_prefect
 
+#: `p2p.stages.pipeline.UNTIL` as a Literal, so the Prefect UI offers a choice (tests/test_plan.py
+#: checks the two agree).
 Until = Literal["tile", "dataset", "train", "evaluate"]
 
 

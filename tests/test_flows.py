@@ -54,9 +54,9 @@ def task_states(state: Any) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One quick demo run: the training pipeline, batch prediction and the report."""
-    return demo_flow(str(tmp_path_factory.mktemp("ws")), scene_size=96, quick=True)
+def demo(demo_run: dict[str, Any]) -> dict[str, Any]:
+    """The session's quick demo run (conftest.py)."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 import rasterio
@@ -16,7 +16,7 @@ from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import ExportTilesConfig, PipelineConfig, parse_config
 from p2p.core.roots import checked_pipeline_config
 from p2p.stages import tile
-from p2p.stages.pipeline import TRAINING, in_process, run_steps
+from p2p.stages.pipeline import TRAINING, UNTIL, in_process, run_steps
 from p2p.stages.plan import Planned, force, plan
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,6 +61,12 @@ def test_each_stage_version_and_key_live_in_one_module() -> None:
         str(p.relative_to(ROOT)) for p in code if re.search(STAGE_SPELLINGS, p.read_text())
     ]
     assert offenders == []
+
+
+def test_the_flow_form_offers_the_declared_stop_points() -> None:
+    from flows.train_pipeline import Until
+
+    assert get_args(Until) == UNTIL  # the Literal the Prefect UI renders is checked here
 
 
 def test_stage_parts_take_the_run_arguments_by_name(data: DemoScenes) -> None:

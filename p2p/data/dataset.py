@@ -28,6 +28,7 @@ from p2p.core.errors import StageError
 from p2p.core.fsutil import atomic_write_json, read_json
 from p2p.data import chipstore
 from p2p.data.bandstats import StatsAccumulator
+from p2p.model.augment import dihedral_pair
 from p2p.model.normalization import BandStats, normalize
 
 log = logging.getLogger(__name__)
@@ -275,10 +276,8 @@ class ChipDataset(Dataset[Sample]):
         y = normalize(np.asarray(arrays["target"][slot]), self.target_stats)
         x[:, ~valid], y[:, ~valid] = 0, 0
         m = valid[None].astype(np.float32)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            x, y, m = (np.rot90(a, k, axes=(1, 2)) for a in (x, y, m))
-            if flip:
-                x, y, m = (a[:, :, ::-1] for a in (x, y, m))
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, m))  # type: ignore[return-value]
+        sample = (torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m))
+        if not self.augment:
+            return sample
+        k = int(np.random.default_rng([self.seed, self.epoch, i]).integers(8))
+        return dihedral_pair(sample, k)

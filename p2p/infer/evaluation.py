@@ -24,8 +24,8 @@ from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
 from p2p.infer.translator import pick_device
 from p2p.model.bundle import Bundle
-from p2p.model.metrics import MetricAccumulator
-from p2p.model.normalization import BandStats, denormalize
+from p2p.model.metrics import MetricAccumulator, score_batches
+from p2p.model.normalization import BandStats
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 
 log = logging.getLogger(__name__)
@@ -199,12 +199,8 @@ def evaluate_chips(
     Returns:
         `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
     """
-    stats = BandStats.from_dict(bundle.meta.target_stats)
-    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
-    acc = MetricAccumulator(spans)
     dev = pick_device(device)
     generator = bundle.generator.to(dev).eval()
-    for source, target, valid in DataLoader(chips, batch_size=batch_size):
-        fake = generator(source.to(dev)).float().cpu()
-        acc.update(denormalize(fake, stats), denormalize(target, stats), valid > 0.5)
-    return acc.compute()
+    stats = BandStats.from_dict(bundle.meta.target_stats)
+    batches = DataLoader(chips, batch_size=batch_size)
+    return score_batches(batches, lambda x: generator(x.to(dev)), stats)

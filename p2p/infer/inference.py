@@ -89,7 +89,7 @@ class _Plan:
 
 
 def _model_multiple(bundle: Bundle) -> int:
-    return int(2 ** int(bundle.meta.model.get("num_downs", 0)))
+    return int(2**bundle.meta.model.num_downs)
 
 
 def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> SceneReader:

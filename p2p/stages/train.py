@@ -99,7 +99,7 @@ def _bundle(
 
     ds = dataset.summary
     meta = BundleMeta(
-        model=result.model_cfg.model_dump(mode="json"),
+        model=result.model_cfg,
         in_channels=result.in_channels,
         out_channels=result.out_channels,
         source_bands=tuple(ds["source_bands"]),
