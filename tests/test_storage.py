@@ -85,3 +85,38 @@ def test_upload_if_changed_skips_the_same_bytes(s3: Any, tmp_path: Path) -> None
     assert storage.upload_if_changed(local, url) and s3.get(url) == b"second"
     with pytest.raises(OutputError, match="no such bucket 'no-such-bucket-p2p'"):
         storage.check_writable("s3://no-such-bucket-p2p/x.tif")
+
+
+def test_access_denied_is_one_line(
+    s3: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import urllib.request
+
+    import boto3
+
+    url = s3.put(_scene(tmp_path, size=64), s3.url("private/a.tif"))
+    iam = boto3.client(
+        "iam",
+        endpoint_url=s3.endpoint,
+        aws_access_key_id="testing",
+        aws_secret_access_key="testing",
+        region_name="us-east-1",
+    )
+    iam.create_user(UserName=f"nobody-{s3.bucket}")
+    key = iam.create_access_key(UserName=f"nobody-{s3.bucket}")["AccessKey"]
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", key["AccessKeyId"])
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", key["SecretAccessKey"])
+
+    def enforce(count: str) -> None:  # the server checks IAM after `count` more requests
+        request = urllib.request.Request(
+            f"{s3.endpoint}/moto-api/reset-auth", count.encode(), {"Content-Type": "text/plain"}
+        )
+        urllib.request.urlopen(request, timeout=10).close()
+
+    enforce("0")
+    try:
+        with pytest.raises(InputError, match=r"access denied \(403\)") as err:
+            SceneReader(url)  # a user without any policy
+        assert err.value.where == url and "\n" not in str(err.value)
+    finally:
+        enforce("inf")
