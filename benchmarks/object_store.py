@@ -17,7 +17,12 @@ counted from the server's access log (GET = ranged reads; HEAD/LIST = metadata).
 MB/s of decoded pixels. The server is moto (Python), so absolute speeds say little about a
 cloud bucket; the request counts carry over.
 
-    python benchmarks/object_store.py              # 2048² x 3+1 bands, ~2 minutes on 2 cores
+    python benchmarks/object_store.py              # 2048² x 3+1 bands
+    python benchmarks/object_store.py --size 4096  # ~8 minutes on 2 busy cores
+
+Measured here (4096², 2 threads, 2 rounds, a machine shared with other jobs): tiling from S3
+0.42x local disk (13.5 vs 32.2 MB/s; 132 GETs, 4 HEADs for 134 MB of pixels), 163 GETs with
+GDAL's defaults; prediction from S3 0.80x local (10 GETs, 1 HEAD).
 """
 
 from __future__ import annotations
