@@ -23,7 +23,7 @@ from pydantic import (
     model_validator,
 )
 
-from p2p.core import stac, storage
+from p2p.core import storage
 from p2p.core.errors import ConfigError, InputError
 
 
@@ -95,6 +95,8 @@ class SceneConfig(_Config):
         for side in ("source", "target"):
             value = out.get(side)
             if isinstance(value, dict | StacRef):
+                from p2p.core import stac  # pystac costs ~0.2 s to import: only when used
+
                 ref = StacRef.model_validate(value)
                 out[side], item_id = stac.scene_side(ref.stac, ref.assets, _base(info))
                 if side == "source" and out.get("name") is None:
@@ -355,6 +357,8 @@ def expand_scenes(
             scenes += [SceneConfig(source=[m], nodata=nodata) for m in matches]
         else:
             scenes.append(SceneConfig.model_validate({"source": entry, "nodata": nodata}))
+    if items:
+        from p2p.core import stac
     for ref in items:
         where, found = stac.read_items(ref.stac)
         for item in found:
