@@ -123,8 +123,9 @@ def test_worker_task_runs_land_on_the_flows_temporary_server(
     script.write_text(textwrap.dedent(TASK_RUNS))
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(PREFECT_HOME=str(tmp_path / "prefect"), OMP_NUM_THREADS="1")
-    # a loaded machine: no telemetry writes, and patience with SQLite's lock
+    # a loaded machine: no telemetry writes, patience with SQLite's lock and the server start
     env.update(PREFECT_SERVER_ANALYTICS_ENABLED="false", PREFECT_SERVER_DATABASE_TIMEOUT="60")
+    env.update(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120")
     env["PYTHONPATH"] = str(Path(__file__).parents[1])
     done = subprocess.run(
         [sys.executable, str(script), _batch(tmp_path, address).model_dump_json()],
