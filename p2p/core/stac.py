@@ -10,6 +10,7 @@ paths or ``s3://`` URLs, which are then read in place like any other scene file.
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -87,6 +88,20 @@ def asset_files(item: pystac.Item, assets: list[str], where: str) -> list[str]:
         have = ", ".join(sorted(item.assets)) or "none"
         raise InputError(where, f"item {item.id!r} has no asset {missing[0]!r} (it has {have})")
     return [make_absolute_href(item.assets[key].href, where) for key in assets]
+
+
+def item_scenes(refs: Sequence[tuple[str, list[str]]]) -> list[tuple[str, list[str]]]:
+    """Every item of the Items/ItemCollections `refs` (JSON href, asset keys) as (item id,
+    asset files in order), in file order.
+
+    Raises:
+        InputError: unreadable JSON or a missing asset key.
+    """
+    scenes: list[tuple[str, list[str]]] = []
+    for href, assets in refs:
+        where, items = read_items(href)
+        scenes += [(item.id, asset_files(item, assets, where)) for item in items]
+    return scenes
 
 
 def scene_side(href: str, assets: list[str], base: Path | None = None) -> tuple[list[str], str]:
