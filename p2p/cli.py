@@ -228,8 +228,12 @@ def predict(
     output: str = typer.Option(..., "--output", help="Prediction (one input) or mosaic."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
     nodata: float | None = typer.Option(None, "--nodata", help="Source nodata override."),
-    tile_size: int = typer.Option(512, "--tile-size", help="Window side in pixels."),
-    overlap: int = typer.Option(64, "--overlap", help="Overlap on each side of a window."),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", help="Window side in pixels (default: the model's chip size)."
+    ),
+    overlap: int | None = typer.Option(
+        None, "--overlap", help="Overlap on each side of a window (default: window / 8)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
@@ -245,6 +249,7 @@ def predict(
         from p2p.bundle import load_bundle
         from p2p.config import PredictConfig, SceneConfig
         from p2p.errors import ConfigError
+        from p2p.inference import resolve_window
         from p2p.mosaic import predict_region
 
         start = time.perf_counter()
@@ -260,6 +265,7 @@ def predict(
         scenes = [SceneConfig.model_validate({"source": spec}) for spec in inputs]
         check_output_path(output)
         bundle = load_bundle(model)
+        resolve_window(bundle, config)
         with _scene_progress("predict") as bars:
 
             def progress(name: str) -> Callable[[int, int], None]:

@@ -28,7 +28,7 @@ from p2p.cache import StageRecord, read_manifest, run_stage, stage_key
 from p2p.config import DatasetConfig, TilingConfig
 from p2p.errors import StageError
 from p2p.fsutil import atomic_write_json, read_json
-from p2p.normalization import BandStats, normalize
+from p2p.normalization import BandStats, prepare_window
 
 log = logging.getLogger(__name__)
 
@@ -276,9 +276,8 @@ class ChipDataset(Dataset[Sample]):
         tile, slot = (int(v) for v in self.items[i])
         arrays = self._open(tile)
         valid = np.asarray(arrays["valid"][slot], dtype=bool)
-        x = normalize(np.asarray(arrays["source"][slot]), self.source_stats)
-        y = normalize(np.asarray(arrays["target"][slot]), self.target_stats)
-        x[:, ~valid], y[:, ~valid] = 0, 0
+        x = prepare_window(np.asarray(arrays["source"][slot]), valid, self.source_stats)
+        y = prepare_window(np.asarray(arrays["target"][slot]), valid, self.target_stats)
         m = valid[None].astype(np.float32)
         if self.augment:
             rng = np.random.default_rng([self.seed, self.epoch, i])

@@ -34,7 +34,7 @@ from p2p.bundle import Bundle, load_bundle
 from p2p.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.config import PredictConfig, SceneConfig
 from p2p.errors import ConfigError, InputError
-from p2p.normalization import BandStats, denormalize, normalize
+from p2p.normalization import BandStats, denormalize, prepare_window
 from p2p.raster import SceneReader
 from p2p.translator import Translator, pick_device
 from p2p.windows import AxisLayout, axis_layout, reflect_index
@@ -109,17 +109,34 @@ def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> S
     return reader
 
 
+def resolve_window(bundle: Bundle, config: PredictConfig) -> tuple[int, int]:
+    """(tile_size, overlap) in pixels: the configured ones, by default the bundle's chip size
+    (the window the model saw in training) and an eighth of it.
+
+    Raises:
+        ConfigError: The overlap is not under half the window, or the window is not a multiple
+            of the model's input multiple.
+    """
+    try:
+        tile, overlap = config.window(int(bundle.meta.chip_size))
+    except ValueError as exc:
+        raise ConfigError("predict.overlap", str(exc)) from None
+    multiple = _model_multiple(bundle)
+    if tile % multiple:
+        raise ConfigError(
+            "predict.tile_size",
+            f"{tile} is not a multiple of the model's input multiple {multiple}",
+        )
+    return tile, overlap
+
+
 def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
     """Lay out the windows and resolve output dtype and nodata; errors before any work."""
     multiple = _model_multiple(bundle)
-    if config.tile_size % multiple:
-        raise ConfigError(
-            "predict.tile_size",
-            f"{config.tile_size} is not a multiple of the model's input multiple {multiple}",
-        )
+    tile, overlap = resolve_window(bundle, config)
     try:
         ly, lx = (
-            axis_layout(n, config.tile_size, config.overlap, multiple, config.blend)
+            axis_layout(n, tile, overlap, multiple, config.blend)
             for n in (reader.grid.height, reader.grid.width)
         )
     except ValueError as exc:
@@ -148,7 +165,7 @@ def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> No
 
 def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Model input for window row j: its rows, parts outside the scene mirrored about the edge
-    (reflection), invalid pixels filled with the band means, normalized.
+    (reflection), prepared as training chips are (`prepare_window`).
 
     Returns:
         rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
@@ -159,10 +176,7 @@ def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarr
     xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
     top, bottom = int(ys.min()), int(ys.max()) + 1
     data, valid = reader.read(Window(0, top, lx.size, bottom - top))
-    values = data.astype(np.float32)
-    means = np.asarray(plan.source_stats.mean, dtype=np.float32)
-    values[:, ~valid] = np.broadcast_to(means[:, None], (len(means), int((~valid).sum())))
-    x = normalize(values, plan.source_stats, band_axis=0)
+    x = prepare_window(data, valid, plan.source_stats)
     a, b = ly.centre(j)
     return x[:, ys - top][:, :, xs], valid[a - top : b - top]
 

@@ -274,6 +274,9 @@ def _run_epoch(
     """Train, validate, preview, log and checkpoint one epoch; returns (metrics, checkpoint)."""
     t0 = time.monotonic()
     _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    set_epoch = getattr(loader.dataset, "set_epoch", None)
+    if callable(set_epoch):  # datasets that draw augmentations per epoch (ChipDataset)
+        set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
     losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress)
     run.sched_g.step()
