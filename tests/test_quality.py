@@ -16,10 +16,8 @@ import rasterio
 import torch
 from distributed import Client
 
-from p2p import chipstore
-from p2p.bundle import load_bundle
-from p2p.cache import StageRecord
-from p2p.config import (
+from p2p.core.cache import StageRecord
+from p2p.core.config import (
     DaskConfig,
     DatasetConfig,
     ModelConfig,
@@ -28,12 +26,14 @@ from p2p.config import (
     TilingConfig,
     TrainConfig,
 )
-from p2p.dataset import ChipDataset, dataset_stage, load_stats
-from p2p.inference import predict_scene
-from p2p.normalization import denormalize
-from p2p.pipeline import train_stage
-from p2p.tiling import tile_stage
-from p2p.training import train
+from p2p.data import chipstore
+from p2p.data.dataset import ChipDataset, dataset_stage, load_stats
+from p2p.data.tiling import tile_stage
+from p2p.infer.inference import predict_scene
+from p2p.model.bundle import load_bundle
+from p2p.model.normalization import denormalize
+from p2p.model.training import train
+from p2p.stages.pipeline import train_stage
 from tests.rasters import write_geotiff
 
 CHIP = 32
