@@ -7,6 +7,10 @@ test trains a tiny model on it and checks one of issue 11's defects.
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -27,13 +31,13 @@ from p2p.core.config import (
     TrainConfig,
 )
 from p2p.data import chipstore
-from p2p.data.dataset import ChipDataset, dataset_stage, load_stats
+from p2p.data.dataset import ChipDataset, dataset_stage, load_baselines, load_stats
 from p2p.data.tiling import tile_stage
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import load_bundle
 from p2p.model.normalization import denormalize
 from p2p.model.training import train
-from p2p.stages.pipeline import train_stage
+from p2p.stages.pipeline import evaluate_stage, train_stage
 from tests.rasters import write_geotiff
 
 CHIP = 32
@@ -152,3 +156,119 @@ def test_prediction_window_defaults_to_the_chip_size(
     with rasterio.open(tmp_path / "a.tif") as a, rasterio.open(tmp_path / "b.tif") as b:
         np.testing.assert_array_equal(a.read(), b.read())
     assert default.strips == -(-128 // (CHIP - 2 * (CHIP // 8)))
+
+
+def test_bundle_keeps_the_epoch_with_the_best_validation_mae(dataset: Any, tmp_path: Path) -> None:
+    _, ds = dataset
+    trained = _bundle(dataset, tmp_path / "best", epochs=4, lr=2e-3)
+    lines = [json.loads(x) for x in (Path(trained.path) / "metrics.jsonl").read_text().splitlines()]
+    maes = [r["val_mae"] for r in lines]
+    best = int(np.argmin(maes)) + 1
+    assert trained.summary["kept_epoch"] == best
+    assert load_bundle(trained.summary["model"]).meta.training["kept_epoch"] == best
+    scored = evaluate_stage(tmp_path / "best", trained, ds, PredictConfig())
+    assert scored.summary["metrics"]["overall"]["mae"] == pytest.approx(min(maes), rel=1e-4)
+    last = _bundle(dataset, tmp_path / "last", epochs=4, lr=2e-3, keep="last")
+    assert last.summary["kept_epoch"] == 4
+    scored = evaluate_stage(tmp_path / "last", last, ds, PredictConfig())
+    assert scored.summary["metrics"]["overall"]["mae"] == pytest.approx(maes[-1], rel=1e-4)
+
+
+def _train_pixels(ds_path: str, split: str) -> tuple[np.ndarray, np.ndarray]:
+    """(Cs, P) and (Ct, P) valid raster pixels of a split's chips, read straight from Zarr."""
+    chips = ChipDataset(ds_path, split)  # type: ignore[arg-type]
+    arrays = chipstore.open_arrays(chips.tile_dirs[0])
+    slots = np.sort(chips.items[:, 1])
+    valid = np.asarray(arrays["valid"].oindex[slots], dtype=bool)
+    source = np.moveaxis(arrays["source"].oindex[slots], 1, 0)[:, valid]
+    target = np.moveaxis(arrays["target"].oindex[slots], 1, 0)[:, valid]
+    return source.astype(np.float64), target.astype(np.float64)
+
+
+def test_dataset_fits_and_scores_the_baselines(dataset: Any) -> None:
+    _, ds = dataset
+    fit = load_baselines(ds.path)
+    x, y = _train_pixels(ds.path, "train")
+    coef = np.linalg.lstsq(np.vstack([x, np.ones(x.shape[1])]).T, y.T, rcond=None)[0]
+    np.testing.assert_allclose(np.asarray(fit.weight), coef[:3].T, rtol=1e-6, atol=1e-9)
+    np.testing.assert_allclose(fit.bias, coef[3], rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(fit.mean, y.mean(axis=1), rtol=1e-9)
+    vx, vy = _train_pixels(ds.path, "val")
+    linear = np.abs(np.asarray(fit.weight) @ vx + np.asarray(fit.bias)[:, None] - vy).mean()
+    mean = np.abs(np.asarray(fit.mean)[:, None] - vy).mean()
+    scores = ds.summary["baselines"]
+    assert scores["linear"]["mae"] == pytest.approx(linear, rel=1e-9)
+    assert scores["mean"]["mae"] == pytest.approx(mean, rel=1e-9)
+    assert scores["linear"]["mae"] < scores["mean"]["mae"]  # the target is mostly linear
+
+
+def test_linear_anchored_generator_starts_at_the_linear_fit(
+    dataset: Any, scene: SceneConfig, tmp_path: Path
+) -> None:
+    _, ds = dataset
+    anchored = TINY.model_copy(update={"linear_anchor": True})
+    trained = _bundle(dataset, tmp_path, model=anchored, epochs=0)
+    bundle = load_bundle(trained.summary["model"])
+    assert bundle.meta.model["linear_anchor"] and bundle.meta.baselines
+    out = tmp_path / "pred.tif"
+    predict_scene(bundle, scene, out, PredictConfig(output_format="gtiff"))
+    with rasterio.open(out) as p, rasterio.open(scene.source[0]) as s:
+        predicted, source = p.read(1), s.read()
+    expected = load_baselines(ds.path).predict("linear", source)[0]
+    stats = load_stats(ds.path)[0]
+    inside = np.all(
+        (source >= np.asarray(stats.low)[:, None, None])
+        & (source <= np.asarray(stats.high)[:, None, None]),
+        axis=0,
+    )  # normalization clips source values outside [low, high]
+    assert inside.mean() > 0.9
+    np.testing.assert_allclose(predicted[inside], expected[inside], rtol=0, atol=1e-2)
+
+
+def test_small_scene_reports_its_chips_warns_and_still_validates(
+    scene: SceneConfig, tmp_path: Path, client: Client, caplog: pytest.LogCaptureFixture
+) -> None:
+    tiles = tile_stage(tmp_path, scene, TILING, DaskConfig(), client=client)
+    one_block = DatasetConfig(val_fraction=0.15, split_block_chips=8)  # 8 x 32 px > the scene
+    with caplog.at_level(logging.INFO, logger="p2p.data.dataset"):
+        record = dataset_stage(tmp_path, [tiles.path], one_block, TILING)
+    chips = record.summary["chips"]
+    assert chips["val"] >= 1 and chips["train"] >= 1
+    assert (
+        chips["total"]
+        == 16
+        == sum(chips[k] for k in ("dropped_nodata", "dropped_straddling", "train", "val"))
+    )
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert any("under ~100 training chips" in w and "tiling.stride" in w for w in warnings)
+    assert any("dataset.split_block_chips=8" in w for w in warnings)
+
+
+def test_cli_evaluate_scores_the_baselines_on_the_same_pixels(
+    dataset: Any, scene: SceneConfig, tmp_path: Path
+) -> None:
+    _, ds = dataset
+    trained = _bundle(dataset, tmp_path, epochs=1)
+    model = trained.summary["model"]
+    out = tmp_path / "pred.tif"
+    predict_scene(load_bundle(model), scene, out, PredictConfig(output_format="gtiff"))
+    p2p = str(Path(sys.executable).with_name("p2p"))
+    args = ["evaluate", "--prediction", str(out), "--target", scene.target[0], "--json"]  # type: ignore[index]
+    done = subprocess.run(
+        [p2p, *args, "--model", model, "--source", scene.source[0]], capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    with rasterio.open(scene.source[0]) as s, rasterio.open(scene.target[0]) as t:
+        source, target = s.read().astype(np.float64), t.read(1).astype(np.float64)
+    valid = (source != NODATA).all(axis=0)
+    fit = load_baselines(ds.path)
+    linear = np.abs(fit.predict("linear", source)[0] - target)[valid].mean()
+    assert record["baselines"]["linear"]["mae"] == pytest.approx(linear, rel=1e-6)
+    assert record["skill"] == pytest.approx(record["overall"]["mae"] / linear, rel=1e-6)
+    assert record["data_range_from"] == "model target statistics"
+    alone = subprocess.run([p2p, *args, "--model", model], capture_output=True, text=True)
+    assert alone.returncode == 1
+    assert alone.stderr.strip().splitlines() == [
+        "error: --model/--source: give both to score the baselines, or neither"
+    ]

@@ -291,15 +291,33 @@ def evaluate(
     ),
     error_map: str | None = typer.Option(None, "--error-map", help="Write |error| here."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    model: str | None = typer.Option(
+        None, "--model", help="The model bundle: score its baselines beside it (needs --source)."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help="The source scene predicted (a raster or comma-joined bands)."
+    ),
 ) -> None:
-    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band)."""
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band); with
+    --model and --source, also the constant-mean and linear baselines on the same pixels."""
 
     def body() -> None:
+        from p2p.core.config import SceneConfig
+        from p2p.core.errors import ConfigError
         from p2p.infer.evaluation import evaluate as run_evaluation
+        from p2p.model.bundle import read_meta
+        from p2p.stages.report import skill_line
 
         if error_map is not None:
             check_output_path(error_map)
-        record = run_evaluation(prediction, target, error_map, target_bands=target_bands or None)
+        if (model is None) != (source is None):
+            raise ConfigError("--model/--source", "give both to score the baselines, or neither")
+        meta = read_meta(model)[0] if model else None
+        files = SceneConfig.model_validate({"source": source}).source if source else None
+        record = run_evaluation(
+            prediction, target, error_map, target_bands=target_bands or None, model=meta,
+            source=files,
+        )  # fmt: skip
         if as_json:
             print_json(record)
             return
@@ -308,5 +326,7 @@ def evaluate(
                 f"{k}={band[k]:.4g}" for k in ("mae", "rmse", "psnr", "ssim") if band[k] is not None
             ]
             typer.echo(f"{band['name']}: " + " ".join(cells))
+        if "baselines" in record:
+            typer.echo(skill_line(record))
 
     guard(body)

@@ -28,9 +28,10 @@ from safetensors.torch import load_file, save_file
 from p2p import __version__
 from p2p.core.errors import BundleError
 from p2p.core.fsutil import fsync_dir
-from p2p.model.networks import UNetGenerator
+from p2p.model.networks import UNetGenerator, build_generator
 
-FORMAT_VERSION = 1
+#: 2: optional linear path in the generator (`model.linear_anchor`) and the baselines.
+FORMAT_VERSION = 2
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 
@@ -53,7 +54,9 @@ class BundleMeta:
         source_nodata: Nodata of the training sources, used when a scene declares none.
         chip_size: Chip side the model was trained on, in pixels.
         training: Summary of the run (epochs, config, dataset key, ...).
-        metrics: Final validation metrics in target units.
+        metrics: Validation metrics of the kept epoch, in target units.
+        baselines: The constant-mean and linear baselines fitted on the training chips
+            (`Baselines.to_dict()`), raster units; empty in bundles from before format 2.
         p2p_version: The p2p that wrote the bundle.
         format_version: Bundle layout version (`FORMAT_VERSION` when written).
     """
@@ -71,6 +74,7 @@ class BundleMeta:
     chip_size: int
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
     p2p_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -127,17 +131,9 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def build_generator(meta: BundleMeta) -> UNetGenerator:
+def bundle_generator(meta: BundleMeta) -> UNetGenerator:
     """An untrained generator with the bundle's architecture and band counts."""
-    m = meta.model
-    return UNetGenerator(
-        meta.in_channels,
-        meta.out_channels,
-        num_downs=int(m.get("num_downs", 8)),
-        ngf=int(m.get("ngf", 64)),
-        norm=str(m.get("norm", "batch")),
-        dropout=float(m.get("dropout", 0.5)),
-    )
+    return build_generator(meta.model, meta.in_channels, meta.out_channels)
 
 
 def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMeta) -> Path:
@@ -255,7 +251,7 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(weights, f"cannot be read: truncated or corrupt ({exc})") from None
-    generator = build_generator(meta)
+    generator = bundle_generator(meta)
     try:
         generator.load_state_dict(state)
     except RuntimeError as exc:

@@ -42,6 +42,10 @@ class BandStats:
         """Number of bands."""
         return len(self.mean)
 
+    def spans(self) -> list[float]:
+        """Per-band high − low (1 for a flat band): the PSNR/SSIM data range everywhere."""
+        return [h - lo if h > lo else 1.0 for lo, h in zip(self.low, self.high, strict=True)]
+
     def to_dict(self) -> dict[str, list[float]]:
         """JSON-able form (lists of floats)."""
         return {k: [float(x) for x in v] for k, v in asdict(self).items()}

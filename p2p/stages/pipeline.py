@@ -26,10 +26,11 @@ from p2p.core.config import (
 from p2p.core.errors import InputError, StageError
 from p2p.core.fsutil import atomic_write_json
 from p2p.core.roots import allowed_roots, check_path
-from p2p.data.dataset import ChipDataset, load_stats
+from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.infer.inference import PREDICT_VERSION, predict_key_parts
 from p2p.infer.mosaic import MOSAIC_VERSION, mosaic_key_parts
 from p2p.infer.translator import pick_device
+from p2p.model.baselines import normalized_linear, skill
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, read_meta, write_bundle
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import BandStats, denormalize
@@ -37,8 +38,8 @@ from p2p.model.training import TrainProgress, TrainResult, train
 
 log = logging.getLogger(__name__)
 
-TRAIN_VERSION = 1
-EVALUATE_VERSION = 1
+TRAIN_VERSION = 2
+EVALUATE_VERSION = 2
 STAGES = ("tile", "dataset", "train", "evaluate")
 Progress = Callable[[int, int], None]
 
@@ -205,8 +206,11 @@ def _bundle(
             "dataset_key": dataset.key,
             "n_train": ds.get("n_train"),
             "n_val": ds.get("n_val"),
+            "kept_epoch": result.kept_epoch,
+            "keep": result.keep,
         },
         metrics=result.metrics,
+        baselines=load_baselines(dataset.path).to_dict(),
     )
     write_bundle(model_dir, result.load_generator(), meta)
 
@@ -245,12 +249,16 @@ def train_stage(
         source_stats, target_stats = load_stats(ds.path)
         train_set = ChipDataset(ds.path, "train", augment=train_cfg.augment, seed=train_cfg.seed)
         val_set = ChipDataset(ds.path, "val") if ds.summary.get("n_val", 0) else None
-        result = train(train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress)
+        anchor = normalized_linear(load_baselines(ds.path), source_stats, target_stats)
+        result = train(
+            train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress, anchor
+        )
         _bundle(folder / "model", result, ds, source_stats, target_stats, train_cfg)
         previews = sorted((folder / "previews").glob("*.png"))
         return {
             "model": str(folder / "model"),
             "epochs": result.epochs_done,
+            "kept_epoch": result.kept_epoch,
             "metrics": result.metrics,
             "preview": str(previews[-1]) if previews else None,
         }
@@ -292,8 +300,7 @@ def evaluate_chips(
         `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
     """
     stats = BandStats.from_dict(bundle.meta.target_stats)
-    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
-    acc = MetricAccumulator(spans)
+    acc = MetricAccumulator(stats.spans())
     dev = pick_device(device)
     generator = bundle.generator.to(dev).eval()
     for source, target, valid in DataLoader(chips, batch_size=batch_size):
@@ -326,11 +333,34 @@ def evaluate_stage(
     def build(folder: Path) -> dict[str, Any]:
         bundle = load_bundle(tr.summary["model"])
         val_set = ChipDataset(ds.path, "val")
-        metrics = evaluate_chips(bundle, val_set, predict.batch_size, predict.device)
+        metrics = with_baselines(
+            evaluate_chips(bundle, val_set, predict.batch_size, predict.device),
+            ds.summary.get("baselines", {}),
+        )
         atomic_write_json(folder / "metrics.json", metrics)
         return {"metrics": metrics, "n_chips": len(val_set), "bands": val_set.target_bands}
 
     return run_stage(workspace, "evaluate", EVALUATE_VERSION, config, [tr.key, ds.key], build)
+
+
+def with_baselines(metrics: dict[str, Any], baselines: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` with the baselines' MAE on the same pixels and the model's skill beside them.
+
+    Adds ``baselines`` (``{"linear": {"mae"}, "mean": {"mae"}}``) and ``skill`` (model MAE /
+    linear MAE; under 1 the model beats the per-pixel linear regression). A model that does
+    not is flagged in the log.
+    """
+    model_mae = metrics.get("overall", {}).get("mae")
+    ratio = skill(model_mae, baselines)
+    if ratio is not None and ratio >= 1:
+        log.warning(
+            "the model (MAE %.4g) is no better than the per-pixel linear regression (MAE %.4g): "
+            "ratio %.2f",
+            model_mae,
+            baselines["linear"]["mae"],
+            ratio,
+        )
+    return {**metrics, "baselines": baselines, "skill": ratio}
 
 
 def run_record(workspace: str, stages: dict[str, StageRecord]) -> dict[str, Any]:
@@ -340,6 +370,8 @@ def run_record(workspace: str, stages: dict[str, StageRecord]) -> dict[str, Any]
         metrics = stages["evaluate"].summary.get("metrics", {})
     elif "train" in stages:
         metrics = stages["train"].summary.get("metrics", {})
+        if metrics and "dataset" in stages:
+            metrics = with_baselines(metrics, stages["dataset"].summary.get("baselines", {}))
     return {
         "workspace": workspace,
         "model": stages["train"].summary["model"] if "train" in stages else None,

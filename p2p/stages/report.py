@@ -42,6 +42,47 @@ def metrics_markdown(metrics: dict[str, Any], band_names: Sequence[str] | None =
     return "\n".join(lines)
 
 
+def skill_line(metrics: dict[str, Any]) -> str:
+    """One line: the model's MAE beside the baselines' on the same pixels, and the ratio."""
+    base = metrics.get("baselines") or {}
+    mean = (base.get("mean") or {}).get("mae")
+    linear = (base.get("linear") or {}).get("mae")
+    model = metrics.get("overall", {}).get("mae")
+    ratio = metrics.get("skill")
+    verdict = ""
+    if ratio is not None:
+        verdict = " (beats the linear baseline)" if ratio < 1 else " — NO BETTER THAN LINEAR"
+    return (
+        f"MAE on the same pixels: model {_fmt(model)}, linear regression {_fmt(linear)}, "
+        f"constant mean {_fmt(mean)}; model / linear = {_fmt(ratio)}{verdict}"
+    )
+
+
+def skill_markdown(metrics: dict[str, Any]) -> str:
+    """A Markdown table of the model against the baselines, flagged when linear wins."""
+    base = metrics.get("baselines") or {}
+    if not base:
+        return "_no baselines (no validation chips)_"
+    ratio = metrics.get("skill")
+    rows = [
+        "| predictor | MAE (target units) | / linear |",
+        "|---|---|---|",
+        f"| **p2p model** | {_fmt(metrics.get('overall', {}).get('mae'))} | {_fmt(ratio)} |",
+    ]
+    linear = (base.get("linear") or {}).get("mae")
+    for name, label in (("linear", "per-pixel linear regression"), ("mean", "constant mean")):
+        mae = (base.get(name) or {}).get("mae")
+        rel = mae / linear if mae is not None and linear else None
+        rows.append(f"| {label} | {_fmt(mae)} | {_fmt(rel)} |")
+    text = "\n".join(rows)
+    if ratio is not None and ratio >= 1:
+        text = (
+            "> **Warning:** the model is no better than a per-pixel linear regression of the "
+            "source bands on these pixels.\n\n" + text
+        )
+    return text
+
+
 def to_display(data: NDArray[Any], nodata: float | None = None) -> NDArray[np.uint8]:
     """(C, H, W) raster → (H, W, 3) uint8 for a picture: uint8 as is, other types stretched
     between their 2nd and 98th percentiles; one band is shown as grey, bands past 3 dropped."""

@@ -2,6 +2,6 @@
 
 from p2p.model.networks.common import init_weights
 from p2p.model.networks.patchgan import PatchGANDiscriminator
-from p2p.model.networks.unet import UNetGenerator
+from p2p.model.networks.unet import UNetGenerator, build_generator
 
-__all__ = ["PatchGANDiscriminator", "UNetGenerator", "init_weights"]
+__all__ = ["PatchGANDiscriminator", "UNetGenerator", "build_generator", "init_weights"]
