@@ -164,11 +164,12 @@ def set_value(config: dict[str, Any], dotted: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def run_case(case: Case, work: Path, overrides: list[str]) -> dict[str, Any]:
+def run_case(case: Case, work: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
     """Train, predict and score one case; returns its table row."""
     folder = work / case.name.replace(" ", "_").replace(",", "").replace(">", "")
-    shutil.rmtree(folder, ignore_errors=True)
-    folder.mkdir(parents=True)
+    if not resume:
+        shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
     config = json.loads(json.dumps({k: v for k, v in case.config.items() if k != "extra_scenes"}))
     for item in overrides:
         set_value(config, item)
@@ -205,6 +206,9 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("bench-quality"))
     parser.add_argument("--cases", nargs="*", help="Substrings of case names to run.")
+    parser.add_argument("--resume", action="store_true",
+                        help="Keep earlier work of a case (p2p resumes it; minutes then count "
+                        "only what was left).")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Config override for every case, e.g. train.epochs=10.")  # fmt: skip
     args = parser.parse_args()
@@ -222,7 +226,7 @@ def main() -> None:
     print(f"{'case':<26} {'constant MAE':>12} {'linear MAE':>11} {'p2p MAE':>8} {'ratio':>6} "
           f"{'minutes':>7}  (val ratio)", flush=True)  # fmt: skip
     for case in cases:
-        r = run_case(case, args.work, args.overrides)
+        r = run_case(case, args.work, args.overrides, args.resume)
         val = f"{r['val_ratio']:.2f}" if r["val_ratio"] is not None else "-"
         print(f"{r['case']:<26} {r['constant']:>12.2f} {r['linear']:>11.2f} {r['p2p']:>8.2f} "
               f"{r['ratio']:>6.2f} {r['minutes']:>7.1f}  ({val})", flush=True)  # fmt: skip

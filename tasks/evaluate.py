@@ -10,7 +10,7 @@ from prefect.artifacts import create_markdown_artifact
 from p2p.core.cache import StageRecord
 from p2p.core.config import PredictConfig
 from p2p.stages.pipeline import evaluate_stage, evaluate_stage_key
-from p2p.stages.report import metrics_markdown
+from p2p.stages.report import evaluate_report
 from tasks.common import publish_record, stage_cache
 
 
@@ -28,9 +28,7 @@ def evaluate_model(
     metrics = record.summary["metrics"]
     get_run_logger().info("evaluate: %s", metrics.get("overall"))
     create_markdown_artifact(
-        f"# Evaluation on the validation split\n\nModel: `{train.summary['model']}`  \n"
-        f"Chips: {record.summary['n_chips']}  \nPreview: `{train.summary['preview']}`\n\n"
-        f"{metrics_markdown(metrics)}\n",
+        evaluate_report(record.summary, train.summary["model"]),
         key="p2p-evaluate-report",
         description="Evaluation report",
     )

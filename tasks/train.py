@@ -11,7 +11,7 @@ from p2p.core.cache import StageRecord
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.model.training import TrainProgress
 from p2p.stages.pipeline import train_stage, train_stage_key
-from p2p.stages.report import metrics_markdown
+from p2p.stages.report import train_report
 from tasks.common import StageProgress, publish_record, stage_cache
 
 
@@ -32,12 +32,6 @@ def train_model(
     record = train_stage(workspace, dataset, model, train, progress=progress)
     s = record.summary
     get_run_logger().info("train: %s epochs, bundle %s", s["epochs"], s["model"])
-    create_markdown_artifact(
-        f"# Training\n\nBundle: `{s['model']}`  \nEpochs: {s['epochs']}  \n"
-        f"Last preview (source | generated | target): `{s['preview']}`\n\n"
-        f"## Validation metrics (target units)\n\n{metrics_markdown(s['metrics'])}\n",
-        key="p2p-train-report",
-        description="Training report",
-    )
+    create_markdown_artifact(train_report(s), key="p2p-train-report", description="Training report")
     publish_record(record, "train")
     return record

@@ -89,6 +89,14 @@ def test_full_pipeline_record(trained: tuple[PipelineConfig, dict[str, Any]]) ->
     assert record["model"].startswith(record["stages"]["train"]["path"])
     bands = record["metrics"]["bands"]
     assert len(bands) == 3 and all(0 < b["mae"] < 255 for b in bands)
+    metrics, dataset = (
+        record["metrics"],
+        json.loads(Path(record["stages"]["dataset"]["path"], "manifest.json").read_text()),
+    )
+    assert metrics["baselines"] == dataset["summary"]["baselines"]
+    assert set(metrics["baselines"]) == {"linear", "mean"}
+    linear = metrics["baselines"]["linear"]["mae"]
+    assert metrics["skill"] == pytest.approx(metrics["overall"]["mae"] / linear)
 
 
 def test_rerun_is_all_cached_and_rewrites_nothing(

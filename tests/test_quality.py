@@ -6,9 +6,11 @@ test trains a tiny model on it and checks one of issue 11's defects.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -36,8 +38,10 @@ from p2p.data.tiling import tile_stage
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import load_bundle
 from p2p.model.normalization import denormalize
+from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
 from p2p.stages.pipeline import evaluate_stage, train_stage
+from p2p.stages.report import evaluate_report, skill_markdown, train_report
 from tests.rasters import write_geotiff
 
 CHIP = 32
@@ -272,3 +276,41 @@ def test_cli_evaluate_scores_the_baselines_on_the_same_pixels(
     assert alone.stderr.strip().splitlines() == [
         "error: --model/--source: give both to score the baselines, or neither"
     ]
+
+
+def test_warmup_epochs_train_the_generator_on_l1_alone(dataset: Any, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    _, ds = dataset
+    chips = ChipDataset(ds.path, "train", augment=True)
+    cfg = QUICK.model_copy(update={"warmup_epochs": 1, "epochs": 2})
+    train(chips, None, TINY, cfg, tmp_path, load_stats(ds.path)[1])
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert lines[0]["loss_d"] == 0 and lines[0]["loss_g_gan"] == 0 and lines[0]["loss_g_l1"] > 0
+    assert lines[1]["loss_d"] > 0 and lines[1]["loss_g_gan"] > 0
+    fresh = build_pix2pix(TINY, cfg, 3, 1, torch.device("cpu")).d.state_dict()
+    epoch1 = torch.load(tmp_path / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    assert all(torch.equal(fresh[k], v) for k, v in epoch1["discriminator"].items())
+    generator = build_pix2pix(TINY, cfg, 3, 1, torch.device("cpu")).g.state_dict()
+    assert not all(torch.equal(generator[k], v) for k, v in epoch1["generator"].items())
+
+
+def test_reports_embed_small_pictures_and_flag_a_model_worse_than_linear(
+    dataset: Any, tmp_path: Path
+) -> None:
+    _, ds = dataset
+    trained = _bundle(dataset, tmp_path, epochs=1, preview_chips=2)
+    scored = evaluate_stage(tmp_path, trained, ds, PredictConfig())
+    for text in (
+        train_report(trained.summary),
+        evaluate_report(scored.summary, trained.summary["model"]),
+    ):
+        uris = re.findall(r"\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", text)
+        assert len(uris) == 1 and len(text) < 1_000_000
+        picture = base64.b64decode(uris[0])
+        assert picture[:8] == b"\x89PNG\r\n\x1a\n"
+        assert "constant mean" in text and "per-pixel linear regression" in text
+    metrics = scored.summary["metrics"]
+    worse = {**metrics, "skill": 1.3}
+    assert "no better than a per-pixel linear regression" in skill_markdown(worse)
+    better = {**metrics, "skill": 0.8}
+    assert "no better" not in skill_markdown(better)

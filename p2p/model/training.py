@@ -38,7 +38,7 @@ from p2p.model.metrics import MetricAccumulator
 from p2p.model.networks import UNetGenerator, build_generator
 from p2p.model.normalization import BandStats, denormalize
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, build_pix2pix, select_device, train_step
-from p2p.model.preview import write_preview
+from p2p.model.preview import comparison_rows, write_preview
 
 if TYPE_CHECKING:
     from p2p.core.config import ModelConfig, TrainConfig
@@ -160,7 +160,7 @@ def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dic
 
 @torch.no_grad()
 def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> None:
-    """Write source | generated | target for the first `chips` validation chips."""
+    """Write source | generated | target | error for the first `chips` validation chips."""
     samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
     if not samples:
         return
@@ -168,7 +168,7 @@ def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> 
     x = run.to_device(torch.stack([s[0] for s in samples]))[0]
     with run.autocast():
         fake = run.g(x).float().cpu()
-    write_preview(path, [(s[0], f, s[1]) for s, f in zip(samples, fake, strict=True)])
+    write_preview(path, comparison_rows(samples, fake))
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:

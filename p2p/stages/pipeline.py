@@ -34,12 +34,16 @@ from p2p.model.baselines import normalized_linear, skill
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, read_meta, write_bundle
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import BandStats, denormalize
+from p2p.model.preview import comparison_rows, write_preview
 from p2p.model.training import TrainProgress, TrainResult, train
 
 log = logging.getLogger(__name__)
 
 TRAIN_VERSION = 2
 EVALUATE_VERSION = 2
+#: The evaluate stage's picture: source | prediction | target | error of validation chips.
+PICTURE = "validation.png"
+PICTURE_CHIPS = 4
 STAGES = ("tile", "dataset", "train", "evaluate")
 Progress = Callable[[int, int], None]
 
@@ -254,12 +258,15 @@ def train_stage(
             train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress, anchor
         )
         _bundle(folder / "model", result, ds, source_stats, target_stats, train_cfg)
+        metrics = result.metrics
+        if metrics:
+            metrics = with_baselines(metrics, ds.summary.get("baselines", {}))
         previews = sorted((folder / "previews").glob("*.png"))
         return {
             "model": str(folder / "model"),
             "epochs": result.epochs_done,
             "kept_epoch": result.kept_epoch,
-            "metrics": result.metrics,
+            "metrics": metrics,
             "preview": str(previews[-1]) if previews else None,
         }
 
@@ -338,7 +345,18 @@ def evaluate_stage(
             ds.summary.get("baselines", {}),
         )
         atomic_write_json(folder / "metrics.json", metrics)
-        return {"metrics": metrics, "n_chips": len(val_set), "bands": val_set.target_bands}
+        samples = [val_set[i] for i in range(min(PICTURE_CHIPS, len(val_set)))]
+        if samples:
+            with torch.no_grad():
+                generated = bundle.generator(torch.stack([x for x, _, _ in samples]))
+            write_preview(folder / PICTURE, comparison_rows(samples, generated))
+        picture = str(folder / PICTURE) if samples else None
+        return {
+            "metrics": metrics,
+            "n_chips": len(val_set),
+            "bands": val_set.target_bands,
+            "picture": picture,
+        }
 
     return run_stage(workspace, "evaluate", EVALUATE_VERSION, config, [tr.key, ds.key], build)
 
@@ -370,8 +388,6 @@ def run_record(workspace: str, stages: dict[str, StageRecord]) -> dict[str, Any]
         metrics = stages["evaluate"].summary.get("metrics", {})
     elif "train" in stages:
         metrics = stages["train"].summary.get("metrics", {})
-        if metrics and "dataset" in stages:
-            metrics = with_baselines(metrics, stages["dataset"].summary.get("baselines", {}))
     return {
         "workspace": workspace,
         "model": stages["train"].summary["model"] if "train" in stages else None,
