@@ -33,15 +33,17 @@ from p2p.core.config import (
     TrainConfig,
 )
 from p2p.data import chipstore
-from p2p.data.dataset import ChipDataset, dataset_stage, load_baselines, load_stats
-from p2p.data.tiling import tile_stage
+from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.infer.inference import predict_scene
+from p2p.infer.report import evaluate_report, skill_markdown, train_report
 from p2p.model.bundle import load_bundle
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
-from p2p.stages.pipeline import evaluate_stage, train_stage
-from p2p.stages.report import evaluate_report, skill_markdown, train_report
+from p2p.stages.dataset import run as dataset_stage
+from p2p.stages.evaluate import run as evaluate_stage
+from p2p.stages.tile import run as tile_stage
+from p2p.stages.train import run as train_stage
 from tests.rasters import write_geotiff
 
 CHIP = 32
@@ -213,7 +215,7 @@ def test_linear_anchored_generator_starts_at_the_linear_fit(
     anchored = TINY.model_copy(update={"linear_anchor": True})
     trained = _bundle(dataset, tmp_path, model=anchored, epochs=0)
     bundle = load_bundle(trained.summary["model"])
-    assert bundle.meta.model["linear_anchor"] and bundle.meta.baselines
+    assert bundle.meta.model.linear_anchor and bundle.meta.baselines
     out = tmp_path / "pred.tif"
     predict_scene(bundle, scene, out, PredictConfig(output_format="gtiff"))
     with rasterio.open(out) as p, rasterio.open(scene.source[0]) as s:

@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +22,16 @@ from p2p.model.augment import augment_pair, dihedral
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import lr_factor
-from p2p.model.training import TrainProgress, iter_metrics, load_generator, train
+from p2p.model.training import TrainProgress, load_generator, train
+
+
+def iter_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:
+    """The records of `out_dir/metrics.jsonl`, one per finished epoch."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            yield json.loads(line)
+
 
 # The children import `synthetic` (test-only code in tests/).
 TESTS_ON_PATH = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
@@ -145,7 +156,7 @@ def test_artifacts_progress_and_rerun_of_a_finished_run(tmp_path: Path) -> None:
     from PIL import Image
 
     with Image.open(tmp_path / "previews" / "epoch_0003.png") as im:
-        assert im.size == (3 * 34, 3 * 34) and im.mode == "RGB"  # 3 chips x 3 panels + gaps
+        assert im.size == (4 * 34, 3 * 34) and im.mode == "RGB"  # 3 chips x 4 panels + gaps
     # a finished run reruns in no time and reports the same result
     again = train(train_set, val_set, TINY, cfg, tmp_path, SyntheticPairs.stats(1))
     assert again.checkpoint == result.checkpoint and again.metrics == result.metrics
@@ -231,7 +242,8 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
         import synthetic
         from pathlib import Path
         from synthetic import SyntheticPairs
-        model = NS(num_downs=4, ngf=4, ndf=4, n_layers_d=2, norm="batch", dropout=0.0)
+        model = NS(num_downs=4, ngf=4, ndf=4, n_layers_d=2, norm="batch", dropout=0.0,
+                   linear_anchor=False)
         cfg = NS(epochs=1, epochs_decay=0, batch_size=2, lr=2e-4, beta1=0.5, lambda_l1=100.0,
                  device="cpu", precision="auto", seed=0, num_workers=0, preview_chips=1,
                  warmup_epochs=0, keep="best")

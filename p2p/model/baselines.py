@@ -10,6 +10,7 @@ numpy (and torch for that last conversion), so training code can use it on a bar
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,6 +18,8 @@ import numpy as np
 import torch
 
 from p2p.model.normalization import BandStats
+
+log = logging.getLogger(__name__)
 
 BASELINES = ("mean", "linear")
 
@@ -190,3 +193,23 @@ def chip_pixels(
     """The valid pixels of a chip batch: `(N, Cs, S, S)`, `(N, Ct, S, S)`, `(N, S, S)` bool →
     `(Cs, P)` and `(Ct, P)`."""
     return np.moveaxis(source, 1, 0)[:, valid], np.moveaxis(target, 1, 0)[:, valid]
+
+
+def with_baselines(metrics: dict[str, Any], baselines: dict[str, Any]) -> dict[str, Any]:
+    """`metrics` with the baselines' MAE on the same pixels and the model's skill beside them.
+
+    Adds ``baselines`` (``{"linear": {"mae"}, "mean": {"mae"}}``) and ``skill`` (model MAE /
+    linear MAE; under 1 the model beats the per-pixel linear regression). A model that does
+    not is flagged in the log.
+    """
+    model_mae = metrics.get("overall", {}).get("mae")
+    ratio = skill(model_mae, baselines)
+    if ratio is not None and ratio >= 1:
+        log.warning(
+            "the model (MAE %.4g) is no better than the per-pixel linear regression (MAE %.4g): "
+            "ratio %.2f",
+            model_mae,
+            baselines["linear"]["mae"],
+            ratio,
+        )
+    return {**metrics, "baselines": baselines, "skill": ratio}

@@ -18,12 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from p2p.core.errors import ConfigError
 from p2p.model.losses import discriminator_loss, generator_loss, masked_l1
-from p2p.model.networks import (
-    PatchGANDiscriminator,
-    UNetGenerator,
-    build_generator,
-    init_weights,
-)
+from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator, init_weights
 
 if TYPE_CHECKING:
     from p2p.core.config import ModelConfig, TrainConfig

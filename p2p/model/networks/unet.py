@@ -9,9 +9,6 @@ decoder, which is the paper's only source of noise.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 import torch
 from torch import nn
 
@@ -172,29 +169,3 @@ class UNetGenerator(nn.Module):
         if self.linear is not None:
             out = out + self.linear(x)
         return out
-
-
-def build_generator(model: Any, in_channels: int, out_channels: int) -> UNetGenerator:
-    """The one place a generator is built from an architecture record.
-
-    Args:
-        model: A `ModelConfig` (or any object with its attributes) or a bundle's `model`
-            mapping; missing entries take the defaults of `UNetGenerator`.
-        in_channels: Source bands.
-        out_channels: Target bands.
-    """
-
-    def get(name: str, default: Any) -> Any:
-        if isinstance(model, Mapping):
-            return model.get(name, default)
-        return getattr(model, name, default)
-
-    return UNetGenerator(
-        in_channels,
-        out_channels,
-        num_downs=int(get("num_downs", 8)),
-        ngf=int(get("ngf", 64)),
-        norm=str(get("norm", "batch")),
-        dropout=float(get("dropout", 0.5)),
-        linear_anchor=bool(get("linear_anchor", False)),
-    )
