@@ -316,3 +316,29 @@ def test_reports_embed_small_pictures_and_flag_a_model_worse_than_linear(
     assert "no better than a per-pixel linear regression" in skill_markdown(worse)
     better = {**metrics, "skill": 0.8}
     assert "no better" not in skill_markdown(better)
+
+
+def test_bundled_batchnorm_statistics_are_exact_over_the_training_chips(
+    dataset: Any, tmp_path: Path
+) -> None:
+    _, ds = dataset
+    trained = _bundle(dataset, tmp_path, epochs=2, augment=False)
+    generator = load_bundle(trained.summary["model"]).generator
+    norm = next(m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d))
+    means: list[torch.Tensor] = []
+    hook = norm.register_forward_hook(lambda m, i, o: means.append(i[0].mean(dim=(0, 2, 3))))
+    chips = ChipDataset(ds.path, "train")
+    norm.train()
+    with torch.no_grad():
+        for x, _, _ in torch.utils.data.DataLoader(chips, batch_size=QUICK.batch_size):
+            generator(x)
+    hook.remove()
+    expected = torch.stack(means).mean(0)
+    torch.testing.assert_close(norm.running_mean, expected, rtol=1e-3, atol=1e-4)
+    running = _bundle(dataset, tmp_path / "r", epochs=2, augment=False, bn_stats="running")
+    other = next(
+        m
+        for m in load_bundle(running.summary["model"]).generator.modules()
+        if isinstance(m, torch.nn.BatchNorm2d)
+    )
+    assert not torch.allclose(other.running_mean, expected, rtol=1e-3, atol=1e-4)

@@ -186,6 +186,12 @@ class TrainConfig(_Config):
         ge=0,
         description="First epochs trained on L1 alone (no discriminator); counted in epochs.",
     )
+    bn_stats: Literal["recompute", "running"] = Field(
+        default="recompute",
+        description="Generator BatchNorm statistics used at inference: recomputed exactly "
+        "over the training chips before each validation (recompute), or the running averages "
+        "of training (running).",
+    )
     keep: Literal["best", "last"] = Field(
         default="best",
         description="Generator to bundle: the epoch with the lowest validation MAE (best; "

@@ -159,6 +159,33 @@ def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dic
 
 
 @torch.no_grad()
+def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -> None:
+    """Replace the generator's BatchNorm running statistics by exact ones: the plain average
+    over every training chip of the batch statistics the current weights produce.
+
+    Running averages (momentum 0.1) over a few small batches lag the weights and are noisy, and
+    eval-mode inference uses them everywhere; measured on Landsat (benchmarks/quality.py) they
+    cost more than the model gained. Dropout stays off, as at inference. Deterministic: chips
+    in order, no RNG drawn, so an exact resume still holds.
+    """
+    norms = [m for m in run.g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        return
+    run.g.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes below
+        m.train()
+    for x, _, _ in DataLoader(chips, batch_size=batch_size):
+        with run.autocast():
+            run.g(run.to_device(x)[0])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    run.g.eval()
+
+
+@torch.no_grad()
 def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> None:
     """Write source | generated | target | error for the first `chips` validation chips."""
     samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
@@ -309,6 +336,8 @@ def _run_epoch(
     losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress, adversarial)
     run.sched_g.step()
     run.sched_d.step()
+    if cfg.bn_stats == "recompute":
+        recompute_batchnorm(run, loader.dataset, cfg.batch_size)
     metrics: dict[str, Any] = {}
     if val_loader is not None and val_set is not None:
         metrics = _validate(run, val_loader, target_stats)
