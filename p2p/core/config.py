@@ -151,7 +151,7 @@ class ModelConfig(_Config):
         default=0.5, ge=0.0, lt=1.0, description="Dropout in the innermost decoder blocks."
     )
     linear_anchor: bool = Field(
-        default=False,
+        default=True,
         description="Add a per-pixel linear path (1x1 conv started at the dataset's "
         "least-squares fit) to a U-Net whose last layer starts at zero, so training starts "
         "from the linear baseline and learns only what spatial context adds.",

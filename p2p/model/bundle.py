@@ -83,7 +83,9 @@ class BundleMeta:
         # normalize so from_dict(to_dict(m)) == m whatever the caller passed (a model dict
         # from model.json becomes the typed config; missing fields take ModelConfig defaults)
         if not isinstance(self.model, ModelConfig):
-            object.__setattr__(self, "model", ModelConfig.model_validate(self.model))
+            # a record without linear_anchor predates it (format 1): no linear path
+            record = {"linear_anchor": False, **dict(self.model)}
+            object.__setattr__(self, "model", ModelConfig.model_validate(record))
         object.__setattr__(self, "source_bands", tuple(str(b) for b in self.source_bands))
         object.__setattr__(self, "target_bands", tuple(str(b) for b in self.target_bands))
         if len(self.source_bands) != self.in_channels:
