@@ -11,7 +11,8 @@ from p2p.core.fsutil import atomic_write_json
 from p2p.stages.stage import Stage
 
 NAME = "evaluate"
-VERSION = 2  # 2: baselines and skill beside the metrics, validation.png
+#: 2: baselines and skill beside the metrics, validation.png
+VERSION = 2
 #: The picture: source | prediction | target | error of the first validation chips.
 PICTURE = "validation.png"
 PICTURE_CHIPS = 4

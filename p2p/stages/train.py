@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from p2p.model.training import TrainResult
 
 NAME = "train"
-VERSION = 2  # 2: the best-validation epoch is bundled, linear anchor, baselines
+#: 2: the best-validation epoch is bundled, linear anchor, baselines
+VERSION = 2
 
 
 def key_parts(
