@@ -10,29 +10,22 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
 from p2p.core.cache import StageRecord
-from p2p.infer.report import deliver_file, metrics_markdown
+from p2p.infer.report import deliver_file, evaluate_report, train_report
 from tasks.common import transient_failure
 
 
 def publish_training(record: StageRecord, _: Mapping[str, Any]) -> None:
-    """The training report: bundle, epochs, last preview, validation metrics."""
-    s = record.summary
+    """The training report: skill against the baselines, metrics, the last preview (embedded)."""
     create_markdown_artifact(
-        f"# Training\n\nBundle: `{s['model']}`  \nEpochs: {s['epochs']}  \n"
-        f"Last preview (source | generated | target): `{s['preview']}`\n\n"
-        f"## Validation metrics (target units)\n\n{metrics_markdown(s['metrics'])}\n",
-        key="p2p-train-report",
-        description="Training report",
+        train_report(record.summary), key="p2p-train-report", description="Training report"
     )
 
 
 def publish_evaluation(record: StageRecord, arguments: Mapping[str, Any]) -> None:
-    """The evaluation report: the bundle's metrics on the validation split."""
+    """The evaluation report: skill against the baselines, metrics, a validation picture."""
     trained: StageRecord = arguments["train"]
     create_markdown_artifact(
-        f"# Evaluation on the validation split\n\nModel: `{trained.summary['model']}`  \n"
-        f"Chips: {record.summary['n_chips']}  \nPreview: `{trained.summary['preview']}`\n\n"
-        f"{metrics_markdown(record.summary['metrics'])}\n",
+        evaluate_report(record.summary, trained.summary["model"]),
         key="p2p-evaluate-report",
         description="Evaluation report",
     )

@@ -82,7 +82,10 @@ def test_bundle_from_a_newer_format_is_refused(bundle_dir: Path) -> None:
     data = json.loads(meta_path.read_text())
     data["format_version"] = FORMAT_VERSION + 1
     meta_path.write_text(json.dumps(data))
-    with pytest.raises(BundleError, match=r"newer p2p \(format 2 > 1\); upgrade p2p"):
+    with pytest.raises(
+        BundleError,
+        match=rf"newer p2p \(format {FORMAT_VERSION + 1} > {FORMAT_VERSION}\); upgrade p2p",
+    ):
         load_bundle(bundle_dir)
 
 

@@ -90,6 +90,15 @@ def test_full_pipeline_record(trained: tuple[PipelineConfig, dict[str, Any]]) ->
     assert record["model"].startswith(record["stages"]["train"]["path"])
     bands = record["metrics"]["bands"]
     assert len(bands) == 3 and all(0 < b["mae"] < 255 for b in bands)
+    manifests = {
+        n: json.loads(Path(record["stages"][n]["path"], "manifest.json").read_text())
+        for n in ("dataset", "evaluate")
+    }
+    metrics, dataset = manifests["evaluate"]["summary"]["metrics"], manifests["dataset"]
+    assert metrics["baselines"] == dataset["summary"]["baselines"]
+    assert set(metrics["baselines"]) == {"linear", "mean"}
+    linear = metrics["baselines"]["linear"]["mae"]
+    assert metrics["skill"] == pytest.approx(metrics["overall"]["mae"] / linear)
 
 
 def test_rerun_is_all_cached_and_rewrites_nothing(
@@ -325,7 +334,7 @@ def test_cli_predict_runs_the_batch_predict_stages(
 ) -> None:
     mosaic = Path(demo["workspace"]) / "heldout_mosaic.tif"
     scenes = [a for s in data.held_out for a in ("--input", s.source[0])]
-    options = ["--tile-size", "64", "--overlap", "8", "--batch-size", "8", "--device", "cpu"]
+    options = ["--batch-size", "8", "--device", "cpu"]  # the window: the model's chip size
     base = ["predict", "--model", demo["model"], *scenes, *options, "--format", "gtiff", "--json"]
     flow_keys = {n: s["key"] for n, s in demo["stages"].items() if n.startswith(("predict", "mos"))}
 

@@ -156,7 +156,7 @@ def test_artifacts_progress_and_rerun_of_a_finished_run(tmp_path: Path) -> None:
     from PIL import Image
 
     with Image.open(tmp_path / "previews" / "epoch_0003.png") as im:
-        assert im.size == (3 * 34, 3 * 34) and im.mode == "RGB"  # 3 chips x 3 panels + gaps
+        assert im.size == (4 * 34, 3 * 34) and im.mode == "RGB"  # 3 chips x 4 panels + gaps
     # a finished run reruns in no time and reports the same result
     again = train(train_set, val_set, TINY, cfg, tmp_path, SyntheticPairs.stats(1))
     assert again.checkpoint == result.checkpoint and again.metrics == result.metrics
@@ -242,9 +242,11 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
         import synthetic
         from pathlib import Path
         from synthetic import SyntheticPairs
-        model = NS(num_downs=4, ngf=4, ndf=4, n_layers_d=2, norm="batch", dropout=0.0)
+        model = NS(num_downs=4, ngf=4, ndf=4, n_layers_d=2, norm="batch", dropout=0.0,
+                   linear_anchor=False)
         cfg = NS(epochs=1, epochs_decay=0, batch_size=2, lr=2e-4, beta1=0.5, lambda_l1=100.0,
-                 device="cpu", precision="auto", seed=0, num_workers=0, preview_chips=1)
+                 device="cpu", precision="auto", seed=0, num_workers=0, preview_chips=1,
+                 warmup_epochs=0, keep="best", bn_stats="recompute")
         data = SyntheticPairs(2, size=16, in_bands=2, out_bands=1)
         r = p2p.model.training.train(data, data, model, cfg, Path({str(tmp_path)!r}),
                                SyntheticPairs.stats(1))

@@ -319,8 +319,12 @@ def predict(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
     nodata: float | None = typer.Option(None, "--nodata", help="Source nodata override."),
-    tile_size: int = typer.Option(512, "--tile-size", help="Window side in pixels."),
-    overlap: int = typer.Option(64, "--overlap", help="Overlap on each side of a window."),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", help="Window side in pixels (default: the model's chip size)."
+    ),
+    overlap: int | None = typer.Option(
+        None, "--overlap", help="Overlap on each side of a window (default: window / 8)."
+    ),
     batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
@@ -340,6 +344,8 @@ def predict(
         from p2p.core import storage
         from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
         from p2p.core.errors import ConfigError
+        from p2p.infer.inference import resolve_window
+        from p2p.model.bundle import read_meta
         from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
 
         start = time.perf_counter()
@@ -354,6 +360,7 @@ def predict(
             raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
         scenes = [SceneConfig.model_validate({"source": spec}) for spec in inputs]
         check_output_path(output)
+        resolve_window(read_meta(model)[0], config)
         ws = str(Path(workspace).absolute() if workspace else default_workspace(output))
         job = PredictionJob(ws, model, scenes, config, MosaicConfig())
         with _scene_progress("predict") as bars:
@@ -387,15 +394,33 @@ def evaluate(
     ),
     error_map: str | None = typer.Option(None, "--error-map", help="Write |error| here."),
     as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    model: str | None = typer.Option(
+        None, "--model", help="The model bundle: score its baselines beside it (needs --source)."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help="The source scene predicted (a raster or comma-joined bands)."
+    ),
 ) -> None:
-    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band)."""
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band); with
+    --model and --source, also the constant-mean and linear baselines on the same pixels."""
 
     def body() -> None:
+        from p2p.core.config import SceneConfig
+        from p2p.core.errors import ConfigError
         from p2p.infer.evaluation import evaluate as run_evaluation
+        from p2p.infer.report import skill_line
+        from p2p.model.bundle import read_meta
 
         if error_map is not None:
             check_output_path(error_map)
-        record = run_evaluation(prediction, target, error_map, target_bands=target_bands or None)
+        if (model is None) != (source is None):
+            raise ConfigError("--model/--source", "give both to score the baselines, or neither")
+        meta = read_meta(model)[0] if model else None
+        files = SceneConfig.model_validate({"source": source}).source if source else None
+        record = run_evaluation(
+            prediction, target, error_map, target_bands=target_bands or None, model=meta,
+            source=files,
+        )  # fmt: skip
         if as_json:
             print_json(record)
             return
@@ -404,5 +429,7 @@ def evaluate(
                 f"{k}={band[k]:.4g}" for k in ("mae", "rmse", "psnr", "ssim") if band[k] is not None
             ]
             typer.echo(f"{band['name']}: " + " ".join(cells))
+        if "baselines" in record:
+            typer.echo(skill_line(record))
 
     guard(body)

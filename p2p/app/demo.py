@@ -151,7 +151,7 @@ def demo_config(
             device="cpu",
             preview_chips=4,
         ),
-        predict=PredictConfig(tile_size=chip * 2, overlap=chip // 4, batch_size=8, device="cpu"),
+        predict=PredictConfig(batch_size=8, device="cpu"),
         dask=DaskConfig(n_workers=1, threads_per_worker=2),
     )
 
@@ -160,14 +160,11 @@ def demo_batch_config(
     workspace: str | Path, model: str, data: DemoScenes, quick: bool = False
 ) -> BatchPredictConfig:
     """Predict the two held-out scenes with `model` into ``{workspace}/heldout_mosaic.tif``."""
-    chip = 32 if quick else 64
     return BatchPredictConfig(
         workspace=str(workspace),
         model=model,
         scenes=[s.source[0] for s in data.held_out],
         output=str(Path(workspace) / "heldout_mosaic.tif"),
-        predict=PredictConfig(
-            tile_size=chip * 2, overlap=chip // 4, batch_size=8, device="cpu", output_format="gtiff"
-        ),
+        predict=PredictConfig(batch_size=8, device="cpu", output_format="gtiff"),
         dask=DaskConfig(n_workers=1, threads_per_worker=2),
     )

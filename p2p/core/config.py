@@ -198,6 +198,12 @@ class ModelConfig(_Config):
     dropout: float = Field(
         default=0.5, ge=0.0, lt=1.0, description="Dropout in the innermost decoder blocks."
     )
+    linear_anchor: bool = Field(
+        default=True,
+        description="Add a per-pixel linear path (1x1 conv started at the dataset's "
+        "least-squares fit) to a U-Net whose last layer starts at zero, so training starts "
+        "from the linear baseline and learns only what spatial context adds.",
+    )
 
 
 class TrainConfig(_Config):
@@ -223,13 +229,38 @@ class TrainConfig(_Config):
     preview_chips: int = Field(
         default=4, ge=0, description="Validation chips drawn in each epoch's preview PNG."
     )
+    warmup_epochs: int = Field(
+        default=0,
+        ge=0,
+        description="First epochs trained on L1 alone (no discriminator); counted in epochs.",
+    )
+    bn_stats: Literal["recompute", "running"] = Field(
+        default="recompute",
+        description="Generator BatchNorm statistics used at inference: recomputed exactly "
+        "over the training chips before each validation (recompute), or the running averages "
+        "of training (running).",
+    )
+    keep: Literal["best", "last"] = Field(
+        default="best",
+        description="Generator to bundle: the epoch with the lowest validation MAE (best; "
+        "the last epoch when there is no validation set) or the last epoch.",
+    )
 
 
 class PredictConfig(_Config):
     """Windowed inference settings (stage `predict`)."""
 
-    tile_size: int = Field(default=512, gt=0, description="Model window side in pixels.")
-    overlap: int = Field(default=64, ge=0, description="Overlap on each side of a window.")
+    tile_size: int | None = Field(
+        default=None,
+        gt=0,
+        description="Model window side in pixels; None uses the bundle's training chip size "
+        "(the size the model saw in training).",
+    )
+    overlap: int | None = Field(
+        default=None,
+        ge=0,
+        description="Overlap on each side of a window; None uses an eighth of the window.",
+    )
     batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
     blend: Literal["cosine", "linear", "none"] = Field(
         default="cosine", description="Weight window used to blend overlapping windows."
@@ -246,11 +277,21 @@ class PredictConfig(_Config):
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
-        if 2 * self.overlap >= self.tile_size:
-            raise ValueError(
-                f"overlap {self.overlap} must be less than half of tile_size {self.tile_size}"
-            )
+        if self.tile_size is not None and self.overlap is not None:
+            self.window(self.tile_size)
         return self
+
+    def window(self, chip_size: int) -> tuple[int, int]:
+        """(tile_size, overlap) in pixels, with a model trained on `chip_size` chips.
+
+        Raises:
+            ValueError: The overlap is not less than half the window.
+        """
+        tile = self.tile_size if self.tile_size is not None else chip_size
+        overlap = self.overlap if self.overlap is not None else tile // 8
+        if 2 * overlap >= tile:
+            raise ValueError(f"overlap {overlap} must be less than half of tile_size {tile}")
+        return tile, overlap
 
 
 class MosaicConfig(_Config):

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,12 +29,16 @@ from p2p.core.fsutil import atomic_write_json, read_json
 from p2p.data import chipstore
 from p2p.data.bandstats import StatsAccumulator
 from p2p.model.augment import dihedral_pair
-from p2p.model.normalization import BandStats, normalize
+from p2p.model.baselines import BaselineFit, Baselines, BaselineScore, chip_pixels
+from p2p.model.normalization import BandStats, prepare_window
 
 log = logging.getLogger(__name__)
 
 SPLIT = "split.json"
 STATS = "stats.json"
+BASELINES = "baselines.json"
+#: Fewer training chips than this gets a warning: a model overfits them.
+SMALL_TRAIN = 100
 BATCH_CHIPS = 64
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
@@ -75,10 +79,24 @@ def spatial_split(
 
     Returns:
         `index` restricted to kept chips with a ``split`` column ("train" or "val").
+        When `val_fraction` > 0 but every chip falls in one block, blocks are halved until
+        there are two, so validation is never silently empty.
     """
-    span = config.split_block_chips * stride
-    home = list(zip(index["tile"], index["y0"] // span, index["x0"] // span, strict=True))
-    blocks = sorted(set(home))
+    block_chips = config.split_block_chips
+    while True:
+        span = block_chips * stride
+        home = list(zip(index["tile"], index["y0"] // span, index["x0"] // span, strict=True))
+        blocks = sorted(set(home))
+        if len(blocks) >= 2 or block_chips == 1 or config.val_fraction == 0:
+            break
+        block_chips //= 2
+    if block_chips != config.split_block_chips:
+        log.warning(
+            "split: the chips fill one block of dataset.split_block_chips=%d; using %d so that "
+            "validation gets a block (set it lower to choose)",
+            config.split_block_chips,
+            block_chips,
+        )
     order = np.random.default_rng(config.seed).permutation(len(blocks))
     n_val = round(config.val_fraction * len(blocks))
     if config.val_fraction > 0 and len(blocks) >= 2:
@@ -102,6 +120,20 @@ def spatial_split(
     return out.reset_index(drop=True)
 
 
+def _chip_batches(
+    tile_dirs: Sequence[str], chips: pd.DataFrame
+) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """The chips of `chips` (columns tile, chip) in batches of `BATCH_CHIPS`: source
+    `(N, Cs, S, S)`, target `(N, Ct, S, S)`, valid `(N, S, S)` bool, raster units."""
+    for t, group in chips.groupby("tile", sort=True):
+        arrays = chipstore.open_arrays(tile_dirs[int(str(t))])
+        slots = np.sort(group["chip"].to_numpy())
+        for lo in range(0, len(slots), BATCH_CHIPS):
+            batch = slots[lo : lo + BATCH_CHIPS]
+            valid = np.asarray(arrays["valid"].oindex[batch], dtype=bool)
+            yield arrays["source"].oindex[batch], arrays["target"].oindex[batch], valid
+
+
 def compute_stats(
     tile_dirs: Sequence[str], train: pd.DataFrame, metas: list[dict[str, Any]]
 ) -> tuple[BandStats, BandStats]:
@@ -112,16 +144,30 @@ def compute_stats(
         for side in ("source", "target")
     }
     for pass_no in range(max(a.passes for a in acc.values())):
-        for t, chips in train.groupby("tile", sort=True):
-            arrays = chipstore.open_arrays(tile_dirs[int(str(t))])
-            slots = np.sort(chips["chip"].to_numpy())
-            for lo in range(0, len(slots), BATCH_CHIPS):
-                batch = slots[lo : lo + BATCH_CHIPS]
-                valid = arrays["valid"].oindex[batch]
-                for side, a in acc.items():
-                    if pass_no < a.passes:
-                        a.update(arrays[side].oindex[batch], valid, pass_no)
+        for source, target, valid in _chip_batches(tile_dirs, train):
+            for a, values in ((acc["source"], source), (acc["target"], target)):
+                if pass_no < a.passes:
+                    a.update(values, valid, pass_no)
     return acc["source"].result(), acc["target"].result()
+
+
+def fit_baselines(
+    tile_dirs: Sequence[str], train: pd.DataFrame, val: pd.DataFrame, metas: list[dict[str, Any]]
+) -> tuple[Baselines, dict[str, Any]]:
+    """Fit the constant-mean and linear baselines on the train chips; score them on val.
+
+    Returns:
+        The fit, and ``{"mean": {"mae"}, "linear": {"mae"}}`` over the valid pixels of the
+        validation chips (None without validation chips), target units.
+    """
+    fit = BaselineFit(metas[0]["source"]["count"], metas[0]["target"]["count"])
+    for source, target, valid in _chip_batches(tile_dirs, train):
+        fit.update(*chip_pixels(source, target, valid))
+    baselines = fit.result()
+    score = BaselineScore(baselines)
+    for source, target, valid in _chip_batches(tile_dirs, val):
+        score.update(*chip_pixels(source, target, valid))
+    return baselines, score.compute()
 
 
 def check_tiles(tile_dirs: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
@@ -142,7 +188,8 @@ def check_tiles(tile_dirs: Sequence[str]) -> tuple[list[str], list[dict[str, Any
 def build_dataset(
     folder: Path, tile_dirs: Sequence[str], config: DatasetConfig, tiling: TilingConfig
 ) -> dict[str, Any]:
-    """Write ``split.json`` and ``stats.json`` for the chips of `tile_dirs` into `folder`.
+    """Write ``split.json``, ``stats.json`` and ``baselines.json`` for the chips of `tile_dirs`
+    into `folder`.
 
     Args:
         folder: The dataset folder.
@@ -151,7 +198,9 @@ def build_dataset(
         tiling: Its `min_valid_fraction` filters the chips.
 
     Returns:
-        The summary: n_train, n_val, band names, dtypes, nodata, chip_size, the tile folders.
+        The summary: n_train, n_val, band names, dtypes, nodata, chip_size, the tile folders,
+        ``chips`` (total, dropped_nodata, dropped_straddling, train, val) and ``baselines``
+        (the constant mean's and the linear regression's MAE on the validation chips).
 
     Raises:
         StageError: see `check_tiles`, or no chip passes `min_valid_fraction`.
@@ -170,7 +219,9 @@ def build_dataset(
     split = spatial_split(kept, metas[0]["chip_size"], metas[0]["stride"], config)
     train, val = split[split["split"] == "train"], split[split["split"] == "val"]
     source, target = compute_stats(tile_dirs, train, metas)
+    fit, scores = fit_baselines(tile_dirs, train, val, metas)
     atomic_write_json(folder / STATS, {"source": source.to_dict(), "target": target.to_dict()})
+    atomic_write_json(folder / BASELINES, fit.to_dict())
     tiles = [
         {"path": d, "key": k, "stage": Path(d).parent.name}
         for d, k in zip(tile_dirs, keys, strict=True)
@@ -185,7 +236,41 @@ def build_dataset(
             "dropped_straddling": len(kept) - len(split),
         },
     )
-    return _summary(metas[0], len(train), len(val), tile_dirs)
+    chips = {
+        "total": len(index),
+        "dropped_nodata": len(index) - len(kept),
+        "dropped_straddling": len(kept) - len(split),
+        "train": len(train),
+        "val": len(val),
+    }
+    _warn_small(chips, config, tiling)
+    summary = _summary(metas[0], len(train), len(val), tile_dirs)
+    return {**summary, "chips": chips, "baselines": scores}
+
+
+def _warn_small(chips: dict[str, int], config: DatasetConfig, tiling: TilingConfig) -> None:
+    """One log line each when training or validation is starved, naming what to change."""
+    counts = (
+        f"{chips['train']} train and {chips['val']} validation chips of {chips['total']} "
+        f"({chips['dropped_nodata']} dropped for nodata, {chips['dropped_straddling']} for "
+        "straddling the split)"
+    )
+    log.info("dataset: %s", counts)
+    if chips["train"] < SMALL_TRAIN:
+        log.warning(
+            "dataset: only %s; under ~%d training chips a model overfits: lower tiling.stride "
+            "(now %d) for overlapping chips, or tiling.chip_size (now %d), or add scenes",
+            counts,
+            SMALL_TRAIN,
+            tiling.stride,
+            tiling.chip_size,
+        )
+    if config.val_fraction > 0 and chips["val"] == 0:
+        log.warning(
+            "dataset: no validation chip (%s); lower dataset.split_block_chips (now %d)",
+            counts,
+            config.split_block_chips,
+        )
 
 
 def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -> dict[str, Any]:
@@ -196,6 +281,14 @@ def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -
         "chip_size": meta["chip_size"],
         "tile_dirs": tiles,
     }
+
+
+def load_baselines(dataset_dir: str | Path) -> Baselines:
+    """The baselines fitted on a dataset folder's training chips."""
+    path = Path(dataset_dir) / BASELINES
+    if not path.is_file():
+        raise StageError(dataset_dir, "no baselines.json: a dataset stage from an older p2p")
+    return Baselines.from_dict(read_json(path))
 
 
 def load_stats(dataset_dir: str | Path) -> tuple[BandStats, BandStats]:
@@ -272,9 +365,8 @@ class ChipDataset(Dataset[Sample]):
         tile, slot = (int(v) for v in self.items[i])
         arrays = self._open(tile)
         valid = np.asarray(arrays["valid"][slot], dtype=bool)
-        x = normalize(np.asarray(arrays["source"][slot]), self.source_stats)
-        y = normalize(np.asarray(arrays["target"][slot]), self.target_stats)
-        x[:, ~valid], y[:, ~valid] = 0, 0
+        x = prepare_window(np.asarray(arrays["source"][slot]), valid, self.source_stats)
+        y = prepare_window(np.asarray(arrays["target"][slot]), valid, self.target_stats)
         m = valid[None].astype(np.float32)
         sample = (torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m))
         if not self.augment:

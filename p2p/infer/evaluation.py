@@ -23,7 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
 from p2p.infer.translator import pick_device
-from p2p.model.bundle import Bundle
+from p2p.model.baselines import Baselines, BaselineScore, skill
+from p2p.model.bundle import Bundle, BundleMeta
 from p2p.model.metrics import MetricAccumulator, score_batches
 from p2p.model.normalization import BandStats
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
@@ -85,6 +86,21 @@ def _data_range(pred: SceneReader, ref: SceneReader, side: int) -> tuple[list[fl
     return spans, count
 
 
+def _baseline_score(
+    model: BundleMeta | None, source: Sequence[str] | None, pred: SceneReader
+) -> tuple[BaselineScore, SceneReader] | None:
+    """The baselines' scorer and the source read on the prediction's grid, when asked."""
+    if model is None or not source:
+        return None
+    if not model.baselines:
+        raise InputError("model.json", "the bundle holds no baselines (written before format 2)")
+    reader = open_aligned(list(source), pred.grid, None, model.source_nodata, "nearest")
+    if reader.count != model.in_channels:
+        reader.close()
+        raise InputError(source[0], f"has {reader.count} band(s), the model {model.in_channels}")
+    return BaselineScore(Baselines.from_dict(model.baselines)), reader
+
+
 def evaluate(
     prediction: str | Path,
     target: Target,
@@ -94,8 +110,15 @@ def evaluate(
     resampling: str = "bilinear",
     window: int = EVAL_WINDOW,
     progress: Callable[[int, int], None] | None = None,
+    model: BundleMeta | None = None,
+    source: Sequence[str] | None = None,
 ) -> dict[str, Any]:
     """Score a prediction against a reference over the pixels valid in both.
+
+    Given the model's bundle metadata and the source scene, the baselines stored in the bundle
+    (constant mean, per-pixel linear regression) are scored on the same pixels, and PSNR/SSIM
+    use the bundle's data range (the span of the training target statistics, as in training
+    and the pipeline's evaluate stage) instead of the reference's max − min.
 
     Args:
         prediction: The predicted raster; its grid is the evaluation grid.
@@ -108,18 +131,23 @@ def evaluate(
         resampling: How the reference is warped when its grid differs.
         window: Side of the scoring windows (SSIM is computed inside windows).
         progress: Called with (windows done, windows total) during scoring.
+        model: The bundle's metadata (`read_meta`), to score its baselines beside the model.
+        source: The source scene's files (band files stacked in order), needed with `model`.
 
     Returns:
-        ``{"prediction", "target", "pixels", "data_range", "bands": [{"name", "mae", "rmse",
-        "psnr", "ssim", "count"}], "overall": {"mae", "rmse", "psnr", "ssim"}, "error_map"}``,
-        metrics in target units (see `MetricAccumulator`), data range per band = max − min
-        of the valid reference.
+        ``{"prediction", "target", "pixels", "data_range", "data_range_from", "bands":
+        [{"name", "mae", "rmse", "psnr", "ssim", "count"}], "overall": {"mae", "rmse", "psnr",
+        "ssim"}, "error_map"}``, metrics in target units (see `MetricAccumulator`); with
+        `model`, also ``"baselines": {"linear": {"mae"}, "mean": {"mae"}}`` and ``"skill"``
+        (model MAE / linear MAE).
 
     Raises:
         InputError: a missing or unreadable file, or band counts that differ.
         AlignmentError: the two do not overlap, or share no valid pixel.
     """
     paths, bands, ref_nodata = _target_spec(target, target_bands, nodata)
+    if model is not None and not source:
+        raise InputError(str(prediction), "scoring the model's baselines needs its source scene")
     with SceneReader(prediction) as pred:
         ref = open_aligned(paths, pred.grid, bands, ref_nodata, resampling)
         with ref:
@@ -131,15 +159,22 @@ def evaluate(
             spans, pixels = _data_range(pred, ref, window)
             if pixels == 0:
                 raise AlignmentError(prediction, f"shares no valid pixel with {', '.join(paths)}")
+            if model is not None:
+                spans = BandStats.from_dict(model.target_stats).spans()
             metrics = MetricAccumulator(spans)
+            score = _baseline_score(model, source, pred)
             if error_map is None:
-                _score(pred, ref, metrics, window, None, progress)
+                _score(pred, ref, metrics, window, None, progress, score)
             else:
                 with geotiff.publishing(error_map, "gtiff") as work:
                     profile = geotiff.profile(pred.grid, pred.count, "float32", math.nan)
                     with rasterio.open(work, "w", **profile) as dst:
-                        _score(pred, ref, metrics, window, dst, progress)
+                        _score(pred, ref, metrics, window, dst, progress, score)
     result = metrics.compute()
+    if score is not None:
+        score[1].close()
+        baselines = score[0].compute()
+        result |= {"baselines": baselines, "skill": skill(result["overall"]["mae"], baselines)}
     for entry, name in zip(result["bands"], ref.band_names, strict=True):
         entry["name"] = name
     return {
@@ -147,6 +182,7 @@ def evaluate(
         "target": paths,
         "pixels": pixels,
         "data_range": spans,
+        "data_range_from": "model target statistics" if model else "reference max - min",
         **result,
         "error_map": None if error_map is None else str(error_map),
     }
@@ -159,11 +195,17 @@ def _score(
     side: int,
     dst: Any,
     progress: Callable[[int, int], None] | None,
+    baselines: tuple[BaselineScore, SceneReader] | None = None,
 ) -> None:
-    """Second pass: accumulate metrics and write error-map windows (when `dst` is open)."""
+    """Second pass: accumulate metrics (and the baselines' on the same pixels) and write
+    error-map windows (when `dst` is open)."""
     windows = list(_windows(pred.grid, side))
     for n, window in enumerate(windows, start=1):
         p, t, valid = _pair(pred, ref, window)
+        if baselines is not None:
+            src, src_valid = baselines[1].read(window)
+            valid &= src_valid
+            baselines[0].update(src[:, valid], t[:, valid])
         if valid.any():
             metrics.update(
                 torch.from_numpy(p)[None],

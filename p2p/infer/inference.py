@@ -34,8 +34,8 @@ from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.infer.translator import Translator, pick_device
 from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
-from p2p.model.bundle import Bundle
-from p2p.model.normalization import BandStats, denormalize, normalize
+from p2p.model.bundle import Bundle, BundleMeta
+from p2p.model.normalization import BandStats, denormalize, prepare_window
 from p2p.raster import SceneReader, geotiff
 
 log = logging.getLogger(__name__)
@@ -88,8 +88,8 @@ class _Plan:
     batch_size: int
 
 
-def _model_multiple(bundle: Bundle) -> int:
-    return int(2**bundle.meta.model.num_downs)
+def _model_multiple(meta: BundleMeta) -> int:
+    return int(2**meta.model.num_downs)
 
 
 def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> SceneReader:
@@ -109,17 +109,34 @@ def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> S
     return reader
 
 
-def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
-    """Lay out the windows and resolve output dtype and nodata; errors before any work."""
-    multiple = _model_multiple(bundle)
-    if config.tile_size % multiple:
+def resolve_window(meta: BundleMeta, config: PredictConfig) -> tuple[int, int]:
+    """(tile_size, overlap) in pixels: the configured ones, by default the bundle's chip size
+    (the window the model saw in training) and an eighth of it.
+
+    Raises:
+        ConfigError: The overlap is not under half the window, or the window is not a multiple
+            of the model's input multiple.
+    """
+    try:
+        tile, overlap = config.window(int(meta.chip_size))
+    except ValueError as exc:
+        raise ConfigError("predict.overlap", str(exc)) from None
+    multiple = _model_multiple(meta)
+    if tile % multiple:
         raise ConfigError(
             "predict.tile_size",
-            f"{config.tile_size} is not a multiple of the model's input multiple {multiple}",
+            f"{tile} is not a multiple of the model's input multiple {multiple}",
         )
+    return tile, overlap
+
+
+def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
+    """Lay out the windows and resolve output dtype and nodata; errors before any work."""
+    multiple = _model_multiple(bundle.meta)
+    tile, overlap = resolve_window(bundle.meta, config)
     try:
         ly, lx = (
-            axis_layout(n, config.tile_size, config.overlap, multiple, config.blend)
+            axis_layout(n, tile, overlap, multiple, config.blend)
             for n in (reader.grid.height, reader.grid.width)
         )
     except ValueError as exc:
@@ -148,7 +165,7 @@ def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> No
 
 def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
     """Model input for window row j: its rows, parts outside the scene mirrored about the edge
-    (reflection), invalid pixels filled with the band means, normalized.
+    (reflection), prepared as training chips are (`prepare_window`).
 
     Returns:
         rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
@@ -159,10 +176,7 @@ def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarr
     xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
     top, bottom = int(ys.min()), int(ys.max()) + 1
     data, valid = reader.read(Window(0, top, lx.size, bottom - top))
-    values = data.astype(np.float32)
-    means = np.asarray(plan.source_stats.mean, dtype=np.float32)
-    values[:, ~valid] = np.broadcast_to(means[:, None], (len(means), int((~valid).sum())))
-    x = normalize(values, plan.source_stats, band_axis=0)
+    x = prepare_window(data, valid, plan.source_stats)
     a, b = ly.centre(j)
     return x[:, ys - top][:, :, xs], valid[a - top : b - top]
 

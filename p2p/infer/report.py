@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import filecmp
+import io
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +19,8 @@ from p2p.core import storage
 from p2p.core.fsutil import atomic_path
 
 METRICS = ("mae", "rmse", "psnr", "ssim")
+#: Longest side of a picture embedded in a Markdown artifact, in pixels.
+MAX_EMBED_SIDE = 512
 
 
 def _fmt(value: Any) -> str:
@@ -41,6 +45,96 @@ def metrics_markdown(metrics: dict[str, Any], band_names: Sequence[str] | None =
     overall = metrics.get("overall", {})
     lines.append("| **overall** | " + " | ".join(_fmt(overall.get(m)) for m in METRICS) + " |")
     return "\n".join(lines)
+
+
+def skill_line(metrics: dict[str, Any]) -> str:
+    """One line: the model's MAE beside the baselines' on the same pixels, and the ratio."""
+    base = metrics.get("baselines") or {}
+    mean = (base.get("mean") or {}).get("mae")
+    linear = (base.get("linear") or {}).get("mae")
+    model = metrics.get("overall", {}).get("mae")
+    ratio = metrics.get("skill")
+    verdict = ""
+    if ratio is not None:
+        verdict = " (beats the linear baseline)" if ratio < 1 else " — NO BETTER THAN LINEAR"
+    return (
+        f"MAE on the same pixels: model {_fmt(model)}, linear regression {_fmt(linear)}, "
+        f"constant mean {_fmt(mean)}; model / linear = {_fmt(ratio)}{verdict}"
+    )
+
+
+def skill_markdown(metrics: dict[str, Any]) -> str:
+    """A Markdown table of the model against the baselines, flagged when linear wins."""
+    base = metrics.get("baselines") or {}
+    if not base:
+        return "_no baselines (no validation chips)_"
+    ratio = metrics.get("skill")
+    rows = [
+        "| predictor | MAE (target units) | / linear |",
+        "|---|---|---|",
+        f"| **p2p model** | {_fmt(metrics.get('overall', {}).get('mae'))} | {_fmt(ratio)} |",
+    ]
+    linear = (base.get("linear") or {}).get("mae")
+    for name, label in (("linear", "per-pixel linear regression"), ("mean", "constant mean")):
+        mae = (base.get(name) or {}).get("mae")
+        rel = mae / linear if mae is not None and linear else None
+        rows.append(f"| {label} | {_fmt(mae)} | {_fmt(rel)} |")
+    text = "\n".join(rows)
+    if ratio is not None and ratio >= 1:
+        text = (
+            "> **Warning:** the model is no better than a per-pixel linear regression of the "
+            "source bands on these pixels.\n\n" + text
+        )
+    return text
+
+
+def embedded_png(path: str | Path, title: str, max_side: int = MAX_EMBED_SIDE) -> str:
+    """A PNG as a Markdown image with a ``data:`` URI, so the Prefect UI shows it wherever the
+    worker's disk is. Larger pictures are shrunk to `max_side` pixels (a few 100 kB at most)."""
+    with Image.open(path) as img:
+        picture = img.convert("RGB")
+    picture.thumbnail((max_side, max_side))
+    buffer = io.BytesIO()
+    picture.save(buffer, format="PNG", optimize=True)
+    data = base64.b64encode(buffer.getvalue()).decode("ascii")
+    return f"![{title}](data:image/png;base64,{data})"
+
+
+DATA_RANGE_NOTE = (
+    "MAE and RMSE in target units; PSNR and SSIM with each band's data range = the span of "
+    "the training target (0.5th to 99.5th percentile), the same in training, the evaluate "
+    "stage and `p2p evaluate --model`."
+)
+
+
+def _picture(path: str | None, title: str) -> str:
+    return embedded_png(path, title) if path and Path(path).is_file() else "_no picture_"
+
+
+def train_report(summary: dict[str, Any]) -> str:
+    """The train stage's Markdown report: skill against the baselines, metrics, preview."""
+    kept = summary.get("kept_epoch")
+    return (
+        f"# Training\n\nBundle: `{summary['model']}`  \nEpochs: {summary['epochs']}, "
+        f"bundled: epoch {kept}\n\n"
+        f"## Against the baselines (validation chips)\n\n{skill_markdown(summary['metrics'])}\n\n"
+        f"## Validation metrics\n\n{metrics_markdown(summary['metrics'])}\n\n"
+        f"{DATA_RANGE_NOTE}\n\n## Last preview: source | generated | target | error\n\n"
+        f"{_picture(summary.get('preview'), 'preview')}\n"
+    )
+
+
+def evaluate_report(summary: dict[str, Any], model: str) -> str:
+    """The evaluate stage's Markdown report: skill against the baselines, metrics, picture."""
+    metrics = summary["metrics"]
+    return (
+        f"# Evaluation on the validation split\n\nModel: `{model}`  \n"
+        f"Chips: {summary['n_chips']}\n\n"
+        f"## Against the baselines (same pixels)\n\n{skill_markdown(metrics)}\n\n"
+        f"## Metrics\n\n{metrics_markdown(metrics)}\n\n{DATA_RANGE_NOTE}\n\n"
+        "## Validation chips: source | prediction | target | error\n\n"
+        f"{_picture(summary.get('picture'), 'validation chips')}\n"
+    )
 
 
 def to_display(data: NDArray[Any], nodata: float | None = None) -> NDArray[np.uint8]:

@@ -35,7 +35,8 @@ from p2p.core.errors import BundleError, InputError
 from p2p.core.fsutil import fsync_dir
 from p2p.model.networks import UNetGenerator, build_generator
 
-FORMAT_VERSION = 1
+#: 2: optional linear path in the generator (`model.linear_anchor`) and the baselines.
+FORMAT_VERSION = 2
 WEIGHTS = "weights.safetensors"
 META = "model.json"
 
@@ -58,7 +59,9 @@ class BundleMeta:
         source_nodata: Nodata of the training sources, used when a scene declares none.
         chip_size: Chip side the model was trained on, in pixels.
         training: Summary of the run (epochs, config, dataset key, ...).
-        metrics: Final validation metrics in target units.
+        metrics: Validation metrics of the kept epoch, in target units.
+        baselines: The constant-mean and linear baselines fitted on the training chips
+            (`Baselines.to_dict()`), raster units; empty in bundles from before format 2.
         p2p_version: The p2p that wrote the bundle.
         format_version: Bundle layout version (`FORMAT_VERSION` when written).
     """
@@ -76,6 +79,7 @@ class BundleMeta:
     chip_size: int
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    baselines: dict[str, Any] = field(default_factory=dict)
     p2p_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -83,7 +87,9 @@ class BundleMeta:
         # normalize so from_dict(to_dict(m)) == m whatever the caller passed (a model dict
         # from model.json becomes the typed config; missing fields take ModelConfig defaults)
         if not isinstance(self.model, ModelConfig):
-            object.__setattr__(self, "model", ModelConfig.model_validate(self.model))
+            # a record without linear_anchor predates it (format 1): no linear path
+            record = {"linear_anchor": False, **dict(self.model)}
+            object.__setattr__(self, "model", ModelConfig.model_validate(record))
         object.__setattr__(self, "source_bands", tuple(str(b) for b in self.source_bands))
         object.__setattr__(self, "target_bands", tuple(str(b) for b in self.target_bands))
         if len(self.source_bands) != self.in_channels:

@@ -200,8 +200,7 @@ def score_batches(
     Returns:
         `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
     """
-    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
-    acc = MetricAccumulator(spans)
+    acc = MetricAccumulator(stats.spans())
     for source, target, valid in batches:
         fake = translate(source).float()
         target, valid = target.to(fake.device, torch.float32), valid.to(fake.device)

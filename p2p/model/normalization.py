@@ -42,6 +42,10 @@ class BandStats:
         """Number of bands."""
         return len(self.mean)
 
+    def spans(self) -> list[float]:
+        """Per-band high − low (1 for a flat band): the PSNR/SSIM data range everywhere."""
+        return [h - lo if h > lo else 1.0 for lo, h in zip(self.low, self.high, strict=True)]
+
     def to_dict(self) -> dict[str, list[float]]:
         """JSON-able form (lists of floats)."""
         return {k: [float(x) for x in v] for k, v in asdict(self).items()}
@@ -98,3 +102,22 @@ def denormalize(y: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
         return (y.float() + 1) / 2 * span + low
     out: np.ndarray = (y.astype(np.float32) + 1) / 2 * span + low
     return out.astype(np.float32)
+
+
+def prepare_window(values: np.ndarray, valid: np.ndarray, stats: BandStats) -> np.ndarray:
+    """Model input from raster values: normalized per band, invalid pixels set to 0.
+
+    The one recipe for a window, shared by training chips and prediction windows, so the model
+    sees nodata the same way in both (0 is the middle of the [-1, 1] range).
+
+    Args:
+        values: `(C, H, W)` raster units (any numeric dtype).
+        valid: `(H, W)` bool, true where the pixel may be used.
+        stats: Source statistics, one entry per band.
+
+    Returns:
+        `(C, H, W)` float32 in [-1, 1], 0 where `valid` is false.
+    """
+    x = normalize(values, stats, band_axis=0)
+    x[:, ~valid] = 0
+    return x

@@ -17,7 +17,7 @@ import torch
 from torch.optim.lr_scheduler import LambdaLR
 
 from p2p.core.errors import ConfigError
-from p2p.model.losses import discriminator_loss, generator_loss
+from p2p.model.losses import discriminator_loss, generator_loss, masked_l1
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator, init_weights
 
 if TYPE_CHECKING:
@@ -83,9 +83,16 @@ class Pix2Pix:
 
 
 def train_step(
-    run: Pix2Pix, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, lam: float
+    run: Pix2Pix,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    valid: torch.Tensor,
+    lam: float,
+    adversarial: bool = True,
 ) -> torch.Tensor:
     """One Pix2Pix iteration (the reference's `optimize_parameters`): D step, then G step.
+
+    With `adversarial` false (an L1-only warm-up step) D is left alone and G minimizes λ·L1.
 
     Args:
         run: Networks and optimizers.
@@ -93,13 +100,23 @@ def train_step(
         y: `(N, Ct, H, W)` normalized target.
         valid: `(N, 1, H, W)` 1 where source and target are both valid.
         lam: λ, the weight of L1.
+        adversarial: False for an L1-only step (no discriminator).
 
     Returns:
-        `(4,)` detached losses in `LOSS_NAMES` order.
+        `(4,)` detached losses in `LOSS_NAMES` order (the GAN terms 0 in an L1-only step).
     """
     g, d = run.g, run.d
     with run.autocast():
         fake = g(x)  # G(x), reused by both steps
+    if not adversarial:
+        run.opt_g.zero_grad(set_to_none=True)
+        with run.autocast():
+            l1 = masked_l1(fake, y, valid)
+        run.scaler.scale(lam * l1).backward()  # type: ignore[no-untyped-call]
+        run.scaler.step(run.opt_g)
+        run.scaler.update()
+        zero = torch.zeros((), device=l1.device)
+        return torch.stack([zero, lam * l1.float(), zero, l1.float()]).detach()
     # D step: minimize ½·[BCE(D(x, G(x)), 0) + BCE(D(x, y), 1)]; G gets no gradient (detach)
     d.requires_grad_(True)
     run.opt_d.zero_grad(set_to_none=True)
@@ -157,6 +174,7 @@ def build_pix2pix(
     out_ch: int,
     device: torch.device,
     optimized: bool = True,
+    linear_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> Pix2Pix:
     """Fresh, seeded networks (N(0, 0.02) init), Adam optimizers, schedulers and scaler.
 
@@ -168,6 +186,8 @@ def build_pix2pix(
         device: Where to train.
         optimized: On CUDA, channels_last + autocast (`cfg.precision`) + fused Adam. False
             gives plain fp32 eager everywhere (the benchmark's baseline).
+        linear_init: With `model_cfg.linear_anchor`, the start of the linear path:
+            `(out_ch, in_ch)` weight and `(out_ch,)` bias in normalized units (zeros if None).
     """
     torch.manual_seed(cfg.seed)
     m = model_cfg
@@ -175,6 +195,9 @@ def build_pix2pix(
     d = PatchGANDiscriminator(in_ch + out_ch, m.ndf, m.n_layers_d, m.norm)
     init_weights(g)
     init_weights(d)
+    if g.linear is not None:
+        w, b = linear_init or (torch.zeros(out_ch, in_ch), torch.zeros(out_ch))
+        g.anchor_at(w, b)
     cuda_fast = optimized and device.type == "cuda"
     fmt = torch.channels_last if cuda_fast else torch.contiguous_format
     g.to(device=device, memory_format=fmt)  # type: ignore[call-overload]

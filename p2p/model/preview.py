@@ -1,4 +1,4 @@
-"""Preview grids of validation chips: one row per chip, source | generated | target.
+"""Preview grids of validation chips: one row per chip, source | generated | target (| error).
 
 Encoded as PNG with the standard library (zlib), so training needs no imaging package.
 """
@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import struct
 import zlib
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -31,18 +32,19 @@ def to_rgb(x: torch.Tensor) -> np.ndarray:
     return img.permute(1, 2, 0).cpu().numpy()
 
 
-def preview_grid(rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> np.ndarray:
-    """Tile `(source, generated, target)` chips into one image.
+def preview_grid(rows: Sequence[Sequence[torch.Tensor]]) -> np.ndarray:
+    """Tile chips into one image, one row per chip.
 
     Args:
-        rows: One `(source (Cs, H, W), generated (Ct, H, W), target (Ct, H, W))` per chip, all
-            normalized and of one size.
+        rows: Per chip the same number of panels, e.g. `(source (Cs, H, W), generated
+            (Ct, H, W), target (Ct, H, W))`, all normalized to [-1, 1] and of one size.
 
     Returns:
-        `(rows·(H+gap), 3·(W+gap), 3)` uint8 on a white background.
+        `(rows·(H+gap), panels·(W+gap), 3)` uint8 on a white background.
     """
     h, w = rows[0][0].shape[-2:]
-    grid = np.full((len(rows) * (h + _GAP), 3 * (w + _GAP), 3), 255, dtype=np.uint8)
+    count = len(rows[0])
+    grid = np.full((len(rows) * (h + _GAP), count * (w + _GAP), 3), 255, dtype=np.uint8)
     for r, panels in enumerate(rows):
         for c, panel in enumerate(panels):
             y, x = r * (h + _GAP), c * (w + _GAP)
@@ -68,6 +70,32 @@ def encode_png(rgb: np.ndarray) -> bytes:
     )
 
 
-def write_preview(path: Path, rows: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]) -> None:
+def error_panel(generated: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """|generated − target| averaged over bands, as a normalized gray panel (black: no error,
+    white: an error of the whole [-1, 1] range); invalid pixels black.
+
+    Returns:
+        `(1, H, W)` in [-1, 1].
+    """
+    err = (generated.float() - target.float()).abs().mean(0, keepdim=True) * (valid > 0.5)
+    return (err - 1).clamp(-1, 1)
+
+
+def comparison_rows(
+    samples: Sequence[Sequence[torch.Tensor]], generated: torch.Tensor
+) -> list[tuple[torch.Tensor, ...]]:
+    """Rows of source | generated | target | error for chips and the model's outputs.
+
+    Args:
+        samples: `(source, target, valid)` per chip, normalized.
+        generated: `(N, Ct, H, W)` the model's outputs for them.
+    """
+    return [
+        (s[0], g, s[1], error_panel(g, s[1], s[2]))
+        for s, g in zip(samples, generated.float().cpu(), strict=True)
+    ]
+
+
+def write_preview(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
     """Write the preview grid of `rows` to `path` (PNG) atomically."""
     atomic_write_bytes(path, encode_png(preview_grid(rows)))

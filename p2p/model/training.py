@@ -38,7 +38,7 @@ from p2p.model.metrics import score_batches
 from p2p.model.networks import UNetGenerator, build_generator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, build_pix2pix, select_device, train_step
-from p2p.model.preview import write_preview
+from p2p.model.preview import comparison_rows, write_preview
 
 if TYPE_CHECKING:
     from p2p.core.config import ModelConfig, TrainConfig
@@ -46,6 +46,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+#: The best validation epoch so far: epoch, mae, metrics, generator (CPU state dict), or None.
+Best = dict[str, Any] | None
 PROGRESS_INTERVAL_S = 0.5  # progress reports cost a device sync; at most ~2 per second
 
 
@@ -66,12 +68,15 @@ class TrainResult:
 
     Attributes:
         epochs_done: Epochs completed (cfg.epochs + cfg.epochs_decay when finished).
-        metrics: Last validation metrics (`MetricAccumulator.compute()` form, target units);
-            empty without a validation set.
+        metrics: Validation metrics of the kept epoch (`MetricAccumulator.compute()` form,
+            target units); empty without a validation set.
         checkpoint: The newest checkpoint (epoch 0 holds the initial weights when no epoch ran).
         in_channels: Source bands.
         out_channels: Target bands.
         model_cfg: The architecture trained.
+        kept_epoch: The epoch whose generator `load_generator` returns: the one with the lowest
+            validation MAE when `keep` is "best" and there was validation, else the last.
+        keep: "best" or "last" (`TrainConfig.keep`).
     """
 
     epochs_done: int
@@ -80,11 +85,18 @@ class TrainResult:
     in_channels: int
     out_channels: int
     model_cfg: ModelConfig
+    kept_epoch: int = 0
+    keep: str = "last"
 
     def load_generator(self, device: str | torch.device = "cpu") -> UNetGenerator:
-        """The trained generator, in eval mode."""
+        """The kept generator, in eval mode."""
         return load_generator(
-            self.checkpoint, self.model_cfg, self.in_channels, self.out_channels, device
+            self.checkpoint,
+            self.model_cfg,
+            self.in_channels,
+            self.out_channels,
+            device,
+            best=self.keep == "best",
         )
 
 
@@ -116,15 +128,16 @@ def _train_epoch(
     epochs: int,
     lam: float,
     progress: Callable[[TrainProgress], None] | None,
+    adversarial: bool = True,
 ) -> dict[str, float]:
-    """Step through one epoch; returns the mean losses."""
+    """Step through one epoch (L1 only when not `adversarial`); returns the mean losses."""
     run.g.train()
     run.d.train()
     sums = torch.zeros(len(LOSS_NAMES), device=run.device)
     steps, last_report = len(loader), 0.0
     for step, batch in enumerate(loader, 1):
         x, y, valid = run.to_device(*batch)
-        sums += train_step(run, x, y, valid, lam)
+        sums += train_step(run, x, y, valid, lam, adversarial)
         now = time.monotonic()
         if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
             last_report = now
@@ -146,8 +159,35 @@ def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dic
 
 
 @torch.no_grad()
+def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -> None:
+    """Replace the generator's BatchNorm running statistics by exact ones: the plain average
+    over every training chip of the batch statistics the current weights produce.
+
+    Running averages (momentum 0.1) over a few small batches lag the weights and are noisy, and
+    eval-mode inference uses them everywhere; measured on Landsat (benchmarks/quality.py) they
+    cost more than the model gained. Dropout stays off, as at inference. Deterministic: chips
+    in order, no RNG drawn, so an exact resume still holds.
+    """
+    norms = [m for m in run.g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        return
+    run.g.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes below
+        m.train()
+    for x, _, _ in DataLoader(chips, batch_size=batch_size):
+        with run.autocast():
+            run.g(run.to_device(x)[0])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    run.g.eval()
+
+
+@torch.no_grad()
 def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> None:
-    """Write source | generated | target for the first `chips` validation chips."""
+    """Write source | generated | target | error for the first `chips` validation chips."""
     samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
     if not samples:
         return
@@ -155,7 +195,7 @@ def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> 
     x = run.to_device(torch.stack([s[0] for s in samples]))[0]
     with run.autocast():
         fake = run.g(x).float().cpu()
-    write_preview(path, [(s[0], f, s[1]) for s, f in zip(samples, fake, strict=True)])
+    write_preview(path, comparison_rows(samples, fake))
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -177,16 +217,26 @@ def _truncate_metrics(path: Path, last_epoch: int) -> None:
     atomic_write_text(path, "".join(kept))
 
 
-def _state(run: Pix2Pix, metrics: dict[str, Any]) -> dict[str, Any]:
-    return {**run.state_dict(), "rng": capture_rng(run.loader_gen), "metrics": metrics}
+def _state(run: Pix2Pix, metrics: dict[str, Any], best: Best) -> dict[str, Any]:
+    rng = capture_rng(run.loader_gen)
+    return {**run.state_dict(), "rng": rng, "metrics": metrics, "best": best}
 
 
-def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | None]:
-    """Restore the newest loadable checkpoint; returns (epoch, its metrics, its path)."""
+def _better(best: Best, run: Pix2Pix, epoch: int, metrics: dict[str, Any]) -> Best:
+    """`best` updated with this epoch when its validation MAE is lower (ties keep the older)."""
+    mae = metrics.get("overall", {}).get("mae")
+    if mae is None or (best is not None and mae >= best["mae"]):
+        return best
+    state = {k: v.detach().to("cpu", copy=True) for k, v in run.g.state_dict().items()}
+    return {"epoch": epoch, "mae": float(mae), "metrics": metrics, "generator": state}
+
+
+def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | None, Best]:
+    """Restore the newest loadable checkpoint; returns (epoch, its metrics, its path, best)."""
     state = load_newest(out_dir / "checkpoints")
     if state is None:
         _truncate_metrics(out_dir / "metrics.jsonl", 0)
-        return 0, {}, None
+        return 0, {}, None, None
     path = Path(state["path"])
     try:
         run.load_state_dict(state)
@@ -198,7 +248,7 @@ def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | No
         ) from None
     _truncate_metrics(out_dir / "metrics.jsonl", state["epoch"])
     log.info("resuming after epoch %d from %s", state["epoch"], path)
-    return int(state["epoch"]), dict(state["metrics"]), path
+    return int(state["epoch"]), dict(state["metrics"]), path, state.get("best")
 
 
 def _check_inputs(
@@ -269,14 +319,25 @@ def _run_epoch(
     out_dir: Path,
     target_stats: BandStats,
     progress: Callable[[TrainProgress], None] | None,
-) -> tuple[dict[str, Any], Path]:
-    """Train, validate, preview, log and checkpoint one epoch; returns (metrics, checkpoint)."""
+    best: Best,
+) -> tuple[dict[str, Any], Path, Best]:
+    """Train, validate, preview, log and checkpoint one epoch (with the best generator so far).
+
+    Returns:
+        (validation metrics, checkpoint, best epoch so far).
+    """
     t0 = time.monotonic()
     _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    set_epoch = getattr(loader.dataset, "set_epoch", None)
+    if callable(set_epoch):  # datasets that draw augmentations per epoch (ChipDataset)
+        set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
-    losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress)
+    adversarial = epoch > cfg.warmup_epochs
+    losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress, adversarial)
     run.sched_g.step()
     run.sched_d.step()
+    if cfg.bn_stats == "recompute":
+        recompute_batchnorm(run, loader.dataset, cfg.batch_size)
     metrics: dict[str, Any] = {}
     if val_loader is not None and val_set is not None:
         metrics = _validate(run, val_loader, target_stats)
@@ -287,7 +348,8 @@ def _run_epoch(
     record = {"epoch": epoch, "lr": lr, **losses, **_flat(metrics), "seconds": seconds}
     # the metrics line goes first: a crash before the checkpoint leaves a line that resume drops
     _append_jsonl(out_dir / "metrics.jsonl", record)
-    ckpt = save_checkpoint(out_dir / "checkpoints", epoch, _state(run, metrics))
+    best = _better(best, run, epoch, metrics)
+    ckpt = save_checkpoint(out_dir / "checkpoints", epoch, _state(run, metrics, best))
     mae = metrics.get("overall", {}).get("mae")
     log.info(
         "epoch %d/%d: loss_g %.4f, loss_d %.4f, val MAE %s, %.1f s",
@@ -298,7 +360,7 @@ def _run_epoch(
         mae,
         seconds,
     )
-    return metrics, ckpt
+    return metrics, ckpt, best
 
 
 def train(
@@ -309,8 +371,12 @@ def train(
     out_dir: Path,
     target_stats: BandStats,
     progress: Callable[[TrainProgress], None] | None = None,
+    linear_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
     """Train Pix2Pix, resuming from the newest complete checkpoint in `out_dir`.
+
+    Each checkpoint also holds the generator of the epoch with the lowest validation MAE so
+    far, so `keep: best` survives a resume.
 
     Writes `out_dir/checkpoints/epoch_NNNN.pt` (newest 2 kept), `metrics.jsonl` (one line per
     epoch: losses, lr, validation MAE/RMSE/PSNR/SSIM in target units, seconds) and
@@ -325,6 +391,8 @@ def train(
         out_dir: The stage folder; partial work there is resumed.
         target_stats: The target normalization, to report metrics in target units.
         progress: Called with running losses about twice a second and at each epoch's ends.
+        linear_init: Start of the linear path of a `linear_anchor` model (see
+            `build_pix2pix`): `(Ct, Cs)` weight and `(Ct,)` bias in normalized units.
 
     Raises:
         InputError: The data does not fit the model (chip size, band counts).
@@ -336,19 +404,36 @@ def train(
     out_dir = Path(out_dir)
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed chip size: pick the fastest conv kernels
-    run = build_pix2pix(model_cfg, cfg, in_ch, out_ch, device)
+    run = build_pix2pix(model_cfg, cfg, in_ch, out_ch, device, linear_init=linear_init)
     out_dir.mkdir(parents=True, exist_ok=True)
-    start, metrics, ckpt = _resume(run, out_dir)
+    start, metrics, ckpt, best = _resume(run, out_dir)
     loader, val_loader = _loaders(run, train_set, val_set, cfg)
     total = cfg.epochs + cfg.epochs_decay
     log.info("training epochs %d..%d on %s (%s)", start + 1, total, device, run.amp_dtype)
     for epoch in range(start + 1, total + 1):
-        metrics, ckpt = _run_epoch(
-            run, epoch, total, loader, val_loader, val_set, cfg, out_dir, target_stats, progress
+        metrics, ckpt, best = _run_epoch(
+            run,
+            epoch,
+            total,
+            loader,
+            val_loader,
+            val_set,
+            cfg,
+            out_dir,
+            target_stats,
+            progress,
+            best,
         )
     if ckpt is None:  # zero epochs: keep the initial weights so a bundle can still be written
-        ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics))
-    return TrainResult(max(start, total), metrics, ckpt, in_ch, out_ch, model_cfg)
+        ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics, best))
+    done = max(start, total)
+    if cfg.keep == "best" and best is not None:
+        if best["epoch"] != done:
+            log.info("keeping epoch %d (lowest validation MAE %.4g)", best["epoch"], best["mae"])
+        return TrainResult(
+            done, best["metrics"], ckpt, in_ch, out_ch, model_cfg, best["epoch"], "best"
+        )
+    return TrainResult(done, metrics, ckpt, in_ch, out_ch, model_cfg, done, "last")
 
 
 def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
@@ -364,17 +449,27 @@ def load_generator(
     in_channels: int,
     out_channels: int,
     device: str | torch.device = "cpu",
+    best: bool = False,
 ) -> UNetGenerator:
     """The generator of a training checkpoint, in eval mode.
+
+    Args:
+        checkpoint: A training checkpoint.
+        model_cfg: Its architecture.
+        in_channels: Source bands.
+        out_channels: Target bands.
+        device: Where to put it.
+        best: The generator of the best validation epoch held in the checkpoint (the
+            checkpoint's own when it holds none).
 
     Raises:
         CheckpointError: The file cannot be read or holds a different architecture.
     """
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        m = model_cfg
-        g = build_generator(m, in_channels, out_channels)
-        g.load_state_dict(state["generator"])
+        g = build_generator(model_cfg, in_channels, out_channels)
+        kept = state.get("best") if best else None
+        g.load_state_dict(kept["generator"] if kept else state["generator"])
     except Exception as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(checkpoint, f"cannot load the generator ({problem})") from None

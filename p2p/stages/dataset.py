@@ -11,7 +11,8 @@ from p2p.core.config import DatasetConfig, TilingConfig
 from p2p.stages.stage import Stage
 
 NAME = "dataset"
-VERSION = 1
+#: 2: baselines.json, chip counts and baseline scores in the summary
+VERSION = 2
 
 Tiles = Sequence[StageRecord | str | Path]
 

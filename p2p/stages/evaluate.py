@@ -11,7 +11,11 @@ from p2p.core.fsutil import atomic_write_json
 from p2p.stages.stage import Stage
 
 NAME = "evaluate"
-VERSION = 1
+#: 2: baselines and skill beside the metrics, validation.png
+VERSION = 2
+#: The picture: source | prediction | target | error of the first validation chips.
+PICTURE = "validation.png"
+PICTURE_CHIPS = 4
 
 
 def key_parts(
@@ -32,21 +36,39 @@ def run(
 
     The bundle (the artifact users ship) is loaded from the train folder and run over every
     validation chip; the folder gets ``metrics.json``: per-band and overall MAE, RMSE (target
-    units), PSNR (dB) and SSIM, over valid pixels only.
+    units), PSNR (dB) and SSIM, over valid pixels only, with the baselines' MAE on the same
+    pixels and the skill ratio (model / linear), and ``validation.png``.
     """
     tr, ds = finished_stage(train), finished_stage(dataset)
     parts = key_parts(tr, ds, predict)
 
     def build(folder: Path) -> dict[str, Any]:
+        import torch
+
         from p2p.data.dataset import ChipDataset
         from p2p.infer.evaluation import evaluate_chips
+        from p2p.model.baselines import with_baselines
         from p2p.model.bundle import load_bundle
+        from p2p.model.preview import comparison_rows, write_preview
 
         bundle = load_bundle(tr.summary["model"])
         val_set = ChipDataset(ds.path, "val")
-        metrics = evaluate_chips(bundle, val_set, predict.batch_size, predict.device)
+        metrics = with_baselines(
+            evaluate_chips(bundle, val_set, predict.batch_size, predict.device),
+            ds.summary.get("baselines", {}),
+        )
         atomic_write_json(folder / "metrics.json", metrics)
-        return {"metrics": metrics, "n_chips": len(val_set), "bands": val_set.target_bands}
+        samples = [val_set[i] for i in range(min(PICTURE_CHIPS, len(val_set)))]
+        if samples:
+            with torch.no_grad():
+                generated = bundle.generator(torch.stack([x for x, _, _ in samples]))
+            write_preview(folder / PICTURE, comparison_rows(samples, generated))
+        return {
+            "metrics": metrics,
+            "n_chips": len(val_set),
+            "bands": val_set.target_bands,
+            "picture": str(folder / PICTURE) if samples else None,
+        }
 
     return run_stage(workspace, parts, build)
 

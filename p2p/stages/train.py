@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from p2p.model.training import TrainResult
 
 NAME = "train"
-VERSION = 1
+#: 2: the best-validation epoch is bundled, linear anchor, baselines
+VERSION = 2
 
 
 def key_parts(
@@ -50,8 +51,9 @@ def run(
         progress: Called with (steps done, steps in the run) about twice a second.
 
     Returns:
-        The record; summary holds ``model`` (bundle folder), ``epochs``, ``metrics`` (last
-        validation metrics in target units) and ``preview`` (last preview PNG or None).
+        The record; summary holds ``model`` (bundle folder), ``epochs``, ``kept_epoch`` (the
+        epoch bundled), ``metrics`` (its validation metrics in target units, with the
+        baselines' MAE and the skill ratio) and ``preview`` (last preview PNG or None).
     """
     ds = finished_stage(dataset)
     if ds.summary.get("n_train", 1) == 0:
@@ -62,7 +64,8 @@ def run(
     parts = key_parts(ds, model, train)
 
     def build(folder: Path) -> dict[str, Any]:
-        from p2p.data.dataset import ChipDataset, load_stats
+        from p2p.data.dataset import ChipDataset, load_baselines, load_stats
+        from p2p.model.baselines import normalized_linear, with_baselines
         from p2p.model.training import TrainProgress
         from p2p.model.training import train as train_loop
 
@@ -73,13 +76,19 @@ def run(
         source_stats, target_stats = load_stats(ds.path)
         train_set = ChipDataset(ds.path, "train", augment=train.augment, seed=train.seed)
         val_set = ChipDataset(ds.path, "val") if ds.summary.get("n_val", 0) else None
-        result = train_loop(train_set, val_set, model, train, folder, target_stats, report)
+        fit = load_baselines(ds.path)
+        anchor = normalized_linear(fit, source_stats, target_stats)
+        result = train_loop(train_set, val_set, model, train, folder, target_stats, report, anchor)
         _bundle(folder / "model", result, ds, source_stats, target_stats, train)
+        metrics = result.metrics
+        if metrics:
+            metrics = with_baselines(metrics, ds.summary.get("baselines", {}))
         previews = sorted((folder / "previews").glob("*.png"))
         return {
             "model": str(folder / "model"),
             "epochs": result.epochs_done,
-            "metrics": result.metrics,
+            "kept_epoch": result.kept_epoch,
+            "metrics": metrics,
             "preview": str(previews[-1]) if previews else None,
         }
 
@@ -95,6 +104,7 @@ def _bundle(
     train: TrainConfig,
 ) -> None:
     """Write the trained generator and everything prediction needs as the model bundle."""
+    from p2p.data.dataset import load_baselines
     from p2p.model.bundle import BundleMeta, write_bundle
 
     ds = dataset.summary
@@ -116,8 +126,11 @@ def _bundle(
             "dataset_key": dataset.key,
             "n_train": ds.get("n_train"),
             "n_val": ds.get("n_val"),
+            "kept_epoch": result.kept_epoch,
+            "keep": result.keep,
         },
         metrics=result.metrics,
+        baselines=load_baselines(dataset.path).to_dict(),
     )
     write_bundle(model_dir, result.load_generator(), meta)
 

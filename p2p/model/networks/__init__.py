@@ -19,7 +19,13 @@ if TYPE_CHECKING:
 def build_generator(model: ModelConfig, in_channels: int, out_channels: int) -> UNetGenerator:
     """An untrained U-Net generator with `model`'s architecture for these band counts."""
     return UNetGenerator(
-        in_channels, out_channels, model.num_downs, model.ngf, model.norm, model.dropout
+        in_channels,
+        out_channels,
+        model.num_downs,
+        model.ngf,
+        model.norm,
+        model.dropout,
+        linear_anchor=model.linear_anchor,
     )
 
 

@@ -78,7 +78,8 @@ class UNetSkipBlock(nn.Module):
 
 
 class UNetGenerator(nn.Module):
-    """Pix2Pix U-Net: `(N, in_channels, H, W)` in [-1, 1] → `(N, out_channels, H, W)` in [-1, 1].
+    """Pix2Pix U-Net: `(N, in_channels, H, W)` in [-1, 1] → `(N, out_channels, H, W)` in [-1, 1]
+    (unbounded with the linear path).
 
     With the defaults, `UNetGenerator(3, 3)` has 54,413,955 parameters (the reference count).
     num_downs < 5 (not in the reference) keeps the same rule and is meant for tests.
@@ -90,6 +91,8 @@ class UNetGenerator(nn.Module):
         ngf: Filters of the first level.
         norm: ``"batch"`` or ``"instance"``.
         dropout: Dropout probability in the innermost non-bottleneck decoder blocks.
+        linear_anchor: Add a per-pixel linear path (a 1x1 convolution) to the U-Net's output;
+            `anchor_at` starts it at a least-squares fit with the U-Net's last layer at zero.
     """
 
     def __init__(
@@ -100,6 +103,7 @@ class UNetGenerator(nn.Module):
         ngf: int = 64,
         norm: str = "batch",
         dropout: float = 0.5,
+        linear_anchor: bool = False,
     ) -> None:
         super().__init__()
         if num_downs < 2:
@@ -116,6 +120,27 @@ class UNetGenerator(nn.Module):
             drop = dropout if level >= 4 else 0.0
             block = UNetSkipBlock(outer, ngf * _mult(level), outer, block, norm=norm, dropout=drop)
         self.model = UNetSkipBlock(out_channels, ngf, in_channels, block, outermost=True, norm=norm)
+        self.linear = nn.Conv2d(in_channels, out_channels, 1) if linear_anchor else None
+
+    @torch.no_grad()
+    def anchor_at(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        """Start from a per-pixel linear map: the linear path at (weight, bias), the U-Net's
+        last convolution at zero, so the output is exactly the linear map until training moves
+        it (and the U-Net learns only what spatial context adds).
+
+        Args:
+            weight: `(out_channels, in_channels)` in normalized units.
+            bias: `(out_channels,)`.
+        """
+        if self.linear is None:
+            raise ValueError("anchor_at needs a generator built with linear_anchor=True")
+        self.linear.weight.copy_(weight.reshape(self.linear.weight.shape))
+        assert self.linear.bias is not None
+        self.linear.bias.copy_(bias)
+        last = self.model.model[3]  # the outermost up-convolution, before tanh
+        assert isinstance(last, nn.ConvTranspose2d) and last.bias is not None
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
 
     @property
     def multiple(self) -> int:
@@ -141,4 +166,6 @@ class UNetGenerator(nn.Module):
                 f"{h}x{w} pixels: each side must be a multiple of 2^num_downs = {self.multiple}",
             )
         out: torch.Tensor = self.model(x)
+        if self.linear is not None:
+            out = out + self.linear(x)
         return out
