@@ -191,16 +191,14 @@ def test_read_only_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     # root ignores chmod, so the read-only file system is the failure of creating the temporary
     pred = write_scene(tmp_path / "pred.tif", bands=1)
     error_map = tmp_path / "out" / "error.tif"
-    import tempfile
+    real = os.open
 
-    real = tempfile.mkstemp
+    def open_(path: Any, flags: int, *args: Any, **kwargs: Any) -> int:
+        if flags & os.O_CREAT and str(path).startswith(str(error_map.parent)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real(path, flags, *args, **kwargs)
 
-    def mkstemp(*args: Any, **kwargs: Any) -> tuple[int, str]:
-        if str(kwargs.get("dir", "")).startswith(str(error_map.parent)):
-            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(kwargs["dir"]))
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(tempfile, "mkstemp", mkstemp)
+    monkeypatch.setattr(os, "open", open_)
     args = ["evaluate", "--prediction", pred, "--target", pred, "--error-map", error_map]
     line = assert_failed_cleanly(CliRunner().invoke(app, [str(a) for a in args]), error_map.parent)
     assert "Read-only file system" in line
