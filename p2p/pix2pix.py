@@ -31,7 +31,9 @@ class Pix2Pix:
     """Everything a step touches: networks, optimizers, schedulers, scaler, device settings.
 
     On CUDA the networks and batches are channels_last and the step runs under autocast
-    (`amp_dtype`); on CPU everything is plain fp32 unless asked otherwise.
+    (`amp_dtype`); on CPU everything is plain fp32 unless asked otherwise (torch runs bf16 and
+    fp16 autocast, the fp16 GradScaler, channels_last and fused Adam on CPU too, which is how
+    the tests exercise the GPU code path without a GPU).
     """
 
     g: UNetGenerator
@@ -157,6 +159,7 @@ def build_pix2pix(
     out_ch: int,
     device: torch.device,
     optimized: bool = True,
+    fast_layout: bool | None = None,
 ) -> Pix2Pix:
     """Fresh, seeded networks (N(0, 0.02) init), Adam optimizers, schedulers and scaler.
 
@@ -166,8 +169,10 @@ def build_pix2pix(
         in_ch: Source bands.
         out_ch: Target bands.
         device: Where to train.
-        optimized: On CUDA, channels_last + autocast (`cfg.precision`) + fused Adam. False
-            gives plain fp32 eager everywhere (the benchmark's baseline).
+        optimized: Autocast as `cfg.precision` says, plus `fast_layout`. False gives plain
+            fp32 eager everywhere (the benchmark's baseline).
+        fast_layout: channels_last networks and batches + fused Adam; None: on CUDA only.
+            True on CPU runs the very code a GPU runs (only the device differs).
     """
     torch.manual_seed(cfg.seed)
     m = model_cfg
@@ -175,7 +180,7 @@ def build_pix2pix(
     d = PatchGANDiscriminator(in_ch + out_ch, m.ndf, m.n_layers_d, m.norm)
     init_weights(g)
     init_weights(d)
-    cuda_fast = optimized and device.type == "cuda"
+    cuda_fast = optimized and (device.type == "cuda" if fast_layout is None else fast_layout)
     fmt = torch.channels_last if cuda_fast else torch.contiguous_format
     g.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     d.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
