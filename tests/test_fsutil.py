@@ -11,16 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from p2p.bundle import BundleMeta, load_bundle, write_bundle
-from p2p.cache import write_manifest
-from p2p.config import MosaicConfig, PredictConfig, SceneConfig
-from p2p.errors import OutputError
-from p2p.fsutil import atomic_write_json
-from p2p.geotiff import publishing, write_rows
-from p2p.inference import predict_scene
-from p2p.models import UNetGenerator
-from p2p.mosaic import mosaic_scenes
-from p2p.normalization import BandStats
+from p2p.core.cache import write_manifest
+from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
+from p2p.core.errors import OutputError
+from p2p.core.fsutil import atomic_write_json
+from p2p.infer.inference import predict_scene
+from p2p.infer.mosaic import mosaic_scenes
+from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
+from p2p.model.networks import UNetGenerator
+from p2p.model.normalization import BandStats
+from p2p.raster.geotiff import publishing, write_rows
 from tests.rasters import ramp, write_geotiff
 
 

@@ -12,13 +12,13 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import torch
+from synthetic import SyntheticPairs
 
-from p2p.config import ModelConfig, TrainConfig
-from p2p.models import UNetGenerator
-from p2p.pix2pix import build_pix2pix, train_step
-from p2p.synthetic import SyntheticPairs
-from p2p.training import train
-from p2p.translator import Translator
+from p2p.core.config import ModelConfig, TrainConfig
+from p2p.infer.translator import Translator
+from p2p.model.networks import UNetGenerator
+from p2p.model.pix2pix import build_pix2pix, train_step
+from p2p.model.training import train
 
 MODEL = SimpleNamespace(num_downs=5, ngf=16, ndf=16, n_layers_d=3, norm="batch", dropout=0.0)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
