@@ -8,10 +8,19 @@ typed form; YAML files load into it with `load_config`, and the CLI overrides si
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    WithJsonSchema,
+    field_validator,
+    model_validator,
+)
 
 from p2p.core.errors import ConfigError
 
@@ -27,13 +36,25 @@ def _as_list(value: Any) -> Any:
     return value
 
 
+#: Files of one scene side: a path, band files joined by commas, or a list of paths; always a
+#: list once validated. The JSON schema (the Prefect deployment's parameter schema, checked by
+#: the server and rendered by the UI form) accepts what YAML accepts: a string or a list.
+Paths = Annotated[
+    list[str],
+    BeforeValidator(_as_list),
+    WithJsonSchema(
+        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
+    ),
+]
+
+
 class SceneConfig(_Config):
     """One scene: a source raster (and, for training, its paired target)."""
 
-    source: list[str] = Field(
+    source: Paths = Field(
         description="Source raster path, or band files stacked in order (list or comma-joined)."
     )
-    target: list[str] | None = Field(
+    target: Paths | None = Field(
         default=None,
         description="Target raster path or band files; required for training scenes.",
     )
@@ -50,8 +71,6 @@ class SceneConfig(_Config):
     name: str | None = Field(
         default=None, description="Scene id; defaults to the first source file's stem."
     )
-
-    _split = field_validator("source", "target", mode="before")(_as_list)
 
     @field_validator("source")
     @classmethod
