@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from prefect import flow, unmapped
+from prefect.runtime import deployment
 from prefect_dask.task_runners import DaskTaskRunner
 
 from p2p.core.cache import StageRecord
@@ -37,7 +38,7 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
     Returns:
         The run record: workspace, output, per-stage key/path/cached/seconds.
     """
-    config, scenes = checked_batch_config(config)
+    config, scenes = checked_batch_config(config, require_roots=deployment.id is not None)
     ws = config.workspace
     store = results_storage(ws)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow, unmapped
+from prefect.runtime import deployment
 
 from p2p.core.cache import StageRecord
 from p2p.core.config import PipelineConfig
@@ -32,7 +33,7 @@ def train_pipeline(config: PipelineConfig, until: Stage | None = None) -> dict[s
         The run record: workspace, model bundle folder, per-stage key/path/cached/seconds, and
         the evaluation metrics (target units).
     """
-    config = checked_pipeline_config(config)
+    config = checked_pipeline_config(config, require_roots=deployment.id is not None)
     ws = config.workspace
     store = results_storage(ws)
     stages: dict[str, StageRecord] = {}

@@ -5,6 +5,9 @@ parses."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +18,7 @@ from prefect.cli.deploy._schedules import _schedule_config_to_deployment_schedul
 from prefect.client.orchestration import get_client
 from prefect.exceptions import PrefectHTTPStatusError
 from prefect.flows import Flow, load_flow_from_entrypoint
+from prefect.settings import PREFECT_API_URL
 from prefect.utilities.schema_tools.validation import validate
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -93,3 +97,35 @@ def test_a_server_accepts_a_scene_side_as_a_string_or_a_list(
         ["/srv/p2p/b.tif"],
     ]
     assert validated.scenes[0].target == ["/srv/p2p/a_B4.tif"]
+
+
+def test_a_deployment_run_without_allowed_roots_refuses_to_start(
+    spec: dict[str, Any], prefect_harness: None, tmp_path: Path
+) -> None:
+    # A flow run created from a deployment, executed the way a process worker executes it
+    # (`python -m prefect.engine` with the run's id), with P2P_ALLOWED_ROOTS unset.
+    deployment = _deployment(spec, "batch-predict")
+    flow = load_flow_from_entrypoint(str(ROOT / deployment["entrypoint"]))
+    deployment_id = flow.to_deployment(name="roots-check").apply()
+    config = {
+        "workspace": str(tmp_path / "ws"),
+        "model": str(tmp_path / "model"),
+        "scenes": ["/etc/hostname"],
+        "output": str(tmp_path / "mosaic.tif"),
+    }
+
+    async def run() -> Any:
+        async with get_client() as client:
+            run = await client.create_flow_run_from_deployment(
+                deployment_id, parameters={"config": config}
+            )
+            env = {k: v for k, v in os.environ.items() if k != "P2P_ALLOWED_ROOTS"}
+            env |= {"PREFECT__FLOW_RUN_ID": str(run.id), "PREFECT_API_URL": PREFECT_API_URL.value()}
+            cmd = [sys.executable, "-m", "prefect.engine"]
+            subprocess.run(cmd, env=env, cwd=ROOT, capture_output=True, timeout=120, check=False)
+            return (await client.read_flow_run(run.id)).state
+
+    state = asyncio.run(run())
+    assert state.is_failed()
+    assert "PathNotAllowedError: P2P_ALLOWED_ROOTS: unset" in state.message
+    assert not (tmp_path / "ws").exists()

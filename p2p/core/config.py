@@ -42,9 +42,7 @@ def _as_list(value: Any) -> Any:
 Paths = Annotated[
     list[str],
     BeforeValidator(_as_list),
-    WithJsonSchema(
-        {"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}
-    ),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
 ]
 
 

@@ -3,8 +3,10 @@
 A deployment triggered from the Prefect UI, the API or a schedule takes paths from whoever
 fills the form. `P2P_ALLOWED_ROOTS` (folders separated by `os.pathsep`, set through the work
 pool's job variables) bounds them: every path is resolved first (``..`` and symlinks
-followed) and must then lie under one of the roots. Unset or empty means no restriction, for
-local CLI use.
+followed) and must then lie under one of the roots, and the resolved path is what the run
+uses from then on (a symlink swapped after the check cannot redirect it). Unset or empty means
+no restriction, for local CLI use; a flow run that comes from a deployment asks for the roots
+with `required=True` and refuses to start without them (fail closed).
 """
 
 from __future__ import annotations
@@ -18,14 +20,28 @@ from p2p.core.errors import PathNotAllowedError
 ENV_VAR = "P2P_ALLOWED_ROOTS"
 
 
-def allowed_roots(value: str | None = None) -> list[Path]:
+def allowed_roots(value: str | None = None, required: bool = False) -> list[Path]:
     """The resolved allowed roots, from `value` or the `P2P_ALLOWED_ROOTS` variable.
 
+    Args:
+        value: Roots separated by `os.pathsep`; the environment variable when None.
+        required: Refuse an empty list (paths come from whoever triggers a deployment).
+
     Returns:
-        The roots; an empty list means no restriction.
+        The roots; an empty list (only when not `required`) means no restriction.
+
+    Raises:
+        PathNotAllowedError: `required` and no root is set.
     """
     raw = os.environ.get(ENV_VAR, "") if value is None else value
-    return [Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip()]
+    roots = [Path(part).expanduser().resolve() for part in raw.split(os.pathsep) if part.strip()]
+    if required and not roots:
+        raise PathNotAllowedError(
+            ENV_VAR,
+            "unset, and this flow run comes from a deployment, whose paths come from whoever "
+            "triggers it: set it to the data and workspace folders (work pool job variables)",
+        )
+    return roots
 
 
 def check_path(path: str | Path, roots: Iterable[Path] | None = None) -> Path:

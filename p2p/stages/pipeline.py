@@ -46,14 +46,22 @@ Progress = Callable[[int, int], None]
 # --- paths from flow parameters ------------------------------------------------------------
 
 
-def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
+def checked_pipeline_config(config: PipelineConfig, require_roots: bool = False) -> PipelineConfig:
     """Resolve the workspace and every scene file, each under `P2P_ALLOWED_ROOTS`.
 
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Returns:
+        The config with every path replaced by its checked, resolved form.
+
     Raises:
-        PathNotAllowedError: a path resolves outside the allowed roots.
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
         InputError: the config names no scene.
     """
-    roots = allowed_roots()
+    roots = allowed_roots(required=require_roots)
     if not config.scenes:
         raise InputError("scenes", "the training pipeline needs at least one scene pair")
     scenes = [
@@ -99,26 +107,38 @@ def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[
 
 
 def checked_batch_config(
-    config: BatchPredictConfig,
+    config: BatchPredictConfig, require_roots: bool = False
 ) -> tuple[BatchPredictConfig, list[SceneConfig]]:
     """Resolve and check the batch paths under the allowed roots, and expand the scenes.
 
-    Patterns are checked before they are expanded (a pattern outside the roots never lists a
-    folder) and every match again after (a symlink inside a root may point outside).
+    Patterns are checked and resolved before they are expanded (a pattern outside the roots
+    never lists a folder) and every match again after (a symlink inside a root may point
+    outside); the returned config and scenes hold the resolved paths, the ones checked.
+
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
+        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
     """
-    roots = allowed_roots()
-    for entry in config.scenes:
-        for part in entry.split(","):
-            check_path(part.strip(), roots)
-    scenes = expand_scenes(config.scenes, config.predict.nodata)
-    for scene in scenes:
-        for f in scene.source:
-            check_path(f, roots)
+    roots = allowed_roots(required=require_roots)
+    entries = [
+        ",".join(str(check_path(part.strip(), roots)) for part in entry.split(","))
+        for entry in config.scenes
+    ]
+    scenes = [
+        scene.model_copy(update={"source": [str(check_path(f, roots)) for f in scene.source]})
+        for scene in expand_scenes(entries, config.predict.nodata)
+    ]
     checked = config.model_copy(
         update={
             "workspace": str(check_path(config.workspace, roots)),
             "model": str(check_path(config.model, roots)),
             "output": str(check_path(config.output, roots)),
+            "scenes": entries,
         }
     )
     return checked, scenes
