@@ -249,8 +249,12 @@ def mosaic_scenes(
         for r in natives:
             r.close()
     aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    pixel_bytes = bands * np.dtype(dtype).itemsize * (len(inputs) + 1)
     try:
-        with geotiff.publishing(output, output_format) as work:
+        with (
+            geotiff.streaming_cache(grid.width, WINDOW + 2 * geotiff.BLOCK, pixel_bytes),
+            geotiff.publishing(output, output_format) as work,
+        ):
             _write(work, aligned, grid, bands, dtype, float(out_nodata), feather, progress)
     finally:
         for r in aligned:

@@ -40,6 +40,23 @@ log = logging.getLogger(__name__)
 BLOCK = 256
 OutputFormat = Literal["gtiff", "cog"]
 INCOMPLETE = "was not written completely (disk full or I/O error); free space and rerun"
+#: Floor of the GDAL block cache while streaming (bytes).
+MIN_CACHE = 16 << 20
+
+
+def streaming_cache(width: int, rows: int, pixel_bytes: int) -> rasterio.Env:
+    """GDAL settings for streaming rasters through in row bands: a block cache of `rows` rows.
+
+    GDAL's default cache (5% of RAM) keeps the decoded blocks of everything read or written
+    until it is full, so a streaming run's peak memory grows with the scene; the rows that one
+    band of work touches (plus block alignment) are all it needs.
+
+    Args:
+        width: Raster width in pixels.
+        rows: Rows one band of work reads or writes at once, block alignment included.
+        pixel_bytes: Bytes per pixel over every raster read and written together.
+    """
+    return rasterio.Env(GDAL_CACHEMAX=max(MIN_CACHE, rows * width * pixel_bytes))
 
 
 def default_nodata(dtype: str) -> float:
