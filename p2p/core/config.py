@@ -132,12 +132,14 @@ class ModelConfig(_Config):
     """Pix2Pix architecture (Isola et al., 2017)."""
 
     num_downs: int = Field(
-        default=8, ge=1, le=10, description="U-Net levels; input side must be a multiple of 2^n."
+        default=8, ge=2, le=10, description="U-Net levels; input side must be a multiple of 2^n."
     )
-    ngf: int = Field(default=64, gt=0, description="Generator filters in the first layer.")
-    ndf: int = Field(default=64, gt=0, description="Discriminator filters in the first layer.")
+    ngf: int = Field(default=64, gt=0, le=1024, description="Generator filters in the first layer.")
+    ndf: int = Field(
+        default=64, gt=0, le=1024, description="Discriminator filters in the first layer."
+    )
     n_layers_d: int = Field(
-        default=3, ge=1, description="PatchGAN layers; 3 gives a 70x70 receptive field."
+        default=3, ge=1, le=8, description="PatchGAN layers; 3 gives a 70x70 receptive field."
     )
     norm: Literal["batch", "instance"] = Field(
         default="batch",
@@ -176,9 +178,15 @@ class TrainConfig(_Config):
 class PredictConfig(_Config):
     """Windowed inference settings (stage `predict`)."""
 
-    tile_size: int = Field(default=512, gt=0, description="Model window side in pixels.")
+    tile_size: int = Field(
+        default=512,
+        gt=0,
+        le=4096,
+        description="Model window side in pixels (at most 4096: a batch of larger windows "
+        "outgrows any GPU's memory).",
+    )
     overlap: int = Field(default=64, ge=0, description="Overlap on each side of a window.")
-    batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
+    batch_size: int = Field(default=8, gt=0, le=1024, description="Windows per forward pass.")
     blend: Literal["cosine", "linear", "none"] = Field(
         default="cosine", description="Weight window used to blend overlapping windows."
     )
@@ -320,9 +328,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, f"cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, f"not a UTF-8 text file (byte {exc.start}); a config is YAML text"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
