@@ -9,8 +9,7 @@ import pytest
 
 from p2p.core.config import BatchPredictConfig
 from p2p.core.errors import PathNotAllowedError
-from p2p.core.roots import allowed_roots, check_path
-from p2p.stages.pipeline import checked_batch_config
+from p2p.core.roots import allowed_roots, check_path, checked_batch_config
 
 
 def test_unset_means_no_restriction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -15,7 +15,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p2p.core.errors import PathNotAllowedError
+from p2p.core.config import (
+    BatchPredictConfig,
+    PipelineConfig,
+    SceneConfig,
+    expand_scenes,
+    map_scene_paths,
+)
+from p2p.core.errors import InputError, PathNotAllowedError
 
 ENV_VAR = "P2P_ALLOWED_ROOTS"
 
@@ -65,3 +72,64 @@ def check_path(path: str | Path, roots: Iterable[Path] | None = None) -> Path:
     raise PathNotAllowedError(
         path, f"resolves to {resolved}, outside the allowed roots ({ENV_VAR}={listed})"
     )
+
+
+def checked_pipeline_config(config: PipelineConfig, require_roots: bool = False) -> PipelineConfig:
+    """Resolve the workspace and every scene path, each under `P2P_ALLOWED_ROOTS`.
+
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Returns:
+        The config with every path replaced by its checked, resolved form.
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
+        InputError: the config names no scene.
+    """
+    roots = allowed_roots(required=require_roots)
+    if not config.scenes:
+        raise InputError("scenes", "the training pipeline needs at least one scene pair")
+    scenes = [map_scene_paths(s, lambda p: str(check_path(p, roots))) for s in config.scenes]
+    workspace = str(check_path(config.workspace, roots))
+    return config.model_copy(update={"workspace": workspace, "scenes": scenes})
+
+
+def checked_batch_config(
+    config: BatchPredictConfig, require_roots: bool = False
+) -> tuple[BatchPredictConfig, list[SceneConfig]]:
+    """Resolve and check the batch paths under the allowed roots, and expand the scenes.
+
+    Patterns are checked and resolved before they are expanded (a pattern outside the roots
+    never lists a folder) and every match again after (a symlink inside a root may point
+    outside); the returned config and scenes hold the resolved paths, the ones checked.
+
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
+        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
+    """
+    roots = allowed_roots(required=require_roots)
+    entries = [
+        ",".join(str(check_path(part.strip(), roots)) for part in entry.split(","))
+        for entry in config.scenes
+    ]
+    scenes = [
+        scene.model_copy(update={"source": [str(check_path(f, roots)) for f in scene.source]})
+        for scene in expand_scenes(entries, config.predict.nodata)
+    ]
+    checked = config.model_copy(
+        update={
+            "workspace": str(check_path(config.workspace, roots)),
+            "model": str(check_path(config.model, roots)),
+            "output": str(check_path(config.output, roots)),
+            "scenes": entries,
+        }
+    )
+    return checked, scenes
