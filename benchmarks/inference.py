@@ -9,19 +9,20 @@ at overlap 0 and at `--overlap`:
 
 as windows/s and scene megapixels/s (best of `--repeat` interleaved runs), and the ratio
 end-to-end / bare (goal <= 1.10: the
-windows already include the overlap factor 1/(1 - 2·overlap/tile)²). Then the peak RSS of
-predicting scenes of 1x, 4x and 16x the area of `--rss-side`², each in its own subprocess
-(goal: flat within ±10%).
+windows already include the overlap factor 1/(1 - 2·overlap/tile)²). Then the peak memory of
+predicting scenes of 1x, 4x and 16x the area of `--rss-side`², as GeoTIFF and as COG, each in
+its own subprocess that reads its own high-water mark (VmHWM; goal: flat within +10%).
 
     python benchmarks/inference.py          # the paper's U-Net, 256² tiles: minutes on 2 cores
     python benchmarks/inference.py --side 8192 --tile 512 --overlap 64 --batch 8   # on a GPU
+    python benchmarks/inference.py --ngf 8 --skip-throughput --rss-side 768   # memory only
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import resource
+import re
 import subprocess
 import sys
 import tempfile
@@ -130,26 +131,34 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
     return rows
 
 
-def rss_child(model_dir: str, scene: str, tile: int, overlap: int, batch: int, dev: str) -> None:
+def rss_child(model_dir: str, scene: str, fmt: str, tile: int, overlap: int, batch: int,
+              dev: str) -> None:  # fmt: skip
     config = PredictConfig(tile_size=tile, overlap=overlap, batch_size=batch,
-                           output_format="gtiff", device=dev)  # fmt: skip
-    out = Path(scene).with_name("rss_pred.tif")
+                           output_format=fmt, device=dev)  # fmt: skip
+    out = Path(scene).with_name(f"rss_pred_{fmt}.tif")
     predict_scene(load_bundle(model_dir), SceneConfig(source=scene), out, config)
-    print(json.dumps({"maxrss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+    # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child's ru_maxrss
+    # starts at the parent's peak (which holds a model and wrote the scenes).
+    status = Path("/proc/self/status").read_text()
+    hwm_kb = int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1))  # type: ignore[union-attr]
+    print(json.dumps({"vmhwm_mb": hwm_kb / 1024}))
 
 
 def peak_rss(model_dir: Path, folder: Path, args: argparse.Namespace) -> list[str]:
-    rows, base = [], None
+    rows, base = [], {}
     for factor in (1, 2, 4):
         side = args.rss_side * factor
         scene = folder / f"rss_{side}.tif"
         write_scene(scene, side, seed=1)
-        cmd = [sys.executable, __file__, "--rss-child", str(model_dir), str(scene),
-               str(args.tile), str(args.overlap), str(args.batch), args.device]  # fmt: skip
-        done = subprocess.run(cmd, check=True, capture_output=True, text=True)
-        mb = json.loads(done.stdout.strip().splitlines()[-1])["maxrss_mb"]
-        base = base or mb
-        rows.append(f"| {factor**2:>3}x | {side:>6}² | {mb:>9.0f} | {mb / base:>6.2f} |")
+        row = f"| {factor**2:>3}x | {side:>6}² |"
+        for fmt in ("gtiff", "cog"):
+            cmd = [sys.executable, __file__, "--rss-child", str(model_dir), str(scene), fmt,
+                   str(args.tile), str(args.overlap), str(args.batch), args.device]  # fmt: skip
+            done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+            mb = json.loads(done.stdout.strip().splitlines()[-1])["vmhwm_mb"]
+            base.setdefault(fmt, mb)
+            row += f" {mb:>8.0f} | {100 * (mb / base[fmt] - 1):>+6.1f}% |"
+        rows.append(row)
     return rows
 
 
@@ -164,11 +173,12 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--repeat", type=int, default=3, help="Timed runs (best is kept).")
     parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
-    parser.add_argument("--rss-child", nargs=6, help=argparse.SUPPRESS)
+    parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
+    parser.add_argument("--rss-child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
-        m, s, t, o, b, d = args.rss_child
-        rss_child(m, s, int(t), int(o), int(b), d)
+        m, s, f, t, o, b, d = args.rss_child
+        rss_child(m, s, f, int(t), int(o), int(b), d)
         return
     device = pick_device(args.device)
     label = torch.cuda.get_device_name(device) if device.type == "cuda" else (
@@ -176,17 +186,21 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         write_model(folder / "model", args.ngf, args.num_downs)
-        write_scene(folder / "scene.tif", args.side)
+        if not args.skip_throughput:
+            write_scene(folder / "scene.tif", args.side)
         print(
             f"device: {label}; U-Net ngf={args.ngf} num_downs={args.num_downs}; "
             f"scene {args.side}² x {BANDS} bands uint16; tile {args.tile}, batch {args.batch}"
         )
-        print("\n| overlap | windows | bare win/s | e2e win/s | bare MP/s | e2e MP/s | e2e/bare |")
-        print("|---|---|---|---|---|---|---|")
-        for row in compare(folder / "model", folder / "scene.tif", args.side, args):
-            print(row)
-        print(f"\npeak RSS of predict_scene (overlap {args.overlap}), one subprocess each:")
-        print("| area | scene | RSS (MB) | vs 1x |\n|---|---|---|---|")
+        if not args.skip_throughput:
+            print(
+                "\n| overlap | windows | bare win/s | e2e win/s | bare MP/s | e2e MP/s | e2e/bare |"
+            )
+            print("|---|---|---|---|---|---|---|")
+            for row in compare(folder / "model", folder / "scene.tif", args.side, args):
+                print(row)
+        print(f"\npeak memory (VmHWM) of predict_scene (overlap {args.overlap}), one process each:")
+        print("| area | scene | GeoTIFF MB | vs 1x | COG MB | vs 1x |\n|---|---|---|---|---|---|")
         for row in peak_rss(folder / "model", folder, args):
             print(row)
 

@@ -14,6 +14,7 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 from prefect import Flow, flow
+from prefect.runtime import deployment
 
 from p2p.core.cache import StageRecord
 from p2p.core.config import BatchPredictConfig
@@ -72,7 +73,7 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
     Returns:
         The run record: workspace, output, scenes, per-stage key/path/cached/seconds.
     """
-    config, scenes = checked_batch_config(config)
+    config, scenes = checked_batch_config(config, require_roots=deployment.id is not None)
     job = PredictionJob(config.workspace, config.model, scenes, config.predict, config.mosaic)
     with _fan_out(config.dask.address) as fan_out:
         stages = run_steps(PREDICTION, job, job.workspace, _runner(fan_out))

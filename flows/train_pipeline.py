@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from prefect import flow
+from prefect.runtime import deployment
 
 from p2p.core.config import PipelineConfig
 from p2p.core.roots import checked_pipeline_config
@@ -26,7 +27,7 @@ def train_pipeline(config: PipelineConfig, until: Until | None = None) -> dict[s
         The run record: workspace, model bundle folder, per-stage key/path/cached/seconds, and
         the evaluation metrics (target units).
     """
-    config = checked_pipeline_config(config)
+    config = checked_pipeline_config(config, require_roots=deployment.id is not None)
     stages = run_steps(TRAINING, config, config.workspace, run_on_prefect, until)
     record = run_record(config.workspace, stages)
     publish_run(record, "train-pipeline")

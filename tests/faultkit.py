@@ -81,16 +81,27 @@ def write_pair(folder: Path, size: int = 64, bands: int = 2) -> tuple[Path, Path
     return source, folder / "tgt.tif"
 
 
-def cli(args: Sequence[str]) -> Result:
-    """Run the real `p2p` app in-process; stdout and stderr are kept apart."""
+#: The installed console script, what users run (beside this interpreter in the venv).
+P2P = Path(sys.executable).with_name("p2p")
+
+
+def cli(args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    """Run the installed `p2p` in a fresh process, stderr a pipe (not a terminal)."""
+    return subprocess.run(
+        [str(P2P), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
+
+
+def cli_in_process(args: Sequence[str]) -> Result:
+    """Run the `p2p` app in this process (for fault injection with monkeypatch only)."""
     return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def cli_subprocess(
     args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m p2p.app.cli`-equivalent in a fresh process (for kills and Prefect runs)."""
-    code = "import sys; from p2p.app.cli import app; sys.argv[0] = 'p2p'; app()"
+    """Run the `p2p` app from this checkout in a fresh process (for kills and Prefect runs)."""
+    code = "import sys; from p2p.app.cli import main; sys.argv[0] = 'p2p'; main()"
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,
@@ -102,21 +113,23 @@ def cli_subprocess(
 
 
 def assert_one_line_error(exit_code: int, stderr: str, *names: str | Path) -> str:
-    """Non-zero exit, stderr exactly one line ``error: ...`` naming each of `names`, no
-    traceback. Returns the line."""
+    """Non-zero exit, and the whole stderr is one line ``error: ...`` naming each of `names`
+    (no traceback, no progress frame, no library log). Returns the line."""
     assert exit_code != 0, f"exit code 0; stderr: {stderr!r}"
-    assert "Traceback" not in stderr, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1, f"expected one line on stderr, got {lines!r}"
-    line = lines[0]
+    assert stderr.endswith("\n") and stderr.count("\n") == 1, f"not one line: {stderr!r}"
+    line = stderr[:-1]
     assert line.startswith("error: "), line
     for name in names:
         assert str(name) in line, f"{name!s} not named in {line!r}"
     return line
 
 
-def assert_failed_cleanly(result: Result, *names: str | Path) -> str:
-    """`assert_one_line_error` for an in-process `CliRunner` result."""
+def assert_failed_cleanly(
+    result: subprocess.CompletedProcess[str] | Result, *names: str | Path
+) -> str:
+    """`assert_one_line_error` for a `cli` process (or an in-process `CliRunner` result)."""
+    if isinstance(result, subprocess.CompletedProcess):
+        return assert_one_line_error(result.returncode, result.stderr, *names)
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise AssertionError(f"uncaught {result.exception!r}") from result.exception
     return assert_one_line_error(result.exit_code, result.stderr, *names)

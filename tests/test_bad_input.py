@@ -1,8 +1,8 @@
 """Bad input through the real CLI: one ``error: <where>: <problem>`` line, no traceback,
 a non-zero exit and nothing left behind that looks finished.
 
-Each case is its own test. `predict`, `evaluate` and the config checks of `run` run
-in-process with Typer's `CliRunner` (stderr kept apart from stdout).
+Every case runs the installed `p2p` as a subprocess (what users run) with stderr a pipe, and
+the whole of stderr must be the one line.
 """
 
 from __future__ import annotations
@@ -144,6 +144,27 @@ def test_truncated_weights(tmp_path: Path) -> None:
     _assert_no_prediction(out)
 
 
+def test_input_that_names_no_file(tmp_path: Path, model: Path) -> None:
+    out = tmp_path / "out" / "pred.tif"
+    line = assert_failed_cleanly(cli([*_predict(model, ",", out), *PREDICT_OPTS]), "--input")
+    assert "needs at least one source file" in line
+    _assert_no_prediction(out)
+
+
+@pytest.mark.parametrize(
+    ("option", "value", "named"),
+    [("--tile-size", "abc", "'--tile-size'"), ("--overlap", "-4", "--overlap")],
+)
+def test_option_of_the_wrong_type_or_range(
+    tmp_path: Path, model: Path, option: str, value: str, named: str
+) -> None:
+    out = tmp_path / "out" / "pred.tif"
+    args = [*_predict(model, write_scene(tmp_path / "scene.tif"), out), option, value]
+    line = assert_failed_cleanly(cli(args), named)
+    assert "integer" in line or "greater than or equal to 0" in line
+    _assert_no_prediction(out)
+
+
 def test_output_folder_is_a_file(tmp_path: Path, model: Path) -> None:
     scene = write_scene(tmp_path / "scene.tif")
     blocker = tmp_path / "results"
@@ -218,6 +239,16 @@ def test_config_file_that_is_not_yaml(tmp_path: Path) -> None:
     assert "not valid YAML" in line
 
 
+@pytest.mark.parametrize(
+    "content", [b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR", "workspace: caf\xe9\n".encode("latin-1")]
+)
+def test_config_file_that_is_binary_or_not_utf8(tmp_path: Path, content: bytes) -> None:
+    config = tmp_path / "config.yaml"
+    config.write_bytes(content)
+    line = _run_fails(tmp_path, config, config)
+    assert "not a UTF-8 text file" in line
+
+
 def test_config_file_that_is_not_a_mapping(tmp_path: Path) -> None:
     config = tmp_path / "config.yaml"
     config.write_text("- just\n- a list\n")
@@ -252,6 +283,13 @@ def test_chip_size_not_a_multiple_of_2_to_the_num_downs(
     config = yaml_config(tmp_path / "config.yaml", config_data)
     line = _run_fails(tmp_path, config, config, "tiling.chip_size")
     assert "multiple of 2^model.num_downs = 4" in line
+
+
+def test_u_net_too_shallow(tmp_path: Path, config_data: dict[str, object]) -> None:
+    config_data["model"] = {"num_downs": 1, "ngf": 4, "ndf": 4}
+    config = yaml_config(tmp_path / "config.yaml", config_data)
+    line = _run_fails(tmp_path, config, config, "model.num_downs")
+    assert "greater than or equal to 2" in line
 
 
 def test_training_scene_without_target(tmp_path: Path, config_data: dict[str, object]) -> None:

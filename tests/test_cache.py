@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -64,21 +65,32 @@ def test_failed_build_leaves_no_manifest_and_resumes(tmp_path: Path) -> None:
 
 
 def test_concurrent_runs_build_once(tmp_path: Path) -> None:
+    # The build takes a while and every thread enters run_stage at the same moment, so without
+    # the stage lock all of them find no manifest and build; with it, one builds, the rest reuse.
     built: list[int] = []
+    building = threading.Semaphore(1)
+    overlapped: list[bool] = []
+    start = threading.Barrier(4)
+    records: list[bool] = []
 
     def build(folder: Path) -> dict[str, int]:
+        overlapped.append(not building.acquire(blocking=False))
+        time.sleep(0.3)
         built.append(1)
-        return {}
+        building.release()
+        return {"n": len(built)}
 
-    threads = [
-        threading.Thread(target=run_stage, args=(tmp_path, KeyParts("demo", 1, None, []), build))
-        for _ in range(4)
-    ]
+    def race() -> None:
+        start.wait()
+        records.append(run_stage(tmp_path, KeyParts("demo", 1, None, []), build).cached)
+
+    threads = [threading.Thread(target=race) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    assert len(built) == 1
+    assert len(built) == 1 and overlapped == [False]
+    assert sorted(records) == [False, True, True, True]
 
 
 def test_atomic_write_keeps_old_file_on_failure(tmp_path: Path) -> None:

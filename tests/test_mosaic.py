@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -133,3 +137,56 @@ def test_edge_distance_is_euclidean_and_capped() -> None:
     expected = np.minimum(np.hypot(rows - 20, cols - 20), 10)
     np.testing.assert_allclose(d, expected)
     assert (edge_distance(np.ones((5, 5), bool), 7) == 7).all()
+
+
+KILLED_MOSAIC = """
+import os, signal, sys
+from p2p.core.config import MosaicConfig
+from p2p.infer.mosaic import mosaic_scenes
+
+a, b, out, fmt, kill_after = sys.argv[1:6]
+
+def progress(done, total):
+    if done >= int(kill_after) > 0:
+        os.kill(os.getpid(), signal.SIGKILL)  # a crash or kill -9 between strips
+
+mosaic_scenes([a, b], out, MosaicConfig(), output_format=fmt, feather=16, progress=progress)
+"""
+
+
+@pytest.mark.parametrize("fmt", ["gtiff", "cog"])
+def test_killed_mosaic_resumes_by_strip_bit_identical(tmp_path: Path, fmt: str) -> None:
+    # two overlapping tall scenes: a 3-strip mosaic (strips of 512 rows)
+    ta, tb = Affine(RES, 0, 500000, 0, -RES, 5200000), Affine(RES, 0, 505000, 0, -RES, 5190000)
+    a = write_geotiff(
+        tmp_path / "a.tif",
+        _field("EPSG:32632", ta, 1100, 90, 0.0),
+        crs="EPSG:32632",
+        transform=ta,
+        nodata=NODATA,
+    )
+    b = write_geotiff(
+        tmp_path / "b.tif",
+        _field("EPSG:32632", tb, 1100, 90, 20.0),
+        crs="EPSG:32632",
+        transform=tb,
+        nodata=NODATA,
+    )
+
+    def run(out: Path, kill_after: int) -> subprocess.CompletedProcess[str]:
+        args = [str(a), str(b), str(out), fmt, str(kill_after)]
+        cmd = [sys.executable, "-c", KILLED_MOSAIC, *args]
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+
+    whole = tmp_path / "whole" / "m.tif"
+    assert run(whole, 0).returncode == 0
+    out = tmp_path / "resumed" / "m.tif"
+    killed = run(out, 1)  # killed after the first strip was written and recorded
+    assert killed.returncode == -signal.SIGKILL and not out.exists()
+    state = json.loads((out.parent / ".m.tif.state.json").read_text())
+    assert state["rows_done"] == 512
+    with rasterio.open(out.parent / ".m.tif.partial.tif") as partial:
+        assert partial.height == 1200  # rows of both scenes (10 km apart in y)
+    assert run(out, 0).returncode == 0
+    assert out.read_bytes() == whole.read_bytes()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.tif"]

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from p2p.core.config import BatchPredictConfig
 from p2p.core.errors import PathNotAllowedError
-from p2p.core.roots import allowed_roots, check_path
+from p2p.core.roots import allowed_roots, check_path, checked_batch_config
 
 
 def test_unset_means_no_restriction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -59,3 +60,40 @@ def test_object_storage_roots_bound_urls(tmp_path: Path) -> None:
     with pytest.raises(PathNotAllowedError):
         check_path("s3://bucket/in/a.tif", allowed_roots(str(tmp_path)))
     assert check_path("s3://anything/a.tif", []) == "s3://anything/a.tif"
+
+
+def test_required_roots_refuse_an_unset_variable(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("P2P_ALLOWED_ROOTS", raising=False)
+    with pytest.raises(PathNotAllowedError, match="P2P_ALLOWED_ROOTS: unset"):
+        allowed_roots(required=True)
+    with pytest.raises(PathNotAllowedError, match="unset"):
+        allowed_roots(" ", required=True)
+    assert allowed_roots() == []  # local CLI use stays unrestricted
+
+
+def test_batch_paths_checked_are_the_paths_used(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    data = tmp_path / "data"
+    (data / "in").mkdir(parents=True)
+    (data / "other").mkdir()
+    for name in ("in/a.tif", "in/b.tif", "other/c.tif"):
+        (data / name).write_bytes(b"x")
+    (tmp_path / "link").symlink_to(data)  # a symlink into the root, swappable later
+    monkeypatch.setenv("P2P_ALLOWED_ROOTS", str(data))
+    config = BatchPredictConfig(
+        workspace=str(data / "ws" / ".." / "ws"),
+        model=str(tmp_path / "link" / "model"),
+        scenes=[str(tmp_path / "link" / "in" / "*.tif"), f"{data}/in/x/../../other/c.tif"],
+        output=str(data / "out.tif"),
+    )
+    checked, scenes = checked_batch_config(config, require_roots=True)
+    resolved = data.resolve()
+    assert checked.workspace == str(resolved / "ws")
+    assert checked.model == str(resolved / "model")
+    assert checked.scenes == [str(resolved / "in" / "*.tif"), str(resolved / "other" / "c.tif")]
+    assert [s.source for s in scenes] == [
+        [str(resolved / "in" / "a.tif")],
+        [str(resolved / "in" / "b.tif")],
+        [str(resolved / "other" / "c.tif")],
+    ]

@@ -3,6 +3,9 @@
 Every command runs through `guard`: a `P2PError` (or an OSError a user can fix: a missing
 path, a full or read-only disk) becomes one line
 ``error: <where>: <problem>`` on stderr and exit code 1; ``--debug`` shows the traceback.
+Options Click itself refuses (a word for a number, a missing option) become one such line too,
+with Click's exit code 2 (`main`, the console script). Progress bars are drawn only on a
+terminal, so a log or a pipe holds the one line and nothing else.
 Commands import their stage modules lazily so `p2p --help` stays fast.
 """
 
@@ -17,6 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
+from typer._click import exceptions as click_errors  # Typer 0.29 vendors Click here
 
 from p2p import __version__
 from p2p.core.errors import P2PError
@@ -40,7 +44,7 @@ def _version(value: bool) -> None:
 
 
 @app.callback()
-def main(
+def options(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks and debug logs."),
     version: bool = typer.Option(
         False, "--version", callback=_version, is_eager=True, help="Print the version."
@@ -52,6 +56,15 @@ def main(
         level=logging.DEBUG if debug else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    if not debug:
+        for handler in logging.getLogger().handlers:
+            handler.addFilter(_drop_gdal_errors)
+
+
+def _drop_gdal_errors(record: logging.LogRecord) -> bool:
+    """GDAL's own error reports (rasterio logs them) precede the exception p2p turns into the
+    one error line; without --debug they would be a second, lower-level line."""
+    return not (record.name.startswith("rasterio") and record.levelno >= logging.ERROR)
 
 
 # OS errors a user can fix (a wrong path, a full or read-only disk), with what to do; any
@@ -87,6 +100,22 @@ def guard(fn: Callable[[], T]) -> T:
         hint = _OS_HINTS[exc.errno]
         typer.echo(f"error: {where}: {exc.strerror}{'; ' + hint if hint else ''}", err=True)
         raise typer.Exit(1) from None
+
+
+def main() -> None:
+    """The `p2p` console script: the Typer app, with Click's usage errors on one line."""
+    try:
+        code = app(standalone_mode=False)
+    except click_errors.NoArgsIsHelpError as exc:
+        exc.show()  # `p2p` alone asks for the help text; not an error
+        sys.exit(exc.exit_code)
+    except click_errors.ClickException as exc:
+        typer.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        typer.echo("error: aborted", err=True)
+        sys.exit(130)
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 def check_output_path(path: str) -> None:
@@ -292,8 +321,38 @@ def demo(
     guard(body)
 
 
+#: `predict` options by the PredictConfig field they set.
+_OPTION_NAMES = {
+    "tile_size": "--tile-size",
+    "overlap": "--overlap",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "blend": "--blend",
+    "output_format": "--format",
+    "nodata": "--nodata",
+}
+
+
+def _scene_option(spec: str) -> Any:
+    """The scene of one `--input` value (a raster, or band files joined by commas).
+
+    Raises:
+        ConfigError: the value names no file.
+    """
+    from pydantic import ValidationError
+
+    from p2p.core.config import SceneConfig
+    from p2p.core.errors import ConfigError
+
+    try:
+        return SceneConfig.model_validate({"source": spec})
+    except ValidationError as exc:
+        raise ConfigError("--input", f"{spec!r}: {exc.errors()[0]['msg']}") from None
+
+
 def _scene_progress(label: str) -> Any:
-    """A rich progress bar on stderr (stdout stays clean for --json)."""
+    """A rich progress bar on stderr (stdout stays clean for --json); drawn only on a
+    terminal, so an error after work started is the only line a log or pipe receives."""
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
@@ -304,6 +363,7 @@ def _scene_progress(label: str) -> Any:
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=False,
+        disable=not sys.stderr.isatty(),
     )
 
 
@@ -342,11 +402,8 @@ def predict(
         from pydantic import ValidationError
 
         from p2p.core import storage
-        from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
+        from p2p.core.config import MosaicConfig, PredictConfig
         from p2p.core.errors import ConfigError
-        from p2p.infer.inference import resolve_window
-        from p2p.model.bundle import read_meta
-        from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
 
         start = time.perf_counter()
         try:
@@ -357,9 +414,15 @@ def predict(
             )  # fmt: skip
         except ValidationError as exc:
             err = exc.errors()[0]
-            raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
-        scenes = [SceneConfig.model_validate({"source": spec}) for spec in inputs]
+            field = str(err["loc"][0]) if err["loc"] else "predict"
+            raise ConfigError(_OPTION_NAMES.get(field, field), err["msg"]) from None
+        scenes = [_scene_option(spec) for spec in inputs]
         check_output_path(output)
+        # the bad input above is refused before torch and GDAL are imported (a second saved)
+        from p2p.infer.inference import resolve_window
+        from p2p.model.bundle import read_meta
+        from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
+
         resolve_window(read_meta(model)[0], config)
         ws = str(Path(workspace).absolute() if workspace else default_workspace(output))
         job = PredictionJob(ws, model, scenes, config, MosaicConfig())

@@ -10,15 +10,17 @@ from __future__ import annotations
 import glob
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     ValidationError,
     ValidationInfo,
+    WithJsonSchema,
     field_validator,
     model_validator,
 )
@@ -36,6 +38,16 @@ def _as_list(value: Any) -> Any:
     if isinstance(value, str | Path):
         return [part.strip() for part in str(value).split(",") if part.strip()]
     return value
+
+
+#: Files of one scene side: a path, band files joined by commas, or a list of paths; always a
+#: list once validated. The JSON schema (the Prefect deployment's parameter schema, checked by
+#: the server and rendered by the UI form) accepts what YAML accepts: a string or a list.
+Paths = Annotated[
+    list[str],
+    BeforeValidator(_as_list),
+    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
+]
 
 
 class StacRef(_Config):
@@ -63,10 +75,10 @@ class SceneConfig(_Config):
     becomes the item's asset files in that order, and the scene takes the item's id as name.
     """
 
-    source: list[str] = Field(
+    source: Paths = Field(
         description="Source raster path, or band files stacked in order (list or comma-joined)."
     )
-    target: list[str] | None = Field(
+    target: Paths | None = Field(
         default=None,
         description="Target raster path or band files; required for training scenes.",
     )
@@ -83,8 +95,6 @@ class SceneConfig(_Config):
     name: str | None = Field(
         default=None, description="Scene id; defaults to the first source file's stem."
     )
-
-    _split = field_validator("source", "target", mode="before")(_as_list)
 
     @model_validator(mode="before")
     @classmethod
@@ -184,12 +194,14 @@ class ModelConfig(_Config):
     """Pix2Pix architecture (Isola et al., 2017)."""
 
     num_downs: int = Field(
-        default=8, ge=1, le=10, description="U-Net levels; input side must be a multiple of 2^n."
+        default=8, ge=2, le=10, description="U-Net levels; input side must be a multiple of 2^n."
     )
-    ngf: int = Field(default=64, gt=0, description="Generator filters in the first layer.")
-    ndf: int = Field(default=64, gt=0, description="Discriminator filters in the first layer.")
+    ngf: int = Field(default=64, gt=0, le=1024, description="Generator filters in the first layer.")
+    ndf: int = Field(
+        default=64, gt=0, le=1024, description="Discriminator filters in the first layer."
+    )
     n_layers_d: int = Field(
-        default=3, ge=1, description="PatchGAN layers; 3 gives a 70x70 receptive field."
+        default=3, ge=1, le=8, description="PatchGAN layers; 3 gives a 70x70 receptive field."
     )
     norm: Literal["batch", "instance"] = Field(
         default="batch",
@@ -253,15 +265,17 @@ class PredictConfig(_Config):
     tile_size: int | None = Field(
         default=None,
         gt=0,
-        description="Model window side in pixels; None uses the bundle's training chip size "
-        "(the size the model saw in training).",
+        le=4096,
+        description="Model window side in pixels (at most 4096: a batch of larger windows "
+        "outgrows any GPU's memory); None uses the bundle's training chip size (the size the "
+        "model saw in training).",
     )
     overlap: int | None = Field(
         default=None,
         ge=0,
         description="Overlap on each side of a window; None uses an eighth of the window.",
     )
-    batch_size: int = Field(default=8, gt=0, description="Windows per forward pass.")
+    batch_size: int = Field(default=8, gt=0, le=1024, description="Windows per forward pass.")
     blend: Literal["cosine", "linear", "none"] = Field(
         default="cosine", description="Weight window used to blend overlapping windows."
     )
@@ -465,9 +479,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     """
     path = Path(path)
     try:
-        text = path.read_text()
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(path, f"cannot read config file ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            path, f"not a UTF-8 text file (byte {exc.start}); a config is YAML text"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

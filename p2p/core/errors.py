@@ -20,7 +20,15 @@ class P2PError(Exception):
     def __init__(self, where: str | Path, problem: str) -> None:
         self.where = str(where)
         self.problem = problem
-        super().__init__(f"{self.where}: {problem}")
+        super().__init__(f"{_one_line(self.where)}: {_one_line(problem)}")
+
+
+def _one_line(text: str) -> str:
+    """`text` with control characters escaped (a file name may hold a newline), so the message
+    stays one line."""
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 class ConfigError(P2PError):

@@ -1,29 +1,83 @@
 """Atomic file writes: nothing the next run trusts is ever half-written.
 
 Every artifact is written under a temporary name in the same folder, flushed to disk, and
-renamed onto its final name with `os.replace` (atomic on POSIX). A failure removes the
-temporary file and leaves any earlier version in place.
+renamed onto its final name with `os.replace` (atomic on POSIX). A failure (of a write, of the
+flush or of the rename) removes the temporary file and leaves any earlier version in place.
+
+Temporary files and folders are created with the mode a plain `open()` / `mkdir()` gives under
+the process umask, not `tempfile.mkstemp`'s 0600 / 0700: the rename publishes them, and a
+published prediction or bundle must be readable by whoever the umask lets read it (a tile
+server, GIS users on another account).
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
-import tempfile
+import secrets
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 
+def fsync_file(path: str | Path) -> None:
+    """Flush a file's data to disk; an error (EIO, ENOSPC on a thin volume) is raised.
+
+    Raises:
+        OSError: The file does not open or the flush failed (the data may not be on disk).
+    """
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
 def fsync_dir(path: Path) -> None:
-    """Flush a folder's entry table so a rename inside it survives a power loss."""
-    with contextlib.suppress(OSError):
-        fd = os.open(path, os.O_RDONLY)
+    """Flush a folder's entry table so a rename inside it survives a power loss.
+
+    File systems that cannot flush a folder (EINVAL) are skipped; any other error is raised.
+    """
+    try:
+        fsync_file(path)
+    except OSError as exc:
+        if exc.errno != errno.EINVAL:
+            raise
+
+
+def create_temp_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """Create an empty file named `prefix<random>suffix` in `folder`, mode 0666 less the umask.
+
+    Raises:
+        FileExistsError: No free name after many tries (not expected).
+    """
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+        except FileExistsError:
+            continue
+        os.close(fd)
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def create_temp_dir(folder: Path, prefix: str, suffix: str) -> Path:
+    """Create an empty folder named `prefix<random>suffix` in `folder`, mode 0777 less the umask.
+
+    Raises:
+        FileExistsError: No free name after many tries (not expected).
+    """
+    for _ in range(100):
+        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
+        try:
+            os.mkdir(path, 0o777)
+        except FileExistsError:
+            continue
+        return path
+    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
 
 
 @contextlib.contextmanager
@@ -39,23 +93,19 @@ def atomic_path(final: str | Path, suffix: str = "") -> Iterator[Path]:
     """
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(
-        prefix=f".{final.name}.", suffix=f".tmp{suffix}", dir=final.parent
-    )
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = create_temp_file(final.parent, f".{final.name}.", f".tmp{suffix}")
+    tmp_name = str(tmp)
     try:
         yield tmp
-        with contextlib.suppress(OSError), open(tmp, "rb+") as fh:
-            os.fsync(fh.fileno())
+        fsync_file(tmp)
         os.replace(tmp, final)
         fsync_dir(final.parent)
     except BaseException as exc:
         with contextlib.suppress(OSError):
             tmp.unlink()
         if isinstance(exc, OSError) and exc.errno is not None and exc.filename in (None, tmp_name):
-            # a full or read-only disk surfaces on write() or rename() of the temporary: name
-            # the artifact the user asked for instead (OSError picks the subclass by errno)
+            # a full or read-only disk surfaces on write(), fsync() or rename() of the temporary:
+            # name the artifact the user asked for instead (OSError picks the subclass by errno)
             raise OSError(exc.errno, exc.strerror, str(final)) from exc
         raise
 

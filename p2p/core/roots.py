@@ -3,9 +3,12 @@
 A deployment triggered from the Prefect UI, the API or a schedule takes paths from whoever
 fills the form. `P2P_ALLOWED_ROOTS` (folders separated by `os.pathsep`, set through the work
 pool's job variables) bounds them: every path is resolved first (``..`` and symlinks
-followed) and must then lie under one of the roots. Unset or empty means no restriction, for
-local CLI use. A root may also be an object-storage prefix (``s3://bucket/prefix``); a URL is
-allowed only under such a root, and never with ``.`` or ``..`` segments.
+followed) and must then lie under one of the roots, and the resolved path is what the run
+uses from then on (a symlink swapped after the check cannot redirect it). Unset or empty means
+no restriction, for local CLI use; a flow run that comes from a deployment asks for the roots
+with `required=True` and refuses to start without them (fail closed). A root may also be an
+object-storage prefix (``s3://bucket/prefix``); a URL is allowed only under such a root, and
+never with ``.`` or ``..`` segments.
 """
 
 from __future__ import annotations
@@ -27,12 +30,19 @@ from p2p.core.errors import ConfigError, InputError, PathNotAllowedError
 ENV_VAR = "P2P_ALLOWED_ROOTS"
 
 
-def allowed_roots(value: str | None = None) -> list[Path | str]:
+def allowed_roots(value: str | None = None, required: bool = False) -> list[Path | str]:
     """The resolved allowed roots, from `value` or the `P2P_ALLOWED_ROOTS` variable.
 
+    Args:
+        value: Roots separated by `os.pathsep`; the environment variable when None.
+        required: Refuse an empty list (paths come from whoever triggers a deployment).
+
     Returns:
-        The roots (folders as resolved paths, URL prefixes as text); an empty list means no
-        restriction.
+        The roots (folders as resolved paths, URL prefixes as text); an empty list (only when
+        not `required`) means no restriction.
+
+    Raises:
+        PathNotAllowedError: `required` and no root is set.
     """
     raw = os.environ.get(ENV_VAR, "") if value is None else value
     parts = [part.strip() for part in raw.split(os.pathsep)]
@@ -44,6 +54,12 @@ def allowed_roots(value: str | None = None) -> list[Path | str]:
             roots.append(f"{part}:{parts.pop(0)}".rstrip("/"))
         elif part:
             roots.append(Path(part).expanduser().resolve())
+    if required and not roots:
+        raise PathNotAllowedError(
+            ENV_VAR,
+            "unset, and this flow run comes from a deployment, whose paths come from whoever "
+            "triggers it: set it to the data and workspace folders (work pool job variables)",
+        )
     return roots
 
 
@@ -99,14 +115,22 @@ def check_local_workspace(workspace: str) -> None:
         )
 
 
-def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
+def checked_pipeline_config(config: PipelineConfig, require_roots: bool = False) -> PipelineConfig:
     """Resolve the workspace and every scene path, each under `P2P_ALLOWED_ROOTS`.
 
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Returns:
+        The config with every path replaced by its checked, resolved form.
+
     Raises:
-        PathNotAllowedError: a path resolves outside the allowed roots.
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
         InputError: the config names no scene.
     """
-    roots = allowed_roots()
+    roots = allowed_roots(required=require_roots)
     check_local_workspace(config.workspace)
     if not config.scenes:
         raise InputError("scenes", "the training pipeline needs at least one scene pair")
@@ -116,30 +140,42 @@ def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
 
 
 def checked_batch_config(
-    config: BatchPredictConfig,
+    config: BatchPredictConfig, require_roots: bool = False
 ) -> tuple[BatchPredictConfig, list[SceneConfig]]:
     """Resolve and check the batch paths under the allowed roots, and expand the scenes.
 
-    Patterns are checked before they are expanded (a pattern outside the roots never lists a
-    folder) and every match again after (a symlink inside a root may point outside).
+    Patterns are checked and resolved before they are expanded (a pattern outside the roots
+    never lists a folder) and every match again after (a symlink inside a root may point
+    outside); the returned config and scenes hold the resolved paths, the ones checked.
+
+    Args:
+        config: The flow's parameter.
+        require_roots: Refuse to run without allowed roots (a flow run from a deployment).
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots, or no roots are set
+            and they are required.
+        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
     """
-    roots = allowed_roots()
+    roots = allowed_roots(required=require_roots)
     check_local_workspace(config.workspace)
-    for entry in config.scenes:
-        for part in entry.split(","):
-            check_path(part.strip(), roots)
+    entries = [
+        ",".join(str(check_path(part.strip(), roots)) for part in entry.split(","))
+        for entry in config.scenes
+    ]
     for ref in config.items:
         if "://" not in ref.stac or storage.is_remote(ref.stac):
             check_path(ref.stac, roots)  # the STAC JSON too, before it is read
-    scenes = expand_scenes(config.scenes, config.predict.nodata, config.items)
-    for scene in scenes:
-        for f in scene.source:
-            check_path(f, roots)
+    scenes = [
+        scene.model_copy(update={"source": [str(check_path(f, roots)) for f in scene.source]})
+        for scene in expand_scenes(entries, config.predict.nodata, config.items)
+    ]
     checked = config.model_copy(
         update={
             "workspace": str(check_path(config.workspace, roots)),
             "model": str(check_path(config.model, roots)),
             "output": str(check_path(config.output, roots)),
+            "scenes": entries,
         }
     )
     return checked, scenes

@@ -178,7 +178,7 @@ def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarr
     data, valid = reader.read(Window(0, top, lx.size, bottom - top))
     x = prepare_window(data, valid, plan.source_stats)
     a, b = ly.centre(j)
-    return x[:, ys - top][:, :, xs], valid[a - top : b - top]
+    return x[:, (ys - top)[:, None], xs], valid[a - top : b - top]  # one gather, one copy
 
 
 def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.ndarray:
@@ -267,6 +267,15 @@ def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str
     }
 
 
+def _streaming_cache(reader: SceneReader, bundle: Bundle, config: PredictConfig) -> Any:
+    """GDAL's block cache for one row of windows read and one block row written."""
+    tile, overlap = resolve_window(bundle.meta, config)
+    rows = tile + 2 * overlap + 2 * geotiff.BLOCK
+    source = reader.count * np.dtype(reader.dtype).itemsize
+    target = int(bundle.meta.out_channels) * np.dtype(bundle.meta.target_dtype).itemsize
+    return geotiff.streaming_cache(reader.grid.width, rows, source + target)
+
+
 def predict_scene(
     bundle: Bundle,
     scene: SceneConfig,
@@ -295,7 +304,10 @@ def predict_scene(
     """
     start = time.perf_counter()
     output = Path(output)
-    with _open_source(scene, bundle, config) as reader:
+    with (
+        _open_source(scene, bundle, config) as reader,
+        _streaming_cache(reader, bundle, config),
+    ):
         plan = _plan(reader, bundle, config, scene.source[0])
         model = Translator(bundle.generator, pick_device(config.device))
         partial, state = geotiff.partial_paths(output)
@@ -317,7 +329,7 @@ def predict_scene(
             log.info("%s: resuming after row %d", output, rows_done)
         sink = geotiff.RowSink(partial, state, job, plan.ly.size, rows_done)
         _run(reader, model, plan, sink, progress)
-    geotiff.finish(partial, output, config.output_format)
+        geotiff.finish(partial, output, config.output_format)
     state.unlink(missing_ok=True)
     return PredictResult(
         output=str(output),

@@ -23,13 +23,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
+from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 #: Side of the output windows the mosaic is built in (a multiple of the GeoTIFF block side).
 WINDOW = 2 * geotiff.BLOCK
+#: Version of the partial-mosaic state format (part of a resumable mosaic's job key).
+MOSAIC_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -242,9 +244,26 @@ def mosaic_scenes(
         for r in natives:
             r.close()
     aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    pixel_bytes = bands * np.dtype(dtype).itemsize * (len(inputs) + 1)
     try:
-        with geotiff.publishing(output, output_format) as work:
-            _write(work, aligned, grid, bands, dtype, float(out_nodata), feather, progress)
+        job = stage_key(
+            "mosaic-scenes",
+            MOSAIC_FORMAT,
+            {"mosaic": config.model_dump(mode="json"), "nodata": float(out_nodata),
+             "feather": feather, "resampling": resampling, "format": output_format},
+            [fingerprint_file(p) for p in inputs],
+        )  # fmt: skip
+        partial, state = geotiff.partial_paths(Path(output))
+        with geotiff.streaming_cache(grid.width, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
+            rows_done = geotiff.rows_on_disk(partial, state, job)
+            if rows_done == 0:
+                Path(output).parent.mkdir(parents=True, exist_ok=True)
+                tags = {"P2P_MOSAIC_INPUTS": str(len(aligned)), "P2P_FEATHER": str(feather)}
+                geotiff.create(partial, grid, bands, dtype, float(out_nodata), tags)
+            sink = geotiff.RowSink(partial, state, job, grid.height, rows_done)
+            _write(sink, aligned, grid, (bands, dtype, float(out_nodata)), feather, progress)
+            geotiff.finish(partial, Path(output), output_format)
+        state.unlink(missing_ok=True)
     finally:
         for r in aligned:
             r.close()
@@ -262,26 +281,27 @@ def mosaic_scenes(
 
 
 def _write(
-    work: Path,
+    sink: geotiff.RowSink,
     aligned: Sequence[SceneReader],
     grid: Grid,
-    bands: int,
-    dtype: str,
-    nodata: float,
+    out: tuple[int, str, float],
     feather: int,
     progress: Callable[[int, int], None] | None,
 ) -> None:
+    """Blend the mosaic strip by strip (WINDOW rows, full width) into `sink`, from the strip
+    holding its first unwritten row: a killed run resumes there, bit-identical."""
+    bands, dtype, nodata = out
     boxes = [(r, _footprint(grid, r)) for r in aligned]
-    cores = [
-        Window(c, r, min(WINDOW, grid.width - c), min(WINDOW, grid.height - r))
-        for r in range(0, grid.height, WINDOW)
-        for c in range(0, grid.width, WINDOW)
-    ]
-    with rasterio.open(work, "w", **geotiff.profile(grid, bands, dtype, nodata)) as dst:
-        dst.update_tags(P2P_MOSAIC_INPUTS=str(len(aligned)), P2P_FEATHER=str(feather))
-        for n, core in enumerate(cores, start=1):
+    per_row = math.ceil(grid.width / WINDOW)
+    total = per_row * math.ceil(grid.height / WINDOW)
+    for row in range(sink.rows_done // WINDOW * WINDOW, grid.height, WINDOW):
+        h = min(WINDOW, grid.height - row)
+        strip = np.full((bands, h, grid.width), nodata, dtype=dtype)
+        for col in range(0, grid.width, WINDOW):
+            core = Window(col, row, min(WINDOW, grid.width - col), h)
             values, valid = _blend_window(boxes, grid, core, feather, bands)
             if valid.any():
-                dst.write(geotiff.to_dtype(values, valid, dtype, nodata), window=core)
-            if progress:
-                progress(n, len(cores))
+                strip[:, :, col : col + core.width] = geotiff.to_dtype(values, valid, dtype, nodata)
+        sink.add(row, strip)
+        if progress:
+            progress(min(total, (row // WINDOW + 1) * per_row), total)

@@ -24,15 +24,20 @@ class Translator:
     Args:
         generator: Module mapping `(N, C_in, h, w)` in [-1, 1] to `(N, C_out, h, w)`.
         device: Where it runs; the module is moved there and put in eval mode.
+        fast: channels_last + autocast; None: on CUDA only. True on CPU (bf16 autocast) runs
+            the GPU's code path there, for tests.
     """
 
-    def __init__(self, generator: torch.nn.Module, device: torch.device) -> None:
+    def __init__(
+        self, generator: torch.nn.Module, device: torch.device, fast: bool | None = None
+    ) -> None:
         self.device = device
         self.cuda = device.type == "cuda"
+        self.fast = self.cuda if fast is None else fast
         self.generator = generator.to(device).eval()
-        if self.cuda:
+        if self.fast:
             self.generator = self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
-        bf16 = self.cuda and torch.cuda.is_bf16_supported()
+        bf16 = not self.cuda or torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
 
     @torch.inference_mode()
@@ -41,7 +46,8 @@ class Translator:
         x = torch.from_numpy(batch)
         if self.cuda:
             x = x.pin_memory().to(self.device, non_blocking=True)
+        if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cuda):
+        with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.fast):
             y = self.generator(x)
         return np.ascontiguousarray(y.float().cpu().numpy())

@@ -26,13 +26,13 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, load_file, save_file
+from safetensors.torch import load, load_file, save
 
 from p2p import __version__
 from p2p.core import storage
 from p2p.core.config import ModelConfig
 from p2p.core.errors import BundleError, InputError
-from p2p.core.fsutil import fsync_dir
+from p2p.core.fsutil import create_temp_dir, fsync_dir, fsync_file
 from p2p.model.networks import UNetGenerator, build_generator
 
 #: 2: optional linear path in the generator (`model.linear_anchor`) and the baselines.
@@ -176,15 +176,16 @@ def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMe
         )
     model_dir.parent.mkdir(parents=True, exist_ok=True)
     # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.core.cache)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
+    tmp = create_temp_dir(model_dir.parent, f".{model_dir.name}.", ".tmp")
     try:
         state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
-        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        record = {**meta.to_dict(), "weights_sha256": _sha256(tmp / WEIGHTS)}
+        # bytes, then a plain write: safetensors' save_file creates its file mode 0600
+        weights = save(state, metadata={"format": "pt"})
+        (tmp / WEIGHTS).write_bytes(weights)
+        record = {**meta.to_dict(), "weights_sha256": hashlib.sha256(weights).hexdigest()}
         (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
         for name in (WEIGHTS, META):
-            with open(tmp / name, "rb") as fh:
-                os.fsync(fh.fileno())
+            fsync_file(tmp / name)
         _swap_in(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -196,7 +197,7 @@ def _swap_in(tmp: Path, final: Path) -> None:
     """Rename folder `tmp` onto `final`; an existing `final` is moved aside, then removed."""
     old = None
     if final.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", suffix=".tmp", dir=final.parent))
+        old = create_temp_dir(final.parent, f".{final.name}.old.", ".tmp")
         os.replace(final, old / final.name)
     os.replace(tmp, final)
     fsync_dir(final.parent)

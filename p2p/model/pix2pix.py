@@ -31,7 +31,9 @@ class Pix2Pix:
     """Everything a step touches: networks, optimizers, schedulers, scaler, device settings.
 
     On CUDA the networks and batches are channels_last and the step runs under autocast
-    (`amp_dtype`); on CPU everything is plain fp32 unless asked otherwise.
+    (`amp_dtype`); on CPU everything is plain fp32 unless asked otherwise (torch runs bf16 and
+    fp16 autocast, the fp16 GradScaler, channels_last and fused Adam on CPU too, which is how
+    the tests exercise the GPU code path without a GPU).
     """
 
     g: UNetGenerator
@@ -175,6 +177,7 @@ def build_pix2pix(
     device: torch.device,
     optimized: bool = True,
     linear_init: tuple[torch.Tensor, torch.Tensor] | None = None,
+    fast_layout: bool | None = None,
 ) -> Pix2Pix:
     """Fresh, seeded networks (N(0, 0.02) init), Adam optimizers, schedulers and scaler.
 
@@ -184,10 +187,12 @@ def build_pix2pix(
         in_ch: Source bands.
         out_ch: Target bands.
         device: Where to train.
-        optimized: On CUDA, channels_last + autocast (`cfg.precision`) + fused Adam. False
-            gives plain fp32 eager everywhere (the benchmark's baseline).
+        optimized: Autocast as `cfg.precision` says, plus `fast_layout`. False gives plain
+            fp32 eager everywhere (the benchmark's baseline).
         linear_init: With `model_cfg.linear_anchor`, the start of the linear path:
             `(out_ch, in_ch)` weight and `(out_ch,)` bias in normalized units (zeros if None).
+        fast_layout: channels_last networks and batches + fused Adam; None: on CUDA only.
+            True on CPU runs the very code a GPU runs (only the device differs).
     """
     torch.manual_seed(cfg.seed)
     m = model_cfg
@@ -198,7 +203,7 @@ def build_pix2pix(
     if g.linear is not None:
         w, b = linear_init or (torch.zeros(out_ch, in_ch), torch.zeros(out_ch))
         g.anchor_at(w, b)
-    cuda_fast = optimized and device.type == "cuda"
+    cuda_fast = optimized and (device.type == "cuda" if fast_layout is None else fast_layout)
     fmt = torch.channels_last if cuda_fast else torch.contiguous_format
     g.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
     d.to(device=device, memory_format=fmt)  # type: ignore[call-overload]

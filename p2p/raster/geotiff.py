@@ -12,7 +12,6 @@ import contextlib
 import logging
 import math
 import os
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -25,7 +24,14 @@ from rio_cogeo.cogeo import cog_translate
 from rio_cogeo.profiles import cog_profiles
 
 from p2p.core.errors import OutputError
-from p2p.core.fsutil import atomic_path, atomic_write_json, fsync_dir, read_json
+from p2p.core.fsutil import (
+    atomic_path,
+    atomic_write_json,
+    create_temp_file,
+    fsync_dir,
+    fsync_file,
+    read_json,
+)
 from p2p.raster import Grid
 
 log = logging.getLogger(__name__)
@@ -34,6 +40,23 @@ log = logging.getLogger(__name__)
 BLOCK = 256
 OutputFormat = Literal["gtiff", "cog"]
 INCOMPLETE = "was not written completely (disk full or I/O error); free space and rerun"
+#: Floor of the GDAL block cache while streaming (bytes).
+MIN_CACHE = 16 << 20
+
+
+def streaming_cache(width: int, rows: int, pixel_bytes: int) -> rasterio.Env:
+    """GDAL settings for streaming rasters through in row bands: a block cache of `rows` rows.
+
+    GDAL's default cache (5% of RAM) keeps the decoded blocks of everything read or written
+    until it is full, so a streaming run's peak memory grows with the scene; the rows that one
+    band of work touches (plus block alignment) are all it needs.
+
+    Args:
+        width: Raster width in pixels.
+        rows: Rows one band of work reads or writes at once, block alignment included.
+        pixel_bytes: Bytes per pixel over every raster read and written together.
+    """
+    return rasterio.Env(GDAL_CACHEMAX=max(MIN_CACHE, rows * width * pixel_bytes))
 
 
 def default_nodata(dtype: str) -> float:
@@ -134,8 +157,10 @@ def write_rows(path: Path, data: np.ndarray, row_off: int) -> None:
     """
     with _writing(path), rasterio.open(path, "r+") as dst:
         dst.write(data, window=Window(0, row_off, data.shape[2], data.shape[1]))
-    with contextlib.suppress(OSError), open(path, "rb+") as fh:
-        os.fsync(fh.fileno())
+    try:
+        fsync_file(path)
+    except OSError as exc:
+        raise OutputError(path, f"{INCOMPLETE} (fsync: {exc.strerror})") from None
     check_written(path, row_off, row_off + data.shape[1])
 
 
@@ -202,9 +227,7 @@ def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]
     it as `final` (converted to a COG when asked). On failure nothing is left behind."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".work.tif", dir=final.parent)
-    os.close(fd)
-    work = Path(name)
+    work = create_temp_file(final.parent, f".{final.name}.", ".work.tif")
     try:
         with _writing(final):
             yield work
