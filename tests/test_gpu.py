@@ -20,7 +20,9 @@ from p2p.model.networks import UNetGenerator
 from p2p.model.pix2pix import build_pix2pix, train_step
 from p2p.model.training import train
 
-MODEL = SimpleNamespace(num_downs=5, ngf=16, ndf=16, n_layers_d=3, norm="batch", dropout=0.0)
+MODEL = ModelConfig(
+    num_downs=5, ngf=16, ndf=16, n_layers_d=3, norm="batch", dropout=0.0, linear_anchor=False
+)
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 
