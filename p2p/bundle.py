@@ -4,6 +4,8 @@
     MODEL_DIR/model.json            format version, architecture, bands, normalization
                                     statistics, target dtype/nodata, chip size, training
                                     summary, metrics, and the weights' sha256
+    MODEL_DIR/model.onnx            optional (`p2p export`): the generator as ONNX; its
+                                    sha256 and the weights it came from are in model.json
 
 The folder is written into a temporary sibling and renamed into place, so a reader never sees
 a half-written bundle. Loading checks the format version, the weights' checksum and their
@@ -17,6 +19,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,6 +36,7 @@ from p2p.models import UNetGenerator
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
 META = "model.json"
+ONNX = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -54,6 +58,8 @@ class BundleMeta:
         chip_size: Chip side the model was trained on, in pixels.
         training: Summary of the run (epochs, config, dataset key, ...).
         metrics: Final validation metrics in target units.
+        onnx: The ONNX export's record (``file``, ``sha256``, ``weights_sha256``, ``opset``,
+            ``multiple``), empty when the bundle has none (see `p2p.onnxbundle`).
         p2p_version: The p2p that wrote the bundle.
         format_version: Bundle layout version (`FORMAT_VERSION` when written).
     """
@@ -71,6 +77,7 @@ class BundleMeta:
     chip_size: int
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
+    onnx: dict[str, Any] = field(default_factory=dict)
     p2p_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -119,7 +126,8 @@ class Bundle:
     path: Path
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 (hex) of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -163,22 +171,38 @@ def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMe
             f"generator maps {generator.in_channels}→{generator.out_channels} bands but meta "
             f"says {meta.in_channels}→{meta.out_channels}"
         )
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.cache)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
-    try:
+
+    def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
         save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
-        record = {**meta.to_dict(), "weights_sha256": _sha256(tmp / WEIGHTS)}
-        (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        for name in (WEIGHTS, META):
-            with open(tmp / name, "rb") as fh:
+        write_meta(tmp, meta, sha256_file(tmp / WEIGHTS))
+
+    write_bundle_folder(model_dir, fill)
+    return model_dir
+
+
+def write_meta(folder: Path, meta: BundleMeta, weights_sha256: str) -> None:
+    """Write `folder/model.json`: `meta` and the checksum of the weights beside it."""
+    record = {**meta.to_dict(), "weights_sha256": weights_sha256}
+    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def write_bundle_folder(model_dir: Path, fill: Callable[[Path], None]) -> None:
+    """Build a bundle folder with `fill(tmp)` in a temporary sibling, flush every file in it,
+    and rename it onto `model_dir` (replacing any earlier one): it appears whole or not at all.
+    """
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the ".tmp" suffix lets a resumed stage sweep what a killed bundle write left (p2p.cache)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
+    try:
+        fill(tmp)
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
                 os.fsync(fh.fileno())
         _swap_in(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return model_dir
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -245,7 +269,7 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
     weights = model_dir / WEIGHTS
     if not weights.is_file():
         raise BundleError(weights, "missing: the bundle has no weights")
-    digest = _sha256(weights)
+    digest = sha256_file(weights)
     if recorded and digest != recorded:
         raise BundleError(
             weights,

@@ -234,6 +234,9 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
     output_format: str = typer.Option("cog", "--format", help="gtiff or cog."),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
+    ),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle."""
 
@@ -252,7 +255,7 @@ def predict(
             config = PredictConfig.model_validate(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
-                 "nodata": nodata}
+                 "nodata": nodata, "runtime": runtime}
             )  # fmt: skip
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -272,6 +275,25 @@ def predict(
             print_json(record)
         else:
             typer.echo(f"wrote {record['output']}")
+
+    guard(body)
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", help="Model bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
+) -> None:
+    """Write the bundle's generator as model.onnx (for `p2p predict --runtime onnx`)."""
+
+    def body() -> None:
+        from p2p.onnxbundle import export_onnx
+
+        path = export_onnx(model)
+        if as_json:
+            print_json({"onnx": str(path), "bytes": path.stat().st_size})
+        else:
+            typer.echo(f"wrote {path}")
 
     guard(body)
 

@@ -171,6 +171,10 @@ class PredictConfig(_Config):
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto picks CUDA when present."
     )
+    runtime: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch, or onnxruntime on the bundle's model.onnx (made by `p2p export`).",
+    )
     nodata: float | None = Field(
         default=None, description="Source nodata overriding the files' (and the bundle's) value."
     )

@@ -36,7 +36,7 @@ from p2p.config import PredictConfig, SceneConfig
 from p2p.errors import ConfigError, InputError
 from p2p.normalization import BandStats, denormalize, normalize
 from p2p.raster import SceneReader
-from p2p.translator import Translator, pick_device
+from p2p.translator import WindowModel, open_translator
 from p2p.windows import AxisLayout, axis_layout, reflect_index
 
 log = logging.getLogger(__name__)
@@ -167,7 +167,7 @@ def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarr
     return x[:, ys - top][:, :, xs], valid[a - top : b - top]
 
 
-def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np.ndarray:
     """Run the windows of one row in fixed batches and blend them across columns.
 
     Returns:
@@ -192,7 +192,7 @@ def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.
 
 
 def _strips(
-    reader: SceneReader, model: Translator, plan: _Plan, first: int, emit: Callable[..., None]
+    reader: SceneReader, model: WindowModel, plan: _Plan, first: int, emit: Callable[..., None]
 ) -> None:
     """Compute strips `first`, `first + 1`, ... and pass each to `emit(index, acc, valid)`,
     with `acc` `(C_out, h, width)` float32 normalized and `valid` `(h, width)` bool."""
@@ -274,7 +274,7 @@ def predict_scene(
     output = Path(output)
     with _open_source(scene, bundle, config) as reader:
         plan = _plan(reader, bundle, config, scene.source[0])
-        model = Translator(bundle.generator, pick_device(config.device))
+        model = open_translator(bundle, config)
         partial, state = geotiff.partial_paths(output)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -312,7 +312,7 @@ def predict_scene(
 
 def _run(
     reader: SceneReader,
-    model: Translator,
+    model: WindowModel,
     plan: _Plan,
     sink: geotiff.RowSink,
     progress: Progress | None,
