@@ -86,7 +86,7 @@ def child(stage: str, ws: str, data: dict[str, Any]) -> float:
     import torch
     from distributed import Client
 
-    from p2p.config import (
+    from p2p.core.config import (
         DaskConfig,
         DatasetConfig,
         ModelConfig,
@@ -95,10 +95,10 @@ def child(stage: str, ws: str, data: dict[str, Any]) -> float:
         TilingConfig,
         TrainConfig,
     )  # fmt: skip
-    from p2p.dataset import dataset_stage
-    from p2p.inference import predict_stage
-    from p2p.pipeline import train_stage
-    from p2p.tiling import tile_stage
+    from p2p.data.dataset import dataset_stage
+    from p2p.data.tiling import tile_stage
+    from p2p.infer.inference import predict_stage
+    from p2p.stages.pipeline import train_stage
 
     torch.set_num_threads(1)
     tiling = TilingConfig(chip_size=64, stride=64, block_chips=2)

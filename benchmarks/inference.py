@@ -33,13 +33,13 @@ import rasterio
 import torch
 from affine import Affine
 
-from p2p.bundle import BundleMeta, load_bundle, write_bundle
-from p2p.config import PredictConfig, SceneConfig
-from p2p.inference import predict_scene
-from p2p.models import UNetGenerator
-from p2p.normalization import BandStats, normalize
-from p2p.translator import Translator, pick_device
-from p2p.windows import AxisLayout, axis_layout
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer.inference import predict_scene
+from p2p.infer.translator import Translator, pick_device
+from p2p.infer.windows import AxisLayout, axis_layout
+from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
+from p2p.model.networks import UNetGenerator
+from p2p.model.normalization import BandStats, normalize
 
 BANDS = 3
 

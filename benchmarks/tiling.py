@@ -7,7 +7,7 @@ band) of `--size`² pixels and times, on the very same files:
   issue's I/O limit); also with `--workers` threads, the decode ceiling of the machine;
 - naive loop: one `rasterio` window read per chip of source and target, each chip pair written
   to Zarr v3 arrays of one chip per chunk with the chip store's codec;
-- p2p tiling: `p2p.tiling.tile_stage` on the same local Dask cluster it starts by default
+- p2p tiling: `p2p.data.tiling.tile_stage` on the same local Dask cluster it starts by default
   (`--processes` for worker processes), writing the chip store (chips, valid masks, index).
 
 Every timed run is a fresh subprocess, so no method profits from another's GDAL block cache;
@@ -42,10 +42,10 @@ from affine import Affine
 from distributed import Client
 from rasterio.windows import Window
 
-from p2p import chipstore
-from p2p.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.dask_client import dask_client
-from p2p.tiling import tile_stage
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.core.dask_client import dask_client
+from p2p.data import chipstore
+from p2p.data.tiling import tile_stage
 
 BLOCK = 256
 METHODS = ("raw", "raw_parallel", "naive", "p2p")
@@ -204,8 +204,8 @@ def report(args: argparse.Namespace, best: dict[str, tuple[float, float]]) -> No
 RSS_CHILD = """
 import re, sys
 from pathlib import Path
-from p2p.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.tiling import tile_stage
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.data.tiling import tile_stage
 if __name__ == "__main__":
     src, tgt, ws, chip, workers = sys.argv[1:6]
     dask = DaskConfig(n_workers=1, threads_per_worker=int(workers))

@@ -1,7 +1,7 @@
 """Throughput of one full Pix2Pix training step (G forward, D step, G step) at 256x256.
 
 Prints samples/s for plain fp32 eager and for p2p's path (`build_pix2pix(optimized=True)`, what
-`p2p.training.train` runs: channels_last + autocast bf16/fp16 + fused Adam on CUDA; on CPU the
+`p2p.model.training.train` runs: channels_last + autocast bf16/fp16 + fused Adam on CUDA; on CPU the
 same fp32 step), side by side in one run, with the device named. On CUDA it also prints MFU:
 FLOPs of one step counted by `torch.utils.flop_counter.FlopCounterMode`, divided by time and
 by `--peak-tflops` (989 = H100 SXM dense BF16).
@@ -26,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2p.pix2pix import Pix2Pix, build_pix2pix, select_device, train_step
+from p2p.model.pix2pix import Pix2Pix, build_pix2pix, select_device, train_step
 
 
 def _args() -> argparse.Namespace:

@@ -12,9 +12,9 @@ from typing import Any
 from prefect import flow, unmapped
 from prefect_dask.task_runners import DaskTaskRunner
 
-from p2p.cache import StageRecord
-from p2p.config import BatchPredictConfig, PredictConfig, SceneConfig
-from p2p.pipeline import checked_batch_config, stage_entry
+from p2p.core.cache import StageRecord
+from p2p.core.config import BatchPredictConfig, PredictConfig, SceneConfig
+from p2p.stages.pipeline import checked_batch_config, stage_entry
 from tasks.common import publish_run, results_storage
 from tasks.mosaic import mosaic
 from tasks.predict import predict_scene

@@ -10,8 +10,8 @@ from prefect import flow
 
 from flows.batch_predict import batch_predict
 from flows.train_pipeline import train_pipeline
-from p2p.demo import demo_batch_config, demo_config, write_demo_scenes
-from p2p.pipeline import stage_entry
+from p2p.app.demo import demo_batch_config, demo_config, write_demo_scenes
+from p2p.stages.pipeline import stage_entry
 from tasks.common import results_storage
 from tasks.report import demo_report
 

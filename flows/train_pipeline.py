@@ -6,9 +6,9 @@ from typing import Any, Literal
 
 from prefect import flow, unmapped
 
-from p2p.cache import StageRecord
-from p2p.config import PipelineConfig
-from p2p.pipeline import checked_pipeline_config, run_record
+from p2p.core.cache import StageRecord
+from p2p.core.config import PipelineConfig
+from p2p.stages.pipeline import checked_pipeline_config, run_record
 from tasks.common import publish_run, results_storage
 from tasks.dataset import assemble_dataset
 from tasks.evaluate import evaluate_model

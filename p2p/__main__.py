@@ -1,6 +1,6 @@
 """`python -m p2p` runs the command line."""
 
-from p2p.cli import app
+from p2p.app.cli import app
 
 if __name__ == "__main__":
     app()

@@ -25,8 +25,8 @@ from prefect.artifacts import (
 from prefect.client.schemas.objects import State
 from prefect.context import TaskRunContext
 
-from p2p.cache import StageRecord, read_manifest, stage_dir
-from p2p.errors import P2PError
+from p2p.core.cache import StageRecord, read_manifest, stage_dir
+from p2p.core.errors import P2PError
 
 #: (stage label, done, total) → None; the CLI sets it to drive its rich progress bars.
 console_progress: ContextVar[Callable[[str, int, int], None] | None] = ContextVar(

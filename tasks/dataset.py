@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from p2p.cache import StageRecord
-from p2p.config import DatasetConfig, TilingConfig
-from p2p.dataset import dataset_stage, dataset_stage_key
+from p2p.core.cache import StageRecord
+from p2p.core.config import DatasetConfig, TilingConfig
+from p2p.data.dataset import dataset_stage, dataset_stage_key
 from tasks.common import publish_record, stage_cache, transient_failure
 
 

@@ -7,10 +7,10 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from p2p.cache import StageRecord
-from p2p.config import PredictConfig
-from p2p.pipeline import evaluate_stage, evaluate_stage_key
-from p2p.report import metrics_markdown
+from p2p.core.cache import StageRecord
+from p2p.core.config import PredictConfig
+from p2p.stages.pipeline import evaluate_stage, evaluate_stage_key
+from p2p.stages.report import metrics_markdown
 from tasks.common import publish_record, stage_cache
 
 

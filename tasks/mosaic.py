@@ -6,11 +6,11 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from p2p.cache import StageRecord
-from p2p.config import MosaicConfig
-from p2p.geotiff import OutputFormat
-from p2p.mosaic import mosaic_stage
-from p2p.pipeline import mosaic_stage_key
+from p2p.core.cache import StageRecord
+from p2p.core.config import MosaicConfig
+from p2p.infer.mosaic import mosaic_stage
+from p2p.raster.geotiff import OutputFormat
+from p2p.stages.pipeline import mosaic_stage_key
 from tasks.common import publish_record, stage_cache, transient_failure
 
 

@@ -6,10 +6,10 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from p2p.cache import StageRecord
-from p2p.config import PredictConfig, SceneConfig
-from p2p.inference import predict_stage
-from p2p.pipeline import predict_stage_key
+from p2p.core.cache import StageRecord
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer.inference import predict_stage
+from p2p.stages.pipeline import predict_stage_key
 from tasks.common import publish_record, stage_cache, transient_failure
 
 

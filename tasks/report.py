@@ -8,9 +8,9 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_image_artifact, create_markdown_artifact
 
-from p2p.cache import StageRecord
-from p2p.demo import DemoScenes, report_stage, report_stage_key
-from p2p.report import deliver_file
+from p2p.app.demo import DemoScenes, report_stage, report_stage_key
+from p2p.core.cache import StageRecord
+from p2p.stages.report import deliver_file
 from tasks.common import publish_record, stage_cache, transient_failure
 
 

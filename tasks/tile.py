@@ -6,9 +6,9 @@ from typing import Any
 
 from prefect import get_run_logger, task
 
-from p2p.cache import StageRecord
-from p2p.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.tiling import tile_stage, tile_stage_key
+from p2p.core.cache import StageRecord
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.data.tiling import tile_stage, tile_stage_key
 from tasks.common import StageProgress, artifact_key, publish_record, stage_cache, transient_failure
 
 

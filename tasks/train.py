@@ -7,11 +7,11 @@ from typing import Any
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 
-from p2p.cache import StageRecord
-from p2p.config import ModelConfig, TrainConfig
-from p2p.pipeline import train_stage, train_stage_key
-from p2p.report import metrics_markdown
-from p2p.training import TrainProgress
+from p2p.core.cache import StageRecord
+from p2p.core.config import ModelConfig, TrainConfig
+from p2p.model.training import TrainProgress
+from p2p.stages.pipeline import train_stage, train_stage_key
+from p2p.stages.report import metrics_markdown
 from tasks.common import StageProgress, publish_record, stage_cache
 
 

@@ -71,7 +71,7 @@ def run(workspace: str, data: dict[str, str]) -> dict[str, Any]:
     import torch
     from distributed import Client
 
-    from p2p.config import (
+    from p2p.core.config import (
         DaskConfig,
         DatasetConfig,
         ModelConfig,
@@ -81,11 +81,11 @@ def run(workspace: str, data: dict[str, str]) -> dict[str, Any]:
         TilingConfig,
         TrainConfig,
     )
-    from p2p.dataset import dataset_stage
-    from p2p.inference import predict_stage
-    from p2p.mosaic import mosaic_stage
-    from p2p.pipeline import train_stage
-    from p2p.tiling import tile_stage
+    from p2p.data.dataset import dataset_stage
+    from p2p.data.tiling import tile_stage
+    from p2p.infer.inference import predict_stage
+    from p2p.infer.mosaic import mosaic_stage
+    from p2p.stages.pipeline import train_stage
 
     torch.set_num_threads(1)
     tiling = TilingConfig(**TILING)

@@ -19,10 +19,10 @@ import torch
 from affine import Affine
 from typer.testing import CliRunner, Result
 
-from p2p.bundle import BundleMeta, write_bundle
-from p2p.cli import app
-from p2p.models import UNetGenerator
-from p2p.normalization import BandStats
+from p2p.app.cli import app
+from p2p.model.bundle import BundleMeta, write_bundle
+from p2p.model.networks import UNetGenerator
+from p2p.model.normalization import BandStats
 from tests.rasters import ramp, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,8 +89,8 @@ def cli(args: Sequence[str]) -> Result:
 def cli_subprocess(
     args: Sequence[str], env: dict[str, str] | None = None, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    """Run `python -m p2p.cli`-equivalent in a fresh process (for kills and Prefect runs)."""
-    code = "import sys; from p2p.cli import app; sys.argv[0] = 'p2p'; app()"
+    """Run `python -m p2p.app.cli`-equivalent in a fresh process (for kills and Prefect runs)."""
+    code = "import sys; from p2p.app.cli import app; sys.argv[0] = 'p2p'; app()"
     return subprocess.run(
         [sys.executable, "-c", code, *map(str, args)],
         capture_output=True,

@@ -9,11 +9,11 @@ import pytest
 from affine import Affine
 from PIL import Image
 
-from p2p import chipstore
-from p2p.arcgis import import_export_tiles
-from p2p.config import DatasetConfig, TilingConfig
-from p2p.dataset import ChipDataset, dataset_stage
-from p2p.errors import InputError
+from p2p.core.config import DatasetConfig, TilingConfig
+from p2p.core.errors import InputError
+from p2p.data import chipstore
+from p2p.data.arcgis import import_export_tiles
+from p2p.data.dataset import ChipDataset, dataset_stage
 from tests.rasters import write_geotiff
 
 TILING = TilingConfig(chip_size=32, stride=32, block_chips=2, min_valid_fraction=0.5)

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from affine import Affine
 
-from p2p.bundle import META, WEIGHTS
+from p2p.model.bundle import META, WEIGHTS
 from tests.faultkit import (
     PREDICT_OPTS,
     UTM,

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from p2p.cache import fingerprint_file, read_manifest, run_stage, stage_key
-from p2p.config import TrainConfig
-from p2p.fsutil import atomic_path, atomic_write_json
+from p2p.core.cache import fingerprint_file, read_manifest, run_stage, stage_key
+from p2p.core.config import TrainConfig
+from p2p.core.fsutil import atomic_path, atomic_write_json
 
 
 def test_key_changes_with_config_version_and_inputs() -> None:

@@ -21,9 +21,9 @@ from tests.faultkit import ROOT, write_scene, write_tiny_bundle
 CHILD = """
 import json, sys, time
 import torch
-from p2p.config import MosaicConfig, PredictConfig, SceneConfig
-from p2p.inference import predict_stage
-from p2p.mosaic import mosaic_stage
+from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
+from p2p.infer.inference import predict_stage
+from p2p.infer.mosaic import mosaic_stage
 torch.set_num_threads(1)
 ws, model, scenes = sys.argv[1], sys.argv[2], sys.argv[3:]
 config = PredictConfig(tile_size=32, overlap=4, batch_size=2, device="cpu", output_format="gtiff")
@@ -104,7 +104,7 @@ def test_overlapping_batches_predict_each_scene_once_and_never_show_partials(
 FLOW_CHILD = """
 import json, sys
 from flows.batch_predict import batch_predict
-from p2p.config import BatchPredictConfig, PredictConfig
+from p2p.core.config import BatchPredictConfig, PredictConfig
 ws, model, output, scenes = sys.argv[1], sys.argv[2], sys.argv[3], sys.argv[4:]
 predict = PredictConfig(tile_size=32, overlap=4, batch_size=2, device="cpu", output_format="gtiff")
 config = BatchPredictConfig(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from p2p.config import PipelineConfig, PredictConfig, SceneConfig, load_config, parse_config
-from p2p.errors import ConfigError
+from p2p.core.config import PipelineConfig, PredictConfig, SceneConfig, load_config, parse_config
+from p2p.core.errors import ConfigError
 
 
 def test_defaults_match_the_paper() -> None:

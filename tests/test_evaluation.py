@@ -11,9 +11,9 @@ import rasterio
 from affine import Affine
 from typer.testing import CliRunner
 
-from p2p.cli import app
-from p2p.errors import AlignmentError, InputError
-from p2p.evaluation import evaluate
+from p2p.app.cli import app
+from p2p.core.errors import AlignmentError, InputError
+from p2p.infer.evaluation import evaluate
 from tests.rasters import write_geotiff
 
 ORIGIN = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)

@@ -27,11 +27,11 @@ import rasterio
 import typer
 from typer.testing import CliRunner
 
-from p2p import chipstore
-from p2p.cache import read_manifest
-from p2p.cli import app, guard
-from p2p.config import PredictConfig, SceneConfig
-from p2p.inference import predict_stage
+from p2p.app.cli import app, guard
+from p2p.core.cache import read_manifest
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.data import chipstore
+from p2p.infer.inference import predict_stage
 from tests.fault_pipeline import write_data
 from tests.faultkit import (
     PREDICT_OPTS,
@@ -224,7 +224,7 @@ def test_really_full_and_read_only_disks(tmp_path: Path, model: Path) -> None:
     scene = write_scene(tmp_path / "scene.tif", height=400, width=300)
     full, ro = tmp_path / "full", tmp_path / "ro"
     full.mkdir(), ro.mkdir()
-    p2p = f"{sys.executable} -c 'from p2p.cli import app; app()'"
+    p2p = f"{sys.executable} -c 'from p2p.app.cli import app; app()'"
     opts = " ".join(PREDICT_OPTS).replace("gtiff", "cog")
     script = (
         f"mount -t tmpfs -o size=96k tmpfs {full} && mount -t tmpfs -o size=96k,ro tmpfs {ro}"

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 import torch
 
-from p2p.models import UNetGenerator
-from p2p.pix2pix import build_pix2pix, train_step
-from p2p.translator import Translator
+from p2p.infer.translator import Translator
+from p2p.model.networks import UNetGenerator
+from p2p.model.pix2pix import build_pix2pix, train_step
 
 pytestmark = pytest.mark.gpu
 

@@ -19,13 +19,13 @@ import torch
 from rio_cogeo.cogeo import cog_validate
 from typer.testing import CliRunner
 
-from p2p.bundle import Bundle, BundleMeta, load_bundle, write_bundle
-from p2p.cli import app
-from p2p.config import PredictConfig, SceneConfig
-from p2p.errors import ConfigError, InputError
-from p2p.inference import predict_scene, predict_stage
-from p2p.models import UNetGenerator
-from p2p.normalization import BandStats, denormalize, normalize
+from p2p.app.cli import app
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.core.errors import ConfigError, InputError
+from p2p.infer.inference import predict_scene, predict_stage
+from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
+from p2p.model.networks import UNetGenerator
+from p2p.model.normalization import BandStats, denormalize, normalize
 from tests.rasters import write_geotiff
 
 SOURCE_STATS = BandStats(mean=(100.0, 50.0), std=(30.0, 20.0), low=(0.0, 0.0), high=(200.0, 100.0))
@@ -201,9 +201,9 @@ def _write_unet_bundle(model_dir: Path) -> None:
 
 RESUME_SCRIPT = """
 import sys, time
-from p2p.bundle import load_bundle
-from p2p.config import PredictConfig, SceneConfig
-from p2p.inference import predict_scene
+from p2p.model.bundle import load_bundle
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer.inference import predict_scene
 config = PredictConfig.model_validate_json(sys.argv[4])
 slow = lambda done, total: time.sleep(0.3)  # a slow model: leaves time to kill mid-scene
 predict_scene(load_bundle(sys.argv[1]), SceneConfig(source=sys.argv[2]), sys.argv[3], config, slow)

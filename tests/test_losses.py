@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from p2p.losses import discriminator_loss, generator_loss, masked_l1
+from p2p.model.losses import discriminator_loss, generator_loss, masked_l1
 
 
 def test_masked_l1_ignores_nodata_pixels_whatever_their_error() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from p2p.metrics import MetricAccumulator
+from p2p.model.metrics import MetricAccumulator
 
 
 def _np_window(size: int = 11, sigma: float = 1.5) -> np.ndarray:

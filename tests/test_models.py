@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from p2p.errors import InputError
-from p2p.models import PatchGANDiscriminator, UNetGenerator, init_weights
+from p2p.core.errors import InputError
+from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, init_weights
 
 
 def _count(module: nn.Module) -> int:

@@ -8,15 +8,16 @@ from pathlib import Path
 
 import pytest
 
-from p2p.bundle import load_bundle
-from p2p.cache import StageRecord
-from p2p.config import BatchPredictConfig, DaskConfig, MosaicConfig
-from p2p.dataset import dataset_stage
-from p2p.demo import DemoScenes, demo_config, write_demo_scenes
-from p2p.errors import InputError, PathNotAllowedError, StageError
-from p2p.inference import predict_stage
-from p2p.mosaic import mosaic_stage
-from p2p.pipeline import (
+from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
+from p2p.core.cache import StageRecord
+from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig
+from p2p.core.errors import InputError, PathNotAllowedError, StageError
+from p2p.data.dataset import dataset_stage
+from p2p.data.tiling import tile_stage
+from p2p.infer.inference import predict_stage
+from p2p.infer.mosaic import mosaic_stage
+from p2p.model.bundle import load_bundle
+from p2p.stages.pipeline import (
     checked_batch_config,
     evaluate_stage,
     expand_scenes,
@@ -26,8 +27,7 @@ from p2p.pipeline import (
     train_stage,
     train_stage_key,
 )
-from p2p.report import deliver_file
-from p2p.tiling import tile_stage
+from p2p.stages.report import deliver_file
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ from affine import Affine
 from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
-from p2p.errors import AlignmentError, InputError
+from p2p.core.errors import AlignmentError, InputError
 from p2p.raster import Grid, SceneReader, open_aligned, open_scene
 from tests.rasters import ramp, write_geotiff
 

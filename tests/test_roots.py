@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from p2p.errors import PathNotAllowedError
-from p2p.roots import allowed_roots, check_path
+from p2p.core.errors import PathNotAllowedError
+from p2p.core.roots import allowed_roots, check_path
 
 
 def test_unset_means_no_restriction(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

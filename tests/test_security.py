@@ -12,12 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from p2p.bundle import META, WEIGHTS, load_bundle
-from p2p.checkpoint import load_newest
-from p2p.config import BatchPredictConfig, ModelConfig, PipelineConfig, SceneConfig
-from p2p.errors import BundleError, CheckpointError, PathNotAllowedError
-from p2p.pipeline import checked_batch_config, checked_pipeline_config
-from p2p.training import load_generator
+from p2p.core.config import BatchPredictConfig, ModelConfig, PipelineConfig, SceneConfig
+from p2p.core.errors import BundleError, CheckpointError, PathNotAllowedError
+from p2p.model.bundle import META, WEIGHTS, load_bundle
+from p2p.model.checkpoint import load_newest
+from p2p.model.training import load_generator
+from p2p.stages.pipeline import checked_batch_config, checked_pipeline_config
 from tests.faultkit import (
     PREDICT_OPTS,
     ROOT,
@@ -68,7 +68,7 @@ def test_malicious_checkpoint_is_skipped_on_resume(
 ) -> None:
     marker = tmp_path / "pwned"
     path = _malicious_pickle(tmp_path / "checkpoints" / "epoch_0001.pt", marker)
-    with caplog.at_level(logging.WARNING, logger="p2p.checkpoint"):
+    with caplog.at_level(logging.WARNING, logger="p2p.model.checkpoint"):
         assert load_newest(tmp_path / "checkpoints") is None
     assert not marker.exists()
     assert any(

@@ -17,11 +17,11 @@ from distributed import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p import chipstore
-from p2p.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.dask_client import dask_client
-from p2p.errors import P2PError
-from p2p.tiling import ChipGrid, tile_stage
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.core.dask_client import dask_client
+from p2p.core.errors import P2PError
+from p2p.data import chipstore
+from p2p.data.tiling import ChipGrid, tile_stage
 from tests.rasters import ramp, write_geotiff
 
 UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)
@@ -142,8 +142,8 @@ def test_tiling_on_its_own_cluster_and_on_worker_processes(tmp_path: Path) -> No
 KILL_SCRIPT = """
 import sys, time
 from distributed import Client, LocalCluster
-from p2p.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.tiling import tile_stage
+from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.data.tiling import tile_stage
 scene = SceneConfig.model_validate_json(sys.argv[2])
 tiling = TilingConfig.model_validate_json(sys.argv[3])
 if __name__ == "__main__":

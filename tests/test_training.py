@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -11,16 +12,18 @@ from pathlib import Path
 
 import pytest
 import torch
+from synthetic import SyntheticPairs, target_function
 
-from p2p.augment import augment_pair, dihedral
-from p2p.config import ModelConfig, TrainConfig
-from p2p.errors import CheckpointError, InputError
-from p2p.metrics import MetricAccumulator
-from p2p.normalization import denormalize
-from p2p.pix2pix import lr_factor
-from p2p.synthetic import SyntheticPairs, target_function
-from p2p.training import TrainProgress, iter_metrics, load_generator, train
+from p2p.core.config import ModelConfig, TrainConfig
+from p2p.core.errors import CheckpointError, InputError
+from p2p.model.augment import augment_pair, dihedral
+from p2p.model.metrics import MetricAccumulator
+from p2p.model.normalization import denormalize
+from p2p.model.pix2pix import lr_factor
+from p2p.model.training import TrainProgress, iter_metrics, load_generator, train
 
+# The children import `synthetic` (test-only code in tests/).
+TESTS_ON_PATH = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}
 TINY = ModelConfig(num_downs=4, ngf=8, ndf=8)
 
 # Trains a tiny model in a fresh process; with KILL_AT="epoch:step" it SIGKILLs itself from
@@ -30,9 +33,9 @@ CHILD = textwrap.dedent(
     import os, signal, sys
     from pathlib import Path
     import torch
-    from p2p.config import ModelConfig, TrainConfig
-    from p2p.synthetic import SyntheticPairs
-    from p2p.training import train
+    from p2p.core.config import ModelConfig, TrainConfig
+    from synthetic import SyntheticPairs
+    from p2p.model.training import train
 
     torch.set_num_threads(1)
     out, kill_at = Path(sys.argv[1]), sys.argv[2]
@@ -55,6 +58,7 @@ def _child(out: Path, kill_at: str = "never") -> subprocess.CompletedProcess[str
         capture_output=True,
         text=True,
         timeout=300,
+        env=TESTS_ON_PATH,
     )
 
 
@@ -223,20 +227,23 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
             raise SystemExit("the block does not work")
         except ModuleNotFoundError:
             pass
-        import p2p.training, p2p.models, p2p.losses, p2p.metrics, p2p.synthetic
+        import p2p.model.training, p2p.model.networks, p2p.model.losses, p2p.model.metrics
+        import synthetic
         from pathlib import Path
-        from p2p.synthetic import SyntheticPairs
+        from synthetic import SyntheticPairs
         model = NS(num_downs=4, ngf=4, ndf=4, n_layers_d=2, norm="batch", dropout=0.0)
         cfg = NS(epochs=1, epochs_decay=0, batch_size=2, lr=2e-4, beta1=0.5, lambda_l1=100.0,
                  device="cpu", precision="auto", seed=0, num_workers=0, preview_chips=1)
         data = SyntheticPairs(2, size=16, in_bands=2, out_bands=1)
-        r = p2p.training.train(data, data, model, cfg, Path({str(tmp_path)!r}),
+        r = p2p.model.training.train(data, data, model, cfg, Path({str(tmp_path)!r}),
                                SyntheticPairs.stats(1))
         assert r.epochs_done == 1
         print("ok")
         """
     )
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=TESTS_ON_PATH
+    )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
     assert (tmp_path / "previews" / "epoch_0001.png").exists()

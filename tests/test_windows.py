@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p.windows import AxisLayout, axis_layout, reflect_index
+from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
 
 
 @st.composite

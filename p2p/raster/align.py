@@ -14,7 +14,7 @@ from pathlib import Path
 
 from rasterio.warp import transform_bounds
 
-from p2p.errors import AlignmentError
+from p2p.core.errors import AlignmentError
 from p2p.raster.scene import Grid, SceneReader
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")

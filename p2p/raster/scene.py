@@ -31,7 +31,7 @@ from rasterio.io import DatasetReader
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from p2p.errors import InputError
+from p2p.core.errors import InputError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Application: the command line, console progress, the demo world."""

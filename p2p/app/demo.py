@@ -1,0 +1,218 @@
+"""The demo: synthetic paired scenes (satellite RGB → map) on a UTM grid, configs sized for two
+CPU cores, and the held-out report (input | prediction | target and a metrics table).
+
+Scenes are windows of one procedural world (`p2p.app.demo_world`), so overlapping scenes agree
+pixel for pixel. No Prefect here: `flows/demo.py` composes these with the flows.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from rasterio.transform import Affine
+
+from p2p.app.demo_world import (
+    ORIGIN,
+    PIXEL_M,
+    make_world,
+    render_map,
+    render_satellite,
+    write_geotiff,
+)
+from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
+from p2p.core.config import (
+    BatchPredictConfig,
+    DaskConfig,
+    DatasetConfig,
+    ModelConfig,
+    PipelineConfig,
+    PredictConfig,
+    SceneConfig,
+    TilingConfig,
+    TrainConfig,
+)
+from p2p.core.fsutil import atomic_write_text
+from p2p.infer.evaluation import evaluate
+from p2p.stages.report import comparison_png, deliver_file, metrics_markdown, read_display
+
+log = logging.getLogger(__name__)
+
+DEMO_EPOCHS = 40
+DEMO_SEED = 5
+REPORT_VERSION = 1
+
+Window = tuple[int, int, int, int]  # row, col, height, width in world pixels
+
+
+@dataclass(frozen=True)
+class DemoScenes:
+    """The demo's files: training pairs, two overlapping held-out pairs, and their union."""
+
+    train: list[SceneConfig]
+    held_out: list[SceneConfig]
+    union_source: str
+    union_target: str
+
+
+def layout(scene: int) -> tuple[tuple[int, int], list[Window], list[Window], Window]:
+    """World size, three training windows side by side, and below them (after a gap) two
+    held-out windows that overlap each other by a third of a scene, plus their union."""
+    gap = max(16, scene // 6)
+    row = scene + gap
+    a, b = scene // 2, scene // 2 + (2 * scene) // 3
+    train = [(0, i * scene, scene, scene) for i in range(3)]
+    held = [(row, a, scene, scene), (row, b, scene, scene)]
+    return (2 * scene + gap, 3 * scene), train, held, (row, a, scene, b + scene - a)
+
+
+def _crop(data: NDArray[np.uint8], window: Window) -> NDArray[np.uint8]:
+    r, c, h, w = window
+    return np.ascontiguousarray(data[:, r : r + h, c : c + w])
+
+
+def _window_transform(window: Window) -> Affine:
+    r, c = window[0], window[1]
+    return Affine(PIXEL_M, 0.0, ORIGIN[0] + c * PIXEL_M, 0.0, -PIXEL_M, ORIGIN[1] - r * PIXEL_M)
+
+
+def write_demo_scenes(
+    folder: str | Path, scene_size: int = 384, seed: int = DEMO_SEED
+) -> DemoScenes:
+    """Render the demo world and write its scenes as GeoTIFFs (satellite RGB + map RGB).
+
+    Files that a previous call finished (marked by ``scenes.done``) are kept untouched, so
+    their fingerprints, and every stage cached on them, stay valid.
+
+    Args:
+        folder: Where the GeoTIFFs go.
+        scene_size: Scene side in pixels (2 m pixels, so 384 px ≈ 770 m).
+        seed: World seed.
+    """
+    folder = Path(folder)
+    (world_h, world_w), train_w, held_w, union_w = layout(scene_size)
+    names = [f"train_{i + 1}" for i in range(len(train_w))] + ["heldout_a", "heldout_b"]
+    windows = [*train_w, *held_w, union_w]
+    done = folder / f"scenes-{scene_size}-{seed}.done"
+    if not done.is_file():
+        log.info("rendering a %dx%d demo world into %s", world_w, world_h, folder)
+        world = make_world(world_h, world_w, seed)
+        image, target = render_satellite(world, seed), render_map(world)
+        for name, window in zip([*names, "heldout_union"], windows, strict=True):
+            for suffix, data in (("image", image), ("map", target)):
+                path = folder / f"{name}_{suffix}.tif"
+                bands = tuple(f"{suffix}_{c}" for c in ("red", "green", "blue"))
+                write_geotiff(path, _crop(data, window), _window_transform(window), bands)
+        done.write_text("complete\n")
+    scenes = [
+        SceneConfig(
+            source=[str(folder / f"{n}_image.tif")], target=[str(folder / f"{n}_map.tif")], name=n
+        )
+        for n in names
+    ]
+    return DemoScenes(
+        train=scenes[: len(train_w)],
+        held_out=scenes[len(train_w) :],
+        union_source=str(folder / "heldout_union_image.tif"),
+        union_target=str(folder / "heldout_union_map.tif"),
+    )
+
+
+# --- the demo's configs and report --------------------------------------------------------
+
+
+def demo_config(
+    workspace: str | Path, scenes: list[SceneConfig], quick: bool = False
+) -> PipelineConfig:
+    """A pipeline config sized to train in a few minutes on two CPU cores.
+
+    Args:
+        workspace: Workspace root.
+        scenes: The training scene pairs.
+        quick: A much smaller run (for tests): tiny model, two epochs.
+    """
+    chip = 32 if quick else 64
+    return PipelineConfig(
+        workspace=str(workspace),
+        scenes=scenes,
+        tiling=TilingConfig(chip_size=chip, stride=chip // 2, block_chips=4),
+        dataset=DatasetConfig(val_fraction=0.15, split_block_chips=4 if quick else 3),
+        model=ModelConfig(
+            num_downs=5 if quick else 6,
+            ngf=4 if quick else 16,
+            ndf=8 if quick else 16,
+            n_layers_d=2,
+        ),
+        train=TrainConfig(
+            epochs=1 if quick else DEMO_EPOCHS,
+            epochs_decay=1 if quick else DEMO_EPOCHS // 2,
+            batch_size=8,
+            lr=2e-4 if quick else 5e-4,
+            lambda_l1=100.0,
+            device="cpu",
+            preview_chips=4,
+        ),
+        predict=PredictConfig(tile_size=chip * 2, overlap=chip // 4, batch_size=8, device="cpu"),
+        dask=DaskConfig(n_workers=1, threads_per_worker=2),
+    )
+
+
+def demo_batch_config(
+    workspace: str | Path, model: str, data: DemoScenes, quick: bool = False
+) -> BatchPredictConfig:
+    """Predict the two held-out scenes with `model` into ``{workspace}/heldout_mosaic.tif``."""
+    chip = 32 if quick else 64
+    return BatchPredictConfig(
+        workspace=str(workspace),
+        model=model,
+        scenes=[s.source[0] for s in data.held_out],
+        output=str(Path(workspace) / "heldout_mosaic.tif"),
+        predict=PredictConfig(
+            tile_size=chip * 2, overlap=chip // 4, batch_size=8, device="cpu", output_format="gtiff"
+        ),
+        dask=DaskConfig(n_workers=1, threads_per_worker=2),
+    )
+
+
+def _report_inputs(mosaic: str, data: DemoScenes) -> list[str]:
+    return [fingerprint_file(p) for p in (mosaic, data.union_source, data.union_target)]
+
+
+def report_stage_key(mosaic: str, data: DemoScenes) -> str:
+    """The report stage's cache key (also the Prefect task's)."""
+    return stage_key("report", REPORT_VERSION, {"bands": 3}, _report_inputs(mosaic, data))
+
+
+def report_stage(workspace: str | Path, mosaic: str, data: DemoScenes) -> StageRecord:
+    """Evaluate the held-out mosaic against its map and draw input | prediction | target.
+
+    Writes ``report.png`` and ``report.md`` into the stage folder and copies both to the
+    workspace root; cached on the mosaic's and the references' fingerprints.
+    """
+    inputs = _report_inputs(mosaic, data)
+
+    def build(folder: Path) -> dict[str, Any]:
+        metrics = evaluate(mosaic, data.union_target)
+        panels = [
+            ("input (satellite)", read_display(data.union_source)),
+            ("prediction", read_display(mosaic)),
+            ("target (map)", read_display(data.union_target)),
+        ]
+        comparison_png(folder / "report.png", panels)
+        table = metrics_markdown(metrics, ["red", "green", "blue"])
+        text = (
+            "# p2p demo: held-out mosaic\n\n![input | prediction | target](report.png)\n\n"
+            f"Two overlapping held-out scenes, predicted and mosaicked: `{mosaic}`.\n\n"
+            f"Metrics against the map (8-bit units; PSNR in dB):\n\n{table}\n"
+        )
+        atomic_write_text(folder / "report.md", text)
+        return {"metrics": metrics}
+
+    record = run_stage(workspace, "report", REPORT_VERSION, {"bands": 3}, inputs, build)
+    for name in ("report.png", "report.md"):  # the workspace root holds the latest report
+        deliver_file(Path(record.path) / name, Path(workspace) / name)
+    return record

@@ -1,0 +1,1 @@
+"""Core: configuration, the stage cache, errors, atomic file writes, allowed roots, Dask client."""

@@ -1,0 +1,176 @@
+"""Stage keys, manifests and locks: how every stage caches and resumes its artifacts.
+
+A stage's key is the sha256 of its name, format version, config and input fingerprints. Its
+artifacts live in ``{workspace}/{stage}/{key}/``; ``manifest.json`` is written there last and
+atomically. A folder with a manifest is finished and returned at once; a folder without one is
+unfinished and the stage resumes it. Concurrent runs take a per-key file lock.
+
+The same `stage_key` feeds the Prefect tasks' ``cache_key_fn``, so Prefect and p2p agree on
+what is cached, while the manifest stays the source of truth.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import re
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from filelock import FileLock
+from pydantic import BaseModel, ConfigDict, Field
+
+from p2p.core.fsutil import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+
+MANIFEST = "manifest.json"
+KEY_LENGTH = 16
+TEMP_NAME = re.compile(r"\..+\.[^.]+\.tmp(\.\w+)?")
+
+
+class StageRecord(BaseModel):
+    """What a stage returns: where its artifacts are and a small summary (never arrays)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stage: str = Field(description="Stage name, e.g. 'tile'.")
+    key: str = Field(description="Stage key (hex), also the artifact folder's name.")
+    path: str = Field(description="Artifact folder.")
+    cached: bool = Field(description="True when a finished manifest was found and reused.")
+    seconds: float = Field(description="Wall time of this call.")
+    summary: dict[str, Any] = Field(default_factory=dict, description="Counts, metrics, paths.")
+
+
+def fingerprint_file(path: str | Path, strict: bool = False) -> str:
+    """Fingerprint a user file: resolved path + size + mtime, or a content hash when `strict`."""
+    p = Path(path).resolve()
+    st = p.stat()
+    if strict:
+        digest = hashlib.sha256()
+        with open(p, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return f"sha256:{digest.hexdigest()}"
+    return f"{p}:{st.st_size}:{st.st_mtime_ns}"
+
+
+def _canonical(obj: Any) -> Any:
+    if isinstance(obj, BaseModel):
+        return obj.model_dump(mode="json")
+    return obj
+
+
+def stage_key(stage: str, version: int, config: Any = None, inputs: Sequence[str] = ()) -> str:
+    """Return the cache key of a stage run.
+
+    Args:
+        stage: Stage name.
+        version: The stage's artifact format version; bump it when the format changes.
+        config: The stage's config (a pydantic model or JSON-able value).
+        inputs: Fingerprints of the inputs: upstream stage keys or `fingerprint_file` values.
+    """
+    payload = json.dumps(
+        {"stage": stage, "version": version, "config": _canonical(config), "inputs": list(inputs)},
+        sort_keys=True,
+        separators=(",", ":"),
+        default=str,
+    )
+    return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
+
+
+def stage_dir(workspace: str | Path, stage: str, key: str) -> Path:
+    """The artifact folder of a stage run."""
+    return Path(workspace) / stage / key
+
+
+def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+    """The manifest of a finished stage folder, or None when the folder is unfinished."""
+    path = Path(folder) / MANIFEST
+    if not path.is_file():
+        return None
+    data = read_json(path)
+    return data if isinstance(data, dict) else None
+
+
+def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+    """Write the manifest last and atomically: from now on the folder counts as finished."""
+    atomic_write_json(Path(folder) / MANIFEST, manifest)
+
+
+def stage_lock(folder: str | Path) -> FileLock:
+    """A file lock for one stage key, held while the stage builds its folder."""
+    folder = Path(folder)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder.parent / f".{folder.name}.lock"))
+
+
+def _sweep_temporaries(folder: Path) -> None:
+    """Delete temporary files and folders a killed writer left (`p2p.core.fsutil.atomic_path` and
+    `p2p.model.bundle` name them ``.NAME.<random>.tmp[.ext]``). Safe: the caller holds the stage
+    lock, so no writer is live."""
+    for path in sorted(folder.rglob(".*.tmp*")):
+        if not TEMP_NAME.fullmatch(path.name) or not path.exists():
+            continue  # not ours, or inside a temporary folder removed just before
+        log.info("removing a killed run's temporary %s", path)
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+
+
+def run_stage(
+    workspace: str | Path,
+    stage: str,
+    version: int,
+    config: Any,
+    inputs: Sequence[str],
+    build: Callable[[Path], dict[str, Any]],
+) -> StageRecord:
+    """Run a stage once per key: return a finished folder at once, else build or resume it.
+
+    Args:
+        workspace: Workspace root.
+        stage: Stage name.
+        version: Stage format version.
+        config: Stage config, part of the key.
+        inputs: Input fingerprints, part of the key.
+        build: Called with the (possibly partly filled) artifact folder; must resume what is
+            there and return the JSON-able summary stored in the manifest.
+    """
+    start = time.perf_counter()
+    key = stage_key(stage, version, config, inputs)
+    folder = stage_dir(workspace, stage, key)
+    with stage_lock(folder):
+        manifest = read_manifest(folder)
+        cached = manifest is not None
+        if manifest is None:
+            folder.mkdir(parents=True, exist_ok=True)
+            _sweep_temporaries(folder)
+            log.info("%s: building %s", stage, folder)
+            summary = build(folder)
+            manifest = {
+                "stage": stage,
+                "version": version,
+                "key": key,
+                "config": _canonical(config),
+                "inputs": list(inputs),
+                "summary": summary,
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+                "seconds": round(time.perf_counter() - start, 3),
+            }
+            write_manifest(folder, manifest)
+        else:
+            log.info("%s: cached at %s", stage, folder)
+    return StageRecord(
+        stage=stage,
+        key=key,
+        path=str(folder),
+        cached=cached,
+        seconds=round(time.perf_counter() - start, 3),
+        summary=manifest.get("summary", {}),
+    )

@@ -1,0 +1,289 @@
+"""Stage `dataset`: filter chips, split train/val spatially, and compute band statistics.
+
+Chips under `min_valid_fraction` are dropped. The split assigns whole blocks of
+`split_block_chips` x `split_block_chips` chip positions (per scene) to train or val, seeded;
+a chip whose footprint reaches into a block of the other side is dropped too, so with
+overlapping chips no pixel is seen by both sides. Band statistics come from the valid pixels
+of the train split only, streamed chip batch by chip batch (see `p2p.data.bandstats`).
+
+`ChipDataset` is the torch view of a finished dataset folder.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+import torch
+from torch.utils.data import Dataset
+
+from p2p.core.cache import StageRecord, read_manifest, run_stage, stage_key
+from p2p.core.config import DatasetConfig, TilingConfig
+from p2p.core.errors import StageError
+from p2p.core.fsutil import atomic_write_json, read_json
+from p2p.data import chipstore
+from p2p.data.bandstats import StatsAccumulator
+from p2p.model.normalization import BandStats, normalize
+
+log = logging.getLogger(__name__)
+
+DATASET_VERSION = 1
+SPLIT = "split.json"
+STATS = "stats.json"
+BATCH_CHIPS = 64
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def _tile_info(tile_dir: str | Path) -> tuple[str, dict[str, Any]]:
+    """The key and meta of a finished tile-stage folder."""
+    manifest = read_manifest(tile_dir)
+    if manifest is None:
+        raise StageError(tile_dir, "not a finished tile stage (no manifest.json); run tiling first")
+    return str(manifest["key"]), chipstore.read_meta(tile_dir)
+
+
+def _check_compatible(tile_dirs: Sequence[str], metas: list[dict[str, Any]]) -> None:
+    first = metas[0]
+    for path, meta in zip(tile_dirs[1:], metas[1:], strict=True):
+        for side in ("source", "target"):
+            a, b = first[side], meta[side]
+            if (a["count"], a["dtype"]) != (b["count"], b["dtype"]):
+                raise StageError(
+                    path,
+                    f"{side} has {b['count']} {b['dtype']} band(s) but {tile_dirs[0]} has "
+                    f"{a['count']} {a['dtype']}; all scenes of a dataset must match",
+                )
+        if meta["chip_size"] != first["chip_size"]:
+            raise StageError(path, f"chip_size {meta['chip_size']} != {first['chip_size']}")
+
+
+def spatial_split(
+    index: pd.DataFrame, chip_size: int, stride: int, config: DatasetConfig
+) -> pd.DataFrame:
+    """Assign chips to train/val by spatial blocks; drop chips straddling the two sides.
+
+    Args:
+        index: Chips with columns ``tile`` (scene number), ``x0``, ``y0`` (pixel offsets).
+        chip_size: Chip side in pixels.
+        stride: Chip step in pixels; a block spans ``split_block_chips * stride`` pixels.
+        config: Split settings.
+
+    Returns:
+        `index` restricted to kept chips with a ``split`` column ("train" or "val").
+    """
+    span = config.split_block_chips * stride
+    home = list(zip(index["tile"], index["y0"] // span, index["x0"] // span, strict=True))
+    blocks = sorted(set(home))
+    order = np.random.default_rng(config.seed).permutation(len(blocks))
+    n_val = round(config.val_fraction * len(blocks))
+    if config.val_fraction > 0 and len(blocks) >= 2:
+        n_val = min(max(n_val, 1), len(blocks) - 1)
+    side = {blocks[k]: ("val" if rank < n_val else "train") for rank, k in enumerate(order)}
+    keep: list[bool] = []
+    labels: list[str] = []
+    for t, y0, x0 in zip(index["tile"], index["y0"], index["x0"], strict=True):
+        touched = {
+            side[(t, by, bx)]
+            for by in range(y0 // span, (y0 + chip_size - 1) // span + 1)
+            for bx in range(x0 // span, (x0 + chip_size - 1) // span + 1)
+            if (t, by, bx) in side
+        }
+        keep.append(len(touched) == 1)
+        labels.append(touched.pop() if len(touched) == 1 else "")
+    out = index.assign(split=labels)[keep]
+    dropped = len(index) - len(out)
+    if dropped:
+        log.info("split: dropped %d chips overlapping both sides", dropped)
+    return out.reset_index(drop=True)
+
+
+def compute_stats(
+    tile_dirs: Sequence[str], train: pd.DataFrame, metas: list[dict[str, Any]]
+) -> tuple[BandStats, BandStats]:
+    """Per-band statistics of source and target over valid pixels of the train chips."""
+    meta = metas[0]
+    acc = {
+        side: StatsAccumulator(meta[side]["count"], meta[side]["dtype"])
+        for side in ("source", "target")
+    }
+    for pass_no in range(max(a.passes for a in acc.values())):
+        for t, chips in train.groupby("tile", sort=True):
+            arrays = chipstore.open_arrays(tile_dirs[int(str(t))])
+            slots = np.sort(chips["chip"].to_numpy())
+            for lo in range(0, len(slots), BATCH_CHIPS):
+                batch = slots[lo : lo + BATCH_CHIPS]
+                valid = arrays["valid"].oindex[batch]
+                for side, a in acc.items():
+                    if pass_no < a.passes:
+                        a.update(arrays[side].oindex[batch], valid, pass_no)
+    return acc["source"].result(), acc["target"].result()
+
+
+def dataset_stage_config(config: DatasetConfig, tiling: TilingConfig) -> dict[str, Any]:
+    """The config part of the dataset stage's key (only tiling's chip filter matters here)."""
+    return {
+        "dataset": config.model_dump(mode="json"),
+        "min_valid_fraction": tiling.min_valid_fraction,
+    }
+
+
+def dataset_stage_key(tile_dirs: Sequence[str], config: DatasetConfig, tiling: TilingConfig) -> str:
+    """The dataset stage's cache key (also usable as a Prefect `cache_key_fn`)."""
+    keys = [_tile_info(d)[0] for d in tile_dirs]
+    return stage_key("dataset", DATASET_VERSION, dataset_stage_config(config, tiling), keys)
+
+
+def dataset_stage(
+    workspace: str | Path,
+    tile_dirs: Sequence[str],
+    config: DatasetConfig,
+    tiling: TilingConfig,
+) -> StageRecord:
+    """Build ``{workspace}/dataset/{key}/`` (split.json, stats.json) from tile-stage folders.
+
+    Returns:
+        The stage record; summary holds n_train, n_val, band names, dtypes, nodata, chip_size
+        and the tile folders.
+
+    Raises:
+        StageError: a folder is not a finished tile stage, scenes disagree in bands or chip
+            size, or no chip passes `min_valid_fraction`.
+    """
+    tile_dirs = [str(Path(d).resolve()) for d in tile_dirs]
+    if not tile_dirs:
+        raise StageError("dataset", "no tile folders given")
+    infos = [_tile_info(d) for d in tile_dirs]
+    keys, metas = [k for k, _ in infos], [m for _, m in infos]
+    _check_compatible(tile_dirs, metas)
+
+    def build(folder: Path) -> dict[str, Any]:
+        frames = [chipstore.read_index(d).assign(tile=t) for t, d in enumerate(tile_dirs)]
+        index = pd.concat(frames, ignore_index=True)
+        kept = index[index["valid_fraction"] >= tiling.min_valid_fraction]
+        if kept.empty:
+            raise StageError(
+                tile_dirs[0],
+                f"no chip has valid_fraction >= {tiling.min_valid_fraction} "
+                f"(of {len(index)} chips); lower tiling.min_valid_fraction or check nodata",
+            )
+        split = spatial_split(kept, metas[0]["chip_size"], metas[0]["stride"], config)
+        train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+        source, target = compute_stats(tile_dirs, train, metas)
+        atomic_write_json(folder / STATS, {"source": source.to_dict(), "target": target.to_dict()})
+        atomic_write_json(
+            folder / SPLIT,
+            {
+                "tiles": [{"path": d, "key": k} for d, k in zip(tile_dirs, keys, strict=True)],
+                "train": train[["tile", "chip"]].to_numpy().tolist(),
+                "val": val[["tile", "chip"]].to_numpy().tolist(),
+                "dropped_low_valid": len(index) - len(kept),
+                "dropped_straddling": len(kept) - len(split),
+            },
+        )
+        return _summary(metas[0], len(train), len(val), tile_dirs)
+
+    return run_stage(
+        workspace, "dataset", DATASET_VERSION, dataset_stage_config(config, tiling), keys, build
+    )
+
+
+def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -> dict[str, Any]:
+    return {
+        "n_train": n_train,
+        "n_val": n_val,
+        **chipstore.sides_summary(meta),
+        "chip_size": meta["chip_size"],
+        "tile_dirs": tiles,
+    }
+
+
+def load_stats(dataset_dir: str | Path) -> tuple[BandStats, BandStats]:
+    """The (source, target) band statistics of a dataset folder."""
+    path = Path(dataset_dir) / STATS
+    if not path.is_file():
+        raise StageError(dataset_dir, "no stats.json: not a finished dataset stage")
+    data = read_json(path)
+    return BandStats.from_dict(data["source"]), BandStats.from_dict(data["target"])
+
+
+def _tile_path(dataset_dir: Path, entry: dict[str, str]) -> str:
+    """A tile folder recorded in split.json; found beside the dataset when the workspace moved."""
+    if Path(entry["path"]).is_dir():
+        return entry["path"]
+    return str(dataset_dir.parent.parent / "tile" / entry["key"])
+
+
+class ChipDataset(Dataset[Sample]):
+    """Paired chips of one split, normalized with the train statistics.
+
+    Each item is ``(source (Cs, S, S), target (Ct, S, S), valid (1, S, S))``, all float32:
+    source and target in [-1, 1] with invalid pixels set to 0, valid as 0/1. Chips are read one
+    at a time from the Zarr stores, which are opened lazily in each process, so the dataset is
+    safe with DataLoader workers and never loads a whole store.
+
+    Args:
+        dataset_dir: A finished dataset-stage folder.
+        split: "train" or "val".
+        augment: Apply the same random flip/rot90 to source, target and valid.
+        seed: Seed of the augmentation; the draw depends on (seed, epoch, index) only.
+    """
+
+    def __init__(
+        self,
+        dataset_dir: str | Path,
+        split: Literal["train", "val"],
+        augment: bool = False,
+        seed: int = 0,
+    ) -> None:
+        self.dataset_dir = Path(dataset_dir)
+        info = read_json(self.dataset_dir / SPLIT)
+        self.tile_dirs = [_tile_path(self.dataset_dir, e) for e in info["tiles"]]
+        self.items = np.asarray(info[split], dtype=np.int64).reshape(-1, 2)
+        self.source_stats, self.target_stats = load_stats(self.dataset_dir)
+        meta = chipstore.read_meta(self.tile_dirs[0])
+        self.source_bands: list[str] = meta["source"]["band_names"]
+        self.target_bands: list[str] = meta["target"]["band_names"]
+        self.chip_size: int = meta["chip_size"]
+        self.augment, self.seed, self.epoch = augment, seed, 0
+        self._arrays: dict[int, dict[str, Any]] = {}
+        self._pid = -1
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the augmentation draws of `epoch`."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_arrays"], state["_pid"] = {}, -1
+        return state
+
+    def _open(self, tile: int) -> dict[str, Any]:
+        if self._pid != os.getpid():  # a forked worker must not reuse the parent's handles
+            self._arrays, self._pid = {}, os.getpid()
+        if tile not in self._arrays:
+            self._arrays[tile] = chipstore.open_arrays(self.tile_dirs[tile])
+        return self._arrays[tile]
+
+    def __getitem__(self, i: int) -> Sample:
+        tile, slot = (int(v) for v in self.items[i])
+        arrays = self._open(tile)
+        valid = np.asarray(arrays["valid"][slot], dtype=bool)
+        x = normalize(np.asarray(arrays["source"][slot]), self.source_stats)
+        y = normalize(np.asarray(arrays["target"][slot]), self.target_stats)
+        x[:, ~valid], y[:, ~valid] = 0, 0
+        m = valid[None].astype(np.float32)
+        if self.augment:
+            rng = np.random.default_rng([self.seed, self.epoch, i])
+            k, flip = int(rng.integers(4)), bool(rng.integers(2))
+            x, y, m = (np.rot90(a, k, axes=(1, 2)) for a in (x, y, m))
+            if flip:
+                x, y, m = (a[:, :, ::-1] for a in (x, y, m))
+        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, m))  # type: ignore[return-value]

@@ -1,0 +1,1 @@
+"""Inference: tiled windows, the translator, scene prediction, mosaics, evaluation."""

@@ -1,0 +1,173 @@
+"""Score a predicted raster against a reference raster, in target units.
+
+The reference is warped onto the prediction's grid window by window (`open_aligned`), and only
+pixels valid in both count. A first pass finds each band's value span in the valid reference
+(the PSNR/SSIM data range); a second pass feeds `MetricAccumulator` window by window and, when
+asked, writes the absolute-error raster. Memory is bounded by one window.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+import torch
+from rasterio.windows import Window
+
+from p2p.core.config import SceneConfig
+from p2p.core.errors import AlignmentError, InputError
+from p2p.model.metrics import MetricAccumulator
+from p2p.raster import Grid, SceneReader, geotiff, open_aligned
+
+log = logging.getLogger(__name__)
+
+#: Side of the windows a scene is scored in. SSIM windows never cross window borders.
+EVAL_WINDOW = 1024
+Target = SceneConfig | str | Path | Sequence[str | Path]
+
+
+def _windows(grid: Grid, side: int) -> Iterator[Window]:
+    for row in range(0, grid.height, side):
+        for col in range(0, grid.width, side):
+            yield Window(col, row, min(side, grid.width - col), min(side, grid.height - row))
+
+
+def _target_spec(
+    target: Target, bands: Sequence[int] | None, nodata: float | None
+) -> tuple[list[str], Sequence[int] | None, float | None]:
+    """Paths, band selection and nodata of the reference."""
+    if isinstance(target, SceneConfig):
+        if target.target is None:
+            raise InputError(target.scene_id, "the scene has no target to evaluate against")
+        return (
+            list(target.target),
+            bands if bands is not None else target.target_bands,
+            nodata if nodata is not None else target.nodata,
+        )
+    if isinstance(target, str | Path):
+        paths = [p.strip() for p in str(target).split(",") if p.strip()]
+    else:
+        paths = [str(p) for p in target]
+    return paths, bands, nodata
+
+
+def _pair(
+    pred: SceneReader, ref: SceneReader, window: Window
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(C, h, w)` float64 prediction and reference and `(h, w)` bool both-valid mask."""
+    p, pv = pred.read(window)
+    t, tv = ref.read(window)
+    return p.astype(np.float64), t.astype(np.float64), pv & tv
+
+
+def _data_range(pred: SceneReader, ref: SceneReader, side: int) -> tuple[list[float], int]:
+    """First pass: per-band span (max − min) of the valid reference, and the pixel count."""
+    low = np.full(ref.count, np.inf)
+    high = np.full(ref.count, -np.inf)
+    count = 0
+    for window in _windows(pred.grid, side):
+        _, t, valid = _pair(pred, ref, window)
+        if valid.any():
+            values = t[:, valid]
+            low = np.minimum(low, values.min(axis=1))
+            high = np.maximum(high, values.max(axis=1))
+            count += int(valid.sum())
+    spans = [float(h - lo) if h > lo else 1.0 for lo, h in zip(low, high, strict=True)]
+    return spans, count
+
+
+def evaluate(
+    prediction: str | Path,
+    target: Target,
+    error_map: str | Path | None = None,
+    target_bands: Sequence[int] | None = None,
+    nodata: float | None = None,
+    resampling: str = "bilinear",
+    window: int = EVAL_WINDOW,
+    progress: Callable[[int, int], None] | None = None,
+) -> dict[str, Any]:
+    """Score a prediction against a reference over the pixels valid in both.
+
+    Args:
+        prediction: The predicted raster; its grid is the evaluation grid.
+        target: The reference: a `SceneConfig` (its `target`, `target_bands`, `nodata`), a
+            path, comma-joined band files, or a list of band files.
+        error_map: When given, write `|prediction − reference|` here (float32 GeoTIFF on the
+            prediction's grid, NaN where either is invalid).
+        target_bands: 1-based band selection of the reference (overrides the scene's).
+        nodata: Nodata override for the reference.
+        resampling: How the reference is warped when its grid differs.
+        window: Side of the scoring windows (SSIM is computed inside windows).
+        progress: Called with (windows done, windows total) during scoring.
+
+    Returns:
+        ``{"prediction", "target", "pixels", "data_range", "bands": [{"name", "mae", "rmse",
+        "psnr", "ssim", "count"}], "overall": {"mae", "rmse", "psnr", "ssim"}, "error_map"}``,
+        metrics in target units (see `MetricAccumulator`), data range per band = max − min
+        of the valid reference.
+
+    Raises:
+        InputError: a missing or unreadable file, or band counts that differ.
+        AlignmentError: the two do not overlap, or share no valid pixel.
+    """
+    paths, bands, ref_nodata = _target_spec(target, target_bands, nodata)
+    with SceneReader(prediction) as pred:
+        ref = open_aligned(paths, pred.grid, bands, ref_nodata, resampling)
+        with ref:
+            if ref.count != pred.count:
+                raise InputError(
+                    paths[0],
+                    f"has {ref.count} band(s) but the prediction {prediction} has {pred.count}",
+                )
+            spans, pixels = _data_range(pred, ref, window)
+            if pixels == 0:
+                raise AlignmentError(prediction, f"shares no valid pixel with {', '.join(paths)}")
+            metrics = MetricAccumulator(spans)
+            if error_map is None:
+                _score(pred, ref, metrics, window, None, progress)
+            else:
+                with geotiff.publishing(error_map, "gtiff") as work:
+                    profile = geotiff.profile(pred.grid, pred.count, "float32", math.nan)
+                    with rasterio.open(work, "w", **profile) as dst:
+                        _score(pred, ref, metrics, window, dst, progress)
+    result = metrics.compute()
+    for entry, name in zip(result["bands"], ref.band_names, strict=True):
+        entry["name"] = name
+    return {
+        "prediction": str(prediction),
+        "target": paths,
+        "pixels": pixels,
+        "data_range": spans,
+        **result,
+        "error_map": None if error_map is None else str(error_map),
+    }
+
+
+def _score(
+    pred: SceneReader,
+    ref: SceneReader,
+    metrics: MetricAccumulator,
+    side: int,
+    dst: Any,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Second pass: accumulate metrics and write error-map windows (when `dst` is open)."""
+    windows = list(_windows(pred.grid, side))
+    for n, window in enumerate(windows, start=1):
+        p, t, valid = _pair(pred, ref, window)
+        if valid.any():
+            metrics.update(
+                torch.from_numpy(p)[None],
+                torch.from_numpy(t)[None],
+                torch.from_numpy(valid)[None, None],
+            )
+            if dst is not None:
+                error = np.where(valid[None], np.abs(p - t), np.nan).astype(np.float32)
+                dst.write(error, window=window)
+        if progress:
+            progress(n, len(windows))

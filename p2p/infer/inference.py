@@ -1,0 +1,372 @@
+"""Seamless, streaming, resumable prediction of whole scenes with a model bundle.
+
+A scene is cut into windows of `tile_size` with `overlap` pixels of context on each side
+(`p2p.infer.windows`); the windows of one row are read as one reflect-padded band of rows,
+batched to the generator, and blended with weights that sum to one at every pixel. A row strip
+(the centre region of one row of windows) is complete once the rows of windows below it that
+reach into it are done; it is then denormalized, cast to the target dtype, and handed to a
+`RowSink` that writes whole block rows of the output. Memory holds the strips in flight (about
+``tile_size + stride`` rows of the scene width) and nothing else.
+
+Resume: the output is written at ``.NAME.partial.tif`` beside NAME, and after every block row
+the rows done are recorded in ``.NAME.state.json`` (atomically). A rerun with the same bundle,
+scene and settings restarts at the strip holding the first unrecorded row; as every window row
+is computed from the same pixels in the same batches, and sums run in the same order, the
+result is bit-identical to an uninterrupted run. Only the complete file is renamed (or
+converted to a COG) onto NAME.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rasterio.windows import Window
+
+from p2p import __version__
+from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.core.errors import ConfigError, InputError
+from p2p.infer.translator import WindowModel, open_translator
+from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
+from p2p.model.bundle import Bundle, load_bundle
+from p2p.model.normalization import BandStats, denormalize, normalize
+from p2p.raster import SceneReader, geotiff
+
+log = logging.getLogger(__name__)
+
+#: Version of the predict stage's artifacts and of the partial-output state format.
+PREDICT_VERSION = 1
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What `predict_scene` wrote.
+
+    Attributes:
+        output: The prediction raster.
+        scene: Scene id.
+        width: Columns (the source's).
+        height: Rows (the source's).
+        bands: Output bands.
+        dtype: Output dtype (the bundle's target dtype).
+        nodata: Output nodata value (NaN for float outputs without one).
+        strips: Row strips in the scene.
+        resumed_rows: Rows already written by an earlier, interrupted run (0 when fresh).
+        seconds: Wall time.
+    """
+
+    output: str
+    scene: str
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    nodata: float
+    strips: int
+    resumed_rows: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything the strip loop needs that does not change during a run."""
+
+    ly: AxisLayout
+    lx: AxisLayout
+    source_stats: BandStats
+    target_stats: BandStats
+    dtype: str
+    nodata: float
+    batch_size: int
+
+
+def _model_multiple(bundle: Bundle) -> int:
+    return int(2 ** int(bundle.meta.model.get("num_downs", 0)))
+
+
+def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> SceneReader:
+    """Open and check the source against the bundle, before any work."""
+    override = config.nodata if config.nodata is not None else scene.nodata
+    reader = SceneReader(scene.source, bands=scene.source_bands, nodata=override)
+    if reader.nodata is None and bundle.meta.source_nodata is not None:
+        reader.close()
+        reader = SceneReader(scene.source, scene.source_bands, bundle.meta.source_nodata)
+    if reader.count != bundle.meta.in_channels:
+        reader.close()
+        raise InputError(
+            scene.source[0],
+            f"has {reader.count} band(s) but the model expects {bundle.meta.in_channels} "
+            f"({', '.join(bundle.meta.source_bands)})",
+        )
+    return reader
+
+
+def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
+    """Lay out the windows and resolve output dtype and nodata; errors before any work."""
+    multiple = _model_multiple(bundle)
+    if config.tile_size % multiple:
+        raise ConfigError(
+            "predict.tile_size",
+            f"{config.tile_size} is not a multiple of the model's input multiple {multiple}",
+        )
+    try:
+        ly, lx = (
+            axis_layout(n, config.tile_size, config.overlap, multiple, config.blend)
+            for n in (reader.grid.height, reader.grid.width)
+        )
+    except ValueError as exc:
+        raise InputError(
+            where, f"grid {reader.grid.width}x{reader.grid.height} px is too small: {exc}"
+        ) from None
+    meta = bundle.meta
+    dtype = str(meta.target_dtype)
+    nodata = meta.target_nodata
+    return _Plan(
+        ly=ly,
+        lx=lx,
+        source_stats=BandStats.from_dict(meta.source_stats),
+        target_stats=BandStats.from_dict(meta.target_stats),
+        dtype=dtype,
+        nodata=float(nodata) if nodata is not None else geotiff.default_nodata(dtype),
+        batch_size=config.batch_size,
+    )
+
+
+def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> None:
+    """Raise what `predict_scene` would raise about the inputs, without doing any work."""
+    with _open_source(scene, bundle, config) as reader:
+        _plan(reader, bundle, config, scene.source[0])
+
+
+def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
+    """Model input for window row j: its rows, parts outside the scene mirrored about the edge
+    (reflection), invalid pixels filled with the band means, normalized.
+
+    Returns:
+        rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
+        valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
+    """
+    ly, lx = plan.ly, plan.lx
+    ys = reflect_index(np.arange(ly.start(j), ly.start(j) + ly.tile), ly.size)
+    xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
+    top, bottom = int(ys.min()), int(ys.max()) + 1
+    data, valid = reader.read(Window(0, top, lx.size, bottom - top))
+    values = data.astype(np.float32)
+    means = np.asarray(plan.source_stats.mean, dtype=np.float32)
+    values[:, ~valid] = np.broadcast_to(means[:, None], (len(means), int((~valid).sum())))
+    x = normalize(values, plan.source_stats, band_axis=0)
+    a, b = ly.centre(j)
+    return x[:, ys - top][:, :, xs], valid[a - top : b - top]
+
+
+def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+    """Run the windows of one row in fixed batches and blend them across columns.
+
+    Returns:
+        `(C_out, tile_y, width)` float32, normalized units, horizontally blended.
+    """
+    lx = plan.lx
+    starts = [k * lx.stride for k in range(lx.count)]
+    out: np.ndarray | None = None
+    for b0 in range(0, len(starts), plan.batch_size):
+        ks = range(b0, min(b0 + plan.batch_size, len(starts)))
+        batch = np.stack([rows[:, :, starts[k] : starts[k] + lx.tile] for k in ks])
+        y = model(batch)
+        if out is None:
+            out = np.zeros((y.shape[1], rows.shape[1], lx.size), dtype=np.float32)
+        for n, k in enumerate(ks):
+            s = lx.start(k)
+            lo, hi = max(0, -s), min(lx.tile, lx.size - s)
+            w = lx.weights[k, lo:hi].astype(np.float32)
+            out[:, :, s + lo : s + hi] += y[n, :, :, lo:hi] * w
+    assert out is not None
+    return out
+
+
+def _strips(
+    reader: SceneReader, model: WindowModel, plan: _Plan, first: int, emit: Callable[..., None]
+) -> None:
+    """Compute strips `first`, `first + 1`, ... and pass each to `emit(index, acc, valid)`,
+    with `acc` `(C_out, h, width)` float32 normalized and `valid` `(h, width)` bool."""
+    ly = plan.ly
+    acc: dict[int, np.ndarray] = {}
+    valid: dict[int, np.ndarray] = {}
+    for j in range(ly.covering(*ly.centre(first)).start, ly.count):
+        rows, row_valid = _read_window_row(reader, plan, j)
+        out = _predict_window_row(model, plan, rows)
+        s = ly.start(j)
+        if j >= first:
+            valid[j] = row_valid
+        for r in _strips_of_window(ly, j):
+            if r < first:
+                continue
+            a, b = ly.centre(r)
+            lo, hi = max(a, s), min(b, s + ly.tile)
+            w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
+            strip = acc.setdefault(r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32))
+            strip[:, lo - a : hi - a] += out[:, lo - s : hi - s] * w
+        for r in sorted(acc):
+            if ly.covering(*ly.centre(r)).stop - 1 <= j:
+                emit(r, acc.pop(r), valid.pop(r))
+
+
+def _strips_of_window(ly: AxisLayout, j: int) -> range:
+    """Strips (centre regions) that window row j overlaps."""
+    s = ly.start(j)
+    return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
+
+
+def scene_job(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> str:
+    """Fingerprint of everything that decides the output's pixels."""
+    inputs = [f"weights:{bundle.weights_hash}", *(fingerprint_file(p) for p in scene.source)]
+    return stage_key(
+        "predict-scene",
+        PREDICT_VERSION,
+        {"scene": scene.model_dump(mode="json"), "predict": config.model_dump(mode="json")},
+        inputs,
+    )
+
+
+def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str, str]:
+    return {
+        "P2P_VERSION": __version__,
+        "P2P_MODEL_SHA256": str(bundle.weights_hash),
+        "P2P_SCENE": scene.scene_id,
+        "P2P_SETTINGS": config.model_dump_json(),
+    }
+
+
+def predict_scene(
+    bundle: Bundle,
+    scene: SceneConfig,
+    output: str | Path,
+    config: PredictConfig,
+    progress: Progress | None = None,
+) -> PredictResult:
+    """Translate a whole scene with a bundle's generator into a raster on the source's grid.
+
+    Args:
+        bundle: The model bundle (its generator is moved to the chosen device).
+        scene: The source scene (`source`, `source_bands`, `nodata`); its target is ignored.
+        output: The raster to write (GeoTIFF, or COG when ``config.output_format == "cog"``).
+        config: Window, batch, blend, device and format settings.
+        progress: Called with (strips done, strips in the scene) after each strip.
+
+    Returns:
+        What was written. Output: the source's exact grid, the bundle's target dtype and
+        units, nodata (the bundle's target nodata, else 0 for unsigned, the minimum for signed
+        integers, NaN for floats) where the source was invalid; provenance in the tags.
+
+    Raises:
+        InputError: a missing or unreadable file, a band count other than the model's, or a
+            grid too small for the model; raised before any output is created.
+        ConfigError: `tile_size` is not a multiple of the model's input multiple.
+    """
+    start = time.perf_counter()
+    output = Path(output)
+    with _open_source(scene, bundle, config) as reader:
+        plan = _plan(reader, bundle, config, scene.source[0])
+        model = open_translator(bundle, config)
+        partial, state = geotiff.partial_paths(output)
+        job = scene_job(bundle, scene, config)
+        output.parent.mkdir(parents=True, exist_ok=True)
+        rows_done = geotiff.rows_on_disk(partial, state, job)
+        if rows_done == 0:
+            names = [str(n) for n in bundle.meta.target_bands]
+            geotiff.create(
+                partial,
+                reader.grid,
+                bundle.meta.out_channels,
+                plan.dtype,
+                plan.nodata,
+                _tags(bundle, scene, config),
+                names,
+            )
+        else:
+            log.info("%s: resuming after row %d", output, rows_done)
+        sink = geotiff.RowSink(partial, state, job, plan.ly.size, rows_done)
+        _run(reader, model, plan, sink, progress)
+    geotiff.finish(partial, output, config.output_format)
+    state.unlink(missing_ok=True)
+    return PredictResult(
+        output=str(output),
+        scene=scene.scene_id,
+        width=plan.lx.size,
+        height=plan.ly.size,
+        bands=int(bundle.meta.out_channels),
+        dtype=plan.dtype,
+        nodata=plan.nodata,
+        strips=plan.ly.count,
+        resumed_rows=rows_done,
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _run(
+    reader: SceneReader,
+    model: WindowModel,
+    plan: _Plan,
+    sink: geotiff.RowSink,
+    progress: Progress | None,
+) -> None:
+    """Compute and write the strips from the one holding the first unwritten row."""
+    first = min(sink.rows_done // plan.ly.stride, plan.ly.count)
+    if progress:
+        progress(first, plan.ly.count)
+
+    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
+        values = denormalize(acc, plan.target_stats, band_axis=0)
+        sink.add(plan.ly.centre(r)[0], geotiff.to_dtype(values, valid, plan.dtype, plan.nodata))
+        if progress:
+            progress(r + 1, plan.ly.count)
+
+    if first < plan.ly.count:
+        _strips(reader, model, plan, first, emit)
+
+
+def predict_key_parts(
+    weights_hash: str, scene: SceneConfig, config: PredictConfig
+) -> tuple[dict[str, Any], list[str]]:
+    """What the predict stage's key covers: (settings, input fingerprints)."""
+    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
+    return {
+        "scene": scene.model_dump(mode="json"),
+        "predict": config.model_dump(mode="json"),
+    }, inputs
+
+
+def predict_stage(
+    workspace: str | Path, model_dir: str | Path, scene: SceneConfig, config: PredictConfig
+) -> StageRecord:
+    """Stage ``predict``: one scene, cached under ``{workspace}/predict/{key}/{scene_id}.tif``.
+
+    The key covers the bundle's weights hash, the scene's file fingerprints and settings, and
+    `config`; an interrupted run resumes its strips inside the folder.
+    """
+    for path in scene.source:
+        if not Path(path).is_file():
+            raise InputError(path, "file not found")
+    bundle = load_bundle(model_dir)
+    settings, inputs = predict_key_parts(bundle.weights_hash, scene, config)
+
+    def build(folder: Path) -> dict[str, Any]:
+        result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config)
+        return {
+            "output": result.output,
+            "scene": result.scene,
+            "width": result.width,
+            "height": result.height,
+            "bands": result.bands,
+            "dtype": result.dtype,
+            "nodata": None if math.isnan(result.nodata) else result.nodata,
+        }
+
+    return run_stage(workspace, "predict", PREDICT_VERSION, settings, inputs, build)

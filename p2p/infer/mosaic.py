@@ -1,0 +1,385 @@
+"""Many predicted scenes → one raster on one grid, blended without seams where they overlap.
+
+The output grid is the union of the inputs' extents in the first input's CRS (or
+`MosaicConfig.crs`), at its pixel size (or `MosaicConfig.resolution`), anchored to the first
+input's pixel grid when the CRS and pixel size are the same (so that input is not resampled).
+
+The mosaic is built window by window. Each input is warped lazily onto the output grid
+(`open_aligned`, a `WarpedVRT`), read over the window plus a halo of `feather` pixels, and
+weighted by its Euclidean distance to the nearest invalid pixel (its footprint's edge or a
+nodata hole), capped at `feather`. The distance is exact within the cap because the halo holds
+every pixel that close. Where inputs overlap, values are averaged with these weights, so each
+scene fades out over `feather` pixels towards its edge and no seam appears; where one input is
+valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import rasterio
+from affine import Affine
+from rasterio.crs import CRS
+from rasterio.errors import CRSError
+from rasterio.warp import calculate_default_transform, transform_bounds
+from rasterio.windows import Window
+
+from p2p.core.cache import StageRecord, fingerprint_file, run_stage
+from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
+from p2p.core.errors import ConfigError, InputError
+from p2p.raster import Grid, SceneReader, geotiff, open_aligned
+
+if TYPE_CHECKING:
+    from p2p.model.bundle import Bundle
+
+log = logging.getLogger(__name__)
+
+MOSAIC_VERSION = 1
+#: Side of the output windows the mosaic is built in (a multiple of the GeoTIFF block side).
+WINDOW = 2 * geotiff.BLOCK
+
+
+@dataclass(frozen=True)
+class MosaicResult:
+    """What `mosaic_scenes` wrote.
+
+    Attributes:
+        output: The mosaic raster.
+        crs: Output CRS as text.
+        width: Columns.
+        height: Rows.
+        bands: Bands.
+        dtype: Dtype (the inputs').
+        nodata: Nodata value (NaN for float outputs without one).
+        inputs: Number of input rasters.
+        seconds: Wall time.
+    """
+
+    output: str
+    crs: str
+    width: int
+    height: int
+    bands: int
+    dtype: str
+    nodata: float
+    inputs: int
+    seconds: float
+
+
+def edge_distance(valid: np.ndarray, cap: int) -> np.ndarray:
+    """Euclidean distance from each valid pixel to the nearest invalid one, capped at `cap`.
+
+    Pixels beyond the array's edge do not count as invalid. A row pass finds the horizontal
+    distance; a column pass over offsets up to `cap` combines them (exact for distances up to
+    `cap`, which is all that is kept).
+
+    Args:
+        valid: `(h, w)` bool.
+        cap: Largest distance of interest, in pixels.
+
+    Returns:
+        `(h, w)` float64: 0 where invalid, in [1, cap] where valid.
+    """
+    if valid.all():
+        return np.full(valid.shape, float(cap))
+    h, w = valid.shape
+    far = 1 << 30
+    idx = np.broadcast_to(np.arange(w), (h, w))
+    left = np.maximum.accumulate(np.where(valid, -far, idx), axis=1)
+    right = np.minimum.accumulate(np.where(valid, far, idx)[:, ::-1], axis=1)[:, ::-1]
+    horizontal = np.minimum(np.minimum(idx - left, right - idx), cap + 1).astype(np.float64)
+    g2 = horizontal**2
+    d2 = g2.copy()
+    for dy in range(1, min(cap, h - 1) + 1):
+        np.minimum(d2[dy:], g2[:-dy] + dy * dy, out=d2[dy:])
+        np.minimum(d2[:-dy], g2[dy:] + dy * dy, out=d2[:-dy])
+    return np.minimum(np.sqrt(d2), cap)
+
+
+def _crs(config: MosaicConfig, first: Grid) -> CRS:
+    if config.crs is None:
+        return first.crs
+    try:
+        return CRS.from_user_input(config.crs)
+    except CRSError:
+        raise ConfigError("mosaic.crs", f"unknown CRS {config.crs!r}") from None
+
+
+def mosaic_grid(grids: Sequence[Grid], config: MosaicConfig) -> Grid:
+    """The output grid: union of the grids' extents (see the module docstring)."""
+    first = grids[0]
+    crs = _crs(config, first)
+    if config.resolution is not None:
+        rx = ry = float(config.resolution)
+    elif crs == first.crs:
+        rx, ry = first.res
+    else:
+        t, _, _ = calculate_default_transform(
+            first.crs, crs, first.width, first.height, *first.bounds
+        )
+        rx = ry = min(abs(t.a), abs(t.e))
+    boxes = [transform_bounds(g.crs, crs, *g.bounds, densify_pts=21) for g in grids]
+    left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
+    right, top = max(b[2] for b in boxes), max(b[3] for b in boxes)
+    if crs == first.crs and (rx, ry) == first.res:
+        x0, y0 = first.bounds.left, first.bounds.top
+    else:
+        x0, y0 = 0.0, 0.0
+    left = x0 + math.floor((left - x0) / rx + 1e-9) * rx
+    top = y0 + math.ceil((top - y0) / ry - 1e-9) * ry
+    width = math.ceil((right - left) / rx - 1e-9)
+    height = math.ceil((top - bottom) / ry - 1e-9)
+    return Grid(crs, Affine(rx, 0.0, left, 0.0, -ry, top), width, height)
+
+
+def _check_inputs(readers: Sequence[SceneReader]) -> tuple[int, str]:
+    """All inputs must share band count and dtype; returns them."""
+    first = readers[0]
+    for r in readers[1:]:
+        if r.count != first.count or r.dtype != first.dtype:
+            raise InputError(
+                r.paths[0],
+                f"has {r.count} band(s) of {r.dtype} but {first.paths[0]} has "
+                f"{first.count} of {first.dtype}; mosaic inputs must match",
+            )
+    return first.count, first.dtype
+
+
+def _footprint(grid: Grid, reader: SceneReader) -> tuple[int, int, int, int]:
+    """Pixel box (row0, col0, row1, col1) of the output grid that an input may cover."""
+    box = transform_bounds(reader.file_grid.crs, grid.crs, *reader.file_grid.bounds, 21)
+    inv = ~grid.transform
+    cols, rows = zip(
+        *(inv @ (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True
+    )
+    return (
+        max(0, math.floor(min(rows)) - 1),
+        max(0, math.floor(min(cols)) - 1),
+        min(grid.height, math.ceil(max(rows)) + 1),
+        min(grid.width, math.ceil(max(cols)) + 1),
+    )
+
+
+def _blend_window(
+    aligned: Sequence[tuple[SceneReader, tuple[int, int, int, int]]],
+    grid: Grid,
+    core: Window,
+    feather: int,
+    bands: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Blend the inputs over one output window.
+
+    Returns:
+        values: `(bands, h, w)` float64 in the inputs' units.
+        valid: `(h, w)` bool, true where any input is valid.
+    """
+    r0, c0 = int(core.row_off), int(core.col_off)
+    h, w = int(core.height), int(core.width)
+    hr0, hc0 = max(0, r0 - feather), max(0, c0 - feather)
+    hr1, hc1 = min(grid.height, r0 + h + feather), min(grid.width, c0 + w + feather)
+    halo = Window(hc0, hr0, hc1 - hc0, hr1 - hr0)
+    inner = (slice(r0 - hr0, r0 - hr0 + h), slice(c0 - hc0, c0 - hc0 + w))
+    weighted = np.zeros((bands, h, w))
+    total = np.zeros((h, w))
+    parts: list[tuple[np.ndarray, np.ndarray]] = []
+    for reader, (fr0, fc0, fr1, fc1) in aligned:
+        if fr1 <= hr0 or fr0 >= hr1 or fc1 <= hc0 or fc0 >= hc1:
+            continue
+        data, valid = reader.read(halo)
+        if not valid[inner].any():
+            continue
+        weight = edge_distance(valid, feather)[inner]
+        parts.append((data[:, inner[0], inner[1]].astype(np.float64), weight))
+        total += weight
+    covered = total > 0
+    safe = np.where(covered, total, 1.0)
+    for data, weight in parts:
+        share = weight / safe  # exactly 1.0 where this input is alone, so values copy unchanged
+        weighted += np.where(share > 0, data * share, 0.0)
+    return weighted, covered
+
+
+def mosaic_scenes(
+    inputs: Sequence[str | Path],
+    output: str | Path,
+    config: MosaicConfig,
+    nodata: float | None = None,
+    output_format: geotiff.OutputFormat = "gtiff",
+    feather: int = 64,
+    resampling: str = "bilinear",
+    progress: Callable[[int, int], None] | None = None,
+) -> MosaicResult:
+    """Mosaic predicted rasters onto one grid, feathering their overlaps.
+
+    Args:
+        inputs: Rasters with the same band count and dtype (e.g. `predict_scene` outputs).
+        output: The mosaic to write.
+        config: Output CRS and resolution (default: the first input's).
+        nodata: Output nodata; default the first input's, else 0 / dtype minimum / NaN.
+        output_format: ``gtiff`` or ``cog``.
+        feather: Width in output pixels over which a scene fades out towards its edge.
+        resampling: How inputs are warped onto the output grid.
+        progress: Called with (windows done, windows total).
+
+    Raises:
+        InputError: no inputs, an unreadable input, or inputs that differ in bands or dtype.
+        ConfigError: an unknown output CRS.
+    """
+    start = time.perf_counter()
+    if not inputs:
+        raise InputError(output, "no rasters to mosaic")
+    if feather < 1:
+        raise ConfigError("feather", f"must be at least 1 pixel, got {feather}")
+    natives = [SceneReader(p) for p in inputs]
+    try:
+        bands, dtype = _check_inputs(natives)
+        grid = mosaic_grid([r.grid for r in natives], config)
+        out_nodata = nodata if nodata is not None else natives[0].nodata
+        if out_nodata is None:
+            out_nodata = geotiff.default_nodata(dtype)
+    finally:
+        for r in natives:
+            r.close()
+    aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    try:
+        with geotiff.publishing(output, output_format) as work:
+            _write(work, aligned, grid, bands, dtype, float(out_nodata), feather, progress)
+    finally:
+        for r in aligned:
+            r.close()
+    return MosaicResult(
+        output=str(output),
+        crs=grid.crs.to_string(),
+        width=grid.width,
+        height=grid.height,
+        bands=bands,
+        dtype=dtype,
+        nodata=float(out_nodata),
+        inputs=len(inputs),
+        seconds=round(time.perf_counter() - start, 3),
+    )
+
+
+def _write(
+    work: Path,
+    aligned: Sequence[SceneReader],
+    grid: Grid,
+    bands: int,
+    dtype: str,
+    nodata: float,
+    feather: int,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    boxes = [(r, _footprint(grid, r)) for r in aligned]
+    cores = [
+        Window(c, r, min(WINDOW, grid.width - c), min(WINDOW, grid.height - r))
+        for r in range(0, grid.height, WINDOW)
+        for c in range(0, grid.width, WINDOW)
+    ]
+    with rasterio.open(work, "w", **geotiff.profile(grid, bands, dtype, nodata)) as dst:
+        dst.update_tags(P2P_MOSAIC_INPUTS=str(len(aligned)), P2P_FEATHER=str(feather))
+        for n, core in enumerate(cores, start=1):
+            values, valid = _blend_window(boxes, grid, core, feather, bands)
+            if valid.any():
+                dst.write(geotiff.to_dtype(values, valid, dtype, nodata), window=core)
+            if progress:
+                progress(n, len(cores))
+
+
+def mosaic_key_parts(
+    prediction_paths: Sequence[str], config: MosaicConfig, output_format: str
+) -> tuple[dict[str, Any], list[str]]:
+    """What the mosaic stage's key covers: (settings, input fingerprints)."""
+    inputs = [fingerprint_file(p) for p in prediction_paths]
+    return {"mosaic": config.model_dump(mode="json"), "output_format": output_format}, inputs
+
+
+def mosaic_stage(
+    workspace: str | Path,
+    prediction_paths: Sequence[str],
+    config: MosaicConfig,
+    output_format: geotiff.OutputFormat = "cog",
+) -> StageRecord:
+    """Stage ``mosaic``: ``{workspace}/mosaic/{key}/mosaic.tif`` over the predictions.
+
+    The key covers the predictions' fingerprints (their paths carry the predict keys), the
+    config and the format; a finished mosaic is returned from the cache.
+    """
+    for path in prediction_paths:
+        if not Path(path).is_file():
+            raise InputError(path, "file not found")
+    settings, inputs = mosaic_key_parts(prediction_paths, config, output_format)
+
+    def build(folder: Path) -> dict[str, Any]:
+        result = mosaic_scenes(
+            prediction_paths, folder / "mosaic.tif", config, output_format=output_format
+        )
+        return {
+            "output": result.output,
+            "crs": result.crs,
+            "width": result.width,
+            "height": result.height,
+            "inputs": result.inputs,
+        }
+
+    return run_stage(workspace, "mosaic", MOSAIC_VERSION, settings, inputs, build)
+
+
+def predict_region(
+    bundle: Bundle,
+    scenes: Sequence[SceneConfig],
+    output: str | Path,
+    config: PredictConfig,
+    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
+) -> dict[str, Any]:
+    """Predict one scene into `output`, or several scenes and mosaic them into `output`.
+
+    Several scenes are predicted (as plain GeoTIFFs, resumable) into the folder
+    ``.NAME.scenes`` beside the output, which is removed once the mosaic is written; a rerun
+    after an interruption reuses the scenes finished there. Every scene is checked before the
+    first is predicted.
+
+    Args:
+        bundle: The model bundle.
+        scenes: Source scenes.
+        output: The prediction (one scene) or mosaic (several).
+        config: Inference settings; `output_format` applies to `output`.
+        progress: Given a scene id (or ``"mosaic"``), returns that step's progress callback.
+
+    Returns:
+        ``{"output", "scenes"}``.
+    """
+    from p2p.infer.inference import check_scene, predict_scene, scene_job  # torch only here
+
+    output = Path(output)
+    for scene in scenes:
+        check_scene(bundle, scene, config)
+
+    def callback(name: str) -> Callable[[int, int], None] | None:
+        return progress(name) if progress else None
+
+    if len(scenes) == 1:
+        predict_scene(bundle, scenes[0], output, config, callback(scenes[0].scene_id))
+        return {"output": str(output), "scenes": 1}
+    folder = output.with_name(f".{output.name}.scenes")
+    per_scene = config.model_copy(update={"output_format": "gtiff"})
+    paths = []
+    for n, scene in enumerate(scenes):
+        # the job key in the name: a finished file from another model or setting is not reused
+        path = folder / f"{n:04d}_{scene.scene_id}_{scene_job(bundle, scene, per_scene)}.tif"
+        if not path.is_file():
+            predict_scene(bundle, scene, path, per_scene, callback(scene.scene_id))
+        paths.append(path)
+    mosaic_scenes(
+        paths, output, MosaicConfig(), None, config.output_format, progress=callback("mosaic")
+    )
+    shutil.rmtree(folder, ignore_errors=True)
+    return {"output": str(output), "scenes": len(scenes)}

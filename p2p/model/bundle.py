@@ -1,0 +1,290 @@
+"""The model bundle: everything needed to predict, in one folder, with no pickled code.
+
+    MODEL_DIR/weights.safetensors   the generator's state dict (safetensors)
+    MODEL_DIR/model.json            format version, architecture, bands, normalization
+                                    statistics, target dtype/nodata, chip size, training
+                                    summary, metrics, and the weights' sha256
+    MODEL_DIR/model.onnx            optional (`p2p export`): the generator as ONNX; its
+                                    sha256 and the weights it came from are in model.json
+
+The folder is written into a temporary sibling and renamed into place, so a reader never sees
+a half-written bundle. Loading checks the format version, the weights' checksum and their
+shapes, and raises `BundleError` with a message a user can act on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from p2p import __version__
+from p2p.core.errors import BundleError
+from p2p.core.fsutil import fsync_dir
+from p2p.model.networks import UNetGenerator
+
+FORMAT_VERSION = 1
+WEIGHTS = "weights.safetensors"
+META = "model.json"
+ONNX = "model.onnx"
+
+
+@dataclass(frozen=True)
+class BundleMeta:
+    """What `model.json` holds besides the checksum.
+
+    Attributes:
+        model: Architecture (`ModelConfig.model_dump()`): num_downs, ngf, ndf, n_layers_d,
+            norm, dropout.
+        in_channels: Source bands the generator takes.
+        out_channels: Target bands it returns.
+        source_bands: Names of the source bands, in order.
+        target_bands: Names of the target bands, in order.
+        source_stats: Source normalization (`BandStats.to_dict()`), raster units.
+        target_stats: Target normalization (`BandStats.to_dict()`), target units.
+        target_dtype: numpy dtype name of the target rasters, e.g. ``"uint16"``.
+        target_nodata: Nodata value written into predictions, or None.
+        source_nodata: Nodata of the training sources, used when a scene declares none.
+        chip_size: Chip side the model was trained on, in pixels.
+        training: Summary of the run (epochs, config, dataset key, ...).
+        metrics: Final validation metrics in target units.
+        onnx: The ONNX export's record (``file``, ``sha256``, ``weights_sha256``, ``opset``,
+            ``multiple``), empty when the bundle has none (see `p2p.infer.onnxbundle`).
+        p2p_version: The p2p that wrote the bundle.
+        format_version: Bundle layout version (`FORMAT_VERSION` when written).
+    """
+
+    model: dict[str, Any]
+    in_channels: int
+    out_channels: int
+    source_bands: tuple[str, ...]
+    target_bands: tuple[str, ...]
+    source_stats: dict[str, Any]
+    target_stats: dict[str, Any]
+    target_dtype: str
+    target_nodata: float | None
+    source_nodata: float | None
+    chip_size: int
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    onnx: dict[str, Any] = field(default_factory=dict)
+    p2p_version: str = __version__
+    format_version: int = FORMAT_VERSION
+
+    def __post_init__(self) -> None:
+        # normalize sequences so from_dict(to_dict(m)) == m whatever the caller passed
+        object.__setattr__(self, "source_bands", tuple(str(b) for b in self.source_bands))
+        object.__setattr__(self, "target_bands", tuple(str(b) for b in self.target_bands))
+        if len(self.source_bands) != self.in_channels:
+            raise ValueError(f"{len(self.source_bands)} source band names for {self.in_channels}")
+        if len(self.target_bands) != self.out_channels:
+            raise ValueError(f"{len(self.target_bands)} target band names for {self.out_channels}")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able form."""
+        data = asdict(self)
+        data["source_bands"] = list(self.source_bands)
+        data["target_bands"] = list(self.target_bands)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BundleMeta:
+        """Inverse of `to_dict`; keys it does not know are ignored.
+
+        Raises:
+            KeyError: A required field is missing.
+            ValueError, TypeError: A field has the wrong form.
+        """
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{k: v for k, v in data.items() if k in known})
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A loaded bundle.
+
+    Attributes:
+        generator: The generator in eval mode, on the requested device.
+        meta: The bundle's metadata.
+        weights_hash: sha256 (hex) of `weights.safetensors`; identifies the model in cache keys.
+        path: The bundle folder.
+    """
+
+    generator: UNetGenerator
+    meta: BundleMeta
+    weights_hash: str
+    path: Path
+
+
+def sha256_file(path: Path) -> str:
+    """sha256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def build_generator(meta: BundleMeta) -> UNetGenerator:
+    """An untrained generator with the bundle's architecture and band counts."""
+    m = meta.model
+    return UNetGenerator(
+        meta.in_channels,
+        meta.out_channels,
+        num_downs=int(m.get("num_downs", 8)),
+        ngf=int(m.get("ngf", 64)),
+        norm=str(m.get("norm", "batch")),
+        dropout=float(m.get("dropout", 0.5)),
+    )
+
+
+def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMeta) -> Path:
+    """Write `generator` and `meta` as a bundle at `model_dir`, replacing any earlier one.
+
+    The bundle appears complete or not at all: it is written into a temporary sibling folder
+    and renamed into place.
+
+    Args:
+        model_dir: The bundle folder to create.
+        generator: The trained generator (any device; stored as contiguous CPU tensors).
+        meta: Its metadata; band counts must match the generator.
+
+    Returns:
+        The bundle folder.
+
+    Raises:
+        ValueError: The generator's band counts differ from `meta`'s.
+    """
+    model_dir = Path(model_dir)
+    if (generator.in_channels, generator.out_channels) != (meta.in_channels, meta.out_channels):
+        raise ValueError(
+            f"generator maps {generator.in_channels}→{generator.out_channels} bands but meta "
+            f"says {meta.in_channels}→{meta.out_channels}"
+        )
+
+    def fill(tmp: Path) -> None:
+        state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
+        save_file(state, str(tmp / WEIGHTS), metadata={"format": "pt"})
+        write_meta(tmp, meta, sha256_file(tmp / WEIGHTS))
+
+    write_bundle_folder(model_dir, fill)
+    return model_dir
+
+
+def write_meta(folder: Path, meta: BundleMeta, weights_sha256: str) -> None:
+    """Write `folder/model.json`: `meta` and the checksum of the weights beside it."""
+    record = {**meta.to_dict(), "weights_sha256": weights_sha256}
+    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def write_bundle_folder(model_dir: Path, fill: Callable[[Path], None]) -> None:
+    """Build a bundle folder with `fill(tmp)` in a temporary sibling, flush every file in it,
+    and rename it onto `model_dir` (replacing any earlier one): it appears whole or not at all.
+    """
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.core.cache)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{model_dir.name}.", suffix=".tmp", dir=model_dir.parent))
+    try:
+        fill(tmp)
+        for path in tmp.iterdir():
+            with open(path, "rb") as fh:
+                os.fsync(fh.fileno())
+        _swap_in(tmp, model_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _swap_in(tmp: Path, final: Path) -> None:
+    """Rename folder `tmp` onto `final`; an existing `final` is moved aside, then removed."""
+    old = None
+    if final.exists():
+        old = Path(tempfile.mkdtemp(prefix=f".{final.name}.old.", suffix=".tmp", dir=final.parent))
+        os.replace(final, old / final.name)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_meta(model_dir: str | Path) -> tuple[BundleMeta, str]:
+    """The metadata of a bundle and the weights checksum it records, without the weights.
+
+    Raises:
+        BundleError: The folder or `model.json` is missing, unreadable, from a newer format
+            or incomplete.
+    """
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise BundleError(
+            model_dir, "no such model folder (expected weights.safetensors + model.json)"
+        )
+    path = model_dir / META
+    if not path.is_file():
+        raise BundleError(path, "missing: this folder is not a p2p model bundle")
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise BundleError(path, f"cannot be read as JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise BundleError(path, "must hold a JSON object")
+    version = data.get("format_version")
+    if not isinstance(version, int):
+        raise BundleError(path, "has no integer format_version: not a p2p model bundle")
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            path,
+            f"was written by a newer p2p (format {version} > {FORMAT_VERSION}); upgrade p2p",
+        )
+    try:
+        meta = BundleMeta.from_dict(data)
+    except (TypeError, ValueError, KeyError) as exc:
+        raise BundleError(path, f"is incomplete or malformed ({exc})") from None
+    return meta, str(data.get("weights_sha256", ""))
+
+
+def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bundle:
+    """Load a bundle: checks format, checksum and shapes; unpickles nothing.
+
+    Args:
+        model_dir: The bundle folder.
+        device: Where to put the generator.
+
+    Raises:
+        BundleError: Missing folder or file, a newer format, truncated or corrupt weights, or
+            weights that do not fit the architecture in `model.json`.
+    """
+    model_dir = Path(model_dir)
+    meta, recorded = read_meta(model_dir)
+    weights = model_dir / WEIGHTS
+    if not weights.is_file():
+        raise BundleError(weights, "missing: the bundle has no weights")
+    digest = sha256_file(weights)
+    if recorded and digest != recorded:
+        raise BundleError(
+            weights,
+            "does not match the checksum in model.json: truncated or corrupt; copy it again",
+        )
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise BundleError(weights, f"cannot be read: truncated or corrupt ({exc})") from None
+    generator = build_generator(meta)
+    try:
+        generator.load_state_dict(state)
+    except RuntimeError as exc:
+        detail = " ".join(str(exc).split())[:300]
+        raise BundleError(
+            weights, f"do not fit the model described in model.json ({detail})"
+        ) from None
+    return Bundle(generator.to(device).eval(), meta, digest, model_dir)

@@ -1,0 +1,199 @@
+"""One Pix2Pix training setup and its step (Isola et al., 2017), checkable against the paper.
+
+`Pix2Pix` holds what a step touches: generator, discriminator, their Adam optimizers and LR
+schedulers, the gradient scaler and the device/precision choice. `train_step` is the
+reference's `optimize_parameters`. The epoch loop, validation and checkpoints are in
+`p2p.model.training`; `benchmarks/train_step.py` times this same step. Needs only torch.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.optim.lr_scheduler import LambdaLR
+
+from p2p.core.errors import ConfigError
+from p2p.model.losses import discriminator_loss, generator_loss
+from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, init_weights
+
+if TYPE_CHECKING:
+    from p2p.core.config import ModelConfig, TrainConfig
+
+LOSS_NAMES = ("loss_d", "loss_g", "loss_g_gan", "loss_g_l1")
+
+
+@dataclass
+class Pix2Pix:
+    """Everything a step touches: networks, optimizers, schedulers, scaler, device settings.
+
+    On CUDA the networks and batches are channels_last and the step runs under autocast
+    (`amp_dtype`); on CPU everything is plain fp32 unless asked otherwise.
+    """
+
+    g: UNetGenerator
+    d: PatchGANDiscriminator
+    opt_g: torch.optim.Adam
+    opt_d: torch.optim.Adam
+    sched_g: LambdaLR
+    sched_d: LambdaLR
+    scaler: torch.amp.GradScaler
+    device: torch.device
+    amp_dtype: torch.dtype | None  # None: plain fp32
+    channels_last: bool  # NHWC networks and batches (Tensor Cores want it)
+    loader_gen: torch.Generator
+
+    def autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to `amp_dtype`, or nothing for fp32."""
+        if self.amp_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.amp_dtype)
+
+    def to_device(self, *tensors: torch.Tensor) -> list[torch.Tensor]:
+        """Copy a batch to the device as float32 (asynchronously from pinned memory)."""
+        fmt = torch.channels_last if self.channels_last else torch.preserve_format
+        return [
+            t.to(self.device, torch.float32, non_blocking=True, memory_format=fmt) for t in tensors
+        ]
+
+    def state_dict(self) -> dict[str, Any]:
+        """Networks, optimizers, schedulers and scaler, for a checkpoint."""
+        return {
+            "generator": self.g.state_dict(),
+            "discriminator": self.d.state_dict(),
+            "opt_g": self.opt_g.state_dict(),
+            "opt_d": self.opt_d.state_dict(),
+            "sched_g": self.sched_g.state_dict(),
+            "sched_d": self.sched_d.state_dict(),
+            "scaler": self.scaler.state_dict(),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of `state_dict`."""
+        self.g.load_state_dict(state["generator"])
+        self.d.load_state_dict(state["discriminator"])
+        self.opt_g.load_state_dict(state["opt_g"])
+        self.opt_d.load_state_dict(state["opt_d"])
+        self.sched_g.load_state_dict(state["sched_g"])
+        self.sched_d.load_state_dict(state["sched_d"])
+        self.scaler.load_state_dict(state["scaler"])
+
+
+def train_step(
+    run: Pix2Pix, x: torch.Tensor, y: torch.Tensor, valid: torch.Tensor, lam: float
+) -> torch.Tensor:
+    """One Pix2Pix iteration (the reference's `optimize_parameters`): D step, then G step.
+
+    Args:
+        run: Networks and optimizers.
+        x: `(N, Cs, H, W)` normalized source on the device.
+        y: `(N, Ct, H, W)` normalized target.
+        valid: `(N, 1, H, W)` 1 where source and target are both valid.
+        lam: λ, the weight of L1.
+
+    Returns:
+        `(4,)` detached losses in `LOSS_NAMES` order.
+    """
+    g, d = run.g, run.d
+    with run.autocast():
+        fake = g(x)  # G(x), reused by both steps
+    # D step: minimize ½·[BCE(D(x, G(x)), 0) + BCE(D(x, y), 1)]; G gets no gradient (detach)
+    d.requires_grad_(True)
+    run.opt_d.zero_grad(set_to_none=True)
+    with run.autocast():
+        fake_logits = d(x, fake.detach())
+        real_logits = d(x, y)
+        loss_d = discriminator_loss(real_logits, fake_logits)
+    run.scaler.scale(loss_d).backward()  # type: ignore[no-untyped-call]
+    run.scaler.step(run.opt_d)
+    # G step: fool the updated D and stay near y, L1 over valid pixels; D's weights stay put
+    d.requires_grad_(False)
+    run.opt_g.zero_grad(set_to_none=True)
+    with run.autocast():
+        loss_g, gan, l1 = generator_loss(d(x, fake), fake, y, valid, lam)
+    run.scaler.scale(loss_g).backward()  # type: ignore[no-untyped-call]
+    run.scaler.step(run.opt_g)
+    run.scaler.update()
+    return torch.stack([loss_d, loss_g, gan, l1]).detach()
+
+
+def lr_factor(epochs: int, epochs_decay: int) -> Callable[[int], float]:
+    """The reference's schedule: 1 for `epochs`, then linearly toward 0 over `epochs_decay`.
+
+    The factor for 0-based epoch e is ``1 − max(0, e + 1 − epochs) / (epochs_decay + 1)``, so
+    the last decay epoch runs at 1/(epochs_decay + 1) of the rate and the next would run at 0.
+    """
+
+    def factor(e: int) -> float:
+        return 1.0 - max(0, e + 1 - epochs) / float(epochs_decay + 1)
+
+    return factor
+
+
+def select_device(name: str, field: str = "train.device") -> torch.device:
+    """`auto` → CUDA when present, else CPU; `cuda` without a GPU is a ConfigError on `field`."""
+    if name == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(field, "cuda was asked for but no CUDA device is available")
+    use_cuda = name == "cuda" or (name == "auto" and torch.cuda.is_available())
+    return torch.device("cuda" if use_cuda else "cpu")
+
+
+def select_precision(precision: str, device: torch.device) -> torch.dtype | None:
+    """Autocast dtype: `auto` → bf16 on CUDA where supported, else fp16; fp32 (None) on CPU."""
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "bf16" or (precision == "auto" and torch.cuda.is_bf16_supported()):
+        return torch.bfloat16
+    return torch.float16
+
+
+def build_pix2pix(
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    in_ch: int,
+    out_ch: int,
+    device: torch.device,
+    optimized: bool = True,
+) -> Pix2Pix:
+    """Fresh, seeded networks (N(0, 0.02) init), Adam optimizers, schedulers and scaler.
+
+    Args:
+        model_cfg: Architecture.
+        cfg: Learning rate, betas, schedule, precision and seed.
+        in_ch: Source bands.
+        out_ch: Target bands.
+        device: Where to train.
+        optimized: On CUDA, channels_last + autocast (`cfg.precision`) + fused Adam. False
+            gives plain fp32 eager everywhere (the benchmark's baseline).
+    """
+    torch.manual_seed(cfg.seed)
+    m = model_cfg
+    g = UNetGenerator(in_ch, out_ch, m.num_downs, m.ngf, m.norm, m.dropout)
+    d = PatchGANDiscriminator(in_ch + out_ch, m.ndf, m.n_layers_d, m.norm)
+    init_weights(g)
+    init_weights(d)
+    cuda_fast = optimized and device.type == "cuda"
+    fmt = torch.channels_last if cuda_fast else torch.contiguous_format
+    g.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
+    d.to(device=device, memory_format=fmt)  # type: ignore[call-overload]
+    # fused Adam: one kernel per step instead of several per parameter
+    opt_g = torch.optim.Adam(g.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=cuda_fast)
+    opt_d = torch.optim.Adam(d.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999), fused=cuda_fast)
+    rule = lr_factor(cfg.epochs, cfg.epochs_decay)
+    amp_dtype = select_precision(cfg.precision, device) if optimized else None
+    return Pix2Pix(
+        g=g,
+        d=d,
+        opt_g=opt_g,
+        opt_d=opt_d,
+        sched_g=LambdaLR(opt_g, rule),
+        sched_d=LambdaLR(opt_d, rule),
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        device=device,
+        amp_dtype=amp_dtype,
+        channels_last=cuda_fast,
+        loader_gen=torch.Generator(),
+    )

@@ -1,0 +1,291 @@
+"""Writing predicted rasters: tiled, compressed GeoTIFFs written in row bands, COG conversion.
+
+Outputs are first written under a temporary name beside the final one (a sparse, tiled,
+DEFLATE-compressed GeoTIFF that is written block row by block row, each block exactly once), and
+only renamed, or converted to a Cloud Optimized GeoTIFF with rio-cogeo, when complete. Values
+are rounded and clipped into the target dtype here, so every writer agrees on units and nodata.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import rasterio
+from rasterio.errors import RasterioIOError
+from rasterio.windows import Window
+from rio_cogeo.cogeo import cog_translate
+from rio_cogeo.profiles import cog_profiles
+
+from p2p.core.errors import OutputError
+from p2p.core.fsutil import atomic_path, atomic_write_json, fsync_dir, read_json
+from p2p.raster import Grid
+
+log = logging.getLogger(__name__)
+
+#: Internal tile side of every GeoTIFF p2p writes (and the row unit of resumable writes).
+BLOCK = 256
+OutputFormat = Literal["gtiff", "cog"]
+INCOMPLETE = "was not written completely (disk full or I/O error); free space and rerun"
+
+
+def default_nodata(dtype: str) -> float:
+    """Nodata for a dtype when none is given: 0 for unsigned integers, the minimum for signed
+    integers, NaN for floats."""
+    dt = np.dtype(dtype)
+    if np.issubdtype(dt, np.unsignedinteger):
+        return 0
+    if np.issubdtype(dt, np.integer):
+        return float(np.iinfo(dt).min)
+    return math.nan
+
+
+def to_dtype(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: float) -> np.ndarray:
+    """Cast float values into a raster dtype, with nodata where invalid.
+
+    Integers are rounded to nearest and clipped to the dtype's range. A valid pixel whose value
+    equals `nodata` is moved one step toward the range's inside, so nodata keeps meaning "no
+    data" only.
+
+    Args:
+        values: `(C, h, w)` float in target units.
+        valid: `(h, w)` bool.
+        dtype: Output dtype name.
+        nodata: Output nodata value (NaN allowed for floats).
+
+    Returns:
+        `(C, h, w)` array of `dtype`.
+    """
+    dt = np.dtype(dtype)
+    out: np.ndarray
+    if np.issubdtype(dt, np.integer):
+        info = np.iinfo(dt)
+        out = np.clip(np.rint(values), info.min, info.max).astype(dt)
+        step = 1 if nodata < info.max else -1
+        clash = valid[None] & (out == nodata)
+        out[clash] = nodata + step
+    else:
+        finfo = np.finfo(dt)
+        out = np.clip(values, finfo.min, finfo.max).astype(dt)
+        if not math.isnan(nodata):
+            clash = valid[None] & (out == nodata)
+            out[clash] = np.nextafter(dt.type(nodata), dt.type(0))
+    out[:, ~valid] = nodata
+    return out
+
+
+def profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any]:
+    """Creation options of a tiled, compressed GeoTIFF on `grid`."""
+    predictor = 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2
+    return {
+        "driver": "GTiff",
+        "crs": grid.crs,
+        "transform": grid.transform,
+        "width": grid.width,
+        "height": grid.height,
+        "count": count,
+        "dtype": dtype,
+        "nodata": nodata,
+        "tiled": True,
+        "blockxsize": BLOCK,
+        "blockysize": BLOCK,
+        "compress": "deflate",
+        "predictor": predictor,
+        "zlevel": 6,
+        "interleave": "pixel",
+        "bigtiff": "if_safer",
+        "sparse_ok": True,
+    }
+
+
+def create(
+    path: Path,
+    grid: Grid,
+    count: int,
+    dtype: str,
+    nodata: float,
+    tags: dict[str, str],
+    descriptions: list[str] | None = None,
+) -> None:
+    """Create an empty (sparse) tiled GeoTIFF carrying `tags` and band descriptions."""
+    with rasterio.open(path, "w", **profile(grid, count, dtype, nodata)) as dst:
+        dst.update_tags(**tags)
+        for i, name in enumerate(descriptions or [], start=1):
+            dst.set_band_description(i, name)
+
+
+def write_rows(path: Path, data: np.ndarray, row_off: int) -> None:
+    """Write full-width rows into an existing GeoTIFF and flush them to disk.
+
+    Opening per call keeps the on-disk file complete after each call, which is what lets a
+    killed run resume from the rows it recorded.
+
+    Args:
+        path: File made by `create`.
+        data: `(C, h, width)` in the file's dtype.
+        row_off: First row.
+    """
+    with _writing(path), rasterio.open(path, "r+") as dst:
+        dst.write(data, window=Window(0, row_off, data.shape[2], data.shape[1]))
+    with contextlib.suppress(OSError), open(path, "rb+") as fh:
+        os.fsync(fh.fileno())
+    check_written(path, row_off, row_off + data.shape[1])
+
+
+def check_written(
+    path: Path, row0: int = 0, row1: int | None = None, name: Path | None = None
+) -> None:
+    """Raise unless the tiles of rows `[row0, row1)` lie wholly inside the file on disk.
+
+    GDAL reports a full disk on `write` only while the data fits its block cache; when the
+    cache is flushed on close the error is printed and swallowed, leaving a file that opens
+    (or not) with tiles missing. Checking the tile offsets against the file size costs a few
+    metadata look-ups per block row and catches that before the rows are recorded as done.
+
+    Args:
+        path: The GeoTIFF just written.
+        row0: First row to check.
+        row1: End of the rows to check (all rows when None).
+        name: The file to name in the error (the final output rather than its temporary).
+
+    Raises:
+        OutputError: the file does not open or a tile ends past its end.
+    """
+    try:
+        size = path.stat().st_size
+        with rasterio.open(path) as ds:
+            rows, cols = ds.block_shapes[0]
+            last = ds.height if row1 is None else min(row1, ds.height)
+            for by in range(row0 // rows, math.ceil(last / rows)):
+                for bx in range(math.ceil(ds.width / cols)):
+                    offset = ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1)
+                    length = ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1)
+                    if offset and length and int(offset) + int(length) > size:
+                        raise OutputError(name or path, INCOMPLETE)
+    except (OSError, RasterioIOError):
+        raise OutputError(name or path, INCOMPLETE) from None
+
+
+@contextlib.contextmanager
+def _writing(name: Path) -> Iterator[None]:
+    """Turn GDAL's write failures (a full disk, mostly) into a one-line `OutputError`."""
+    try:
+        yield
+    except RasterioIOError as exc:
+        detail = str(exc).splitlines()[0] if str(exc) else "write failed"
+        raise OutputError(name, f"{INCOMPLETE} ({detail})") from None
+
+
+def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
+    """Publish a complete partial file under its final name (as a COG when asked)."""
+    if output_format == "cog":
+        with atomic_path(final, suffix=".tif") as tmp, _writing(final):
+            to_cog(partial, tmp)
+            check_written(tmp, name=final)
+        partial.unlink()
+    else:
+        check_written(partial, name=final)
+        os.replace(partial, final)
+        fsync_dir(final.parent)
+
+
+@contextlib.contextmanager
+def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]:
+    """Yield a temporary GeoTIFF path beside `final` to write; when the block succeeds, publish
+    it as `final` (converted to a COG when asked). On failure nothing is left behind."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{final.name}.", suffix=".work.tif", dir=final.parent)
+    os.close(fd)
+    work = Path(name)
+    try:
+        with _writing(final):
+            yield work
+        finish(work, final, output_format)
+    finally:
+        work.unlink(missing_ok=True)
+
+
+def to_cog(src: Path, dst: Path) -> None:
+    """Convert a GeoTIFF into a DEFLATE Cloud Optimized GeoTIFF with overviews (rio-cogeo),
+    keeping its tags and band descriptions; a temporary file on disk keeps memory bounded."""
+    with rasterio.open(src) as ds:
+        float_data = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
+    dst_profile: dict[str, Any] = dict(cog_profiles.get("deflate"))  # type: ignore[no-untyped-call]
+    dst_profile.update(blockxsize=BLOCK, blockysize=BLOCK, predictor=3 if float_data else 2)
+    cog_translate(
+        str(src),
+        str(dst),
+        dst_profile,
+        overview_resampling="average",
+        in_memory=False,
+        quiet=True,
+        forward_band_tags=True,
+        use_cog_driver=False,
+    )
+
+
+class RowSink:
+    """Collects finished rows and writes them to the partial file one block row at a time,
+    recording progress in the state file after each write.
+
+    Args:
+        partial: The partial GeoTIFF (already created).
+        state: The sidecar state file.
+        job: Fingerprint of the run; a state with another job is not resumed.
+        height: Scene rows.
+        rows_done: Rows already on disk (a multiple of the block side, or `height`).
+    """
+
+    def __init__(self, partial: Path, state: Path, job: str, height: int, rows_done: int) -> None:
+        self.partial, self.state, self.job, self.height = partial, state, job, height
+        self.rows_done = rows_done
+        self._pending: list[np.ndarray] = []
+        self._pending_rows = 0
+
+    def add(self, row_off: int, rows: np.ndarray) -> None:
+        """Take `(C, h, width)` rows starting at `row_off`; rows already on disk are skipped."""
+        end = row_off + rows.shape[1]
+        if end <= self.rows_done:
+            return
+        if row_off < self.rows_done:
+            rows = rows[:, self.rows_done - row_off :]
+        self._pending.append(rows)
+        self._pending_rows += rows.shape[1]
+        top = self.rows_done + self._pending_rows
+        ready = self.height if top >= self.height else top // BLOCK * BLOCK
+        if ready > self.rows_done:
+            block = np.concatenate(self._pending, axis=1)
+            n = ready - self.rows_done
+            write_rows(self.partial, block[:, :n], self.rows_done)
+            self.rows_done = ready
+            self._pending = [block[:, n:]] if n < block.shape[1] else []
+            self._pending_rows = block.shape[1] - n
+            atomic_write_json(self.state, {"job": self.job, "rows_done": self.rows_done})
+
+
+def partial_paths(output: Path) -> tuple[Path, Path]:
+    """The partial file and the state file of an output being written."""
+    return (
+        output.with_name(f".{output.name}.partial.tif"),
+        output.with_name(f".{output.name}.state.json"),
+    )
+
+
+def rows_on_disk(partial: Path, state: Path, job: str) -> int:
+    """Rows a previous run of the same job left finished, or 0 (discarding foreign leftovers)."""
+    if partial.is_file() and state.is_file():
+        with contextlib.suppress(ValueError, OSError):
+            record = read_json(state)
+            if record.get("job") == job:
+                return int(record["rows_done"])
+    for leftover in (partial, state):
+        leftover.unlink(missing_ok=True)
+    return 0

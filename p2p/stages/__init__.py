@@ -1,0 +1,1 @@
+"""Stages: the cached, keyed steps the flows and the CLI compose."""
