@@ -33,7 +33,7 @@ from p2p import __version__
 from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.translator import WindowModel, open_translator
+from p2p.infer.translator import WindowModel, check_runtime, open_translator
 from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
 from p2p.model.bundle import Bundle, load_bundle
 from p2p.model.normalization import BandStats, denormalize, normalize
@@ -142,6 +142,7 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
 
 def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> None:
     """Raise what `predict_scene` would raise about the inputs, without doing any work."""
+    check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
 

@@ -18,16 +18,18 @@ Export needs ``onnx`` and ``onnxscript`` besides torch; running needs ``onnxrunt
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import io
 import logging
 import os
 import shutil
+import warnings
 from dataclasses import replace
 from pathlib import Path
 
 import torch
 
-from p2p.core.errors import BundleError
+from p2p.core.errors import BundleError, ConfigError
 from p2p.model.bundle import (
     ONNX,
     WEIGHTS,
@@ -48,13 +50,20 @@ OUTPUT = "target"
 
 def _write_onnx(generator: torch.nn.Module, in_channels: int, multiple: int, path: Path) -> None:
     """Trace `generator` (eval mode, CPU) into `path` with dynamic batch, height and width."""
+    if importlib.util.find_spec("onnxscript") is None:
+        raise ConfigError("export", "needs onnx and onnxscript: pip install 'p2p[onnx]'")
     generator = generator.to("cpu").eval()
     example = torch.zeros(2, in_channels, 2 * multiple, 2 * multiple)
     batch = torch.export.Dim("batch", min=1)
     rows, cols = torch.export.Dim("rows", min=1), torch.export.Dim("cols", min=1)
     dims = {"x": {0: batch, 2: multiple * rows, 3: multiple * cols}}
-    # the exporter reports progress with print(); keep the CLI's output clean
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    # the exporter reports progress with print() and warns about torch internals: keep the
+    # CLI's output clean
+    with (
+        contextlib.redirect_stdout(io.StringIO()),
+        warnings.catch_warnings(category=FutureWarning, action="ignore"),
+        torch.no_grad(),
+    ):
         program = torch.onnx.export(
             generator,
             (example,),
@@ -81,6 +90,7 @@ def export_onnx(model_dir: str | Path) -> Path:
 
     Raises:
         BundleError: `model_dir` is not a loadable bundle (missing, corrupt, wrong shapes).
+        ConfigError: onnx or onnxscript is not installed.
     """
     bundle = load_bundle(model_dir)
     multiple = int(2 ** int(bundle.meta.model.get("num_downs", 0)))

@@ -9,7 +9,7 @@ Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 import torch
@@ -64,14 +64,24 @@ class Translator:
         return np.ascontiguousarray(y.float().cpu().numpy())
 
 
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "predict.runtime", "onnx needs onnxruntime: pip install 'p2p[onnx]'"
+        ) from None
+    return onnxruntime
+
+
 def onnx_providers(device: str) -> list[str]:
     """onnxruntime execution providers for ``auto``/``cpu``/``cuda``, best first.
 
     Raises:
-        ConfigError: ``cuda`` was asked for and this onnxruntime has no CUDA provider.
+        ConfigError: onnxruntime is not installed, or ``cuda`` was asked for and it has no
+            CUDA provider.
     """
-    import onnxruntime as ort
-
+    ort = _onnxruntime()
     has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
     if device == "cuda" and not has_cuda:
         raise ConfigError(
@@ -91,8 +101,7 @@ class OnnxTranslator:
     """
 
     def __init__(self, path: Path, device: str) -> None:
-        import onnxruntime as ort
-
+        ort = _onnxruntime()
         self.session = ort.InferenceSession(str(path), providers=onnx_providers(device))
         self.input = self.session.get_inputs()[0].name
 
@@ -115,3 +124,14 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
 
         return OnnxTranslator(onnx_model(bundle), config.device)
     return Translator(bundle.generator, pick_device(config.device))
+
+
+def check_runtime(bundle: Bundle, config: PredictConfig) -> None:
+    """Raise what `open_translator` would raise, without loading a session."""
+    if config.runtime == "onnx":
+        from p2p.infer.onnxbundle import onnx_model
+
+        onnx_model(bundle)
+        onnx_providers(config.device)
+    else:
+        pick_device(config.device)
