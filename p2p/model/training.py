@@ -29,11 +29,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 from p2p.core.errors import CheckpointError, InputError
 from p2p.core.fsutil import atomic_write_text
-from p2p.model.checkpoint import capture_rng, load_newest, restore_rng, save_checkpoint
+from p2p.model import distributed
+from p2p.model.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    load_newest,
+    restore_rng,
+    save_checkpoint,
+)
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, denormalize
@@ -129,7 +136,7 @@ def _train_epoch(
         if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
             last_report = now
             progress(TrainProgress(epoch, epochs, step, steps, _named(sums / step)))
-    return _named(sums / max(steps, 1))
+    return _named(distributed.mean_across_ranks(sums / max(steps, 1)))
 
 
 @torch.no_grad()
@@ -185,8 +192,10 @@ def _state(run: Pix2Pix, metrics: dict[str, Any]) -> dict[str, Any]:
 def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | None]:
     """Restore the newest loadable checkpoint; returns (epoch, its metrics, its path)."""
     state = load_newest(out_dir / "checkpoints")
+    main = distributed.current().main  # every rank resumes; rank 0 alone writes
     if state is None:
-        _truncate_metrics(out_dir / "metrics.jsonl", 0)
+        if main:
+            _truncate_metrics(out_dir / "metrics.jsonl", 0)
         return 0, {}, None
     path = Path(state["path"])
     try:
@@ -197,7 +206,8 @@ def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | No
         raise CheckpointError(
             path, f"does not fit this run ({problem}); remove it to restart"
         ) from None
-    _truncate_metrics(out_dir / "metrics.jsonl", state["epoch"])
+    if main:
+        _truncate_metrics(out_dir / "metrics.jsonl", state["epoch"])
     log.info("resuming after epoch %d from %s", state["epoch"], path)
     return int(state["epoch"]), dict(state["metrics"]), path
 
@@ -249,7 +259,7 @@ def _loaders(
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        sampler=distributed.sampler(train_set, cfg.seed),  # this rank's shard, per-epoch order
         generator=run.loader_gen,
         worker_init_fn=_seed_worker,
         **common,
@@ -274,11 +284,14 @@ def _run_epoch(
     """Train, validate, preview, log and checkpoint one epoch; returns (metrics, checkpoint)."""
     t0 = time.monotonic()
     _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    cast(DistributedSampler[Sample], loader.sampler).set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
     losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress)
     run.sched_g.step()
     run.sched_d.step()
     metrics: dict[str, Any] = {}
+    if not distributed.current().main:  # rank 0 validates and writes; the others go on
+        return metrics, checkpoint_path(out_dir / "checkpoints", epoch)
     if val_loader is not None and val_set is not None:
         metrics = _validate(run, val_loader, target_stats)
         if cfg.preview_chips:
@@ -338,6 +351,7 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed chip size: pick the fastest conv kernels
     run = build_pix2pix(model_cfg, cfg, in_ch, out_ch, device)
+    distributed.wrap(run)  # data-parallel when launched as one of several ranks
     out_dir.mkdir(parents=True, exist_ok=True)
     start, metrics, ckpt = _resume(run, out_dir)
     loader, val_loader = _loaders(run, train_set, val_set, cfg)
@@ -348,7 +362,10 @@ def train(
             run, epoch, total, loader, val_loader, val_set, cfg, out_dir, target_stats, progress
         )
     if ckpt is None:  # zero epochs: keep the initial weights so a bundle can still be written
-        ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics))
+        ckpt = checkpoint_path(out_dir / "checkpoints", 0)
+        if distributed.current().main:
+            ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics))
+    distributed.barrier()  # rank 0's files are complete before any rank returns
     return TrainResult(max(start, total), metrics, ckpt, in_ch, out_ch, model_cfg)
 
 

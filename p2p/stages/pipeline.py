@@ -26,14 +26,16 @@ from p2p.core.config import (
 from p2p.core.errors import InputError, StageError
 from p2p.core.fsutil import atomic_write_json
 from p2p.core.roots import allowed_roots, check_path
-from p2p.data.dataset import ChipDataset, load_stats
+from p2p.data.dataset import ChipDataset
 from p2p.infer.inference import PREDICT_VERSION, predict_key_parts
 from p2p.infer.mosaic import MOSAIC_VERSION, mosaic_key_parts
 from p2p.infer.translator import pick_device
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, read_meta, write_bundle
+from p2p.model.distributed import world_size
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import BandStats, denormalize
 from p2p.model.training import TrainProgress, TrainResult, train
+from p2p.stages.train_worker import datasets, train_on_ranks
 
 log = logging.getLogger(__name__)
 
@@ -163,10 +165,18 @@ def finished_stage(stage_or_dir: StageRecord | str | Path) -> StageRecord:
 
 
 def train_stage_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """What of the config keys the train stage (the loader workers only change speed)."""
+    """What of the config keys the train stage (the loader workers only change speed).
+
+    The number of training processes enters as ``world_size`` when above one: ranks split
+    each batch (and on CPU normalize their own share), so weights differ from one process's
+    by float rounding at least. One process keys as it always did.
+    """
+    launch = {"num_workers", "device", "devices", "nodes", "rendezvous"}
+    world = world_size(train_cfg)
     return {
         "model": model_cfg.model_dump(mode="json"),
-        "train": train_cfg.model_dump(mode="json", exclude={"num_workers", "device"}),
+        "train": train_cfg.model_dump(mode="json", exclude=launch),
+        **({"world_size": world} if world > 1 else {}),
     }
 
 
@@ -242,10 +252,12 @@ def train_stage(
         )
 
     def build(folder: Path) -> dict[str, Any]:
-        source_stats, target_stats = load_stats(ds.path)
-        train_set = ChipDataset(ds.path, "train", augment=train_cfg.augment, seed=train_cfg.seed)
-        val_set = ChipDataset(ds.path, "val") if ds.summary.get("n_val", 0) else None
-        result = train(train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress)
+        n_val = int(ds.summary.get("n_val", 0))
+        train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train_cfg)
+        if world_size(train_cfg) > 1:  # torchrun; progress is per epoch in metrics.jsonl
+            result = train_on_ranks(ds.path, n_val, model_cfg, train_cfg, folder)
+        else:
+            result = train(train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress)
         _bundle(folder / "model", result, ds, source_stats, target_stats, train_cfg)
         previews = sorted((folder / "previews").glob("*.png"))
         return {
