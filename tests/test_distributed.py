@@ -6,6 +6,7 @@ import itertools
 import json
 import os
 import signal
+import socket
 import threading
 import time
 from pathlib import Path
@@ -16,7 +17,7 @@ from pydantic import ValidationError
 
 from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.cache import StageRecord
-from p2p.core.config import DaskConfig, ModelConfig, TrainConfig
+from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
 from p2p.data.dataset import dataset_stage
 from p2p.data.tiling import tile_stage
@@ -27,6 +28,7 @@ from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
 from p2p.stages.pipeline import train_stage, train_stage_config
+from p2p.stages.train_node import join_training
 from tests.ddp_probe import chips, configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -113,13 +115,18 @@ def test_stage_key_holds_the_world_size_above_one_process() -> None:
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory: pytest.TempPathFactory) -> StageRecord:
+def pipeline(tmp_path_factory: pytest.TempPathFactory) -> PipelineConfig:
+    """The quick demo pipeline, its tile and dataset stages done."""
     data = write_demo_scenes(tmp_path_factory.mktemp("scenes"), scene_size=96)
-    ws = tmp_path_factory.mktemp("ws")
-    cfg = demo_config(ws, data.train, quick=True)
-    one = DaskConfig(n_workers=1, threads_per_worker=1)
-    tiles = [tile_stage(ws, s, cfg.tiling, one) for s in data.train]
-    return dataset_stage(ws, [t.path for t in tiles], cfg.dataset, cfg.tiling)
+    cfg = demo_config(tmp_path_factory.mktemp("ws"), data.train, quick=True)
+    cfg = cfg.model_copy(update={"dask": DaskConfig(n_workers=1, threads_per_worker=1)})
+    _dataset(cfg)
+    return cfg
+
+
+def _dataset(cfg: PipelineConfig) -> StageRecord:
+    tiles = [tile_stage(cfg.workspace, s, cfg.tiling, cfg.dask) for s in cfg.scenes]
+    return dataset_stage(cfg.workspace, [t.path for t in tiles], cfg.dataset, cfg.tiling)
 
 
 def _kill_rank(folder: Path, rank: int) -> None:
@@ -138,9 +145,9 @@ def _kill_rank(folder: Path, rank: int) -> None:
 
 @pytest.mark.slow
 def test_killed_rank_fails_the_stage_and_the_rerun_resumes(
-    dataset: StageRecord, tmp_path: Path
+    pipeline: PipelineConfig, tmp_path: Path
 ) -> None:
-    cfg = demo_config(tmp_path, [], quick=True)
+    cfg, dataset = pipeline, _dataset(pipeline)
     train_cfg = cfg.train.model_copy(update={"epochs": 4, "epochs_decay": 0, "devices": 2})
     errors: list[BaseException] = []
 
@@ -180,3 +187,26 @@ def test_killed_rank_fails_the_stage_and_the_rerun_resumes(
     for net in ("generator", "discriminator"):
         for k, v in uninterrupted[net].items():
             assert torch.equal(resumed[net][k], v), k
+
+
+@pytest.mark.slow
+def test_a_second_node_joins_the_train_stage_of_the_first(pipeline: PipelineConfig) -> None:
+    with socket.socket() as probe:  # a free port for the c10d rendezvous
+        probe.bind(("localhost", 0))
+        port = probe.getsockname()[1]
+    two_nodes = {"epochs": 1, "epochs_decay": 0, "devices": 1, "nodes": 2}
+    train_cfg = pipeline.train.model_copy(update={**two_nodes, "rendezvous": f"localhost:{port}"})
+    cfg = pipeline.model_copy(update={"train": train_cfg})
+    records: list[StageRecord] = []
+
+    def first_node() -> None:  # what `p2p run` does at its train stage
+        records.append(train_stage(cfg.workspace, _dataset(cfg), cfg.model, cfg.train))
+
+    head = threading.Thread(target=first_node)
+    head.start()
+    folder = join_training(cfg, wait_s=120)  # the second "machine", here on the same host
+    head.join(120)
+    assert len(records) == 1 and Path(records[0].path) == folder
+    assert json.loads((folder / "ddp.json").read_text())["train"]["nodes"] == 2
+    assert "world_size" in json.loads((folder / "manifest.json").read_text())["config"]
+    assert list(folder.glob("ddp-*.log")) and (folder / "model" / "model.json").is_file()

@@ -180,6 +180,27 @@ def run(
     guard(body)
 
 
+@app.command("train-node")
+def train_node(
+    config: str = typer.Argument(..., help="Pipeline config YAML (the same as `p2p run`'s)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field, e.g. --set train.nodes=2 (repeatable)."
+    ),
+    wait: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the train stage."),
+) -> None:
+    """Join, from another machine, the multi-node train stage that `p2p run` launches."""
+
+    def body() -> None:
+        from p2p.core.config import load_config
+        from p2p.stages.pipeline import checked_pipeline_config
+        from p2p.stages.train_node import join_training
+
+        folder = join_training(checked_pipeline_config(load_config(config, overrides)), wait)
+        typer.echo(f"trained in {folder}")
+
+    guard(body)
+
+
 @app.command()
 def demo(
     workspace: str = typer.Option("demo-work", "--workspace", help="Folder for data and runs."),
