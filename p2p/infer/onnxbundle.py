@@ -26,6 +26,7 @@ import shutil
 import warnings
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -57,8 +58,19 @@ def _write_onnx(generator: torch.nn.Module, in_channels: int, multiple: int, pat
     batch = torch.export.Dim("batch", min=1)
     rows, cols = torch.export.Dim("rows", min=1), torch.export.Dim("cols", min=1)
     dims = {"x": {0: batch, 2: multiple * rows, 3: multiple * cols}}
-    # the exporter reports progress with print() and warns about torch internals: keep the
-    # CLI's output clean
+    # the exporter reports progress with print() and warns about torch internals (and that
+    # torchvision's detection ops are absent): keep the CLI's output clean
+    registry = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registry.level
+    registry.setLevel(logging.ERROR)
+    try:
+        _trace(generator, example, dims, path)
+    finally:
+        registry.setLevel(level)
+
+
+def _trace(generator: torch.nn.Module, example: torch.Tensor, dims: Any, path: Path) -> None:
+    """Run torch.onnx.export (dynamo) with progress prints and FutureWarnings silenced."""
     with (
         contextlib.redirect_stdout(io.StringIO()),
         warnings.catch_warnings(category=FutureWarning, action="ignore"),
