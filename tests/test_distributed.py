@@ -22,13 +22,14 @@ from p2p.core.errors import StageError
 from p2p.data.dataset import dataset_stage
 from p2p.data.tiling import tile_stage
 from p2p.model import distributed
-from p2p.model.checkpoint import list_checkpoints
+from p2p.model.checkpoint import list_checkpoints, save_checkpoint
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
 from p2p.stages.pipeline import train_stage, train_stage_config
 from p2p.stages.train_node import join_training
+from p2p.stages.train_worker import train_on_ranks
 from tests.ddp_probe import chips, configs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -210,3 +211,16 @@ def test_a_second_node_joins_the_train_stage_of_the_first(pipeline: PipelineConf
     assert json.loads((folder / "ddp.json").read_text())["train"]["nodes"] == 2
     assert "world_size" in json.loads((folder / "manifest.json").read_text())["config"]
     assert list(folder.glob("ddp-*.log")) and (folder / "model" / "model.json").is_file()
+
+
+def test_an_error_in_the_ranks_is_the_stage_error(pipeline: PipelineConfig, tmp_path: Path) -> None:
+    dataset = _dataset(pipeline)
+    folder = tmp_path / "train" / "0123456789abcdef"
+    save_checkpoint(folder / "checkpoints", 1, {"generator": {}, "discriminator": {}})
+    train_cfg = pipeline.train.model_copy(update={"devices": 2})
+    with pytest.raises(StageError) as caught:
+        train_on_ranks(dataset.path, 0, pipeline.model, train_cfg, folder)
+    message = str(caught.value)  # every rank's CheckpointError, as the CLI prints it
+    assert "distributed training failed: " in message and "does not fit this run" in message
+    assert str(folder / "checkpoints" / "epoch_0001.pt") in message
+    assert not (folder / "ddp_result.json").exists()

@@ -124,6 +124,8 @@ def sampler(data: Dataset[Any], seed: int) -> DistributedSampler[Any]:
 
     With one process it is a plain seeded shuffle, the same order that N ranks split
     between them (rank r takes every N-th index from r), so runs differ only in batching.
+    When N does not divide the chip count, the order is padded with its first chips so that
+    every rank takes the same number of steps.
     """
     where = current()
     return DistributedSampler(
