@@ -11,7 +11,9 @@ throughput. Efficiency = (samples/s with N) / (N × samples/s with 1); the goal 
     python benchmarks/train_ddp.py --device cuda --procs 1 2 4 8   # GPUs (NCCL)
 
 On the CPU the processes share the machine's cores (torchrun's ranks get cores/N threads
-each), so the speed-up shows the cost of the gradient exchange, not more compute.
+each), so the speed-up shows the cost of the gradient exchange, not more compute; a row of one
+process on one thread shows the per-core rate (on a busy machine, multi-threaded torch can be
+far slower than one thread: compare the rows, and rerun when the machine is quiet).
 """
 
 from __future__ import annotations
@@ -57,14 +59,21 @@ def main() -> None:
         ds = dataset_stage(ws, [t.path for t in tiles], cfg.dataset, tiling)
         n_train = int(ds.summary["n_train"])
         model = cfg.model.model_copy(update={"ngf": args.ngf, "ndf": args.ngf})
+        cores = os.cpu_count() or 1
+        runs = [(n, max(1, cores // n)) for n in args.procs]  # (processes, threads each)
+        if args.device == "cpu" and cores > 1:
+            runs.insert(1, (1, 1))
         rates = {}
-        for n in args.procs:
+        for n, threads in runs:
             train_cfg = TrainConfig(
                 epochs=args.epochs, batch_size=args.batch, device=args.device, devices=n,
                 preview_chips=0, seed=0,
             )  # fmt: skip
-            record = train_stage(ws / f"procs{n}", ds, model, train_cfg)
-            rates[n] = samples_per_second(Path(record.path), n_train)
+            torch.set_num_threads(
+                threads
+            )  # one process trains here; ranks get theirs from torchrun
+            record = train_stage(ws / f"procs{n}x{threads}", ds, model, train_cfg)
+            rates[n, threads] = samples_per_second(Path(record.path), n_train)
         cpu = f"CPU, {os.cpu_count()} cores"
         label = torch.cuda.get_device_name() if args.device == "cuda" else cpu
         print(
@@ -72,11 +81,14 @@ def main() -> None:
             f"{args.chip}², {n_train} train chips, batch {args.batch} per process, "
             f"last of {args.epochs} epochs"
         )
-        print("\n| processes | samples/s | speed-up | efficiency |\n|---|---|---|---|")
-        first = args.procs[0]
-        for n, rate in rates.items():
-            speedup, efficiency = rate / rates[first], rate * first / (n * rates[first])
-            print(f"| {n} | {rate:.1f} | {speedup:.2f}x | {efficiency:.0%} |")
+        print("\n| processes | threads each | samples/s | speed-up | efficiency |")
+        print("|---|---|---|---|---|")
+        first = runs[0]
+        for (n, threads), rate in rates.items():
+            speedup = rate / rates[first]
+            # on the CPU the processes share the cores: per-process efficiency means nothing
+            efficiency = f"{speedup * first[0] / n:.0%}" if args.device == "cuda" else "-"
+            print(f"| {n} | {threads} | {rate:.1f} | {speedup:.2f}x | {efficiency} |")
 
 
 if __name__ == "__main__":
