@@ -32,7 +32,7 @@ test-fast: venv
 lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy p2p
+	$(VENV)/bin/mypy p2p flows tasks
 
 bench: venv
 	$(PY) benchmarks/train_step.py

@@ -95,10 +95,10 @@ def child(stage: str, ws: str, data: dict[str, Any]) -> float:
         TilingConfig,
         TrainConfig,
     )  # fmt: skip
-    from p2p.data.dataset import dataset_stage
-    from p2p.data.tiling import tile_stage
-    from p2p.infer.inference import predict_stage
-    from p2p.stages.pipeline import train_stage
+    from p2p.stages.dataset import run as dataset_stage
+    from p2p.stages.predict import run as predict_stage
+    from p2p.stages.tile import run as tile_stage
+    from p2p.stages.train import run as train_stage
 
     torch.set_num_threads(1)
     tiling = TilingConfig(chip_size=64, stride=64, block_chips=2)

@@ -45,7 +45,7 @@ from rasterio.windows import Window
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.dask_client import dask_client
 from p2p.data import chipstore
-from p2p.data.tiling import tile_stage
+from p2p.stages.tile import run as tile_stage
 
 BLOCK = 256
 METHODS = ("raw", "raw_parallel", "naive", "p2p")
@@ -205,7 +205,7 @@ RSS_CHILD = """
 import re, sys
 from pathlib import Path
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.data.tiling import tile_stage
+from p2p.stages.tile import run as tile_stage
 if __name__ == "__main__":
     src, tgt, ws, chip, workers = sys.argv[1:6]
     dask = DaskConfig(n_workers=1, threads_per_worker=int(workers))

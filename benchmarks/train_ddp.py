@@ -28,9 +28,9 @@ import torch
 
 from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import DaskConfig, TrainConfig
-from p2p.data.dataset import dataset_stage
-from p2p.data.tiling import tile_stage
-from p2p.stages.pipeline import train_stage
+from p2p.stages.dataset import run as dataset_stage
+from p2p.stages.tile import run as tile_stage
+from p2p.stages.train import run as train_stage
 
 
 def samples_per_second(folder: Path, n_train: int) -> float:

@@ -1,5 +1,5 @@
 """Flow: the demo — sample scenes → train_pipeline → batch_predict two held-out scenes →
-evaluate the mosaic against its map → report.png and report.md in the workspace."""
+the report stage (held-out mosaic vs its map) → report.png and report.md in the workspace."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from prefect import flow
 from flows.batch_predict import batch_predict
 from flows.train_pipeline import train_pipeline
 from p2p.app.demo import demo_batch_config, demo_config, write_demo_scenes
+from p2p.stages import report
 from p2p.stages.pipeline import stage_entry
-from tasks.common import results_storage
-from tasks.report import demo_report
+from tasks.stages import run_on_prefect
 
 
 @flow(name="p2p-demo")
@@ -34,14 +34,17 @@ def demo_flow(
     data = write_demo_scenes(Path(ws) / "data", scene_size)
     trained = train_pipeline(demo_config(ws, data.train, quick))
     predicted = batch_predict(demo_batch_config(ws, trained["model"], data, quick))
-    report = demo_report.with_options(result_storage=results_storage(ws))(
-        ws, predicted["output"], data
-    )
+    arguments = {
+        "mosaic": predicted["output"],
+        "source": data.union_source,
+        "target": data.union_target,
+    }
+    (scored,) = run_on_prefect(report.STAGE, ws, [(report.NAME, arguments)])
     return {
         "workspace": ws,
         "model": trained["model"],
-        "stages": {**trained["stages"], **predicted["stages"], "report": stage_entry(report)},
-        "metrics": report.summary["metrics"],
+        "stages": {**trained["stages"], **predicted["stages"], "report": stage_entry(scored)},
+        "metrics": scored.summary["metrics"],
         "validation_metrics": trained["metrics"],
         "report": str(Path(ws) / "report.png"),
     }

@@ -1,58 +1,33 @@
-"""Flow: tile every scene → assemble the dataset → train → evaluate, each stage cached."""
+"""Flow: the training pipeline (`p2p.stages.pipeline.TRAINING`): import/tile every scene →
+assemble the dataset → train → evaluate, each stage cached in the workspace."""
 
 from __future__ import annotations
 
 from typing import Any, Literal
 
-from prefect import flow, unmapped
+from prefect import flow
 
-from p2p.core.cache import StageRecord
 from p2p.core.config import PipelineConfig
-from p2p.stages.pipeline import checked_pipeline_config, run_record
-from tasks.common import publish_run, results_storage
-from tasks.dataset import assemble_dataset
-from tasks.evaluate import evaluate_model
-from tasks.tile import tile_scene
-from tasks.train import train_model
+from p2p.core.roots import checked_pipeline_config
+from p2p.stages.pipeline import TRAINING, run_record, run_steps
+from tasks.common import publish_run
+from tasks.stages import run_on_prefect
 
-Stage = Literal["tile", "dataset", "train", "evaluate"]
-
-
-def _finish(workspace: str, stages: dict[str, StageRecord]) -> dict[str, Any]:
-    record = run_record(workspace, stages)
-    publish_run(record, "train-pipeline")
-    return record
+#: `p2p.stages.pipeline.UNTIL` as a Literal, so the Prefect UI offers a choice (tests/test_plan.py
+#: checks the two agree).
+Until = Literal["tile", "dataset", "train", "evaluate"]
 
 
 @flow(name="train-pipeline")
-def train_pipeline(config: PipelineConfig, until: Stage | None = None) -> dict[str, Any]:
-    """Train Pix2Pix on the configured scene pairs; stop after stage `until` when given.
+def train_pipeline(config: PipelineConfig, until: Until | None = None) -> dict[str, Any]:
+    """Train Pix2Pix on the configured scenes; stop after stage `until` when given.
 
     Returns:
         The run record: workspace, model bundle folder, per-stage key/path/cached/seconds, and
         the evaluation metrics (target units).
     """
     config = checked_pipeline_config(config)
-    ws = config.workspace
-    store = results_storage(ws)
-    stages: dict[str, StageRecord] = {}
-
-    tile = tile_scene.with_options(result_storage=store)
-    tiles = tile.map(ws, config.scenes, unmapped(config.tiling), unmapped(config.dask)).result()
-    stages |= {f"tile:{s.scene_id}": t for s, t in zip(config.scenes, tiles, strict=True)}
-    if until == "tile":
-        return _finish(ws, stages)
-
-    assemble = assemble_dataset.with_options(result_storage=store)
-    stages["dataset"] = assemble(ws, [t.path for t in tiles], config.dataset, config.tiling)
-    if until == "dataset":
-        return _finish(ws, stages)
-
-    train = train_model.with_options(result_storage=store)
-    stages["train"] = train(ws, stages["dataset"], config.model, config.train)
-    if until == "train":
-        return _finish(ws, stages)
-
-    evaluate = evaluate_model.with_options(result_storage=store)
-    stages["evaluate"] = evaluate(ws, stages["train"], stages["dataset"], config.predict)
-    return _finish(ws, stages)
+    stages = run_steps(TRAINING, config, config.workspace, run_on_prefect, until)
+    record = run_record(config.workspace, stages)
+    publish_run(record, "train-pipeline")
+    return record

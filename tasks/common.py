@@ -1,10 +1,8 @@
-"""What every p2p task shares: the cache policy, result storage, progress and record artifacts.
+"""What every p2p task shares: retries, progress and record artifacts, the CLI's progress hook.
 
-Cache policy: a task's Prefect cache key is the p2p stage key, offered only once the stage's
-``manifest.json`` exists. So Prefect never claims a stage whose artifacts are gone (the
-manifest is the source of truth), and a record Prefect hands back from its cache always
-describes a finished, cached stage. The first rerun after a build runs the (instant) task once
-to store that record; from then on the UI shows the task as Cached.
+Results are never persisted by Prefect (no pickles, nothing for Prefect to read back): the
+stage's manifest is the source of truth, and a cached stage returns its record in
+milliseconds, so the task simply runs again and reports itself as Cached.
 """
 
 from __future__ import annotations
@@ -13,7 +11,6 @@ import re
 import time
 from collections.abc import Callable
 from contextvars import ContextVar
-from pathlib import Path
 from typing import Any, cast
 from uuid import UUID
 
@@ -23,38 +20,14 @@ from prefect.artifacts import (
     update_progress_artifact,
 )
 from prefect.client.schemas.objects import State
-from prefect.context import TaskRunContext
 
-from p2p.core.cache import StageRecord, read_manifest, stage_dir
+from p2p.core.cache import StageRecord
 from p2p.core.errors import P2PError
 
 #: (stage label, done, total) → None; the CLI sets it to drive its rich progress bars.
 console_progress: ContextVar[Callable[[str, int, int], None] | None] = ContextVar(
     "p2p_console_progress", default=None
 )
-
-KeyOf = Callable[[dict[str, Any]], tuple[str, str, str]]
-CacheKeyFn = Callable[[TaskRunContext, dict[str, Any]], str | None]
-
-
-def results_storage(workspace: str) -> Path:
-    """Where Prefect persists task results: inside the workspace, beside the artifacts."""
-    return Path(workspace) / ".prefect" / "results"
-
-
-def stage_cache(key_of: KeyOf) -> CacheKeyFn:
-    """A `cache_key_fn` from a function of the task's parameters → (workspace, stage, key)."""
-
-    def cache_key(_: TaskRunContext, parameters: dict[str, Any]) -> str | None:
-        try:
-            workspace, stage, key = key_of(parameters)
-        except (P2PError, OSError):
-            return None  # let the task run and raise its clear error
-        if read_manifest(stage_dir(workspace, stage, key)) is None:
-            return None
-        return f"p2p-{stage}-{key}"
-
-    return cache_key
 
 
 def transient_failure(_task: Any, _run: Any, state: State[Any]) -> bool:

@@ -34,6 +34,14 @@ def prefect_harness() -> Iterator[None]:
         yield
 
 
+@pytest.fixture(scope="session")
+def demo_run(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """One quick demo run (training pipeline, batch prediction, report) for the session."""
+    from flows.demo import demo_flow
+
+    return demo_flow(str(tmp_path_factory.mktemp("ws")), scene_size=96, quick=True)
+
+
 @pytest.fixture(autouse=True)
 def _no_stale_distributed_scheduler() -> Iterator[None]:
     """Drop a global ``scheduler=dask.distributed`` whose client is gone, before each test.

@@ -81,11 +81,11 @@ def run(workspace: str, data: dict[str, str]) -> dict[str, Any]:
         TilingConfig,
         TrainConfig,
     )
-    from p2p.data.dataset import dataset_stage
-    from p2p.data.tiling import tile_stage
-    from p2p.infer.inference import predict_stage
-    from p2p.infer.mosaic import mosaic_stage
-    from p2p.stages.pipeline import train_stage
+    from p2p.stages.dataset import run as dataset_stage
+    from p2p.stages.mosaic import run as mosaic_stage
+    from p2p.stages.predict import run as predict_stage
+    from p2p.stages.tile import run as tile_stage
+    from p2p.stages.train import run as train_stage
 
     torch.set_num_threads(1)
     tiling = TilingConfig(**TILING)

@@ -9,11 +9,13 @@ import pytest
 from affine import Affine
 from PIL import Image
 
-from p2p.core.config import DatasetConfig, TilingConfig
+from p2p.core.cache import StageRecord
+from p2p.core.config import DatasetConfig, ExportTilesConfig, TilingConfig
 from p2p.core.errors import InputError
 from p2p.data import chipstore
-from p2p.data.arcgis import import_export_tiles
-from p2p.data.dataset import ChipDataset, dataset_stage
+from p2p.data.dataset import ChipDataset
+from p2p.stages import import_tiles
+from p2p.stages.dataset import run as dataset_stage
 from tests.rasters import write_geotiff
 
 TILING = TilingConfig(chip_size=32, stride=32, block_chips=2, min_valid_fraction=0.5)
@@ -37,6 +39,11 @@ def export_geotiffs(
         write_geotiff(folder / "images2" / name, tgt, transform=transform, blocksize=None)
         chips[name] = (src, tgt, (32 * c, 32 * r))
     return chips
+
+
+def import_export_tiles(folder: Path, workspace: Path, tiling: TilingConfig) -> StageRecord:
+    """The import stage on an Export Tiles folder."""
+    return import_tiles.run(workspace, ExportTilesConfig(export_tiles=str(folder)), tiling)
 
 
 def test_georeferenced_export_imports_with_positions(tmp_path: Path) -> None:

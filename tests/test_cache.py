@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from p2p.core.cache import fingerprint_file, read_manifest, run_stage, stage_key
+from p2p.core.cache import KeyParts, fingerprint_file, read_manifest, run_stage, stage_key
 from p2p.core.config import TrainConfig
 from p2p.core.fsutil import atomic_path, atomic_write_json
 
@@ -39,8 +39,8 @@ def test_finished_stage_is_returned_without_rebuilding(tmp_path: Path) -> None:
         (folder / "out.txt").write_text("x")
         return {"n": 1}
 
-    first = run_stage(tmp_path, "demo", 1, {"a": 1}, [], build)
-    second = run_stage(tmp_path, "demo", 1, {"a": 1}, [], build)
+    first = run_stage(tmp_path, KeyParts("demo", 1, {"a": 1}, []), build)
+    second = run_stage(tmp_path, KeyParts("demo", 1, {"a": 1}, []), build)
     assert not first.cached and second.cached
     assert len(calls) == 1 and second.summary == {"n": 1}
     assert read_manifest(first.path) is not None
@@ -58,8 +58,8 @@ def test_failed_build_leaves_no_manifest_and_resumes(tmp_path: Path) -> None:
         return {"resumed": resumed}
 
     with pytest.raises(OSError):
-        run_stage(tmp_path, "demo", 1, None, [], build)
-    record = run_stage(tmp_path, "demo", 1, None, [], build)
+        run_stage(tmp_path, KeyParts("demo", 1, None, []), build)
+    record = run_stage(tmp_path, KeyParts("demo", 1, None, []), build)
     assert attempts == [False, True] and record.summary == {"resumed": True}
 
 
@@ -71,7 +71,7 @@ def test_concurrent_runs_build_once(tmp_path: Path) -> None:
         return {}
 
     threads = [
-        threading.Thread(target=run_stage, args=(tmp_path, "demo", 1, None, [], build))
+        threading.Thread(target=run_stage, args=(tmp_path, KeyParts("demo", 1, None, []), build))
         for _ in range(4)
     ]
     for t in threads:
@@ -114,7 +114,7 @@ def test_resumed_stage_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> No
         raise KeyboardInterrupt  # the process dies here
 
     with pytest.raises(KeyboardInterrupt):
-        run_stage(tmp_path, "demo", 1, None, [], killed)
+        run_stage(tmp_path, KeyParts("demo", 1, None, []), killed)
 
     seen: list[str] = []
 
@@ -122,5 +122,5 @@ def test_resumed_stage_sweeps_a_killed_writers_temporaries(tmp_path: Path) -> No
         seen.extend(sorted(str(p.relative_to(folder)) for p in folder.rglob("*") if p.is_file()))
         return {}
 
-    run_stage(tmp_path, "demo", 1, None, [], resumed)
+    run_stage(tmp_path, KeyParts("demo", 1, None, []), resumed)
     assert seen == ["keep.partial"]

@@ -22,8 +22,8 @@ CHILD = """
 import json, sys, time
 import torch
 from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
-from p2p.infer.inference import predict_stage
-from p2p.infer.mosaic import mosaic_stage
+from p2p.stages.predict import run as predict_stage
+from p2p.stages.mosaic import run as mosaic_stage
 torch.set_num_threads(1)
 ws, model, scenes = sys.argv[1], sys.argv[2], sys.argv[3:]
 config = PredictConfig(tile_size=32, overlap=4, batch_size=2, device="cpu", output_format="gtiff")

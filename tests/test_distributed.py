@@ -10,6 +10,7 @@ import socket
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -19,15 +20,16 @@ from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.cache import StageRecord
 from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
-from p2p.data.dataset import dataset_stage
-from p2p.data.tiling import tile_stage
 from p2p.model import distributed
 from p2p.model.checkpoint import list_checkpoints, save_checkpoint
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
-from p2p.stages.pipeline import train_stage, train_stage_config
+from p2p.stages.dataset import run as dataset_stage
+from p2p.stages.tile import run as tile_stage
+from p2p.stages.train import key_parts
+from p2p.stages.train import run as train_stage
 from p2p.stages.train_node import join_training
 from p2p.stages.train_worker import train_on_ranks
 from tests.ddp_probe import chips, configs
@@ -98,6 +100,12 @@ def test_batch_norm_ranks_hold_identical_weights_after_every_step(tmp_path: Path
     spread = json.loads((tmp_path / "bn" / "steps.json").read_text())
     assert len(spread) == 4  # 16 chips / (2 ranks x batch 2)
     assert spread == [0.0] * 4
+
+
+def train_stage_config(model: ModelConfig, train: TrainConfig) -> Any:
+    """The config part of the train stage's key, for a dataset that is only named."""
+    named = StageRecord(stage="dataset", key="d0", path="-", cached=True, seconds=0.0)
+    return key_parts(named, model, train).config
 
 
 def test_stage_key_holds_the_world_size_above_one_process() -> None:

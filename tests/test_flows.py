@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -26,7 +27,7 @@ from flows.train_pipeline import train_pipeline
 from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, PipelineConfig
 from p2p.core.errors import PathNotAllowedError
-from p2p.stages.pipeline import STAGES
+from p2p.stages.pipeline import UNTIL as STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -53,9 +54,9 @@ def task_states(state: Any) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def demo(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """One quick demo run: the training pipeline, batch prediction and the report."""
-    return demo_flow(str(tmp_path_factory.mktemp("ws")), scene_size=96, quick=True)
+def demo(demo_run: dict[str, Any]) -> dict[str, Any]:
+    """The session's quick demo run (conftest.py)."""
+    return demo_run
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +130,7 @@ def test_batch_predict_on_a_local_cluster(
     config, record = trained
     pattern = str(Path(data.union_source).parent / "heldout_[ab]_image.tif")
     batch = BatchPredictConfig(
-        workspace=config.workspace,
+        workspace=str(tmp_path / "ws"),  # the demo's workspace holds these predictions
         model=record["model"],
         scenes=[pattern],
         output=str(tmp_path / "out" / "mosaic.tif"),
@@ -264,3 +265,82 @@ def test_two_concurrent_runs_share_one_set_of_artifacts(data: DemoScenes, tmp_pa
         assert sorted(r["stages"][name]["cached"] for r in records) == [False, True], name
     train_dir = Path(records[0]["stages"]["train"]["path"])
     assert len((train_dir / "metrics.jsonl").read_text().splitlines()) == 2
+
+
+# --- the CLI beside the flows: the plan, the cached fast path, one prediction path ----------
+
+P2P = str(Path(sys.executable).with_name("p2p"))  # the installed console script
+
+
+def _cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """The installed `p2p` in a fresh process, logging every module it imports to stderr."""
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    return subprocess.run(
+        [P2P, *args], capture_output=True, text=True, timeout=300, env=env, cwd=cwd
+    )
+
+
+def _imported(stderr: str) -> set[str]:
+    return {
+        line.rsplit("|", 1)[-1].strip().split(".")[0]
+        for line in stderr.splitlines()
+        if line.startswith("import time:")
+    }
+
+
+def test_fully_cached_run_answers_without_prefect(
+    trained: tuple[PipelineConfig, dict[str, Any]], tmp_path: Path
+) -> None:
+    config, first = trained
+    path = tmp_path / "run.yaml"
+    path.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    out = _cli("run", str(path), "--json")
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {n: (s["key"], s["cached"]) for n, s in record["stages"].items()} == {
+        n: (s["key"], True) for n, s in first["stages"].items()
+    }
+    assert record["model"] == first["model"]
+    assert record["metrics"] == first["validation_metrics"]  # the evaluate stage's
+    imported = _imported(out.stderr)
+    assert "p2p" in imported and not imported & {"prefect", "torch", "rasterio", "dask"}
+
+    plan = _cli("plan", str(path), "--set", "train.epochs=3", "--json")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    stages = json.loads(plan.stdout.strip().splitlines()[-1])["stages"]
+    assert {n: s["status"] for n, s in stages.items()} == {
+        **{n: "cached" for n in first["stages"]},
+        "train": "run",
+        "evaluate": "run",
+    }
+    assert re.fullmatch(r"train\.epochs: \d → 3", stages["train"]["why"])
+    assert stages["evaluate"]["why"] == "upstream train changed"
+    assert "prefect" not in _imported(plan.stderr)
+    dry = _cli("run", str(path), "--set", "train.epochs=3", "--dry-run", "--json")
+    assert json.loads(dry.stdout.strip().splitlines()[-1])["stages"] == stages
+
+
+def test_cli_predict_runs_the_batch_predict_stages(
+    demo: dict[str, Any], data: DemoScenes, tmp_path: Path
+) -> None:
+    mosaic = Path(demo["workspace"]) / "heldout_mosaic.tif"
+    scenes = [a for s in data.held_out for a in ("--input", s.source[0])]
+    options = ["--tile-size", "64", "--overlap", "8", "--batch-size", "8", "--device", "cpu"]
+    base = ["predict", "--model", demo["model"], *scenes, *options, "--format", "gtiff", "--json"]
+    flow_keys = {n: s["key"] for n, s in demo["stages"].items() if n.startswith(("predict", "mos"))}
+
+    # in the flow's workspace, every stage is the flow's: same keys, all reused
+    same = _cli(*base, "--output", str(tmp_path / "a.tif"), "--workspace", demo["workspace"])
+    assert same.returncode == 0, same.stderr[-2000:]
+    assert json.loads(same.stdout.strip().splitlines()[-1])["stages"] == flow_keys
+    assert (tmp_path / "a.tif").read_bytes() == mosaic.read_bytes()
+    assert "prefect" not in _imported(same.stderr)
+
+    # in its own (default) workspace: the same prediction keys and the same bytes
+    fresh = _cli(*base, "--output", str(tmp_path / "out" / "b.tif"))
+    assert fresh.returncode == 0, fresh.stderr[-2000:]
+    record = json.loads(fresh.stdout.strip().splitlines()[-1])
+    assert record["workspace"] == str(tmp_path / "out" / ".p2p-work")
+    predictions = {n: k for n, k in record["stages"].items() if n.startswith("predict")}
+    assert predictions == {n: k for n, k in flow_keys.items() if n.startswith("predict")}
+    assert (tmp_path / "out" / "b.tif").read_bytes() == mosaic.read_bytes()

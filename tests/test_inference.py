@@ -22,10 +22,11 @@ from typer.testing import CliRunner
 from p2p.app.cli import app
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.inference import predict_scene, predict_stage
+from p2p.infer.inference import predict_scene
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, denormalize, normalize
+from p2p.stages.predict import run as predict_stage
 from tests.rasters import write_geotiff
 
 SOURCE_STATS = BandStats(mean=(100.0, 50.0), std=(30.0, 20.0), low=(0.0, 0.0), high=(200.0, 100.0))

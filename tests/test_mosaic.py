@@ -14,7 +14,8 @@ from rasterio.warp import transform as warp_transform
 from p2p.core.cache import read_manifest
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.mosaic import edge_distance, mosaic_scenes, mosaic_stage
+from p2p.infer.mosaic import edge_distance, mosaic_scenes
+from p2p.stages.mosaic import run as mosaic_stage
 from tests.rasters import write_geotiff
 
 RES = 100.0

@@ -15,15 +15,15 @@ import torch
 from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import DaskConfig, PredictConfig, SceneConfig
 from p2p.core.errors import BundleError
-from p2p.data.dataset import dataset_stage
-from p2p.data.tiling import tile_stage
 from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx, onnx_model
 from p2p.infer.translator import open_translator
 from p2p.model.bundle import ONNX, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, normalize
-from p2p.stages.pipeline import train_stage
+from p2p.stages.dataset import run as dataset_stage
+from p2p.stages.tile import run as tile_stage
+from p2p.stages.train import run as train_stage
 from tests.faultkit import assert_one_line_error
 from tests.rasters import write_geotiff
 

@@ -9,25 +9,19 @@ from pathlib import Path
 import pytest
 
 from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
-from p2p.core.cache import StageRecord
-from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig
+from p2p.core.cache import StageRecord, finished_stage
+from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig, expand_scenes
 from p2p.core.errors import InputError, PathNotAllowedError, StageError
-from p2p.data.dataset import dataset_stage
-from p2p.data.tiling import tile_stage
-from p2p.infer.inference import predict_stage
-from p2p.infer.mosaic import mosaic_stage
+from p2p.core.roots import checked_batch_config
+from p2p.infer.report import deliver_file
 from p2p.model.bundle import load_bundle
-from p2p.stages.pipeline import (
-    checked_batch_config,
-    evaluate_stage,
-    expand_scenes,
-    finished_stage,
-    mosaic_stage_key,
-    predict_stage_key,
-    train_stage,
-    train_stage_key,
-)
-from p2p.stages.report import deliver_file
+from p2p.stages import mosaic, predict, train
+from p2p.stages.dataset import run as dataset_stage
+from p2p.stages.evaluate import run as evaluate_stage
+from p2p.stages.mosaic import run as mosaic_stage
+from p2p.stages.predict import run as predict_stage
+from p2p.stages.tile import run as tile_stage
+from p2p.stages.train import run as train_stage
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +44,7 @@ def test_train_then_evaluate_reproduces_validation_metrics(
     cfg = demo_config(tmp_path, data.train, quick=True)
     trained = train_stage(tmp_path, dataset, cfg.model, cfg.train)
     folder = Path(trained.path)
-    assert trained.key == train_stage_key(dataset.key, cfg.model, cfg.train)
+    assert trained.key == train.key_parts(dataset, cfg.model, cfg.train).key
     assert folder == tmp_path / "train" / trained.key
     assert (folder / "metrics.jsonl").read_text().count("\n") == trained.summary["epochs"] == 2
     assert Path(trained.summary["preview"]).is_file()
@@ -70,22 +64,24 @@ def test_train_then_evaluate_reproduces_validation_metrics(
     again = train_stage(tmp_path, dataset, cfg.model, cfg.train)
     assert again.cached and again.key == trained.key
 
-    # the Prefect tasks' keys are the keys the predict and mosaic stages really use
+    # the key parts the plan and the Prefect tasks use are the ones the stages really key on
     model, scene = trained.summary["model"], data.held_out[0]
     predicted = predict_stage(tmp_path, model, scene, cfg.predict)
-    assert predicted.key == predict_stage_key(model, scene, cfg.predict)
-    merged = mosaic_stage(tmp_path, [predicted.summary["output"]], MosaicConfig(), "gtiff")
-    assert merged.key == mosaic_stage_key([predicted.summary["output"]], MosaicConfig(), "gtiff")
+    assert predicted.key == predict.key_parts(model, scene, cfg.predict).key
+    outputs = [predicted.summary["output"]]
+    merged = mosaic_stage(tmp_path, outputs, MosaicConfig(), "gtiff")
+    assert merged.key == mosaic.key_parts(outputs, MosaicConfig(), "gtiff").key
 
 
 def test_train_key_ignores_loader_workers_only(data: DemoScenes, dataset: StageRecord) -> None:
     cfg = demo_config("ws", data.train, quick=True)
-    key = train_stage_key(dataset.key, cfg.model, cfg.train)
+    key = train.key_parts(dataset, cfg.model, cfg.train).key
     workers = cfg.train.model_copy(update={"num_workers": 3})
     epochs = cfg.train.model_copy(update={"epochs": 7})
-    assert train_stage_key(dataset.key, cfg.model, workers) == key
-    assert train_stage_key(dataset.key, cfg.model, epochs) != key
-    assert train_stage_key("other-dataset", cfg.model, cfg.train) != key
+    assert train.key_parts(dataset, cfg.model, workers).key == key
+    assert train.key_parts(dataset, cfg.model, epochs).key != key
+    other = dataset.model_copy(update={"key": "other-dataset"})
+    assert train.key_parts(other, cfg.model, cfg.train).key != key
 
 
 def test_unfinished_stage_folder_is_refused(tmp_path: Path) -> None:

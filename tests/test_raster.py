@@ -12,7 +12,8 @@ from rasterio.warp import transform as warp_transform
 from rasterio.windows import Window
 
 from p2p.core.errors import AlignmentError, InputError
-from p2p.raster import Grid, SceneReader, open_aligned, open_scene
+from p2p.raster import Grid, SceneReader, open_aligned
+from p2p.raster.lazy import open_scene
 from tests.rasters import ramp, write_geotiff
 
 UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)

@@ -4,20 +4,26 @@ code base has no shell, eval/exec or unsafe deserialization."""
 from __future__ import annotations
 
 import ast
+import base64
 import hashlib
 import json
 import logging
+import pickle
+import re
+import zipfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from prefect.settings import PREFECT_RESULTS_LOCAL_STORAGE_PATH
 
 from p2p.core.config import BatchPredictConfig, ModelConfig, PipelineConfig, SceneConfig
 from p2p.core.errors import BundleError, CheckpointError, PathNotAllowedError
+from p2p.core.roots import checked_batch_config, checked_pipeline_config
 from p2p.model.bundle import META, WEIGHTS, load_bundle
 from p2p.model.checkpoint import load_newest
 from p2p.model.training import load_generator
-from p2p.stages.pipeline import checked_batch_config, checked_pipeline_config
 from tests.faultkit import (
     PREDICT_OPTS,
     ROOT,
@@ -230,3 +236,104 @@ def test_config_values_are_never_evaluated(tmp_path: Path) -> None:
     config.write_text(f"train:\n  epochs: __import__('os').system('touch {marker}')\n")
     assert_failed_cleanly(cli(["run", config]), "train.epochs")
     assert not marker.exists()
+
+
+# --- what Prefect, Dask and zarr write on our behalf -------------------------------------
+
+
+def _is_pickle(head: bytes) -> bool:
+    """Pickle protocol 2+ begins with PROTO (0x80) and the protocol number (2..5)."""
+    return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
+
+
+def _pickles_in(path: Path) -> list[str]:
+    """`path` itself when it is a pickle, or the pickles inside it when it is a zip archive."""
+    with open(path, "rb") as fh:
+        if _is_pickle(fh.read(2)):
+            return [""]
+    if not zipfile.is_zipfile(path):
+        return []
+    with zipfile.ZipFile(path) as archive:
+        return [f":{n}" for n in archive.namelist() if _is_pickle(archive.read(n)[:2])]
+
+
+def _pickles_under(root: Path) -> list[str]:
+    """Pickle files (by content, not name) under `root`, and pickles inside zip archives."""
+    return [
+        f"{path.relative_to(root)}{member}"
+        for path in sorted(p for p in root.rglob("*") if p.is_file())
+        for member in _pickles_in(path)
+    ]
+
+
+def test_the_pickle_scanner_finds_pickles_by_content(tmp_path: Path) -> None:
+    (tmp_path / "results").mkdir()
+    (tmp_path / "results" / "no-extension").write_bytes(pickle.dumps({"a": 1}))
+    torch.save({"w": torch.zeros(1)}, tmp_path / "weights.bin")
+    (tmp_path / "plain.json").write_text("{}")
+    found = _pickles_under(tmp_path)
+    assert "results/no-extension" in found
+    assert any(f.startswith("weights.bin:") and f.endswith("data.pkl") for f in found)
+    assert not any(f.startswith("plain") for f in found)
+
+
+def test_a_finished_demo_workspace_holds_no_pickle(demo_run: dict[str, Any]) -> None:
+    # Prefect persists no result, zarr writes JSON and codec bytes, Dask spills nowhere near
+    # the workspace. The one exception: training checkpoints, torch zip archives read only
+    # with weights_only=True (a restricted unpickler; see the refusals above).
+    ws = Path(demo_run["workspace"])
+    checkpoint = re.compile(r"train/\w+/checkpoints/epoch_\d+\.pt:[^/]+/data\.pkl")
+    found = _pickles_under(ws)
+    assert any(checkpoint.fullmatch(f) for f in found)  # the scan reaches the checkpoints
+    assert [f for f in found if not checkpoint.fullmatch(f)] == []
+    assert not (ws / ".prefect").exists()
+    storage = Path(str(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value())).expanduser()
+    created = ws.stat().st_mtime
+    if storage.is_dir():  # nothing Prefect wrote there during the run is a pickle
+        recent = [p for p in storage.rglob("*") if p.is_file() and p.stat().st_mtime >= created]
+        assert [str(p) for p in recent if _pickles_in(p)] == []
+
+
+def _planted_record(path: Path, marker: Path) -> Path:
+    """A Prefect result record whose metadata names the pickle serializer: Prefect unpickles
+    it whatever serializer the task asked for, which would create `marker`."""
+    payload = base64.b64encode(pickle.dumps(_Payload(marker))).decode()
+    record = {
+        "metadata": {
+            "storage_key": str(path),
+            "expiration": None,
+            "serializer": {"type": "pickle", "picklelib": "pickle"},
+            "prefect_version": "3.9.1",
+            "storage_block_id": None,
+        },
+        "result": payload,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record))
+    return path
+
+
+def test_planted_result_pickles_are_never_read(demo_run: dict[str, Any], tmp_path: Path) -> None:
+    from flows.train_pipeline import train_pipeline
+    from p2p.app.demo import demo_config, write_demo_scenes
+
+    ws = Path(demo_run["workspace"])
+    marker = tmp_path / "pwned"
+    storage = Path(str(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value())).expanduser()
+    planted = []
+    for name, stage in demo_run["stages"].items():
+        key = f"p2p-{name.split(':')[0]}-{stage['key']}"  # the cache keys Prefect once used
+        for folder in (ws / ".prefect" / "results", storage):
+            planted.append(_planted_record(folder / key, marker))
+    try:
+        data = write_demo_scenes(ws / "data", scene_size=96)
+        record = train_pipeline(demo_config(ws, data.train, quick=True))
+        assert record["stages"] and all(s["cached"] for s in record["stages"].values())
+        assert not marker.exists()
+        from prefect._internal.result_records import ResultRecord
+
+        ResultRecord.deserialize(planted[0].read_bytes())  # the plant is live: it runs code
+        assert marker.exists()
+    finally:
+        for path in planted:
+            path.unlink(missing_ok=True)

@@ -21,7 +21,8 @@ from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.dask_client import dask_client
 from p2p.core.errors import P2PError
 from p2p.data import chipstore
-from p2p.data.tiling import ChipGrid, tile_stage
+from p2p.data.tiling import ChipGrid
+from p2p.stages.tile import run as tile_stage
 from tests.rasters import ramp, write_geotiff
 
 UTM = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)
@@ -143,7 +144,7 @@ KILL_SCRIPT = """
 import sys, time
 from distributed import Client, LocalCluster
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
-from p2p.data.tiling import tile_stage
+from p2p.stages.tile import run as tile_stage
 scene = SceneConfig.model_validate_json(sys.argv[2])
 tiling = TilingConfig.model_validate_json(sys.argv[3])
 if __name__ == "__main__":

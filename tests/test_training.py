@@ -8,7 +8,9 @@ import signal
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -20,7 +22,16 @@ from p2p.model.augment import augment_pair, dihedral
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import lr_factor
-from p2p.model.training import TrainProgress, iter_metrics, load_generator, train
+from p2p.model.training import TrainProgress, load_generator, train
+
+
+def iter_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:
+    """The records of `out_dir/metrics.jsonl`, one per finished epoch."""
+    path = Path(out_dir) / "metrics.jsonl"
+    if path.exists():
+        for line in path.read_text(encoding="utf-8").splitlines():
+            yield json.loads(line)
+
 
 # The children import `synthetic` (test-only code in tests/).
 TESTS_ON_PATH = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent)}

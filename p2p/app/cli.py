@@ -13,6 +13,7 @@ import json
 import logging
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import typer
@@ -94,8 +95,6 @@ def check_output_path(path: str) -> None:
     Raises:
         InputError: `path` is a folder, or a file stands where one of its folders must be.
     """
-    from pathlib import Path
-
     from p2p.core.errors import InputError
 
     target = Path(path).absolute()
@@ -131,16 +130,74 @@ def _print_stages(record: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def check_scenes(config: Any) -> None:
-    """Check paths and every scene pair (files, bands, grids, overlap, chip size) before the
-    flow starts, so bad input costs a second and one line, not a Prefect start-up and task
-    retries of an error no retry can fix."""
+def check_scenes(config: Any) -> Any:
+    """Check paths and every scene (files, bands, grids, overlap, chip size) before the flow
+    starts, so bad input costs a second and one line, not a Prefect start-up and task
+    retries of an error no retry can fix. Returns the checked config."""
+    from p2p.core.config import ExportTilesConfig
+    from p2p.core.roots import checked_pipeline_config
+    from p2p.data.arcgis import plan_export
     from p2p.data.tiling import plan_scene
-    from p2p.stages.pipeline import checked_pipeline_config
 
     checked = checked_pipeline_config(config)
     for scene in checked.scenes:
-        plan_scene(scene, checked.tiling)
+        if isinstance(scene, ExportTilesConfig):
+            plan_export(scene.export_tiles, checked.tiling)
+        else:
+            plan_scene(scene, checked.tiling)
+    return checked
+
+
+def _print_plan(entries: Any) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table("stage", "status", "key", "why")
+    for e in entries:
+        table.add_row(e.label, e.status, e.record.key, e.why)
+    Console().print(table)
+
+
+def _plan_json(entries: Any) -> dict[str, Any]:
+    return {
+        "stages": {
+            e.label: {"key": e.record.key, "path": e.record.path, "status": e.status, "why": e.why}
+            for e in entries
+        }
+    }
+
+
+def _training_plan(config: str, overrides: list[str], until: str | None) -> tuple[Any, Any]:
+    """The checked config and its plan; nothing runs, Prefect is not imported."""
+    from p2p.core.config import load_config
+    from p2p.core.errors import ConfigError
+    from p2p.core.roots import checked_pipeline_config
+    from p2p.stages.pipeline import TRAINING, UNTIL
+    from p2p.stages.plan import plan
+
+    if until is not None and until not in UNTIL:
+        raise ConfigError("--until", f"must be one of {', '.join(UNTIL)}, not {until!r}")
+    cfg = checked_pipeline_config(load_config(config, overrides))
+    return cfg, plan(TRAINING, cfg, cfg.workspace, until)
+
+
+@app.command("plan")
+def plan_command(
+    config: str = typer.Argument(..., help="Pipeline config YAML."),
+    until: str | None = typer.Option(None, "--until", help="Plan up to this stage."),
+    overrides: list[str] = typer.Option([], "--set", help="Override a config field."),
+    as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
+) -> None:
+    """Show, for each stage, whether it is cached or will run and why; runs nothing."""
+
+    def body() -> None:
+        _, entries = _training_plan(config, overrides, until)
+        if as_json:
+            print_json(_plan_json(entries))
+        else:
+            _print_plan(entries)
+
+    guard(body)
 
 
 @app.command()
@@ -152,32 +209,57 @@ def run(
     overrides: list[str] = typer.Option(
         [], "--set", help="Override a config field, e.g. --set train.epochs=5 (repeatable)."
     ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only show the plan (`p2p plan`)."),
+    force: list[str] = typer.Option(
+        [], "--force", help="Rebuild this stage and what depends on it (repeatable)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
-    """Run the training pipeline flow (tile → dataset → train → evaluate), cached per stage."""
+    """Run the training pipeline flow (tile → dataset → train → evaluate), cached per stage.
+
+    When every stage is already cached, the record is printed without starting Prefect.
+    """
 
     def body() -> None:
-        from p2p.core.config import load_config
         from p2p.core.errors import ConfigError
-        from p2p.stages.pipeline import STAGES
+        from p2p.stages.pipeline import TRAINING, run_record
+        from p2p.stages.plan import force as force_stage
+        from p2p.stages.plan import plan, records_of
 
-        if until is not None and until not in STAGES:
-            raise ConfigError("--until", f"must be one of {', '.join(STAGES)}, not {until!r}")
-        cfg = load_config(config, overrides)
-        check_scenes(cfg)
-        from p2p.app.console import console_progress_bars, quiet_prefect
-
-        quiet_prefect(_state["debug"])
-        from flows.train_pipeline import train_pipeline
-
-        with console_progress_bars():
-            record = train_pipeline(cfg, until)  # type: ignore[arg-type]
+        cfg, entries = _training_plan(config, overrides, until)
+        if dry_run:
+            if as_json:
+                print_json(_plan_json(entries))
+            else:
+                _print_plan(entries)
+            return
+        names = [step.stage.name for step in TRAINING]
+        for stage in force:
+            if stage not in names:
+                raise ConfigError("--force", f"must be one of {', '.join(names)}, not {stage!r}")
+            force_stage(entries, stage)
+        if force:
+            entries = plan(TRAINING, cfg, cfg.workspace, until)
+        if all(e.status == "cached" for e in entries):
+            record = run_record(cfg.workspace, records_of(entries))
+        else:
+            record = _run_flow(check_scenes(cfg), until)
         if as_json:
             print_json(record)
         else:
             _print_stages(record)
 
     guard(body)
+
+
+def _run_flow(cfg: Any, until: str | None) -> dict[str, Any]:
+    from p2p.app.console import console_progress_bars, quiet_prefect
+
+    quiet_prefect(_state["debug"])
+    from flows.train_pipeline import train_pipeline
+
+    with console_progress_bars():
+        return train_pipeline(cfg, until)  # type: ignore[arg-type]
 
 
 @app.command("train-node")
@@ -192,7 +274,7 @@ def train_node(
 
     def body() -> None:
         from p2p.core.config import load_config
-        from p2p.stages.pipeline import checked_pipeline_config
+        from p2p.core.roots import checked_pipeline_config
         from p2p.stages.train_node import join_training
 
         folder = join_training(checked_pipeline_config(load_config(config, overrides)), wait)
@@ -247,6 +329,9 @@ def predict(
         ..., "--input", help="Source scene: a raster or comma-joined band files (repeatable)."
     ),
     output: str = typer.Option(..., "--output", help="Prediction (one input) or mosaic."),
+    workspace: str | None = typer.Option(
+        None, "--workspace", help="Stage cache folder (default: .p2p-work beside the output)."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
     nodata: float | None = typer.Option(None, "--nodata", help="Source nodata override."),
     tile_size: int = typer.Option(512, "--tile-size", help="Window side in pixels."),
@@ -259,17 +344,20 @@ def predict(
         "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
     ),
 ) -> None:
-    """Translate one scene, or several scenes into one mosaic, with a model bundle."""
+    """Translate one scene, or several scenes into one mosaic, with a model bundle.
+
+    Runs the prediction stages of the `batch_predict` flow (same keys, same artifacts) without
+    Prefect, cached in a workspace: a rerun reuses finished scenes and resumes a killed one.
+    """
 
     def body() -> None:
         import time
 
         from pydantic import ValidationError
 
-        from p2p.core.config import PredictConfig, SceneConfig
+        from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
         from p2p.core.errors import ConfigError
-        from p2p.infer.mosaic import predict_region
-        from p2p.model.bundle import load_bundle
+        from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
 
         start = time.perf_counter()
         try:
@@ -283,15 +371,22 @@ def predict(
             raise ConfigError(".".join(map(str, err["loc"])) or "predict", err["msg"]) from None
         scenes = [SceneConfig.model_validate({"source": spec}) for spec in inputs]
         check_output_path(output)
-        bundle = load_bundle(model)
+        ws = str(Path(workspace).absolute() if workspace else default_workspace(output))
+        job = PredictionJob(ws, model, scenes, config, MosaicConfig())
         with _scene_progress("predict") as bars:
 
             def progress(name: str) -> Callable[[int, int], None]:
                 task = bars.add_task(name, total=None)
                 return lambda done, total: bars.update(task, completed=done, total=total)
 
-            record = predict_region(bundle, scenes, output, config, progress)
-        record["seconds"] = round(time.perf_counter() - start, 3)
+            stages = predict_in_process(job, output, progress)
+        record = {
+            "output": str(Path(output).absolute()),
+            "scenes": len(scenes),
+            "workspace": ws,
+            "stages": {name: r.key for name, r in stages.items()},
+            "seconds": round(time.perf_counter() - start, 3),
+        }
         if as_json:
             print_json(record)
         else:

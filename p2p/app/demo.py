@@ -10,7 +10,6 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
@@ -24,7 +23,6 @@ from p2p.app.demo_world import (
     render_satellite,
     write_geotiff,
 )
-from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.core.config import (
     BatchPredictConfig,
     DaskConfig,
@@ -35,16 +33,13 @@ from p2p.core.config import (
     SceneConfig,
     TilingConfig,
     TrainConfig,
+    TrainingScene,
 )
-from p2p.core.fsutil import atomic_write_text
-from p2p.infer.evaluation import evaluate
-from p2p.stages.report import comparison_png, deliver_file, metrics_markdown, read_display
 
 log = logging.getLogger(__name__)
 
 DEMO_EPOCHS = 40
 DEMO_SEED = 5
-REPORT_VERSION = 1
 
 Window = tuple[int, int, int, int]  # row, col, height, width in world pixels
 
@@ -138,7 +133,7 @@ def demo_config(
     chip = 32 if quick else 64
     return PipelineConfig(
         workspace=str(workspace),
-        scenes=scenes,
+        scenes=list[TrainingScene](scenes),
         tiling=TilingConfig(chip_size=chip, stride=chip // 2, block_chips=4),
         dataset=DatasetConfig(val_fraction=0.15, split_block_chips=4 if quick else 3),
         model=ModelConfig(
@@ -176,43 +171,3 @@ def demo_batch_config(
         ),
         dask=DaskConfig(n_workers=1, threads_per_worker=2),
     )
-
-
-def _report_inputs(mosaic: str, data: DemoScenes) -> list[str]:
-    return [fingerprint_file(p) for p in (mosaic, data.union_source, data.union_target)]
-
-
-def report_stage_key(mosaic: str, data: DemoScenes) -> str:
-    """The report stage's cache key (also the Prefect task's)."""
-    return stage_key("report", REPORT_VERSION, {"bands": 3}, _report_inputs(mosaic, data))
-
-
-def report_stage(workspace: str | Path, mosaic: str, data: DemoScenes) -> StageRecord:
-    """Evaluate the held-out mosaic against its map and draw input | prediction | target.
-
-    Writes ``report.png`` and ``report.md`` into the stage folder and copies both to the
-    workspace root; cached on the mosaic's and the references' fingerprints.
-    """
-    inputs = _report_inputs(mosaic, data)
-
-    def build(folder: Path) -> dict[str, Any]:
-        metrics = evaluate(mosaic, data.union_target)
-        panels = [
-            ("input (satellite)", read_display(data.union_source)),
-            ("prediction", read_display(mosaic)),
-            ("target (map)", read_display(data.union_target)),
-        ]
-        comparison_png(folder / "report.png", panels)
-        table = metrics_markdown(metrics, ["red", "green", "blue"])
-        text = (
-            "# p2p demo: held-out mosaic\n\n![input | prediction | target](report.png)\n\n"
-            f"Two overlapping held-out scenes, predicted and mosaicked: `{mosaic}`.\n\n"
-            f"Metrics against the map (8-bit units; PSNR in dB):\n\n{table}\n"
-        )
-        atomic_write_text(folder / "report.md", text)
-        return {"metrics": metrics}
-
-    record = run_stage(workspace, "report", REPORT_VERSION, {"bands": 3}, inputs, build)
-    for name in ("report.png", "report.md"):  # the workspace root holds the latest report
-        deliver_file(Path(record.path) / name, Path(workspace) / name)
-    return record

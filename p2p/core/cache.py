@@ -5,8 +5,8 @@ artifacts live in ``{workspace}/{stage}/{key}/``; ``manifest.json`` is written t
 atomically. A folder with a manifest is finished and returned at once; a folder without one is
 unfinished and the stage resumes it. Concurrent runs take a per-key file lock.
 
-The same `stage_key` feeds the Prefect tasks' ``cache_key_fn``, so Prefect and p2p agree on
-what is cached, while the manifest stays the source of truth.
+Each stage (`p2p.stages`) declares its key as `KeyParts`; `run_stage`, the plan and the
+Prefect tasks all derive the key and folder from those parts, so they agree by construction.
 """
 
 from __future__ import annotations
@@ -19,11 +19,12 @@ import shutil
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
+from p2p.core.errors import StageError
 from p2p.core.fsutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
@@ -46,6 +47,24 @@ class StageRecord(BaseModel):
     summary: dict[str, Any] = Field(default_factory=dict, description="Counts, metrics, paths.")
 
 
+class KeyParts(NamedTuple):
+    """What a stage run's key is made of; a stage computes these once, from its arguments."""
+
+    stage: str
+    version: int
+    config: Any
+    inputs: Sequence[str]
+
+    @property
+    def key(self) -> str:
+        """The stage key (hex), also the artifact folder's name."""
+        return stage_key(self.stage, self.version, self.config, self.inputs)
+
+    def folder(self, workspace: str | Path) -> Path:
+        """The artifact folder of this run in `workspace`."""
+        return stage_dir(workspace, self.stage, self.key)
+
+
 def fingerprint_file(path: str | Path, strict: bool = False) -> str:
     """Fingerprint a user file: resolved path + size + mtime, or a content hash when `strict`."""
     p = Path(path).resolve()
@@ -59,7 +78,8 @@ def fingerprint_file(path: str | Path, strict: bool = False) -> str:
     return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
 
-def _canonical(obj: Any) -> Any:
+def canonical(obj: Any) -> Any:
+    """A config as it is keyed and stored in a manifest (a pydantic model as JSON data)."""
     if isinstance(obj, BaseModel):
         return obj.model_dump(mode="json")
     return obj
@@ -75,7 +95,7 @@ def stage_key(stage: str, version: int, config: Any = None, inputs: Sequence[str
         inputs: Fingerprints of the inputs: upstream stage keys or `fingerprint_file` values.
     """
     payload = json.dumps(
-        {"stage": stage, "version": version, "config": _canonical(config), "inputs": list(inputs)},
+        {"stage": stage, "version": version, "config": canonical(config), "inputs": list(inputs)},
         sort_keys=True,
         separators=(",", ":"),
         default=str,
@@ -124,26 +144,19 @@ def _sweep_temporaries(folder: Path) -> None:
 
 
 def run_stage(
-    workspace: str | Path,
-    stage: str,
-    version: int,
-    config: Any,
-    inputs: Sequence[str],
-    build: Callable[[Path], dict[str, Any]],
+    workspace: str | Path, parts: KeyParts, build: Callable[[Path], dict[str, Any]]
 ) -> StageRecord:
     """Run a stage once per key: return a finished folder at once, else build or resume it.
 
     Args:
         workspace: Workspace root.
-        stage: Stage name.
-        version: Stage format version.
-        config: Stage config, part of the key.
-        inputs: Input fingerprints, part of the key.
+        parts: The stage's key parts (name, format version, config, input fingerprints).
         build: Called with the (possibly partly filled) artifact folder; must resume what is
             there and return the JSON-able summary stored in the manifest.
     """
     start = time.perf_counter()
-    key = stage_key(stage, version, config, inputs)
+    stage, version, config, inputs = parts
+    key = parts.key
     folder = stage_dir(workspace, stage, key)
     with stage_lock(folder):
         manifest = read_manifest(folder)
@@ -157,7 +170,7 @@ def run_stage(
                 "stage": stage,
                 "version": version,
                 "key": key,
-                "config": _canonical(config),
+                "config": canonical(config),
                 "inputs": list(inputs),
                 "summary": summary,
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
@@ -172,5 +185,27 @@ def run_stage(
         path=str(folder),
         cached=cached,
         seconds=round(time.perf_counter() - start, 3),
+        summary=manifest.get("summary", {}),
+    )
+
+
+def finished_stage(stage_or_dir: StageRecord | str | Path) -> StageRecord:
+    """A finished stage as a record: given one, or read from a stage folder's manifest.
+
+    Raises:
+        StageError: the folder has no manifest (the stage is unfinished or never ran).
+    """
+    if isinstance(stage_or_dir, StageRecord):
+        return stage_or_dir
+    folder = Path(stage_or_dir)
+    manifest = read_manifest(folder)
+    if manifest is None:
+        raise StageError(folder, "no manifest.json: this stage has not finished; run it first")
+    return StageRecord(
+        stage=manifest["stage"],
+        key=manifest["key"],
+        path=str(folder),
+        cached=True,
+        seconds=0.0,
         summary=manifest.get("summary", {}),
     )

@@ -7,13 +7,15 @@ typed form; YAML files load into it with `load_config`, and the CLI overrides si
 
 from __future__ import annotations
 
+import glob
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from p2p.core.errors import ConfigError
+from p2p.core.errors import ConfigError, InputError
 
 
 class _Config(BaseModel):
@@ -71,6 +73,25 @@ class SceneConfig(_Config):
     def scene_id(self) -> str:
         """Stable scene id: `name`, or the stem of the first source file."""
         return self.name or Path(self.source[0]).stem
+
+
+class ExportTilesConfig(_Config):
+    """One ArcGIS Export Tiles folder of training chips (``images/`` + ``images2/``)."""
+
+    export_tiles: str = Field(
+        description="Folder written by ArcGIS 'Export Training Data For Deep Learning' "
+        "(Export Tiles format): source chips in images/, paired target chips in images2/."
+    )
+    name: str | None = Field(default=None, description="Scene id; defaults to the folder name.")
+
+    @property
+    def scene_id(self) -> str:
+        """Stable scene id: `name`, or the folder's name."""
+        return self.name or Path(self.export_tiles).name
+
+
+#: A training scene: a GeoTIFF pair to tile, or an Export Tiles folder to import.
+TrainingScene = SceneConfig | ExportTilesConfig
 
 
 class TilingConfig(_Config):
@@ -241,8 +262,10 @@ class PipelineConfig(_Config):
     """Everything the training pipeline needs; the one parameter of `train_pipeline`."""
 
     workspace: str = Field(default="./work", description="Folder holding every stage's artifacts.")
-    scenes: list[SceneConfig] = Field(
-        default_factory=list, description="Training scene pairs (each needs a target)."
+    scenes: list[TrainingScene] = Field(
+        default_factory=list,
+        description="Training scenes: raster pairs (each needs a target) and Export Tiles "
+        "folders ({export_tiles: folder}).",
     )
     tiling: TilingConfig = Field(default_factory=TilingConfig, description="Tiling settings.")
     dataset: DatasetConfig = Field(default_factory=DatasetConfig, description="Split settings.")
@@ -262,7 +285,7 @@ class PipelineConfig(_Config):
                 f"2^model.num_downs = {multiple}"
             )
         for i, scene in enumerate(self.scenes):
-            if scene.target is None:
+            if isinstance(scene, SceneConfig) and scene.target is None:
                 raise ValueError(f"scenes[{i}] has no target; training scenes need one")
         return self
 
@@ -284,6 +307,35 @@ class BatchPredictConfig(_Config):
         default_factory=DaskConfig,
         description="With an address, scenes are predicted on that Dask cluster.",
     )
+
+
+def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[SceneConfig]:
+    """Turn batch entries into scenes: a glob pattern gives one scene per match (sorted), a
+    comma-joined entry is one scene stacked from band files, anything else one file.
+
+    Raises:
+        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
+    """
+    scenes: list[SceneConfig] = []
+    for entry in patterns:
+        if glob.has_magic(entry):
+            matches = sorted(glob.glob(str(Path(entry).expanduser())))
+            if not matches:
+                raise InputError(entry, "the pattern matches no file")
+            scenes += [SceneConfig(source=[m], nodata=nodata) for m in matches]
+        else:
+            scenes.append(SceneConfig.model_validate({"source": entry, "nodata": nodata}))
+    seen: dict[str, str] = {}
+    for scene in scenes:
+        for f in scene.source:
+            if not Path(f).is_file():
+                raise InputError(f, "file not found")
+        if scene.scene_id in seen:
+            raise InputError(
+                scene.source[0], f"scene id {scene.scene_id!r} repeats {seen[scene.scene_id]}"
+            )
+        seen[scene.scene_id] = scene.source[0]
+    return scenes
 
 
 def _first_error(exc: ValidationError) -> tuple[str, str]:
@@ -354,17 +406,21 @@ def _resolve(p: str, base: Path) -> str:
     return str(q if q.is_absolute() else (base / q).resolve())
 
 
+def map_scene_paths(scene: TrainingScene, fn: Callable[[str], str]) -> TrainingScene:
+    """`scene` with `fn` applied to each of its paths (files or the export folder)."""
+    if isinstance(scene, ExportTilesConfig):
+        return scene.model_copy(update={"export_tiles": fn(scene.export_tiles)})
+    return scene.model_copy(
+        update={
+            "source": [fn(p) for p in scene.source],
+            "target": None if scene.target is None else [fn(p) for p in scene.target],
+        }
+    )
+
+
 def resolve_paths(config: PipelineConfig, base: Path) -> PipelineConfig:
     """Return `config` with the workspace and scene paths made absolute against `base`."""
-    scenes = [
-        s.model_copy(
-            update={
-                "source": [_resolve(p, base) for p in s.source],
-                "target": None if s.target is None else [_resolve(p, base) for p in s.target],
-            }
-        )
-        for s in config.scenes
-    ]
+    scenes = [map_scene_paths(s, lambda p: _resolve(p, base)) for s in config.scenes]
     return config.model_copy(
         update={"workspace": _resolve(config.workspace, base), "scenes": scenes}
     )

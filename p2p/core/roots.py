@@ -13,7 +13,14 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p2p.core.errors import PathNotAllowedError
+from p2p.core.config import (
+    BatchPredictConfig,
+    PipelineConfig,
+    SceneConfig,
+    expand_scenes,
+    map_scene_paths,
+)
+from p2p.core.errors import InputError, PathNotAllowedError
 
 ENV_VAR = "P2P_ALLOWED_ROOTS"
 
@@ -49,3 +56,44 @@ def check_path(path: str | Path, roots: Iterable[Path] | None = None) -> Path:
     raise PathNotAllowedError(
         path, f"resolves to {resolved}, outside the allowed roots ({ENV_VAR}={listed})"
     )
+
+
+def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
+    """Resolve the workspace and every scene path, each under `P2P_ALLOWED_ROOTS`.
+
+    Raises:
+        PathNotAllowedError: a path resolves outside the allowed roots.
+        InputError: the config names no scene.
+    """
+    roots = allowed_roots()
+    if not config.scenes:
+        raise InputError("scenes", "the training pipeline needs at least one scene pair")
+    scenes = [map_scene_paths(s, lambda p: str(check_path(p, roots))) for s in config.scenes]
+    workspace = str(check_path(config.workspace, roots))
+    return config.model_copy(update={"workspace": workspace, "scenes": scenes})
+
+
+def checked_batch_config(
+    config: BatchPredictConfig,
+) -> tuple[BatchPredictConfig, list[SceneConfig]]:
+    """Resolve and check the batch paths under the allowed roots, and expand the scenes.
+
+    Patterns are checked before they are expanded (a pattern outside the roots never lists a
+    folder) and every match again after (a symlink inside a root may point outside).
+    """
+    roots = allowed_roots()
+    for entry in config.scenes:
+        for part in entry.split(","):
+            check_path(part.strip(), roots)
+    scenes = expand_scenes(config.scenes, config.predict.nodata)
+    for scene in scenes:
+        for f in scene.source:
+            check_path(f, roots)
+    checked = config.model_copy(
+        update={
+            "workspace": str(check_path(config.workspace, roots)),
+            "model": str(check_path(config.model, roots)),
+            "output": str(check_path(config.output, roots)),
+        }
+    )
+    return checked, scenes

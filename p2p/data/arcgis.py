@@ -1,24 +1,25 @@
 """Import ArcGIS Pro "Export Training Data For Deep Learning" output (Export Tiles format).
 
-For Pix2Pix, ArcGIS writes the input chips to ``images/`` and the paired chips to
-``images2/`` under the same file names (TIFF, PNG or JPEG); this is the layout that
-arcgis.learn's ``prepare_data`` reads. The import writes the pairs into the same chip store
-as the tile stage, so the dataset stage and training treat both alike. Georeferenced chips
-(GeoTIFFs, or PNG/JPEG with world files) keep their pixel position on a common grid, so the
-spatial train/val split stays spatial; chips without georeference are laid out in one row in
-file-name order, where neighbouring exports are usually neighbours on the ground.
+For Pix2Pix, ArcGIS writes the input chips to ``images/`` and the paired chips to ``images2/``
+under the same file names (TIFF, PNG or JPEG); this is the layout that arcgis.learn's
+``prepare_data`` reads. The import writes the pairs into the same chip store as the tile stage
+(stage `import`, `p2p.stages.import_tiles`), so the dataset stage and training treat both alike.
+Georeferenced chips (GeoTIFFs, or PNG/JPEG with world files) keep their pixel position on a
+common grid, so the spatial train/val split stays spatial; chips without georeference are laid
+out in one row in file-name order, where neighbouring exports are usually neighbours on the
+ground.
 """
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from rasterio.windows import Window
 
-from p2p.core.cache import StageRecord, fingerprint_file, run_stage
 from p2p.core.config import TilingConfig
 from p2p.core.errors import InputError
 from p2p.data import chipstore
@@ -27,7 +28,6 @@ from p2p.raster import SceneReader
 log = logging.getLogger(__name__)
 
 SUFFIXES = {".tif", ".tiff", ".png", ".jpg", ".jpeg"}
-IMPORT_VERSION = 1
 
 
 def find_pairs(folder: Path) -> list[tuple[Path, Path]]:
@@ -126,18 +126,31 @@ def _write_block(
     chipstore.write_block(folder, f"0_{block}", rows[0]["chip"], stacked, rows)
 
 
-def import_export_tiles(
-    folder: str | Path, workspace: str | Path, tiling: TilingConfig
-) -> StageRecord:
-    """Import an Export Tiles folder (images/ + images2/) as a tile-stage chip store.
+@dataclass(frozen=True)
+class ExportPlan:
+    """A checked Export Tiles folder: its chip pairs, where they lie, the store they fill.
 
-    Args:
-        folder: The export folder.
-        workspace: Workspace root; the store lands in ``{workspace}/tile/{key}/``.
-        tiling: `chip_size` must equal the exported chip size; `block_chips`² chips per block.
+    Attributes:
+        folder: The export folder (resolved).
+        pairs: (images/x, images2/x) files, sorted by name.
+        positions: Pixel offsets (x0, y0) of each pair on the common grid.
+        meta: The chip store's meta (sides, crs, chip size, ...).
+        layout: The chip store's layout.
+        n_blocks: Blocks of `per_block` chips.
+        per_block: Chips per block (`block_chips`²).
+    """
 
-    Returns:
-        A tile-stage record, usable as input of the dataset stage.
+    folder: Path
+    pairs: list[tuple[Path, Path]]
+    positions: list[tuple[int, int]]
+    meta: dict[str, Any]
+    layout: chipstore.StoreLayout
+    n_blocks: int
+    per_block: int
+
+
+def plan_export(folder: str | Path, tiling: TilingConfig) -> ExportPlan:
+    """Check an Export Tiles folder (images/ + images2/) against `tiling`.
 
     Raises:
         InputError: missing folders, unpaired files, chips of another size or band layout.
@@ -159,33 +172,35 @@ def import_export_tiles(
         meta["source"]["dtype"],
         meta["target"]["dtype"],
     )
-    inputs = [fingerprint_file(p) for pair in pairs for p in pair]
-    config = {
-        "arcgis": str(folder),
-        "tiling": tiling.model_dump(mode="json", exclude={"min_valid_fraction"}),
+    return ExportPlan(folder, pairs, positions, meta, layout, n_blocks, per_block)
+
+
+def import_into(out: Path, plan: ExportPlan, tiling: TilingConfig) -> dict[str, Any]:
+    """Write the planned pairs into the chip store at `out`, resuming finished blocks.
+
+    Returns:
+        The summary, shaped like the tile stage's (n_chips, chips_kept, sides, chip size).
+    """
+    size = tiling.chip_size
+    name = plan.folder.name
+    chipstore.create_store(out, plan.layout, plan.meta)
+    done = chipstore.done_blocks(out)
+    for b in range(plan.n_blocks):
+        if f"0_{b}" in done:
+            continue
+        lo, hi = b * plan.per_block, min((b + 1) * plan.per_block, len(plan.pairs))
+        rows = [_row(i, plan.positions[i], size, name, b) for i in range(lo, hi)]
+        _write_block(out, b, plan.pairs[lo:hi], rows, size)
+    index = chipstore.write_index(out)
+    return {
+        "scene": name,
+        "n_chips": len(index),
+        "chips_kept": int((index["valid_fraction"] >= tiling.min_valid_fraction).sum()),
+        **chipstore.sides_summary(plan.meta),
+        "chip_size": size,
+        "stride": size,
+        "store": chipstore.STORE,
     }
-
-    def build(out: Path) -> dict[str, Any]:
-        chipstore.create_store(out, layout, meta)
-        done = chipstore.done_blocks(out)
-        for b in range(n_blocks):
-            if f"0_{b}" in done:
-                continue
-            lo, hi = b * per_block, min((b + 1) * per_block, len(pairs))
-            rows = [_row(i, positions[i], size, folder.name, b) for i in range(lo, hi)]
-            _write_block(out, b, pairs[lo:hi], rows, size)
-        index = chipstore.write_index(out)
-        return {
-            "scene": folder.name,
-            "n_chips": len(index),
-            "chips_kept": int((index["valid_fraction"] >= tiling.min_valid_fraction).sum()),
-            **chipstore.sides_summary(meta),
-            "chip_size": size,
-            "stride": size,
-            "store": chipstore.STORE,
-        }
-
-    return run_stage(workspace, "tile", IMPORT_VERSION, config, inputs, build)
 
 
 def _row(i: int, pos: tuple[int, int], size: int, scene: str, block: int) -> dict[str, Any]:

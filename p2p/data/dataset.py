@@ -1,4 +1,4 @@
-"""Stage `dataset`: filter chips, split train/val spatially, and compute band statistics.
+"""Datasets: filter chips, split train/val spatially, and compute band statistics.
 
 Chips under `min_valid_fraction` are dropped. The split assigns whole blocks of
 `split_block_chips` x `split_block_chips` chip positions (per scene) to train or val, seeded;
@@ -22,17 +22,17 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from p2p.core.cache import StageRecord, read_manifest, run_stage, stage_key
+from p2p.core.cache import read_manifest
 from p2p.core.config import DatasetConfig, TilingConfig
 from p2p.core.errors import StageError
 from p2p.core.fsutil import atomic_write_json, read_json
 from p2p.data import chipstore
 from p2p.data.bandstats import StatsAccumulator
+from p2p.model.augment import dihedral_pair
 from p2p.model.normalization import BandStats, normalize
 
 log = logging.getLogger(__name__)
 
-DATASET_VERSION = 1
 SPLIT = "split.json"
 STATS = "stats.json"
 BATCH_CHIPS = 64
@@ -124,72 +124,68 @@ def compute_stats(
     return acc["source"].result(), acc["target"].result()
 
 
-def dataset_stage_config(config: DatasetConfig, tiling: TilingConfig) -> dict[str, Any]:
-    """The config part of the dataset stage's key (only tiling's chip filter matters here)."""
-    return {
-        "dataset": config.model_dump(mode="json"),
-        "min_valid_fraction": tiling.min_valid_fraction,
-    }
-
-
-def dataset_stage_key(tile_dirs: Sequence[str], config: DatasetConfig, tiling: TilingConfig) -> str:
-    """The dataset stage's cache key (also usable as a Prefect `cache_key_fn`)."""
-    keys = [_tile_info(d)[0] for d in tile_dirs]
-    return stage_key("dataset", DATASET_VERSION, dataset_stage_config(config, tiling), keys)
-
-
-def dataset_stage(
-    workspace: str | Path,
-    tile_dirs: Sequence[str],
-    config: DatasetConfig,
-    tiling: TilingConfig,
-) -> StageRecord:
-    """Build ``{workspace}/dataset/{key}/`` (split.json, stats.json) from tile-stage folders.
-
-    Returns:
-        The stage record; summary holds n_train, n_val, band names, dtypes, nodata, chip_size
-        and the tile folders.
+def check_tiles(tile_dirs: Sequence[str]) -> tuple[list[str], list[dict[str, Any]]]:
+    """The keys and chip-store metas of finished tile (or import) folders that fit together.
 
     Raises:
-        StageError: a folder is not a finished tile stage, scenes disagree in bands or chip
-            size, or no chip passes `min_valid_fraction`.
+        StageError: no folder, a folder that is not a finished tile stage, or scenes that
+            disagree in bands or chip size.
     """
-    tile_dirs = [str(Path(d).resolve()) for d in tile_dirs]
     if not tile_dirs:
         raise StageError("dataset", "no tile folders given")
     infos = [_tile_info(d) for d in tile_dirs]
     keys, metas = [k for k, _ in infos], [m for _, m in infos]
     _check_compatible(tile_dirs, metas)
+    return keys, metas
 
-    def build(folder: Path) -> dict[str, Any]:
-        frames = [chipstore.read_index(d).assign(tile=t) for t, d in enumerate(tile_dirs)]
-        index = pd.concat(frames, ignore_index=True)
-        kept = index[index["valid_fraction"] >= tiling.min_valid_fraction]
-        if kept.empty:
-            raise StageError(
-                tile_dirs[0],
-                f"no chip has valid_fraction >= {tiling.min_valid_fraction} "
-                f"(of {len(index)} chips); lower tiling.min_valid_fraction or check nodata",
-            )
-        split = spatial_split(kept, metas[0]["chip_size"], metas[0]["stride"], config)
-        train, val = split[split["split"] == "train"], split[split["split"] == "val"]
-        source, target = compute_stats(tile_dirs, train, metas)
-        atomic_write_json(folder / STATS, {"source": source.to_dict(), "target": target.to_dict()})
-        atomic_write_json(
-            folder / SPLIT,
-            {
-                "tiles": [{"path": d, "key": k} for d, k in zip(tile_dirs, keys, strict=True)],
-                "train": train[["tile", "chip"]].to_numpy().tolist(),
-                "val": val[["tile", "chip"]].to_numpy().tolist(),
-                "dropped_low_valid": len(index) - len(kept),
-                "dropped_straddling": len(kept) - len(split),
-            },
+
+def build_dataset(
+    folder: Path, tile_dirs: Sequence[str], config: DatasetConfig, tiling: TilingConfig
+) -> dict[str, Any]:
+    """Write ``split.json`` and ``stats.json`` for the chips of `tile_dirs` into `folder`.
+
+    Args:
+        folder: The dataset folder.
+        tile_dirs: Finished tile or import folders (resolved paths), in scene order.
+        config: Split settings.
+        tiling: Its `min_valid_fraction` filters the chips.
+
+    Returns:
+        The summary: n_train, n_val, band names, dtypes, nodata, chip_size, the tile folders.
+
+    Raises:
+        StageError: see `check_tiles`, or no chip passes `min_valid_fraction`.
+    """
+    tile_dirs = list(tile_dirs)
+    keys, metas = check_tiles(tile_dirs)
+    frames = [chipstore.read_index(d).assign(tile=t) for t, d in enumerate(tile_dirs)]
+    index = pd.concat(frames, ignore_index=True)
+    kept = index[index["valid_fraction"] >= tiling.min_valid_fraction]
+    if kept.empty:
+        raise StageError(
+            tile_dirs[0],
+            f"no chip has valid_fraction >= {tiling.min_valid_fraction} "
+            f"(of {len(index)} chips); lower tiling.min_valid_fraction or check nodata",
         )
-        return _summary(metas[0], len(train), len(val), tile_dirs)
-
-    return run_stage(
-        workspace, "dataset", DATASET_VERSION, dataset_stage_config(config, tiling), keys, build
+    split = spatial_split(kept, metas[0]["chip_size"], metas[0]["stride"], config)
+    train, val = split[split["split"] == "train"], split[split["split"] == "val"]
+    source, target = compute_stats(tile_dirs, train, metas)
+    atomic_write_json(folder / STATS, {"source": source.to_dict(), "target": target.to_dict()})
+    tiles = [
+        {"path": d, "key": k, "stage": Path(d).parent.name}
+        for d, k in zip(tile_dirs, keys, strict=True)
+    ]
+    atomic_write_json(
+        folder / SPLIT,
+        {
+            "tiles": tiles,
+            "train": train[["tile", "chip"]].to_numpy().tolist(),
+            "val": val[["tile", "chip"]].to_numpy().tolist(),
+            "dropped_low_valid": len(index) - len(kept),
+            "dropped_straddling": len(kept) - len(split),
+        },
     )
+    return _summary(metas[0], len(train), len(val), tile_dirs)
 
 
 def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -> dict[str, Any]:
@@ -215,7 +211,7 @@ def _tile_path(dataset_dir: Path, entry: dict[str, str]) -> str:
     """A tile folder recorded in split.json; found beside the dataset when the workspace moved."""
     if Path(entry["path"]).is_dir():
         return entry["path"]
-    return str(dataset_dir.parent.parent / "tile" / entry["key"])
+    return str(dataset_dir.parent.parent / entry.get("stage", "tile") / entry["key"])
 
 
 class ChipDataset(Dataset[Sample]):
@@ -280,10 +276,8 @@ class ChipDataset(Dataset[Sample]):
         y = normalize(np.asarray(arrays["target"][slot]), self.target_stats)
         x[:, ~valid], y[:, ~valid] = 0, 0
         m = valid[None].astype(np.float32)
-        if self.augment:
-            rng = np.random.default_rng([self.seed, self.epoch, i])
-            k, flip = int(rng.integers(4)), bool(rng.integers(2))
-            x, y, m = (np.rot90(a, k, axes=(1, 2)) for a in (x, y, m))
-            if flip:
-                x, y, m = (a[:, :, ::-1] for a in (x, y, m))
-        return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x, y, m))  # type: ignore[return-value]
+        sample = (torch.from_numpy(x), torch.from_numpy(y), torch.from_numpy(m))
+        if not self.augment:
+            return sample
+        k = int(np.random.default_rng([self.seed, self.epoch, i]).integers(8))
+        return dihedral_pair(sample, k)

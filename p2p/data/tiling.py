@@ -1,4 +1,4 @@
-"""Stage `tile`: cut one scene pair into paired chips in a resumable Zarr v3 chip store.
+"""Tiling: cut one scene pair into paired chips in a resumable Zarr v3 chip store.
 
 The scene's chip grid (chips of `chip_size` every `stride` pixels, the last row and column
 reaching past the edge where needed so the whole scene is covered) is cut into blocks of
@@ -31,7 +31,6 @@ import numpy as np
 from distributed import Client, as_completed
 from rasterio.windows import Window
 
-from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.dask_client import dask_client
 from p2p.core.errors import InputError
@@ -41,7 +40,6 @@ from p2p.raster import Grid, SceneReader, open_aligned
 
 log = logging.getLogger(__name__)
 
-TILE_VERSION = 1
 Progress = Callable[[int, int], None]
 
 
@@ -244,94 +242,57 @@ def run_blocks(client: Client, jobs: list[BlockJob], progress: Progress | None =
     return total_valid
 
 
-def tile_stage_config(scene: SceneConfig, tiling: TilingConfig) -> dict[str, Any]:
-    """The config part of the tile stage's key.
-
-    `min_valid_fraction` is left out: it only filters chips in the dataset stage, so changing
-    it must not re-tile. So is `compression`: it changes bytes on disk, never chip values, so a
-    store tiled with either codec serves both (a resumed run keeps the store's codec).
-    """
-    return {
-        "scene": scene.model_dump(mode="json"),
-        "tiling": tiling.model_dump(mode="json", exclude={"min_valid_fraction", "compression"}),
-    }
-
-
-def tile_stage_inputs(scene: SceneConfig) -> list[str]:
-    """The input fingerprints of the tile stage's key (every source and target file)."""
-    files = [*scene.source, *(scene.target or [])]
-    for f in files:
-        if not Path(f).exists():
-            raise InputError(f, "file not found")
-    return [fingerprint_file(f) for f in files]
-
-
-def tile_stage_key(scene: SceneConfig, tiling: TilingConfig) -> str:
-    """The tile stage's cache key (also usable as a Prefect `cache_key_fn`)."""
-    return stage_key(
-        "tile", TILE_VERSION, tile_stage_config(scene, tiling), tile_stage_inputs(scene)
-    )
-
-
-def tile_stage(
-    workspace: str | Path,
+def tile_into(
+    folder: Path,
+    plan: ScenePlan,
     scene: SceneConfig,
     tiling: TilingConfig,
     dask: DaskConfig,
     progress: Progress | None = None,
     client: Client | None = None,
-) -> StageRecord:
-    """Tile one scene pair into ``{workspace}/tile/{key}/`` (cached, resumable).
+) -> dict[str, Any]:
+    """Tile a planned scene pair into the chip store at `folder`, resuming its finished blocks.
 
     Args:
-        workspace: Workspace root.
-        scene: The scene pair (source, target, bands, nodata override, name).
+        folder: The store's folder (created or resumed).
+        plan: `plan_scene`'s answer for `scene` and `tiling`.
+        scene: The scene pair.
         tiling: Chip size, stride, block size, resampling of the target.
         dask: Where the Dask work runs (ignored when `client` is given).
         progress: Called with (blocks done, blocks to do) as blocks finish.
         client: An existing Dask client to use instead of starting one from `dask`.
 
     Returns:
-        The stage record; summary holds n_chips, chips_kept, bands, dtypes, nodata, chip_size,
-        stride and the scene id.
+        The summary: n_chips, chips_kept, bands, dtypes, nodata, chip_size, stride, scene id.
 
     Raises:
-        InputError: bad input (see `plan_scene`), or no valid pixel where source and target
-            overlap (the folder is then removed). Raised before work starts except the last.
+        InputError: no valid pixel where source and target overlap (the folder is removed).
     """
-    plan = plan_scene(scene, tiling)
-    inputs = tile_stage_inputs(scene)
-
-    def build(folder: Path) -> dict[str, Any]:
-        chipstore.create_store(folder, plan.layout, plan.meta)
-        done = chipstore.done_blocks(folder)
-        jobs = [
-            BlockJob(str(folder), scene, plan.grid, plan.chips, b, tiling.resampling)
-            for b in plan.chips.blocks()
-            if b.name not in done
-        ]
-        log.info("tile %s: %d of %d blocks to do", scene.scene_id, len(jobs), len(done) + len(jobs))
-        if jobs:
-            if client is not None:
-                run_blocks(client, jobs, progress)
-            else:
-                # Threads, not processes: GDAL, LZ4 and numpy copies release the GIL, so two
-                # threads tile as fast as two processes, and the cluster starts in ~0.3 s
-                # instead of ~3 s (a 4096² scene: 1.0 s instead of 4.3 s end to end).
-                with dask_client(dask, processes=False) as own:
-                    run_blocks(own, jobs, progress)
-        index = chipstore.write_index(folder)
-        if not (index["valid_fraction"] > 0).any():
-            shutil.rmtree(folder, ignore_errors=True)
-            raise InputError(
-                scene.source[0],
-                "no valid pixel where source and target overlap (all nodata? set `nodata`)",
-            )
-        return _summary(plan, index, tiling)
-
-    return run_stage(
-        workspace, "tile", TILE_VERSION, tile_stage_config(scene, tiling), inputs, build
-    )
+    chipstore.create_store(folder, plan.layout, plan.meta)
+    done = chipstore.done_blocks(folder)
+    jobs = [
+        BlockJob(str(folder), scene, plan.grid, plan.chips, b, tiling.resampling)
+        for b in plan.chips.blocks()
+        if b.name not in done
+    ]
+    log.info("tile %s: %d of %d blocks to do", scene.scene_id, len(jobs), len(done) + len(jobs))
+    if jobs:
+        if client is not None:
+            run_blocks(client, jobs, progress)
+        else:
+            # Threads, not processes: GDAL, LZ4 and numpy copies release the GIL, so two
+            # threads tile as fast as two processes, and the cluster starts in ~0.3 s
+            # instead of ~3 s (a 4096² scene: 1.0 s instead of 4.3 s end to end).
+            with dask_client(dask, processes=False) as own:
+                run_blocks(own, jobs, progress)
+    index = chipstore.write_index(folder)
+    if not (index["valid_fraction"] > 0).any():
+        shutil.rmtree(folder, ignore_errors=True)
+        raise InputError(
+            scene.source[0],
+            "no valid pixel where source and target overlap (all nodata? set `nodata`)",
+        )
+    return _summary(plan, index, tiling)
 
 
 def _summary(plan: ScenePlan, index: Any, tiling: TilingConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Score a predicted raster against a reference raster, in target units.
+"""Score predictions in target units: a raster against a reference raster, or a bundle on chips.
 
 The reference is warped onto the prediction's grid window by window (`open_aligned`), and only
 pixels valid in both count. A first pass finds each band's value span in the valid reference
@@ -18,10 +18,14 @@ import numpy as np
 import rasterio
 import torch
 from rasterio.windows import Window
+from torch.utils.data import DataLoader, Dataset
 
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
-from p2p.model.metrics import MetricAccumulator
+from p2p.infer.translator import pick_device
+from p2p.model.bundle import Bundle
+from p2p.model.metrics import MetricAccumulator, score_batches
+from p2p.model.normalization import BandStats
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 
 log = logging.getLogger(__name__)
@@ -171,3 +175,32 @@ def _score(
                 dst.write(error, window=window)
         if progress:
             progress(n, len(windows))
+
+
+@torch.no_grad()
+def evaluate_chips(
+    bundle: Bundle,
+    chips: Dataset[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    batch_size: int = 8,
+    device: str = "auto",
+) -> dict[str, Any]:
+    """Metrics of a bundle's generator over normalized chips, in target units.
+
+    Args:
+        bundle: The model bundle.
+        chips: ``(source (Cs, S, S), target (Ct, S, S), valid (1, S, S))`` items normalized
+            with the bundle's statistics (e.g. a `ChipDataset` split).
+        batch_size: Chips per forward pass.
+        device: auto, cpu or cuda.
+
+    The data range of each band is the span of the bundle's target statistics (as in
+    training's validation), so these numbers match the last epoch's validation metrics.
+
+    Returns:
+        `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
+    """
+    dev = pick_device(device)
+    generator = bundle.generator.to(dev).eval()
+    stats = BandStats.from_dict(bundle.meta.target_stats)
+    batches = DataLoader(chips, batch_size=batch_size)
+    return score_batches(batches, lambda x: generator(x.to(dev)), stats)

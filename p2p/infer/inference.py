@@ -19,7 +19,6 @@ converted to a COG) onto NAME.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -30,19 +29,20 @@ import numpy as np
 from rasterio.windows import Window
 
 from p2p import __version__
-from p2p.core.cache import StageRecord, fingerprint_file, run_stage, stage_key
+from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.infer.translator import WindowModel, check_runtime, open_translator
 from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
-from p2p.model.bundle import Bundle, load_bundle
+from p2p.model.bundle import Bundle
 from p2p.model.normalization import BandStats, denormalize, normalize
 from p2p.raster import SceneReader, geotiff
 
 log = logging.getLogger(__name__)
 
 #: Version of the predict stage's artifacts and of the partial-output state format.
-PREDICT_VERSION = 1
+#: Format of a resumable partial output (the row-strip state); bump it when that changes.
+JOB_VERSION = 1
 Progress = Callable[[int, int], None]
 
 
@@ -89,7 +89,7 @@ class _Plan:
 
 
 def _model_multiple(bundle: Bundle) -> int:
-    return int(2 ** int(bundle.meta.model.get("num_downs", 0)))
+    return int(2**bundle.meta.model.num_downs)
 
 
 def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> SceneReader:
@@ -225,15 +225,24 @@ def _strips_of_window(ly: AxisLayout, j: int) -> range:
     return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
+def job_parts(
+    weights_hash: str, scene: SceneConfig, config: PredictConfig
+) -> tuple[dict[str, Any], list[str]]:
+    """What decides a prediction's pixels: (settings, input fingerprints).
+
+    The one definition: `scene_job` hashes it to guard a resumed partial output, and the
+    predict stage keys on it (`p2p.stages.predict`).
+    """
+    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
+    return {
+        "scene": scene.model_dump(mode="json"),
+        "predict": config.model_dump(mode="json"),
+    }, inputs
+
+
 def scene_job(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> str:
     """Fingerprint of everything that decides the output's pixels."""
-    inputs = [f"weights:{bundle.weights_hash}", *(fingerprint_file(p) for p in scene.source)]
-    return stage_key(
-        "predict-scene",
-        PREDICT_VERSION,
-        {"scene": scene.model_dump(mode="json"), "predict": config.model_dump(mode="json")},
-        inputs,
-    )
+    return stage_key("predict-scene", JOB_VERSION, *job_parts(bundle.weights_hash, scene, config))
 
 
 def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str, str]:
@@ -331,43 +340,3 @@ def _run(
 
     if first < plan.ly.count:
         _strips(reader, model, plan, first, emit)
-
-
-def predict_key_parts(
-    weights_hash: str, scene: SceneConfig, config: PredictConfig
-) -> tuple[dict[str, Any], list[str]]:
-    """What the predict stage's key covers: (settings, input fingerprints)."""
-    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
-    return {
-        "scene": scene.model_dump(mode="json"),
-        "predict": config.model_dump(mode="json"),
-    }, inputs
-
-
-def predict_stage(
-    workspace: str | Path, model_dir: str | Path, scene: SceneConfig, config: PredictConfig
-) -> StageRecord:
-    """Stage ``predict``: one scene, cached under ``{workspace}/predict/{key}/{scene_id}.tif``.
-
-    The key covers the bundle's weights hash, the scene's file fingerprints and settings, and
-    `config`; an interrupted run resumes its strips inside the folder.
-    """
-    for path in scene.source:
-        if not Path(path).is_file():
-            raise InputError(path, "file not found")
-    bundle = load_bundle(model_dir)
-    settings, inputs = predict_key_parts(bundle.weights_hash, scene, config)
-
-    def build(folder: Path) -> dict[str, Any]:
-        result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config)
-        return {
-            "output": result.output,
-            "scene": result.scene,
-            "width": result.width,
-            "height": result.height,
-            "bands": result.bands,
-            "dtype": result.dtype,
-            "nodata": None if math.isnan(result.nodata) else result.nodata,
-        }
-
-    return run_stage(workspace, "predict", PREDICT_VERSION, settings, inputs, build)

@@ -17,12 +17,10 @@ from __future__ import annotations
 
 import logging
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import rasterio
@@ -32,17 +30,12 @@ from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from p2p.core.cache import StageRecord, fingerprint_file, run_stage
-from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
+from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 
-if TYPE_CHECKING:
-    from p2p.model.bundle import Bundle
-
 log = logging.getLogger(__name__)
 
-MOSAIC_VERSION = 1
 #: Side of the output windows the mosaic is built in (a multiple of the GeoTIFF block side).
 WINDOW = 2 * geotiff.BLOCK
 
@@ -292,94 +285,3 @@ def _write(
                 dst.write(geotiff.to_dtype(values, valid, dtype, nodata), window=core)
             if progress:
                 progress(n, len(cores))
-
-
-def mosaic_key_parts(
-    prediction_paths: Sequence[str], config: MosaicConfig, output_format: str
-) -> tuple[dict[str, Any], list[str]]:
-    """What the mosaic stage's key covers: (settings, input fingerprints)."""
-    inputs = [fingerprint_file(p) for p in prediction_paths]
-    return {"mosaic": config.model_dump(mode="json"), "output_format": output_format}, inputs
-
-
-def mosaic_stage(
-    workspace: str | Path,
-    prediction_paths: Sequence[str],
-    config: MosaicConfig,
-    output_format: geotiff.OutputFormat = "cog",
-) -> StageRecord:
-    """Stage ``mosaic``: ``{workspace}/mosaic/{key}/mosaic.tif`` over the predictions.
-
-    The key covers the predictions' fingerprints (their paths carry the predict keys), the
-    config and the format; a finished mosaic is returned from the cache.
-    """
-    for path in prediction_paths:
-        if not Path(path).is_file():
-            raise InputError(path, "file not found")
-    settings, inputs = mosaic_key_parts(prediction_paths, config, output_format)
-
-    def build(folder: Path) -> dict[str, Any]:
-        result = mosaic_scenes(
-            prediction_paths, folder / "mosaic.tif", config, output_format=output_format
-        )
-        return {
-            "output": result.output,
-            "crs": result.crs,
-            "width": result.width,
-            "height": result.height,
-            "inputs": result.inputs,
-        }
-
-    return run_stage(workspace, "mosaic", MOSAIC_VERSION, settings, inputs, build)
-
-
-def predict_region(
-    bundle: Bundle,
-    scenes: Sequence[SceneConfig],
-    output: str | Path,
-    config: PredictConfig,
-    progress: Callable[[str], Callable[[int, int], None] | None] | None = None,
-) -> dict[str, Any]:
-    """Predict one scene into `output`, or several scenes and mosaic them into `output`.
-
-    Several scenes are predicted (as plain GeoTIFFs, resumable) into the folder
-    ``.NAME.scenes`` beside the output, which is removed once the mosaic is written; a rerun
-    after an interruption reuses the scenes finished there. Every scene is checked before the
-    first is predicted.
-
-    Args:
-        bundle: The model bundle.
-        scenes: Source scenes.
-        output: The prediction (one scene) or mosaic (several).
-        config: Inference settings; `output_format` applies to `output`.
-        progress: Given a scene id (or ``"mosaic"``), returns that step's progress callback.
-
-    Returns:
-        ``{"output", "scenes"}``.
-    """
-    from p2p.infer.inference import check_scene, predict_scene, scene_job  # torch only here
-
-    output = Path(output)
-    for scene in scenes:
-        check_scene(bundle, scene, config)
-
-    def callback(name: str) -> Callable[[int, int], None] | None:
-        return progress(name) if progress else None
-
-    if len(scenes) == 1:
-        predict_scene(bundle, scenes[0], output, config, callback(scenes[0].scene_id))
-        return {"output": str(output), "scenes": 1}
-    folder = output.with_name(f".{output.name}.scenes")
-    per_scene = config.model_copy(update={"output_format": "gtiff"})
-    paths = []
-    for n, scene in enumerate(scenes):
-        # the job key in the name: a finished file from another model or setting is not reused
-        path = folder / f"{n:04d}_{scene.scene_id}_{scene_job(bundle, scene, per_scene)}.tif"
-        if not path.is_file():
-            predict_scene(bundle, scene, path, per_scene, callback(scene.scene_id))
-        paths.append(path)
-    mosaic_scenes(
-        paths, output, MosaicConfig(), None, config.output_format, progress=callback("mosaic")
-    )
-    shutil.rmtree(folder, ignore_errors=True)
-    return {"output": str(output), "scenes": len(scenes)}

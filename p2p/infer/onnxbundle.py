@@ -105,7 +105,7 @@ def export_onnx(model_dir: str | Path) -> Path:
         ConfigError: onnx or onnxscript is not installed.
     """
     bundle = load_bundle(model_dir)
-    multiple = int(2 ** int(bundle.meta.model.get("num_downs", 0)))
+    multiple = int(2**bundle.meta.model.num_downs)
     final = bundle.path
 
     def fill(tmp: Path) -> None:

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import torch
 
+#: `(source (Cs, H, W), target (Ct, H, W), valid (1, H, W))`.
+Chips = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+
 
 def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     """Apply symmetry `k` (0 ≤ k < 8) of the square to the last two axes.
@@ -45,4 +48,14 @@ def augment_pair(
         The transformed `(source, target, valid)`, contiguous.
     """
     k = int(torch.randint(8, (1,), generator=generator).item())
-    return tuple(dihedral(t, k).contiguous() for t in (source, target, valid))  # type: ignore[return-value]
+    return dihedral_pair((source, target, valid), k)
+
+
+def dihedral_pair(chips: Chips, k: int) -> Chips:
+    """Apply symmetry `k` to a `(source, target, valid)` triple alike; contiguous results.
+
+    The one augmentation recipe: `augment_pair` draws `k` from a torch generator, the chip
+    datasets from a seed per (seed, epoch, index).
+    """
+    source, target, valid = (dihedral(t, k).contiguous() for t in chips)
+    return source, target, valid

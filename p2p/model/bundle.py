@@ -29,9 +29,10 @@ from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from p2p import __version__
+from p2p.core.config import ModelConfig
 from p2p.core.errors import BundleError
 from p2p.core.fsutil import fsync_dir
-from p2p.model.networks import UNetGenerator
+from p2p.model.networks import UNetGenerator, build_generator
 
 FORMAT_VERSION = 1
 WEIGHTS = "weights.safetensors"
@@ -44,8 +45,8 @@ class BundleMeta:
     """What `model.json` holds besides the checksum.
 
     Attributes:
-        model: Architecture (`ModelConfig.model_dump()`): num_downs, ngf, ndf, n_layers_d,
-            norm, dropout.
+        model: Architecture (a `ModelConfig`; a dict is validated into one): num_downs, ngf,
+            ndf, n_layers_d, norm, dropout.
         in_channels: Source bands the generator takes.
         out_channels: Target bands it returns.
         source_bands: Names of the source bands, in order.
@@ -64,7 +65,7 @@ class BundleMeta:
         format_version: Bundle layout version (`FORMAT_VERSION` when written).
     """
 
-    model: dict[str, Any]
+    model: ModelConfig
     in_channels: int
     out_channels: int
     source_bands: tuple[str, ...]
@@ -82,7 +83,10 @@ class BundleMeta:
     format_version: int = FORMAT_VERSION
 
     def __post_init__(self) -> None:
-        # normalize sequences so from_dict(to_dict(m)) == m whatever the caller passed
+        # normalize so from_dict(to_dict(m)) == m whatever the caller passed (a model dict
+        # from model.json becomes the typed config; missing fields take ModelConfig defaults)
+        if not isinstance(self.model, ModelConfig):
+            object.__setattr__(self, "model", ModelConfig.model_validate(self.model))
         object.__setattr__(self, "source_bands", tuple(str(b) for b in self.source_bands))
         object.__setattr__(self, "target_bands", tuple(str(b) for b in self.target_bands))
         if len(self.source_bands) != self.in_channels:
@@ -93,6 +97,7 @@ class BundleMeta:
     def to_dict(self) -> dict[str, Any]:
         """JSON-able form."""
         data = asdict(self)
+        data["model"] = self.model.model_dump(mode="json")
         data["source_bands"] = list(self.source_bands)
         data["target_bands"] = list(self.target_bands)
         return data
@@ -133,19 +138,6 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: fh.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()
-
-
-def build_generator(meta: BundleMeta) -> UNetGenerator:
-    """An untrained generator with the bundle's architecture and band counts."""
-    m = meta.model
-    return UNetGenerator(
-        meta.in_channels,
-        meta.out_channels,
-        num_downs=int(m.get("num_downs", 8)),
-        ngf=int(m.get("ngf", 64)),
-        norm=str(m.get("norm", "batch")),
-        dropout=float(m.get("dropout", 0.5)),
-    )
 
 
 def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMeta) -> Path:
@@ -279,7 +271,7 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
         state = load_file(str(weights), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise BundleError(weights, f"cannot be read: truncated or corrupt ({exc})") from None
-    generator = build_generator(meta)
+    generator = build_generator(meta.model, meta.in_channels, meta.out_channels)
     try:
         generator.load_state_dict(state)
     except RuntimeError as exc:

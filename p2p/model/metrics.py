@@ -9,11 +9,13 @@ pixels valid in both prediction and reference count; SSIM counts only pixels who
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+
+from p2p.model.normalization import BandStats, denormalize
 
 #: Side of the SSIM Gaussian window and its standard deviation (Wang et al., 2004).
 SSIM_WINDOW = 11
@@ -175,3 +177,33 @@ def _psnr(mse: float | None, data_range: float) -> float | None:
         return None
     floor = PSNR_MSE_FLOOR * data_range**2
     return 20 * math.log10(data_range) - 10 * math.log10(max(mse, floor))
+
+
+@torch.no_grad()
+def score_batches(
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor, torch.Tensor]],
+    translate: Callable[[torch.Tensor], torch.Tensor],
+    stats: BandStats,
+) -> dict[str, Any]:
+    """Metrics of a generator over normalized chip batches, in target units.
+
+    The one recipe behind training's per-epoch validation and the evaluate stage: the data
+    range of each band is the span of the target statistics, generated and target chips are
+    denormalized, and only valid pixels count.
+
+    Args:
+        batches: ``(source (N, Cs, S, S), target (N, Ct, S, S), valid (N, 1, S, S))``,
+            normalized to [-1, 1].
+        translate: source batch → generated ``(N, Ct, S, S)`` (on any device).
+        stats: The target's normalization statistics.
+
+    Returns:
+        `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
+    """
+    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
+    acc = MetricAccumulator(spans)
+    for source, target, valid in batches:
+        fake = translate(source).float()
+        target, valid = target.to(fake.device, torch.float32), valid.to(fake.device)
+        acc.update(denormalize(fake, stats), denormalize(target, stats), valid > 0.5)
+    return acc.compute()

@@ -18,7 +18,7 @@ from torch.optim.lr_scheduler import LambdaLR
 
 from p2p.core.errors import ConfigError
 from p2p.model.losses import discriminator_loss, generator_loss
-from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, init_weights
+from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator, init_weights
 
 if TYPE_CHECKING:
     from p2p.core.config import ModelConfig, TrainConfig
@@ -177,7 +177,7 @@ def build_pix2pix(
     """
     torch.manual_seed(cfg.seed)
     m = model_cfg
-    g = UNetGenerator(in_ch, out_ch, m.num_downs, m.ngf, m.norm, m.dropout)
+    g = build_generator(m, in_ch, out_ch)
     d = PatchGANDiscriminator(in_ch + out_ch, m.ndf, m.n_layers_d, m.norm)
     init_weights(g)
     init_weights(d)

@@ -22,7 +22,7 @@ import logging
 import os
 import random
 import time
-from collections.abc import Callable, Iterator, Sized
+from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
@@ -31,9 +31,9 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import p2p.model.distributed as distributed
 from p2p.core.errors import CheckpointError, InputError
 from p2p.core.fsutil import atomic_write_text
-from p2p.model import distributed
 from p2p.model.checkpoint import (
     capture_rng,
     checkpoint_path,
@@ -41,9 +41,9 @@ from p2p.model.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from p2p.model.metrics import MetricAccumulator
-from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats, denormalize
+from p2p.model.metrics import score_batches
+from p2p.model.networks import UNetGenerator, build_generator
+from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, build_pix2pix, select_device, train_step
 from p2p.model.preview import write_preview
 
@@ -143,14 +143,13 @@ def _train_epoch(
 def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dict[str, Any]:
     """Validation metrics in target units (eval mode: BatchNorm running stats, no dropout)."""
     run.g.eval()
-    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
-    acc = MetricAccumulator(spans)
-    for batch in loader:
-        x, y, valid = run.to_device(*batch)
+
+    def translate(x: torch.Tensor) -> torch.Tensor:
         with run.autocast():
-            fake = run.g(x)
-        acc.update(denormalize(fake.float(), stats), denormalize(y, stats), valid > 0.5)
-    return acc.compute()
+            fake: torch.Tensor = run.g(run.to_device(x)[0])
+        return fake
+
+    return score_batches(loader, translate, stats)
 
 
 @torch.no_grad()
@@ -391,17 +390,9 @@ def load_generator(
     try:
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         m = model_cfg
-        g = UNetGenerator(in_channels, out_channels, m.num_downs, m.ngf, m.norm, m.dropout)
+        g = build_generator(m, in_channels, out_channels)
         g.load_state_dict(state["generator"])
     except Exception as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(checkpoint, f"cannot load the generator ({problem})") from None
     return g.to(device).eval()
-
-
-def iter_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:
-    """The records of `out_dir/metrics.jsonl`, one per finished epoch."""
-    path = Path(out_dir) / "metrics.jsonl"
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            yield json.loads(line)

@@ -1,132 +1,174 @@
-"""Pipeline glue that the flows compose: the train and evaluate stages, scene expansion,
-path checks, and the run record. Plain Python (no Prefect), so a notebook can run it too.
+"""The pipelines, declared once: which stages run, in which order, on which arguments.
+
+A pipeline is a tuple of `Step`s. A step names its stage and turns the job (a checked config)
+and the records of earlier steps into the stage's calls, ``(label, arguments)``. Runners are
+swappable beneath one declaration (as in Raster Vision's pipelines): `in_process` calls the
+stages here (the CLI's `predict`), `p2p.stages.plan` only computes keys and reads manifests
+(`p2p plan`, the fully cached `p2p run`, `--force`), and `tasks.stages.run_on_prefect` submits
+them as Prefect tasks (the flows). So the flows, the plan and the CLI cannot disagree on a key.
 """
 
 from __future__ import annotations
 
-import glob
-import logging
-from collections.abc import Callable, Sequence
+import inspect
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from torch.utils.data import DataLoader
-
-from p2p.core.cache import StageRecord, read_manifest, run_stage, stage_key
+from p2p.core.cache import StageRecord
 from p2p.core.config import (
-    BatchPredictConfig,
-    ModelConfig,
+    ExportTilesConfig,
     MosaicConfig,
     PipelineConfig,
     PredictConfig,
     SceneConfig,
-    TrainConfig,
+    TrainingScene,
 )
-from p2p.core.errors import InputError, StageError
-from p2p.core.fsutil import atomic_write_json
-from p2p.core.roots import allowed_roots, check_path
-from p2p.data.dataset import ChipDataset
-from p2p.infer.inference import PREDICT_VERSION, predict_key_parts
-from p2p.infer.mosaic import MOSAIC_VERSION, mosaic_key_parts
-from p2p.infer.translator import pick_device
-from p2p.model.bundle import Bundle, BundleMeta, load_bundle, read_meta, write_bundle
-from p2p.model.distributed import world_size
-from p2p.model.metrics import MetricAccumulator
-from p2p.model.normalization import BandStats, denormalize
-from p2p.model.training import TrainProgress, TrainResult, train
-from p2p.stages.train_worker import datasets, train_on_ranks
+from p2p.stages import dataset, evaluate, import_tiles, mosaic, predict, tile, train
+from p2p.stages.stage import Progress, Stage
 
-log = logging.getLogger(__name__)
-
-TRAIN_VERSION = 1
-EVALUATE_VERSION = 1
-STAGES = ("tile", "dataset", "train", "evaluate")
-Progress = Callable[[int, int], None]
+#: label → record, in run order. Labels: the stage name, or ``stage:scene_id`` per scene.
+Records = dict[str, StageRecord]
+Call = tuple[str, dict[str, Any]]
+#: (stage, workspace, calls) → one record per call, in order.
+Runner = Callable[[Stage, str, Sequence[Call]], list[StageRecord]]
 
 
-# --- paths from flow parameters ------------------------------------------------------------
+@dataclass(frozen=True)
+class Step:
+    """One stage of a pipeline and how its calls are made from the job and earlier records."""
+
+    stage: Stage
+    calls: Callable[[Any, Records], list[Call]]
 
 
-def checked_pipeline_config(config: PipelineConfig) -> PipelineConfig:
-    """Resolve the workspace and every scene file, each under `P2P_ALLOWED_ROOTS`.
+@dataclass(frozen=True)
+class PredictionJob:
+    """A checked batch prediction: scenes expanded, paths resolved.
 
-    Raises:
-        PathNotAllowedError: a path resolves outside the allowed roots.
-        InputError: the config names no scene.
+    Attributes:
+        workspace: Folder of the cached predict and mosaic stages.
+        model: Model bundle folder.
+        scenes: The source scenes.
+        predict: Inference settings; `output_format` applies to the mosaic.
+        mosaic: Output grid.
     """
-    roots = allowed_roots()
-    if not config.scenes:
-        raise InputError("scenes", "the training pipeline needs at least one scene pair")
-    scenes = [
-        s.model_copy(
-            update={
-                "source": [str(check_path(p, roots)) for p in s.source],
-                "target": [str(check_path(p, roots)) for p in s.target or []],
-            }
-        )
-        for s in config.scenes
+
+    workspace: str
+    model: str
+    scenes: list[SceneConfig]
+    predict: PredictConfig
+    mosaic: MosaicConfig
+
+    @property
+    def per_scene(self) -> PredictConfig:
+        """Scene predictions are intermediate: plain tiled GeoTIFFs, the mosaic is the product."""
+        return self.predict.model_copy(update={"output_format": "gtiff"})
+
+
+def scene_label(scene: TrainingScene) -> str:
+    """The record label of a training scene's tile or import stage."""
+    stage = import_tiles.NAME if isinstance(scene, ExportTilesConfig) else tile.NAME
+    return f"{stage}:{scene.scene_id}"
+
+
+def _imports(c: PipelineConfig, _: Records) -> list[Call]:
+    return [
+        (scene_label(s), {"scene": s, "tiling": c.tiling})
+        for s in c.scenes
+        if isinstance(s, ExportTilesConfig)
     ]
-    workspace = str(check_path(config.workspace, roots))
-    return config.model_copy(update={"workspace": workspace, "scenes": scenes})
 
 
-def expand_scenes(patterns: Sequence[str], nodata: float | None = None) -> list[SceneConfig]:
-    """Turn batch entries into scenes: a glob pattern gives one scene per match (sorted), a
-    comma-joined entry is one scene stacked from band files, anything else one file.
+def _tiles(c: PipelineConfig, _: Records) -> list[Call]:
+    return [
+        (scene_label(s), {"scene": s, "tiling": c.tiling, "dask": c.dask})
+        for s in c.scenes
+        if isinstance(s, SceneConfig)
+    ]
 
-    Raises:
-        InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
+
+def _dataset(c: PipelineConfig, r: Records) -> list[Call]:
+    tiles = [r[scene_label(s)] for s in c.scenes]
+    return [(dataset.NAME, {"tiles": tiles, "config": c.dataset, "tiling": c.tiling})]
+
+
+def _train(c: PipelineConfig, r: Records) -> list[Call]:
+    return [(train.NAME, {"dataset": r[dataset.NAME], "model": c.model, "train": c.train})]
+
+
+def _evaluate(c: PipelineConfig, r: Records) -> list[Call]:
+    arguments = {"train": r[train.NAME], "dataset": r[dataset.NAME], "predict": c.predict}
+    return [(evaluate.NAME, arguments)]
+
+
+def _predictions(j: PredictionJob, _: Records) -> list[Call]:
+    return [
+        (f"{predict.NAME}:{s.scene_id}", {"model": j.model, "scene": s, "config": j.per_scene})
+        for s in j.scenes
+    ]
+
+
+def _mosaic(j: PredictionJob, r: Records) -> list[Call]:
+    outputs = [r[f"{predict.NAME}:{s.scene_id}"].summary["output"] for s in j.scenes]
+    arguments = {
+        "predictions": outputs,
+        "config": j.mosaic,
+        "output_format": j.predict.output_format,
+    }
+    return [(mosaic.NAME, arguments)]
+
+
+#: Scene pairs and Export Tiles folders → chips → dataset → model bundle → its metrics.
+TRAINING: tuple[Step, ...] = (
+    Step(import_tiles.STAGE, _imports),
+    Step(tile.STAGE, _tiles),
+    Step(dataset.STAGE, _dataset),
+    Step(train.STAGE, _train),
+    Step(evaluate.STAGE, _evaluate),
+)
+#: Where `p2p run --until` may stop (the import stage counts as part of `tile`).
+UNTIL = (tile.NAME, dataset.NAME, train.NAME, evaluate.NAME)
+
+#: Scenes → one prediction each → one mosaic (`p2p predict` and the `batch_predict` flow).
+PREDICTION: tuple[Step, ...] = (
+    Step(predict.STAGE, _predictions),
+    Step(mosaic.STAGE, _mosaic),
+)
+
+
+def run_steps(
+    steps: Sequence[Step], job: Any, workspace: str, runner: Runner, until: str | None = None
+) -> Records:
+    """Run a pipeline's steps in order with `runner`; stop after step `until` when given."""
+    records: Records = {}
+    for step in steps:
+        calls = step.calls(job, records)
+        if calls:
+            done = runner(step.stage, workspace, calls)
+            records.update(zip([label for label, _ in calls], done, strict=True))
+        if step.stage.name == until:
+            break
+    return records
+
+
+def in_process(progress: Callable[[str], Progress | None] | None = None) -> Runner:
+    """A runner that calls the stages here, one call after another.
+
+    Args:
+        progress: Given a call's label, returns its progress callback (or None).
     """
-    scenes: list[SceneConfig] = []
-    for entry in patterns:
-        if glob.has_magic(entry):
-            matches = sorted(glob.glob(str(Path(entry).expanduser())))
-            if not matches:
-                raise InputError(entry, "the pattern matches no file")
-            scenes += [SceneConfig(source=[m], nodata=nodata) for m in matches]
-        else:
-            scenes.append(SceneConfig.model_validate({"source": entry, "nodata": nodata}))
-    seen: dict[str, str] = {}
-    for scene in scenes:
-        for f in scene.source:
-            if not Path(f).is_file():
-                raise InputError(f, "file not found")
-        if scene.scene_id in seen:
-            raise InputError(
-                scene.source[0], f"scene id {scene.scene_id!r} repeats {seen[scene.scene_id]}"
-            )
-        seen[scene.scene_id] = scene.source[0]
-    return scenes
 
+    def run(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
+        takes_progress = "progress" in inspect.signature(stage.run).parameters
+        records = []
+        for label, arguments in calls:
+            extra = {"progress": progress(label)} if progress and takes_progress else {}
+            records.append(stage.run(workspace, **arguments, **extra))
+        return records
 
-def checked_batch_config(
-    config: BatchPredictConfig,
-) -> tuple[BatchPredictConfig, list[SceneConfig]]:
-    """Resolve and check the batch paths under the allowed roots, and expand the scenes.
-
-    Patterns are checked before they are expanded (a pattern outside the roots never lists a
-    folder) and every match again after (a symlink inside a root may point outside).
-    """
-    roots = allowed_roots()
-    for entry in config.scenes:
-        for part in entry.split(","):
-            check_path(part.strip(), roots)
-    scenes = expand_scenes(config.scenes, config.predict.nodata)
-    for scene in scenes:
-        for f in scene.source:
-            check_path(f, roots)
-    checked = config.model_copy(
-        update={
-            "workspace": str(check_path(config.workspace, roots)),
-            "model": str(check_path(config.model, roots)),
-            "output": str(check_path(config.output, roots)),
-        }
-    )
-    return checked, scenes
-
-
-# --- the run record ----------------------------------------------------------------------
+    return run
 
 
 def stage_entry(record: StageRecord) -> dict[str, Any]:
@@ -139,222 +181,60 @@ def stage_entry(record: StageRecord) -> dict[str, Any]:
     }
 
 
-# --- train and evaluate stages ---------------------------------------------------------
-
-
-def finished_stage(stage_or_dir: StageRecord | str | Path) -> StageRecord:
-    """A finished stage as a record: given one, or read from a stage folder's manifest.
-
-    Raises:
-        StageError: the folder has no manifest (the stage is unfinished or never ran).
-    """
-    if isinstance(stage_or_dir, StageRecord):
-        return stage_or_dir
-    folder = Path(stage_or_dir)
-    manifest = read_manifest(folder)
-    if manifest is None:
-        raise StageError(folder, "no manifest.json: this stage has not finished; run it first")
-    return StageRecord(
-        stage=manifest["stage"],
-        key=manifest["key"],
-        path=str(folder),
-        cached=True,
-        seconds=0.0,
-        summary=manifest.get("summary", {}),
-    )
-
-
-def train_stage_config(model_cfg: ModelConfig, train_cfg: TrainConfig) -> dict[str, Any]:
-    """What of the config keys the train stage (the loader workers only change speed).
-
-    The number of training processes enters as ``world_size`` when above one: ranks split
-    each batch (and on CPU normalize their own share), so weights differ from one process's
-    by float rounding at least. One process keys as it always did.
-    """
-    launch = {"num_workers", "device", "devices", "nodes", "rendezvous"}
-    world = world_size(train_cfg)
-    return {
-        "model": model_cfg.model_dump(mode="json"),
-        "train": train_cfg.model_dump(mode="json", exclude=launch),
-        **({"world_size": world} if world > 1 else {}),
-    }
-
-
-def train_stage_key(dataset_key: str, model_cfg: ModelConfig, train_cfg: TrainConfig) -> str:
-    """The train stage's cache key (also the Prefect task's)."""
-    return stage_key(
-        "train", TRAIN_VERSION, train_stage_config(model_cfg, train_cfg), [dataset_key]
-    )
-
-
-def _bundle(
-    model_dir: Path,
-    result: TrainResult,
-    dataset: StageRecord,
-    source_stats: BandStats,
-    target_stats: BandStats,
-    train_cfg: TrainConfig,
-) -> None:
-    """Write the trained generator and everything prediction needs as the model bundle."""
-    ds = dataset.summary
-    meta = BundleMeta(
-        model=result.model_cfg.model_dump(mode="json"),
-        in_channels=result.in_channels,
-        out_channels=result.out_channels,
-        source_bands=tuple(ds["source_bands"]),
-        target_bands=tuple(ds["target_bands"]),
-        source_stats=source_stats.to_dict(),
-        target_stats=target_stats.to_dict(),
-        target_dtype=str(ds["target_dtype"]),
-        target_nodata=ds["target_nodata"],
-        source_nodata=ds["source_nodata"],
-        chip_size=int(ds["chip_size"]),
-        training={
-            "epochs": result.epochs_done,
-            "train": train_cfg.model_dump(mode="json"),
-            "dataset_key": dataset.key,
-            "n_train": ds.get("n_train"),
-            "n_val": ds.get("n_val"),
-        },
-        metrics=result.metrics,
-    )
-    write_bundle(model_dir, result.load_generator(), meta)
-
-
-def train_stage(
-    workspace: str | Path,
-    dataset: StageRecord | str | Path,
-    model_cfg: ModelConfig,
-    train_cfg: TrainConfig,
-    progress: Callable[[TrainProgress], None] | None = None,
-) -> StageRecord:
-    """Train on a finished dataset and bundle the generator: ``{workspace}/train/{key}/``.
-
-    The folder holds ``checkpoints/``, ``previews/``, ``metrics.jsonl`` and ``model/`` (the
-    bundle, written last). A killed run resumes from its newest complete checkpoint.
-
-    Args:
-        workspace: Workspace root.
-        dataset: The dataset stage's record or folder.
-        model_cfg: Architecture.
-        train_cfg: Training loop settings.
-        progress: Called with running losses about twice a second.
-
-    Returns:
-        The record; summary holds ``model`` (bundle folder), ``epochs``, ``metrics`` (last
-        validation metrics in target units) and ``preview`` (last preview PNG or None).
-    """
-    ds = finished_stage(dataset)
-    if ds.summary.get("n_train", 1) == 0:
-        raise StageError(
-            ds.path,
-            "the dataset has no training chip; add scenes or lower tiling.min_valid_fraction",
-        )
-
-    def build(folder: Path) -> dict[str, Any]:
-        n_val = int(ds.summary.get("n_val", 0))
-        train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train_cfg)
-        if world_size(train_cfg) > 1:  # torchrun; progress is per epoch in metrics.jsonl
-            result = train_on_ranks(ds.path, n_val, model_cfg, train_cfg, folder)
-        else:
-            result = train(train_set, val_set, model_cfg, train_cfg, folder, target_stats, progress)
-        _bundle(folder / "model", result, ds, source_stats, target_stats, train_cfg)
-        previews = sorted((folder / "previews").glob("*.png"))
-        return {
-            "model": str(folder / "model"),
-            "epochs": result.epochs_done,
-            "metrics": result.metrics,
-            "preview": str(previews[-1]) if previews else None,
-        }
-
-    return run_stage(
-        workspace,
-        "train",
-        TRAIN_VERSION,
-        train_stage_config(model_cfg, train_cfg),
-        [ds.key],
-        build,
-    )
-
-
-def predict_stage_key(model_dir: str | Path, scene: SceneConfig, config: PredictConfig) -> str:
-    """The predict stage's cache key: the inputs `p2p.infer.inference.predict_stage` keys on."""
-    weights_hash = read_meta(model_dir)[1] or load_bundle(model_dir).weights_hash
-    return stage_key("predict", PREDICT_VERSION, *predict_key_parts(weights_hash, scene, config))
-
-
-def mosaic_stage_key(
-    prediction_paths: Sequence[str], config: MosaicConfig, output_format: str
-) -> str:
-    """The mosaic stage's cache key: the same inputs `p2p.infer.mosaic.mosaic_stage` keys on."""
-    parts = mosaic_key_parts(prediction_paths, config, output_format)
-    return stage_key("mosaic", MOSAIC_VERSION, *parts)
-
-
-@torch.no_grad()
-def evaluate_chips(
-    bundle: Bundle, chips: ChipDataset, batch_size: int = 8, device: str = "auto"
-) -> dict[str, Any]:
-    """Metrics of a bundle's generator over a chip split, in target units.
-
-    The data range of each band is the span of the bundle's target statistics (as in
-    training's validation), so these numbers match the last epoch's validation metrics.
-
-    Returns:
-        `MetricAccumulator.compute()`: per-band and overall MAE, RMSE, PSNR (dB), SSIM.
-    """
-    stats = BandStats.from_dict(bundle.meta.target_stats)
-    spans = [h - lo if h > lo else 1.0 for lo, h in zip(stats.low, stats.high, strict=True)]
-    acc = MetricAccumulator(spans)
-    dev = pick_device(device)
-    generator = bundle.generator.to(dev).eval()
-    for source, target, valid in DataLoader(chips, batch_size=batch_size):
-        fake = generator(source.to(dev)).float().cpu()
-        acc.update(denormalize(fake, stats), denormalize(target, stats), valid > 0.5)
-    return acc.compute()
-
-
-def evaluate_stage_key(train_key: str, dataset_key: str, predict: PredictConfig) -> str:
-    """The evaluate stage's cache key (also the Prefect task's)."""
-    config = {"split": "val", "batch_size": predict.batch_size}
-    return stage_key("evaluate", EVALUATE_VERSION, config, [train_key, dataset_key])
-
-
-def evaluate_stage(
-    workspace: str | Path,
-    train: StageRecord | str | Path,
-    dataset: StageRecord | str | Path,
-    predict: PredictConfig,
-) -> StageRecord:
-    """Evaluate the model bundle on the validation chips: ``{workspace}/evaluate/{key}/``.
-
-    The bundle (the artifact users ship) is loaded from the train folder and run over every
-    validation chip; the folder gets ``metrics.json``: per-band and overall MAE, RMSE (target
-    units), PSNR (dB) and SSIM, over valid pixels only.
-    """
-    tr, ds = finished_stage(train), finished_stage(dataset)
-    config = {"split": "val", "batch_size": predict.batch_size}
-
-    def build(folder: Path) -> dict[str, Any]:
-        bundle = load_bundle(tr.summary["model"])
-        val_set = ChipDataset(ds.path, "val")
-        metrics = evaluate_chips(bundle, val_set, predict.batch_size, predict.device)
-        atomic_write_json(folder / "metrics.json", metrics)
-        return {"metrics": metrics, "n_chips": len(val_set), "bands": val_set.target_bands}
-
-    return run_stage(workspace, "evaluate", EVALUATE_VERSION, config, [tr.key, ds.key], build)
-
-
-def run_record(workspace: str, stages: dict[str, StageRecord]) -> dict[str, Any]:
+def run_record(workspace: str, stages: Mapping[str, StageRecord]) -> dict[str, Any]:
     """The `--json` record of a training run: workspace, model, stages, metrics."""
     metrics: dict[str, Any] = {}
-    if "evaluate" in stages:
-        metrics = stages["evaluate"].summary.get("metrics", {})
-    elif "train" in stages:
-        metrics = stages["train"].summary.get("metrics", {})
+    if evaluate.NAME in stages:
+        metrics = stages[evaluate.NAME].summary.get("metrics", {})
+    elif train.NAME in stages:
+        metrics = stages[train.NAME].summary.get("metrics", {})
     return {
         "workspace": workspace,
-        "model": stages["train"].summary["model"] if "train" in stages else None,
+        "model": stages[train.NAME].summary["model"] if train.NAME in stages else None,
         "stages": {name: stage_entry(r) for name, r in stages.items()},
         "metrics": metrics,
     }
+
+
+def prediction_record(job: PredictionJob, output: str, stages: Records) -> dict[str, Any]:
+    """The `--json` record of a batch prediction: workspace, output, scenes, stages."""
+    return {
+        "workspace": job.workspace,
+        "output": output,
+        "scenes": [s.scene_id for s in job.scenes],
+        "stages": {name: stage_entry(r) for name, r in stages.items()},
+    }
+
+
+def default_workspace(output: str | Path) -> Path:
+    """Where `p2p predict` caches its stages unless told: a hidden folder beside the output."""
+    return Path(output).absolute().parent / ".p2p-work"
+
+
+def predict_in_process(
+    job: PredictionJob,
+    output: str | Path,
+    progress: Callable[[str], Progress | None] | None = None,
+) -> Records:
+    """The prediction pipeline without Prefect (`p2p predict`): every scene checked first,
+    then the same stages, keys and artifacts as the `batch_predict` flow, and the mosaic
+    delivered to `output`.
+
+    Args:
+        job: The checked prediction.
+        output: Where the mosaic is delivered (atomically; left as is when unchanged).
+        progress: Given a call's label, returns its progress callback (or None).
+
+    Returns:
+        label → record of every stage.
+    """
+    from p2p.infer.inference import check_scene
+    from p2p.infer.report import deliver_file
+    from p2p.model.bundle import load_bundle
+
+    bundle = load_bundle(job.model)
+    for scene in job.scenes:
+        check_scene(bundle, scene, job.per_scene)
+    stages = run_steps(PREDICTION, job, job.workspace, in_process(progress))
+    deliver_file(stages[mosaic.NAME].summary["output"], output)
+    return stages

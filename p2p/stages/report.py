@@ -1,93 +1,67 @@
-"""Human-readable reports: metrics tables in Markdown and input | prediction | target pictures."""
+"""Stage `report`: a mosaic scored against its reference → ``{workspace}/report/{key}/``.
+
+The folder gets ``report.png`` (input | prediction | target) and ``report.md`` (the metrics
+table); both are copied to the workspace root, which holds the latest report.
+"""
 
 from __future__ import annotations
 
-import filecmp
-import shutil
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import rasterio
-from numpy.typing import NDArray
-from PIL import Image, ImageDraw
+from p2p.core.cache import KeyParts, StageRecord, fingerprint_file, run_stage
+from p2p.core.fsutil import atomic_write_text
+from p2p.stages.stage import Stage
 
-from p2p.core.fsutil import atomic_path
-
-METRICS = ("mae", "rmse", "psnr", "ssim")
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "–"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+NAME = "report"
+VERSION = 1
+BANDS = ("red", "green", "blue")
 
 
-def metrics_markdown(metrics: dict[str, Any], band_names: Sequence[str] | None = None) -> str:
-    """A Markdown table of `MetricAccumulator.compute()` output: one row per band + overall.
-
-    MAE and RMSE are in target units, PSNR in dB, SSIM in [-1, 1].
-    """
-    if not metrics or "bands" not in metrics:
-        return "_no metrics (no validation chips)_"
-    lines = ["| band | MAE | RMSE | PSNR (dB) | SSIM |", "|---|---|---|---|---|"]
-    for i, band in enumerate(metrics["bands"]):
-        name = band.get("name") or (
-            band_names[i] if band_names and i < len(band_names) else f"band {i + 1}"
-        )
-        lines.append(f"| {name} | " + " | ".join(_fmt(band.get(m)) for m in METRICS) + " |")
-    overall = metrics.get("overall", {})
-    lines.append("| **overall** | " + " | ".join(_fmt(overall.get(m)) for m in METRICS) + " |")
-    return "\n".join(lines)
+def key_parts(mosaic: str, source: str, target: str) -> KeyParts:
+    """The mosaic's and the references' fingerprints."""
+    inputs = [fingerprint_file(p) for p in (mosaic, source, target)]
+    return KeyParts(NAME, VERSION, {"bands": len(BANDS)}, inputs)
 
 
-def to_display(data: NDArray[Any], nodata: float | None = None) -> NDArray[np.uint8]:
-    """(C, H, W) raster → (H, W, 3) uint8 for a picture: uint8 as is, other types stretched
-    between their 2nd and 98th percentiles; one band is shown as grey, bands past 3 dropped."""
-    data = data[:3] if data.shape[0] >= 3 else np.repeat(data[:1], 3, axis=0)
-    if data.dtype == np.uint8:
-        return np.ascontiguousarray(data.transpose(1, 2, 0))
-    valid = np.ones(data.shape[1:], bool) if nodata is None else (data != nodata).all(0)
-    values = data[:, valid].astype(np.float64)
-    low, high = np.percentile(values, [2, 98]) if values.size else (0.0, 1.0)
-    scaled = (data.astype(np.float64) - low) / max(high - low, 1e-9) * 255
-    return np.clip(scaled, 0, 255).astype(np.uint8).transpose(1, 2, 0)
+def run(workspace: str | Path, mosaic: str, source: str, target: str) -> StageRecord:
+    """Evaluate `mosaic` against `target` and draw source | mosaic | target (RGB rasters).
 
-
-def read_display(path: str | Path) -> NDArray[np.uint8]:
-    """A raster file as an (H, W, 3) uint8 picture."""
-    with rasterio.open(path) as src:
-        return to_display(src.read(), src.nodata)
-
-
-def comparison_png(
-    path: str | Path, panels: Sequence[tuple[str, NDArray[np.uint8]]], gap: int = 8
-) -> None:
-    """Write titled (H, W, 3) panels side by side as one PNG, atomically."""
-    height = max(p.shape[0] for _, p in panels)
-    width = sum(p.shape[1] for _, p in panels) + gap * (len(panels) - 1)
-    header = 22
-    canvas = Image.new("RGB", (width, height + header), "white")
-    draw = ImageDraw.Draw(canvas)
-    x = 0
-    for title, panel in panels:
-        canvas.paste(Image.fromarray(panel), (x, header))
-        draw.text((x + 4, 5), title, fill="black")
-        x += panel.shape[1] + gap
-    with atomic_path(path, ".png") as tmp:
-        canvas.save(tmp, format="PNG")
-
-
-def deliver_file(source: str | Path, output: str | Path) -> bool:
-    """Copy `source` to `output` atomically, unless `output` already holds the same bytes.
+    Args:
+        workspace: Workspace root.
+        mosaic: The predicted mosaic.
+        source: The input raster over the mosaic's extent.
+        target: The reference raster over the mosaic's extent.
 
     Returns:
-        True when `output` was written.
+        The record; summary holds ``metrics`` (per band and overall, target units).
     """
-    output = Path(output)
-    if output.is_file() and filecmp.cmp(source, output, shallow=False):
-        return False
-    with atomic_path(output, output.suffix) as tmp:
-        shutil.copyfile(source, tmp)
-    return True
+    from p2p.infer.evaluation import evaluate
+    from p2p.infer.report import comparison_png, deliver_file, metrics_markdown, read_display
+
+    parts = key_parts(mosaic, source, target)
+
+    def build(folder: Path) -> dict[str, Any]:
+        metrics = evaluate(mosaic, target)
+        panels = [
+            ("input (satellite)", read_display(source)),
+            ("prediction", read_display(mosaic)),
+            ("target (map)", read_display(target)),
+        ]
+        comparison_png(folder / "report.png", panels)
+        table = metrics_markdown(metrics, list(BANDS))
+        text = (
+            "# p2p demo: held-out mosaic\n\n![input | prediction | target](report.png)\n\n"
+            f"Two overlapping held-out scenes, predicted and mosaicked: `{mosaic}`.\n\n"
+            f"Metrics against the map (8-bit units; PSNR in dB):\n\n{table}\n"
+        )
+        atomic_write_text(folder / "report.md", text)
+        return {"metrics": metrics}
+
+    record = run_stage(workspace, parts, build)
+    for name in ("report.png", "report.md"):  # the workspace root holds the latest report
+        deliver_file(Path(record.path) / name, Path(workspace) / name)
+    return record
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run)

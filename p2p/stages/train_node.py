@@ -15,13 +15,12 @@ import socket
 import time
 from pathlib import Path
 
-from p2p.core.cache import read_manifest, stage_dir
+from p2p.core.cache import read_manifest
 from p2p.core.config import PipelineConfig
 from p2p.core.errors import StageError
-from p2p.data.dataset import dataset_stage
-from p2p.data.tiling import tile_stage
 from p2p.model import distributed
-from p2p.stages.pipeline import train_stage_key
+from p2p.stages import dataset, train
+from p2p.stages.pipeline import TRAINING, in_process, run_steps
 from p2p.stages.train_worker import SPEC
 
 POLL_S = 1.0
@@ -40,11 +39,9 @@ def join_training(config: PipelineConfig, wait_s: float = 3600.0) -> Path:
     Raises:
         StageError: No stage appeared within `wait_s`, or a rank failed.
     """
-    ws = config.workspace
-    tiles = [tile_stage(ws, scene, config.tiling, config.dask) for scene in config.scenes]
-    ds = dataset_stage(ws, [t.path for t in tiles], config.dataset, config.tiling)
-    key = train_stage_key(ds.key, config.model, config.train)
-    folder = stage_dir(ws, "train", key)
+    records = run_steps(TRAINING, config, config.workspace, in_process(), until=dataset.NAME)
+    parts = train.key_parts(records[dataset.NAME], config.model, config.train)
+    key, folder = parts.key, parts.folder(config.workspace)
     deadline = time.monotonic() + wait_s
     while not (folder / SPEC).is_file():
         if read_manifest(folder) is not None:

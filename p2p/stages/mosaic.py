@@ -1,0 +1,73 @@
+"""Stage `mosaic`: predicted scenes → ``{workspace}/mosaic/{key}/mosaic.tif`` on one grid."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from p2p.core.cache import KeyParts, StageRecord, fingerprint_file, run_stage
+from p2p.core.config import MosaicConfig
+from p2p.core.errors import InputError
+from p2p.stages.stage import Progress, Stage
+
+if TYPE_CHECKING:
+    from p2p.raster.geotiff import OutputFormat
+
+NAME = "mosaic"
+VERSION = 1
+
+
+def key_parts(
+    predictions: Sequence[str], config: MosaicConfig, output_format: OutputFormat
+) -> KeyParts:
+    """The grid settings and format, and the predictions' fingerprints (their paths carry the
+    predict keys).
+
+    Raises:
+        InputError: a prediction is missing.
+    """
+    for path in predictions:
+        if not Path(path).is_file():
+            raise InputError(path, "file not found")
+    settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
+    return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
+
+
+def run(
+    workspace: str | Path,
+    predictions: Sequence[str],
+    config: MosaicConfig,
+    output_format: OutputFormat = "cog",
+    progress: Progress | None = None,
+) -> StageRecord:
+    """Mosaic the predictions (union of extents, distance-to-edge blending of overlaps; see
+    `p2p.infer.mosaic`); a finished mosaic is returned from the cache.
+
+    Returns:
+        The record; summary holds output, crs, width, height and the number of inputs.
+    """
+    from p2p.infer.mosaic import mosaic_scenes
+
+    parts = key_parts(predictions, config, output_format)
+
+    def build(folder: Path) -> dict[str, Any]:
+        result = mosaic_scenes(
+            predictions,
+            folder / "mosaic.tif",
+            config,
+            output_format=output_format,
+            progress=progress,
+        )
+        return {
+            "output": result.output,
+            "crs": result.crs,
+            "width": result.width,
+            "height": result.height,
+            "inputs": result.inputs,
+        }
+
+    return run_stage(workspace, parts, build)
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run)

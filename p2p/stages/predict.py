@@ -1,0 +1,80 @@
+"""Stage `predict`: one scene with a model bundle → ``{workspace}/predict/{key}/{scene}.tif``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from p2p.core.cache import KeyParts, StageRecord, run_stage
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.core.errors import InputError
+from p2p.stages.stage import Progress, Stage
+
+NAME = "predict"
+VERSION = 1
+
+
+def key_parts(model: str | Path, scene: SceneConfig, config: PredictConfig) -> KeyParts:
+    """What decides the pixels (`p2p.infer.inference.job_parts`): the bundle's weights hash,
+    the scene's settings and file fingerprints, and the inference settings.
+
+    Raises:
+        InputError: a source file is missing.
+        BundleError: the model folder is not a bundle.
+    """
+    from p2p.infer.inference import job_parts
+    from p2p.model.bundle import load_bundle, read_meta
+
+    for path in scene.source:
+        if not Path(path).is_file():
+            raise InputError(path, "file not found")
+    weights_hash = read_meta(model)[1] or load_bundle(model).weights_hash
+    return KeyParts(NAME, VERSION, *job_parts(weights_hash, scene, config))
+
+
+def run(
+    workspace: str | Path,
+    model: str | Path,
+    scene: SceneConfig,
+    config: PredictConfig,
+    progress: Progress | None = None,
+) -> StageRecord:
+    """Predict one scene window by window onto its own grid; an interrupted run resumes its
+    row strips inside the folder.
+
+    Args:
+        workspace: Workspace root.
+        model: The model bundle folder.
+        scene: The source scene.
+        config: Window, batch, blend, device and format settings.
+        progress: Called with (strips done, strips in the scene).
+
+    Returns:
+        The record; summary holds output, scene, width, height, bands, dtype and nodata.
+    """
+    from p2p.infer.inference import predict_scene
+    from p2p.model.bundle import load_bundle
+
+    for path in scene.source:  # a missing scene is named before the model is read
+        if not Path(path).is_file():
+            raise InputError(path, "file not found")
+    bundle = load_bundle(model)
+    parts = key_parts(model, scene, config)
+
+    def build(folder: Path) -> dict[str, Any]:
+        result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config, progress)
+        return {
+            "output": result.output,
+            "scene": result.scene,
+            "width": result.width,
+            "height": result.height,
+            "bands": result.bands,
+            "dtype": result.dtype,
+            "nodata": None if math.isnan(result.nodata) else result.nodata,
+        }
+
+    return run_stage(workspace, parts, build)
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run, gpu=True)

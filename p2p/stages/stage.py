@@ -1,0 +1,45 @@
+"""The stage abstraction: a name, a format version, key parts and a run function.
+
+Each module of `p2p.stages` declares one `Stage`. Its `key_parts` takes the run function's
+arguments that decide the artifacts, by the same names (upstream stages as records, so a plan
+can pass records of stages that have not run yet); `run` computes the parts once and hands
+them to `p2p.core.cache.run_stage`. Everything else (the plan, the Prefect tasks, the CLI's
+fully cached fast path, `--force`) derives keys and folders through `Stage.parts`, so no
+second spelling of a key exists.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from p2p.core.cache import KeyParts, StageRecord
+
+#: (done, total) → None: how a stage reports progress (blocks, steps, strips).
+Progress = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class Stage:
+    """One cached step of a pipeline.
+
+    Attributes:
+        name: Stage name; also the workspace subfolder, ``{workspace}/{name}/{key}/``.
+        version: Artifact format version; bump it when the artifacts change meaning.
+        key_parts: Arguments (a subset of `run`'s, same names) → the key's parts.
+        run: ``run(workspace, **arguments) -> StageRecord``; cached, resumable, locked.
+        gpu: Whether the stage wants the accelerator (tags the Prefect task).
+    """
+
+    name: str
+    version: int
+    key_parts: Callable[..., KeyParts]
+    run: Callable[..., StageRecord]
+    gpu: bool = False
+
+    def parts(self, arguments: Mapping[str, Any]) -> KeyParts:
+        """The key parts of a call with these arguments (extra arguments are ignored)."""
+        wanted = inspect.signature(self.key_parts).parameters
+        return self.key_parts(**{name: arguments[name] for name in wanted})
