@@ -36,6 +36,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from p2p.core.errors import ConfigError, StageError
+from p2p.model.world import processes_per_node
 
 if TYPE_CHECKING:
     from p2p.core.config import TrainConfig
@@ -54,26 +55,6 @@ class Rank:
     def main(self) -> bool:
         """True on the one process that writes files."""
         return self.rank == 0
-
-
-def processes_per_node(cfg: TrainConfig) -> int:
-    """`train.devices` resolved: auto → one per CUDA GPU when training on CUDA, else 1.
-
-    Raises:
-        ConfigError: More CUDA processes are asked for than this machine has GPUs.
-    """
-    on_cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
-    gpus = torch.cuda.device_count() if on_cuda else 0
-    if cfg.devices == "auto":
-        return max(gpus, 1)
-    if on_cuda and cfg.devices > gpus:
-        raise ConfigError("train.devices", f"{cfg.devices} processes but {gpus} CUDA GPU(s) here")
-    return int(cfg.devices)
-
-
-def world_size(cfg: TrainConfig) -> int:
-    """Training processes in all: processes per node × nodes."""
-    return processes_per_node(cfg) * cfg.nodes
 
 
 def current() -> Rank:
@@ -156,11 +137,15 @@ def launch(cfg: TrainConfig, run_id: str, module: str, args: list[str], log_path
     same stage joins the same job.
 
     Raises:
+        ConfigError: More CUDA processes per node than this machine has GPUs.
         StageError: A rank failed (killed, out of memory, an exception); torchrun stopped
             the others. The message names the rank and `log_path` (the processes' output).
     """
     nproc = processes_per_node(cfg)
     cuda = cfg.device == "cuda" or (cfg.device == "auto" and torch.cuda.is_available())
+    if cuda and nproc > torch.cuda.device_count():
+        gpus = torch.cuda.device_count()
+        raise ConfigError("train.devices", f"{nproc} processes but {gpus} CUDA GPU(s) here")
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc-per-node={nproc}"]
     if cfg.nodes == 1:
         cmd += ["--standalone"]

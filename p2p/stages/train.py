@@ -29,7 +29,7 @@ def key_parts(
     by float rounding at least. One process keys as it always did. ``devices: auto`` resolves
     on the machine that computes the key.
     """
-    from p2p.model.distributed import world_size
+    from p2p.model.world import world_size
 
     launch = {"num_workers", "device", "devices", "nodes", "rendezvous"}
     world = world_size(train)
@@ -73,9 +73,9 @@ def run(
     parts = key_parts(ds, model, train)
 
     def build(folder: Path) -> dict[str, Any]:
-        from p2p.model.distributed import world_size
         from p2p.model.training import TrainProgress
         from p2p.model.training import train as train_loop
+        from p2p.model.world import world_size
         from p2p.stages.train_worker import datasets, train_on_ranks
 
         def report(p: TrainProgress) -> None:
