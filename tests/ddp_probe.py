@@ -64,7 +64,7 @@ def steps(out_dir: Path, batch: int) -> None:
         (out_dir / "steps.json").write_text(json.dumps(spread))
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> None:
     out_dir, mode, batch = Path(argv[0]), argv[1], int(argv[2])
     distributed.init_from_torchrun()
     if mode == "steps":
@@ -73,9 +73,8 @@ def main(argv: list[str]) -> int:
         model_cfg, cfg = configs("instance", batch, distributed.current().world)
         target = BandStats((0.0,), (1.0,), (-1.0,), (1.0,))
         train(chips(), None, model_cfg, cfg, out_dir, target)
-    distributed.shut_down()
-    return 0
+    distributed.exit_rank(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])

@@ -28,7 +28,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import torch
 import torch.distributed as dist
@@ -75,11 +75,20 @@ def init_from_torchrun() -> Rank:
     return current()
 
 
-def shut_down() -> None:
-    """Leave the process group (after a last barrier, so rank 0's files are complete)."""
-    if dist.is_initialized():
+def exit_rank(code: int) -> NoReturn:
+    """End this rank's process: after a last barrier when it succeeded (rank 0's files are
+    complete), then without the interpreter's teardown.
+
+    At exit, gloo's threads can abort the process ("terminate called without an active
+    exception", SIGABRT) after all work is done, which torchrun would report as a failed rank.
+    Everything a rank writes is written atomically and flushed before this point, so it leaves
+    with `os._exit` once stdout and stderr are flushed.
+    """
+    if code == 0 and dist.is_initialized():
         dist.barrier()
-        dist.destroy_process_group()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def wrap(run: Pix2Pix) -> None:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import P2PError, StageError
@@ -95,17 +95,16 @@ def run_rank(spec: dict[str, Any]) -> None:
         )
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str]) -> NoReturn:
     """Entry point of one rank: ``python -m p2p.stages.train_worker SPEC.json``."""
     distributed.init_from_torchrun()
     try:
         run_rank(read_json(argv[0]))
     except P2PError as exc:
         print(f"error: {exc}", file=sys.stderr, flush=True)
-        return 1
-    distributed.shut_down()
-    return 0
+        distributed.exit_rank(1)
+    distributed.exit_rank(0)
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    main(sys.argv[1:])
