@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	if ! command -v nvidia-smi >/dev/null 2>&1; then \
 		$(PY) -m pip install -q torch==2.13.0 || echo "note: no local CPU torch wheel; pip picks one"; \
 	fi
-	$(PY) -m pip install -q -e '.[dev]'
+	$(PY) -m pip install -q -e '.[dev,onnx]'
 	touch $(STAMP)
 
 demo: venv

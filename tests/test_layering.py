@@ -105,7 +105,7 @@ def test_model_code_needs_only_torch_and_numpy() -> None:
         "p2p.core.fsutil",
         "p2p.core.config",  # under TYPE_CHECKING only
         *(f"p2p.model.{n}" for n in ("checkpoint", "metrics", "networks", "normalization")),
-        *(f"p2p.model.{n}" for n in ("pix2pix", "preview", "augment")),
+        *(f"p2p.model.{n}" for n in ("pix2pix", "preview", "augment", "distributed")),
     }
 
 

@@ -297,6 +297,27 @@ def _run_flow(cfg: Any, until: str | None) -> dict[str, Any]:
         return train_pipeline(cfg, until)  # type: ignore[arg-type]
 
 
+@app.command("train-node")
+def train_node(
+    config: str = typer.Argument(..., help="Pipeline config YAML (the same as `p2p run`'s)."),
+    overrides: list[str] = typer.Option(
+        [], "--set", help="Override a config field, e.g. --set train.nodes=2 (repeatable)."
+    ),
+    wait: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the train stage."),
+) -> None:
+    """Join, from another machine, the multi-node train stage that `p2p run` launches."""
+
+    def body() -> None:
+        from p2p.core.config import load_config
+        from p2p.core.roots import checked_pipeline_config
+        from p2p.stages.train_node import join_training
+
+        folder = join_training(checked_pipeline_config(load_config(config, overrides)), wait)
+        typer.echo(f"trained in {folder}")
+
+    guard(body)
+
+
 @app.command()
 def demo(
     workspace: str = typer.Option("demo-work", "--workspace", help="Folder for data and runs."),
@@ -389,6 +410,9 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
     output_format: str = typer.Option("cog", "--format", help="gtiff or cog."),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
+    ),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle.
 
@@ -410,7 +434,7 @@ def predict(
             config = PredictConfig.model_validate(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
-                 "nodata": nodata}
+                 "nodata": nodata, "runtime": runtime}
             )  # fmt: skip
         except ValidationError as exc:
             err = exc.errors()[0]
@@ -444,6 +468,25 @@ def predict(
             print_json(record)
         else:
             typer.echo(f"wrote {record['output']}")
+
+    guard(body)
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", help="Model bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
+) -> None:
+    """Write the bundle's generator as model.onnx (for `p2p predict --runtime onnx`)."""
+
+    def body() -> None:
+        from p2p.infer.onnxbundle import export_onnx
+
+        path = export_onnx(model)
+        if as_json:
+            print_json({"onnx": str(path), "bytes": path.stat().st_size})
+        else:
+            typer.echo(f"wrote {path}")
 
     guard(body)
 

@@ -225,7 +225,9 @@ class TrainConfig(_Config):
     epochs_decay: int = Field(
         default=0, ge=0, description="Further epochs with the rate decaying linearly to zero."
     )
-    batch_size: int = Field(default=1, gt=0, description="Chips per step.")
+    batch_size: int = Field(
+        default=1, gt=0, description="Chips per step in each process (×processes per step)."
+    )
     lr: float = Field(default=2e-4, gt=0, description="Adam learning rate.")
     beta1: float = Field(default=0.5, ge=0, lt=1, description="Adam beta1.")
     lambda_l1: float = Field(default=100.0, ge=0, description="Weight of the L1 term.")
@@ -257,6 +259,30 @@ class TrainConfig(_Config):
         description="Generator to bundle: the epoch with the lowest validation MAE (best; "
         "the last epoch when there is no validation set) or the last epoch.",
     )
+    devices: Literal["auto"] | int = Field(
+        default="auto",
+        description="Training processes per node (auto: one per CUDA GPU, else 1); more than "
+        "one runs data-parallel under torchrun (NCCL on CUDA, gloo on CPU).",
+    )
+    nodes: int = Field(default=1, ge=1, description="Machines training together.")
+    rendezvous: str | None = Field(
+        default=None,
+        description="host:port of the torchrun c10d rendezvous, the same on every node; "
+        "needed when nodes > 1.",
+    )
+
+    @field_validator("devices")
+    @classmethod
+    def _devices_positive(cls, value: str | int) -> str | int:
+        if isinstance(value, int) and value < 1:
+            raise ValueError("must be auto or a number of processes >= 1")
+        return value
+
+    @model_validator(mode="after")
+    def _rendezvous_for_nodes(self) -> TrainConfig:
+        if self.nodes > 1 and not self.rendezvous:
+            raise ValueError("nodes > 1 needs a rendezvous endpoint (train.rendezvous: host:port)")
+        return self
 
 
 class PredictConfig(_Config):
@@ -284,6 +310,10 @@ class PredictConfig(_Config):
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto picks CUDA when present."
+    )
+    runtime: Literal["torch", "onnx"] = Field(
+        default="torch",
+        description="torch, or onnxruntime on the bundle's model.onnx (made by `p2p export`).",
     )
     nodata: float | None = Field(
         default=None, description="Source nodata overriding the files' (and the bundle's) value."

@@ -32,7 +32,7 @@ from p2p import __version__
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.translator import Translator, pick_device
+from p2p.infer.translator import WindowModel, check_runtime, open_translator
 from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
 from p2p.model.bundle import Bundle, BundleMeta
 from p2p.model.normalization import BandStats, denormalize, prepare_window
@@ -159,6 +159,7 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
 
 def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> None:
     """Raise what `predict_scene` would raise about the inputs, without doing any work."""
+    check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
 
@@ -181,7 +182,7 @@ def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarr
     return x[:, (ys - top)[:, None], xs], valid[a - top : b - top]  # one gather, one copy
 
 
-def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.ndarray:
+def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np.ndarray:
     """Run the windows of one row in fixed batches and blend them across columns.
 
     Returns:
@@ -206,7 +207,7 @@ def _predict_window_row(model: Translator, plan: _Plan, rows: np.ndarray) -> np.
 
 
 def _strips(
-    reader: SceneReader, model: Translator, plan: _Plan, first: int, emit: Callable[..., None]
+    reader: SceneReader, model: WindowModel, plan: _Plan, first: int, emit: Callable[..., None]
 ) -> None:
     """Compute strips `first`, `first + 1`, ... and pass each to `emit(index, acc, valid)`,
     with `acc` `(C_out, h, width)` float32 normalized and `valid` `(h, width)` bool."""
@@ -309,7 +310,7 @@ def predict_scene(
         _streaming_cache(reader, bundle, config),
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
-        model = Translator(bundle.generator, pick_device(config.device))
+        model = open_translator(bundle, config)
         partial, state = geotiff.partial_paths(output)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -347,7 +348,7 @@ def predict_scene(
 
 def _run(
     reader: SceneReader,
-    model: Translator,
+    model: WindowModel,
     plan: _Plan,
     sink: geotiff.RowSink,
     progress: Progress | None,

@@ -1,14 +1,31 @@
-"""Running a generator on batches of normalized windows, on the CPU or a GPU.
+"""Running a generator on batches of normalized windows: torch or onnxruntime, CPU or GPU.
 
-Needs only torch and numpy (and p2p.core.errors), so a GPU box can run it with nothing else.
+The windowed engine (`p2p.infer.inference`) sees a `WindowModel`, a function of window batches; the
+runtime behind it is a setting (`PredictConfig.runtime`), not a second engine. `Translator`
+runs the bundle's torch generator; `OnnxTranslator` runs its ``model.onnx`` (`p2p export`).
+Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when used).
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
 import numpy as np
 import torch
 
+from p2p.core.errors import ConfigError
 from p2p.model.pix2pix import select_device
+
+if TYPE_CHECKING:
+    from p2p.core.config import PredictConfig
+    from p2p.model.bundle import Bundle
+
+
+class WindowModel(Protocol):
+    """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
 
 
 def pick_device(name: str) -> torch.device:
@@ -51,3 +68,76 @@ class Translator:
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.fast):
             y = self.generator(x)
         return np.ascontiguousarray(y.float().cpu().numpy())
+
+
+def _onnxruntime() -> Any:
+    try:
+        import onnxruntime
+    except ImportError:
+        raise ConfigError(
+            "predict.runtime", "onnx needs onnxruntime: pip install 'p2p[onnx]'"
+        ) from None
+    return onnxruntime
+
+
+def onnx_providers(device: str) -> list[str]:
+    """onnxruntime execution providers for ``auto``/``cpu``/``cuda``, best first.
+
+    Raises:
+        ConfigError: onnxruntime is not installed, or ``cuda`` was asked for and it has no
+            CUDA provider.
+    """
+    ort = _onnxruntime()
+    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
+    if device == "cuda" and not has_cuda:
+        raise ConfigError(
+            "predict.device",
+            "cuda was asked for but onnxruntime has no CUDA provider (install onnxruntime-gpu)",
+        )
+    cuda = ["CUDAExecutionProvider"] if has_cuda and device != "cpu" else []
+    return [*cuda, "CPUExecutionProvider"]
+
+
+class OnnxTranslator:
+    """An exported generator (``model.onnx``) run by onnxruntime, fp32 on every provider.
+
+    Args:
+        path: The ONNX file (`p2p.infer.onnxbundle.onnx_model` checks it belongs to the bundle).
+        device: ``auto`` (CUDA provider when present), ``cpu`` or ``cuda``.
+    """
+
+    def __init__(self, path: Path, device: str) -> None:
+        ort = _onnxruntime()
+        self.session = ort.InferenceSession(str(path), providers=onnx_providers(device))
+        self.input = self.session.get_inputs()[0].name
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
+        x = np.ascontiguousarray(batch, dtype=np.float32)
+        (y,) = self.session.run(None, {self.input: x})
+        return np.asarray(y, dtype=np.float32)
+
+
+def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
+    """The bundle's generator on the runtime and device `config` asks for.
+
+    Raises:
+        ConfigError: The device is absent.
+        BundleError: ``runtime: onnx`` and the bundle has no valid ``model.onnx``.
+    """
+    if config.runtime == "onnx":
+        from p2p.infer.onnxbundle import onnx_model
+
+        return OnnxTranslator(onnx_model(bundle), config.device)
+    return Translator(bundle.generator, pick_device(config.device))
+
+
+def check_runtime(bundle: Bundle, config: PredictConfig) -> None:
+    """Raise what `open_translator` would raise, without loading a session."""
+    if config.runtime == "onnx":
+        from p2p.infer.onnxbundle import onnx_model
+
+        onnx_model(bundle)
+        onnx_providers(config.device)
+    else:
+        pick_device(config.device)

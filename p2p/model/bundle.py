@@ -4,6 +4,8 @@
     MODEL_DIR/model.json            format version, architecture, bands, normalization
                                     statistics, target dtype/nodata, chip size, training
                                     summary, metrics, and the weights' sha256
+    MODEL_DIR/model.onnx            optional (`p2p export`): the generator as ONNX; its
+                                    sha256 and the weights it came from are in model.json
 
 The folder is written into a temporary sibling and renamed into place, so a reader never sees
 a half-written bundle. A bundle may also live under an ``s3://`` prefix: it is then read with
@@ -20,6 +22,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,6 +42,7 @@ from p2p.model.networks import UNetGenerator, build_generator
 FORMAT_VERSION = 2
 WEIGHTS = "weights.safetensors"
 META = "model.json"
+ONNX = "model.onnx"
 
 
 @dataclass(frozen=True)
@@ -62,6 +66,8 @@ class BundleMeta:
         metrics: Validation metrics of the kept epoch, in target units.
         baselines: The constant-mean and linear baselines fitted on the training chips
             (`Baselines.to_dict()`), raster units; empty in bundles from before format 2.
+        onnx: The ONNX export's record (``file``, ``sha256``, ``weights_sha256``, ``opset``,
+            ``multiple``), empty when the bundle has none (see `p2p.infer.onnxbundle`).
         p2p_version: The p2p that wrote the bundle.
         format_version: Bundle layout version (`FORMAT_VERSION` when written).
     """
@@ -80,6 +86,7 @@ class BundleMeta:
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     baselines: dict[str, Any] = field(default_factory=dict)
+    onnx: dict[str, Any] = field(default_factory=dict)
     p2p_version: str = __version__
     format_version: int = FORMAT_VERSION
 
@@ -134,7 +141,8 @@ class Bundle:
     path: Path | str
 
 
-def _sha256(path: Path) -> str:
+def sha256_file(path: Path) -> str:
+    """sha256 (hex) of a file's bytes."""
     h = hashlib.sha256()
     with open(path, "rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -174,23 +182,39 @@ def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMe
             f"generator maps {generator.in_channels}→{generator.out_channels} bands but meta "
             f"says {meta.in_channels}→{meta.out_channels}"
         )
-    model_dir.parent.mkdir(parents=True, exist_ok=True)
-    # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.core.cache)
-    tmp = create_temp_dir(model_dir.parent, f".{model_dir.name}.", ".tmp")
-    try:
+
+    def fill(tmp: Path) -> None:
         state = {k: v.detach().to("cpu").contiguous() for k, v in generator.state_dict().items()}
         # bytes, then a plain write: safetensors' save_file creates its file mode 0600
         weights = save(state, metadata={"format": "pt"})
         (tmp / WEIGHTS).write_bytes(weights)
-        record = {**meta.to_dict(), "weights_sha256": hashlib.sha256(weights).hexdigest()}
-        (tmp / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
-        for name in (WEIGHTS, META):
-            fsync_file(tmp / name)
+        write_meta(tmp, meta, hashlib.sha256(weights).hexdigest())
+
+    write_bundle_folder(model_dir, fill)
+    return model_dir
+
+
+def write_meta(folder: Path, meta: BundleMeta, weights_sha256: str) -> None:
+    """Write `folder/model.json`: `meta` and the checksum of the weights beside it."""
+    record = {**meta.to_dict(), "weights_sha256": weights_sha256}
+    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+
+
+def write_bundle_folder(model_dir: Path, fill: Callable[[Path], None]) -> None:
+    """Build a bundle folder with `fill(tmp)` in a temporary sibling, flush every file in it,
+    and rename it onto `model_dir` (replacing any earlier one): it appears whole or not at all.
+    """
+    model_dir.parent.mkdir(parents=True, exist_ok=True)
+    # the ".tmp" suffix lets a resumed stage sweep what a killed write left (p2p.core.cache)
+    tmp = create_temp_dir(model_dir.parent, f".{model_dir.name}.", ".tmp")
+    try:
+        fill(tmp)
+        for path in tmp.iterdir():
+            fsync_file(path)
         _swap_in(tmp, model_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
-    return model_dir
 
 
 def _swap_in(tmp: Path, final: Path) -> None:
@@ -284,7 +308,7 @@ def load_bundle(model_dir: str | Path, device: str | torch.device = "cpu") -> Bu
     elif not Path(weights).is_file():
         raise BundleError(weights, "missing: the bundle has no weights")
     else:
-        digest = _sha256(Path(weights))
+        digest = sha256_file(Path(weights))
     if recorded and digest != recorded:
         raise BundleError(
             weights,

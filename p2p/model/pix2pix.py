@@ -47,6 +47,9 @@ class Pix2Pix:
     amp_dtype: torch.dtype | None  # None: plain fp32
     channels_last: bool  # NHWC networks and batches (Tensor Cores want it)
     loader_gen: torch.Generator
+    # what the step calls when data-parallel: DDP wrappers of g and d (p2p.model.distributed)
+    g_step: torch.nn.Module | None = None
+    d_step: torch.nn.Module | None = None
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to `amp_dtype`, or nothing for fp32."""
@@ -108,8 +111,10 @@ def train_step(
         `(4,)` detached losses in `LOSS_NAMES` order (the GAN terms 0 in an L1-only step).
     """
     g, d = run.g, run.d
+    g_step = g if run.g_step is None else run.g_step  # DDP averages gradients across ranks
+    d_step = d if run.d_step is None else run.d_step
     with run.autocast():
-        fake = g(x)  # G(x), reused by both steps
+        fake = g_step(x)  # G(x), reused by both steps
     if not adversarial:
         run.opt_g.zero_grad(set_to_none=True)
         with run.autocast():
@@ -123,12 +128,13 @@ def train_step(
     d.requires_grad_(True)
     run.opt_d.zero_grad(set_to_none=True)
     with run.autocast():
-        fake_logits = d(x, fake.detach())
-        real_logits = d(x, y)
+        fake_logits = d_step(x, fake.detach())
+        real_logits = d_step(x, y)
         loss_d = discriminator_loss(real_logits, fake_logits)
     run.scaler.scale(loss_d).backward()  # type: ignore[no-untyped-call]
     run.scaler.step(run.opt_d)
     # G step: fool the updated D and stay near y, L1 over valid pixels; D's weights stay put
+    # (the plain D: no gradient of its own to average)
     d.requires_grad_(False)
     run.opt_g.zero_grad(set_to_none=True)
     with run.autocast():

@@ -29,11 +29,18 @@ from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+import p2p.model.distributed as distributed
 from p2p.core.errors import CheckpointError, InputError
 from p2p.core.fsutil import atomic_write_text
-from p2p.model.checkpoint import capture_rng, load_newest, restore_rng, save_checkpoint
+from p2p.model.checkpoint import (
+    capture_rng,
+    checkpoint_path,
+    load_newest,
+    restore_rng,
+    save_checkpoint,
+)
 from p2p.model.metrics import score_batches
 from p2p.model.networks import UNetGenerator, build_generator
 from p2p.model.normalization import BandStats
@@ -142,7 +149,7 @@ def _train_epoch(
         if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
             last_report = now
             progress(TrainProgress(epoch, epochs, step, steps, _named(sums / step)))
-    return _named(sums / max(steps, 1))
+    return _named(distributed.mean_across_ranks(sums / max(steps, 1)))
 
 
 @torch.no_grad()
@@ -234,8 +241,10 @@ def _better(best: Best, run: Pix2Pix, epoch: int, metrics: dict[str, Any]) -> Be
 def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | None, Best]:
     """Restore the newest loadable checkpoint; returns (epoch, its metrics, its path, best)."""
     state = load_newest(out_dir / "checkpoints")
+    main = distributed.current().main  # every rank resumes; rank 0 alone writes
     if state is None:
-        _truncate_metrics(out_dir / "metrics.jsonl", 0)
+        if main:
+            _truncate_metrics(out_dir / "metrics.jsonl", 0)
         return 0, {}, None, None
     path = Path(state["path"])
     try:
@@ -246,7 +255,8 @@ def _resume(run: Pix2Pix, out_dir: Path) -> tuple[int, dict[str, Any], Path | No
         raise CheckpointError(
             path, f"does not fit this run ({problem}); remove it to restart"
         ) from None
-    _truncate_metrics(out_dir / "metrics.jsonl", state["epoch"])
+    if main:
+        _truncate_metrics(out_dir / "metrics.jsonl", state["epoch"])
     log.info("resuming after epoch %d from %s", state["epoch"], path)
     return int(state["epoch"]), dict(state["metrics"]), path, state.get("best")
 
@@ -298,7 +308,7 @@ def _loaders(
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
-        shuffle=True,
+        sampler=distributed.sampler(train_set, cfg.seed),  # this rank's shard, per-epoch order
         generator=run.loader_gen,
         worker_init_fn=_seed_worker,
         **common,
@@ -328,6 +338,7 @@ def _run_epoch(
     """
     t0 = time.monotonic()
     _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    cast(DistributedSampler[Sample], loader.sampler).set_epoch(epoch)
     set_epoch = getattr(loader.dataset, "set_epoch", None)
     if callable(set_epoch):  # datasets that draw augmentations per epoch (ChipDataset)
         set_epoch(epoch)
@@ -339,6 +350,8 @@ def _run_epoch(
     if cfg.bn_stats == "recompute":
         recompute_batchnorm(run, loader.dataset, cfg.batch_size)
     metrics: dict[str, Any] = {}
+    if not distributed.current().main:  # rank 0 validates and writes; the others go on
+        return metrics, checkpoint_path(out_dir / "checkpoints", epoch), best
     if val_loader is not None and val_set is not None:
         metrics = _validate(run, val_loader, target_stats)
         if cfg.preview_chips:
@@ -405,6 +418,7 @@ def train(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # fixed chip size: pick the fastest conv kernels
     run = build_pix2pix(model_cfg, cfg, in_ch, out_ch, device, linear_init=linear_init)
+    distributed.wrap(run)  # data-parallel when launched as one of several ranks
     out_dir.mkdir(parents=True, exist_ok=True)
     start, metrics, ckpt, best = _resume(run, out_dir)
     loader, val_loader = _loaders(run, train_set, val_set, cfg)
@@ -425,7 +439,10 @@ def train(
             best,
         )
     if ckpt is None:  # zero epochs: keep the initial weights so a bundle can still be written
-        ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics, best))
+        ckpt = checkpoint_path(out_dir / "checkpoints", 0)
+        if distributed.current().main:
+            ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics, best))
+    distributed.barrier()  # rank 0's files are complete before any rank returns
     done = max(start, total)
     if cfg.keep == "best" and best is not None:
         if best["epoch"] != done:

@@ -23,10 +23,21 @@ def key_parts(
     dataset: StageRecord | str | Path, model: ModelConfig, train: TrainConfig
 ) -> KeyParts:
     """The architecture, the loop settings (not loader workers or device: they change speed,
-    not weights), and the dataset's key."""
+    not weights), and the dataset's key.
+
+    The number of training processes enters as ``world_size`` when above one: ranks split
+    each batch (and on CPU normalize their own share), so weights differ from one process's
+    by float rounding at least. One process keys as it always did. ``devices: auto`` resolves
+    on the machine that computes the key.
+    """
+    from p2p.model.world import world_size
+
+    launch = {"num_workers", "device", "devices", "nodes", "rendezvous"}
+    world = world_size(train)
     config = {
         "model": model.model_dump(mode="json"),
-        "train": train.model_dump(mode="json", exclude={"num_workers", "device"}),
+        "train": train.model_dump(mode="json", exclude=launch),
+        **({"world_size": world} if world > 1 else {}),
     }
     return KeyParts(NAME, VERSION, config, [finished_stage(dataset).key])
 
@@ -64,21 +75,25 @@ def run(
     parts = key_parts(ds, model, train)
 
     def build(folder: Path) -> dict[str, Any]:
-        from p2p.data.dataset import ChipDataset, load_baselines, load_stats
-        from p2p.model.baselines import normalized_linear, with_baselines
+        from p2p.model.baselines import with_baselines
         from p2p.model.training import TrainProgress
         from p2p.model.training import train as train_loop
+        from p2p.model.world import world_size
+        from p2p.stages.train_worker import datasets, linear_anchor, train_on_ranks
 
         def report(p: TrainProgress) -> None:
             if progress is not None:
                 progress((p.epoch - 1) * p.steps_per_epoch + p.step, p.epochs * p.steps_per_epoch)
 
-        source_stats, target_stats = load_stats(ds.path)
-        train_set = ChipDataset(ds.path, "train", augment=train.augment, seed=train.seed)
-        val_set = ChipDataset(ds.path, "val") if ds.summary.get("n_val", 0) else None
-        fit = load_baselines(ds.path)
-        anchor = normalized_linear(fit, source_stats, target_stats)
-        result = train_loop(train_set, val_set, model, train, folder, target_stats, report, anchor)
+        n_val = int(ds.summary.get("n_val", 0))
+        train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train)
+        if world_size(train) > 1:  # torchrun; progress is per epoch in metrics.jsonl
+            result = train_on_ranks(ds.path, n_val, model, train, folder)
+        else:
+            anchor = linear_anchor(ds.path, source_stats, target_stats)
+            result = train_loop(
+                train_set, val_set, model, train, folder, target_stats, report, anchor
+            )
         _bundle(folder / "model", result, ds, source_stats, target_stats, train)
         metrics = result.metrics
         if metrics:
