@@ -22,7 +22,7 @@ from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
 from p2p.model import distributed
 from p2p.model.checkpoint import list_checkpoints, save_checkpoint
-from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
+from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
@@ -51,7 +51,7 @@ def _networks(out_dir: Path) -> tuple[UNetGenerator, PatchGANDiscriminator]:
     model_cfg, _ = configs("instance", 1, 1)
     _, newest = list_checkpoints(out_dir / "checkpoints")[0]
     state = torch.load(newest, weights_only=True)
-    g = UNetGenerator(2, 1, model_cfg.num_downs, model_cfg.ngf, "instance", 0.0)
+    g = build_generator(model_cfg, 2, 1)
     d = PatchGANDiscriminator(3, model_cfg.ndf, model_cfg.n_layers_d, "instance")
     g.load_state_dict(state["generator"])
     d.load_state_dict(state["discriminator"])

@@ -241,6 +241,11 @@ def test_config_values_are_never_evaluated(tmp_path: Path) -> None:
 # --- what Prefect, Dask and zarr write on our behalf -------------------------------------
 
 
+#: A tensor's raw bytes inside a torch archive: read as bytes, never unpickled; random weights
+#: can begin with the two bytes of a pickle header.
+TORCH_STORAGE = re.compile(r"[^/]+/data/\d+")
+
+
 def _is_pickle(head: bytes) -> bool:
     """Pickle protocol 2+ begins with PROTO (0x80) and the protocol number (2..5)."""
     return len(head) >= 2 and head[0] == 0x80 and 2 <= head[1] <= 5
@@ -254,7 +259,11 @@ def _pickles_in(path: Path) -> list[str]:
     if not zipfile.is_zipfile(path):
         return []
     with zipfile.ZipFile(path) as archive:
-        return [f":{n}" for n in archive.namelist() if _is_pickle(archive.read(n)[:2])]
+        return [
+            f":{n}"
+            for n in archive.namelist()
+            if not TORCH_STORAGE.fullmatch(n) and _is_pickle(archive.read(n)[:2])
+        ]
 
 
 def _pickles_under(root: Path) -> list[str]:
