@@ -6,7 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from p2p.core.config import PipelineConfig, PredictConfig, SceneConfig, load_config, parse_config
+from p2p.core.config import PipelineConfig, PredictConfig, SceneConfig
+from p2p.core.configfile import load_config, parse_config
 from p2p.core.errors import ConfigError
 
 

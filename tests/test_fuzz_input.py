@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from pydantic import BaseModel
 
 from p2p.app.cli import main
-from p2p.core.config import PipelineConfig, load_config
+from p2p.core.config import PipelineConfig
+from p2p.core.configfile import load_config
 from p2p.core.errors import ConfigError
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
 from tests.faultkit import write_scene, write_tiny_bundle

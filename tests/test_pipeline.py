@@ -10,7 +10,8 @@ import pytest
 
 from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.cache import StageRecord, finished_stage
-from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig, expand_scenes
+from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig
+from p2p.core.configfile import expand_scenes
 from p2p.core.errors import InputError, PathNotAllowedError, StageError
 from p2p.core.roots import checked_batch_config
 from p2p.infer.report import deliver_file

@@ -14,7 +14,8 @@ import pytest
 import yaml
 from rasterio.windows import Window
 
-from p2p.core.config import SceneConfig, StacRef, expand_scenes, load_config
+from p2p.core.config import SceneConfig, StacRef
+from p2p.core.configfile import expand_scenes, load_config
 from p2p.core.errors import InputError
 from p2p.raster import SceneReader
 from tests.rasters import ramp, write_geotiff

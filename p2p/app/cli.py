@@ -204,7 +204,7 @@ def _plan_json(entries: Any) -> dict[str, Any]:
 
 def _training_plan(config: str, overrides: list[str], until: str | None) -> tuple[Any, Any]:
     """The checked config and its plan; nothing runs, Prefect is not imported."""
-    from p2p.core.config import load_config
+    from p2p.core.configfile import load_config
     from p2p.core.errors import ConfigError
     from p2p.core.roots import checked_pipeline_config
     from p2p.stages.pipeline import TRAINING, UNTIL
@@ -308,7 +308,7 @@ def train_node(
     """Join, from another machine, the multi-node train stage that `p2p run` launches."""
 
     def body() -> None:
-        from p2p.core.config import load_config
+        from p2p.core.configfile import load_config
         from p2p.core.roots import checked_pipeline_config
         from p2p.stages.train_node import join_training
 

@@ -18,13 +18,8 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from p2p.core import storage
-from p2p.core.config import (
-    BatchPredictConfig,
-    PipelineConfig,
-    SceneConfig,
-    expand_scenes,
-    map_scene_paths,
-)
+from p2p.core.config import BatchPredictConfig, PipelineConfig, SceneConfig
+from p2p.core.configfile import expand_scenes, map_scene_paths
 from p2p.core.errors import ConfigError, InputError, PathNotAllowedError
 
 ENV_VAR = "P2P_ALLOWED_ROOTS"
