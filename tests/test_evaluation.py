@@ -14,6 +14,7 @@ from typer.testing import CliRunner
 from p2p.app.cli import app
 from p2p.core.errors import AlignmentError, InputError
 from p2p.infer.evaluation import evaluate
+from tests.faultkit import cli
 from tests.rasters import write_geotiff
 
 ORIGIN = Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0)
@@ -105,8 +106,7 @@ def test_cli_evaluate_prints_json_and_one_line_errors(pair: tuple, tmp_path: Pat
     assert ok.exit_code == 0, ok.output
     record = json.loads(ok.stdout.strip().splitlines()[-1])
     assert record["bands"][0]["mae"] > 0
-    bad = runner.invoke(
-        app, ["evaluate", "--prediction", str(tmp_path / "nope.tif"), "--target", str(t)]
-    )
-    assert bad.exit_code == 1
-    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'nope.tif'}: file not found"]
+    # the error as users see it: the installed `p2p`, the whole stderr one line
+    bad = cli(["evaluate", "--prediction", tmp_path / "nope.tif", "--target", t])
+    assert bad.returncode == 1
+    assert bad.stderr == f"error: {tmp_path / 'nope.tif'}: file not found\n"

@@ -25,6 +25,7 @@ from p2p.core.roots import check_local_workspace
 from p2p.model.bundle import load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.stages.tile import run as tile_stage
+from tests.faultkit import assert_one_line_error, cli
 from tests.test_inference import NUM_DOWNS, _meta, _source
 from tests.test_stac import make_item, write_json
 from tests.test_tiling import make_pair, store_arrays
@@ -107,11 +108,10 @@ def test_cli_predicts_from_and_to_a_bucket_with_the_local_bytes(s3: Any, tmp_pat
 
 
 def _error_line(args: list[str]) -> str:
-    result = CliRunner().invoke(app, [*BASE, *args])
-    assert result.exit_code == 1
-    lines = result.stderr.strip().splitlines()
-    assert len(lines) == 1, result.stderr
-    return lines[0]
+    """The error of the installed `p2p` (what users run): exit 1, the whole stderr one line."""
+    result = cli([*BASE, *args])
+    assert result.returncode == 1
+    return assert_one_line_error(result.returncode, result.stderr)
 
 
 def test_cli_names_the_url_and_what_is_missing(
