@@ -17,7 +17,7 @@ import errno
 import json
 import os
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,8 +47,8 @@ def fsync_dir(path: Path) -> None:
             raise
 
 
-def create_temp_file(folder: Path, prefix: str, suffix: str) -> Path:
-    """Create an empty file named `prefix<random>suffix` in `folder`, mode 0666 less the umask.
+def _create_unique(folder: Path, prefix: str, suffix: str, make: Callable[[Path], None]) -> Path:
+    """`make` a new `prefix<random>suffix` in `folder`, retrying the name while it is taken.
 
     Raises:
         FileExistsError: No free name after many tries (not expected).
@@ -56,28 +56,25 @@ def create_temp_file(folder: Path, prefix: str, suffix: str) -> Path:
     for _ in range(100):
         path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
         try:
-            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666)
+            make(path)
         except FileExistsError:
             continue
-        os.close(fd)
         return path
     raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+
+
+def _new_file(path: Path) -> None:
+    os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o666))
+
+
+def create_temp_file(folder: Path, prefix: str, suffix: str) -> Path:
+    """Create an empty file named `prefix<random>suffix` in `folder`, mode 0666 less the umask."""
+    return _create_unique(folder, prefix, suffix, _new_file)
 
 
 def create_temp_dir(folder: Path, prefix: str, suffix: str) -> Path:
-    """Create an empty folder named `prefix<random>suffix` in `folder`, mode 0777 less the umask.
-
-    Raises:
-        FileExistsError: No free name after many tries (not expected).
-    """
-    for _ in range(100):
-        path = folder / f"{prefix}{secrets.token_hex(4)}{suffix}"
-        try:
-            os.mkdir(path, 0o777)
-        except FileExistsError:
-            continue
-        return path
-    raise FileExistsError(errno.EEXIST, "no free temporary name", str(folder))
+    """Create an empty folder named `prefix<random>suffix` in `folder`, mode 0777 less the umask."""
+    return _create_unique(folder, prefix, suffix, lambda path: os.mkdir(path, 0o777))
 
 
 @contextlib.contextmanager
