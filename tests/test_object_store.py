@@ -20,8 +20,7 @@ from typer.testing import CliRunner
 from p2p.app.cli import app
 from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, StacRef, TilingConfig
-from p2p.core.errors import BundleError, ConfigError
-from p2p.core.roots import check_local_workspace
+from p2p.core.errors import BundleError
 from p2p.model.bundle import load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.stages.tile import run as tile_stage
@@ -137,11 +136,6 @@ def test_cli_names_the_url_and_what_is_missing(
     line = _error_line(["--model", model, "--input", scene, "--output", local_out])
     assert line.startswith(f"error: {s3.url('model/model.json')}: no AWS credentials found")
     assert s3.keys(s3.bucket, "out/") == [] and not list(tmp_path.glob("*o.tif*"))
-
-
-def test_a_workspace_on_object_storage_is_refused_in_one_line() -> None:
-    with pytest.raises(ConfigError, match="workspace on object storage is not supported"):
-        check_local_workspace("s3://bucket/ws")
 
 
 @pytest.mark.slow

@@ -287,6 +287,13 @@ def run(
     guard(body)
 
 
+def _workspace(path: str) -> str:
+    """A workspace option: an ``s3://`` prefix as given, a folder made absolute."""
+    from p2p.core import storage
+
+    return path if storage.is_remote(path) else str(Path(path).absolute())
+
+
 def _run_flow(cfg: Any, until: str | None) -> dict[str, Any]:
     from p2p.app.console import console_progress_bars, quiet_prefect
 
@@ -448,7 +455,7 @@ def predict(
         from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
 
         resolve_window(read_meta(model)[0], config)
-        ws = str(Path(workspace).absolute() if workspace else default_workspace(output))
+        ws = str(default_workspace(output) if workspace is None else _workspace(workspace))
         job = PredictionJob(ws, model, scenes, config, MosaicConfig())
         with _scene_progress("predict") as bars:
 

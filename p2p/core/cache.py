@@ -5,6 +5,13 @@ artifacts live in ``{workspace}/{stage}/{key}/``; ``manifest.json`` is written t
 atomically. A folder with a manifest is finished and returned at once; a folder without one is
 unfinished and the stage resumes it. Concurrent runs take a per-key file lock.
 
+The workspace may be an ``s3://`` prefix. Each stage folder is then a prefix of objects, the
+manifest one object put last, and the lock a lease object made by conditional put
+(`p2p.core.bucketlock`), which holds across machines. A stage whose engine writes into object
+storage itself (tiling's Zarr store, from Dask workers) builds there in place; any other is
+built in a local staging folder (one per stage folder, so a killed run resumes there on the
+same machine) and uploaded whole before its manifest.
+
 Each stage (`p2p.stages`) declares its key as `KeyParts`; `run_stage`, the plan and the
 Prefect tasks all derive the key and folder from those parts, so they agree by construction.
 """
@@ -17,16 +24,17 @@ import logging
 import re
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
-from p2p.core import storage
+from p2p.core import files, storage
+from p2p.core.bucketlock import BucketLock
 from p2p.core.errors import StageError
-from p2p.core.fsutil import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +69,7 @@ class KeyParts(NamedTuple):
         """The stage key (hex), also the artifact folder's name."""
         return stage_key(self.stage, self.version, self.config, self.inputs)
 
-    def folder(self, workspace: str | Path) -> Path:
+    def folder(self, workspace: str | Path) -> files.Location:
         """The artifact folder of this run in `workspace`."""
         return stage_dir(workspace, self.stage, self.key)
 
@@ -109,30 +117,39 @@ def stage_key(stage: str, version: int, config: Any = None, inputs: Sequence[str
     return hashlib.sha256(payload.encode()).hexdigest()[:KEY_LENGTH]
 
 
-def stage_dir(workspace: str | Path, stage: str, key: str) -> Path:
-    """The artifact folder of a stage run."""
-    return Path(workspace) / stage / key
+def stage_dir(workspace: str | Path, stage: str, key: str) -> files.Location:
+    """The artifact folder of a stage run (a URL in a workspace on object storage)."""
+    return files.join(workspace, stage, key)
 
 
-def read_manifest(folder: str | Path) -> dict[str, Any] | None:
+def read_manifest(folder: files.Location) -> dict[str, Any] | None:
     """The manifest of a finished stage folder, or None when the folder is unfinished."""
-    path = Path(folder) / MANIFEST
-    if not path.is_file():
-        return None
-    data = read_json(path)
+    data = files.read_json(files.join(folder, MANIFEST))
     return data if isinstance(data, dict) else None
 
 
-def write_manifest(folder: str | Path, manifest: dict[str, Any]) -> None:
+def write_manifest(folder: files.Location, manifest: dict[str, Any]) -> None:
     """Write the manifest last and atomically: from now on the folder counts as finished."""
-    atomic_write_json(Path(folder) / MANIFEST, manifest)
+    files.write_json(files.join(folder, MANIFEST), manifest)
 
 
 def stage_lock(folder: str | Path) -> FileLock:
-    """A file lock for one stage key, held while the stage builds its folder."""
+    """A file lock for one stage key, held while the stage builds its (local) folder."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
     return FileLock(str(folder.parent / f".{folder.name}.lock"))
+
+
+@contextmanager
+def _locked(folder: files.Location) -> Iterator[BucketLock | None]:
+    """Hold the stage's lock: a file lock on a disk, a lease object in a bucket."""
+    if storage.is_remote(folder):
+        name = storage.name(folder)
+        with BucketLock(f"{str(folder).rstrip('/')[: -len(name)]}.{name}.lock") as lease:
+            yield lease
+    else:
+        with stage_lock(folder):
+            yield None
 
 
 def _sweep_temporaries(folder: Path) -> None:
@@ -150,28 +167,33 @@ def _sweep_temporaries(folder: Path) -> None:
 
 
 def run_stage(
-    workspace: str | Path, parts: KeyParts, build: Callable[[Path], dict[str, Any]]
+    workspace: str | Path,
+    parts: KeyParts,
+    build: Callable[[Path], dict[str, Any]],
+    build_in_bucket: Callable[[str], dict[str, Any]] | None = None,
 ) -> StageRecord:
     """Run a stage once per key: return a finished folder at once, else build or resume it.
 
     Args:
-        workspace: Workspace root.
+        workspace: Workspace root (a folder or an ``s3://`` prefix).
         parts: The stage's key parts (name, format version, config, input fingerprints).
-        build: Called with the (possibly partly filled) artifact folder; must resume what is
-            there and return the JSON-able summary stored in the manifest.
+        build: Called with the (possibly partly filled) local artifact folder; must resume
+            what is there and return the JSON-able summary stored in the manifest. In a
+            workspace on object storage the folder is a local staging folder, uploaded whole
+            afterwards; paths under it in the summary are moved to the stage's URL.
+        build_in_bucket: For a workspace on object storage, a build that writes into the
+            stage's URL itself (and resumes what is there) instead of a staging folder.
     """
     start = time.perf_counter()
     stage, version, config, inputs = parts
     key = parts.key
     folder = stage_dir(workspace, stage, key)
-    with stage_lock(folder):
+    with _locked(folder) as lease:
         manifest = read_manifest(folder)
         cached = manifest is not None
         if manifest is None:
-            folder.mkdir(parents=True, exist_ok=True)
-            _sweep_temporaries(folder)
             log.info("%s: building %s", stage, folder)
-            summary = build(folder)
+            summary, staging = _build(folder, build, build_in_bucket)
             manifest = {
                 "stage": stage,
                 "version": version,
@@ -182,7 +204,11 @@ def run_stage(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.perf_counter() - start, 3),
             }
+            if lease is not None:
+                lease.check()  # a run that lost its lease must not commit
             write_manifest(folder, manifest)
+            if staging is not None:
+                shutil.rmtree(staging, ignore_errors=True)
         else:
             log.info("%s: cached at %s", stage, folder)
     return StageRecord(
@@ -195,6 +221,28 @@ def run_stage(
     )
 
 
+def _build(
+    folder: files.Location,
+    build: Callable[[Path], dict[str, Any]],
+    build_in_bucket: Callable[[str], dict[str, Any]] | None,
+) -> tuple[dict[str, Any], Path | None]:
+    """Build a stage folder; the summary and the staging folder to remove once committed."""
+    if not storage.is_remote(folder):
+        local = Path(folder)
+        local.mkdir(parents=True, exist_ok=True)
+        _sweep_temporaries(local)
+        return build(local), None
+    url = str(folder)
+    if build_in_bucket is not None:
+        return build_in_bucket(url), None
+    staging = storage.staging_dir(url)
+    staging.mkdir(parents=True, exist_ok=True)
+    _sweep_temporaries(staging)
+    summary = build(staging)
+    files.upload_tree(staging, url)
+    return files.relocate(summary, str(staging), url), staging
+
+
 def finished_stage(stage_or_dir: StageRecord | str | Path) -> StageRecord:
     """A finished stage as a record: given one, or read from a stage folder's manifest.
 
@@ -203,7 +251,7 @@ def finished_stage(stage_or_dir: StageRecord | str | Path) -> StageRecord:
     """
     if isinstance(stage_or_dir, StageRecord):
         return stage_or_dir
-    folder = Path(stage_or_dir)
+    folder = stage_or_dir if storage.is_remote(stage_or_dir) else Path(stage_or_dir)
     manifest = read_manifest(folder)
     if manifest is None:
         raise StageError(folder, "no manifest.json: this stage has not finished; run it first")

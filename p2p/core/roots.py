@@ -95,18 +95,19 @@ def check_path(path: str | Path, roots: Iterable[Path | str] | None = None) -> P
     )
 
 
-def check_local_workspace(workspace: str) -> None:
-    """Refuse a workspace on object storage (stage folders, locks and resumable partial files
-    need a file system); scenes, models and outputs may be ``s3://`` URLs.
+def check_bucket_workspace(config: PipelineConfig) -> None:
+    """Refuse what a workspace on object storage cannot hold: training on several machines
+    (their ranks meet through files in the train stage's local folder, which a bucket
+    workspace stages on one machine only).
 
     Raises:
-        ConfigError: `workspace` is a URL.
+        ConfigError: `config` trains on several nodes in an ``s3://`` workspace.
     """
-    if storage.is_remote(workspace):
+    if storage.is_remote(config.workspace) and config.train.nodes > 1:
         raise ConfigError(
-            "workspace",
-            f"{workspace}: a workspace on object storage is not supported; use a local or "
-            "shared folder (scenes, the model and the output may be s3:// URLs)",
+            "train.nodes",
+            f"{config.train.nodes} machines cannot train in a workspace on object storage "
+            f"({config.workspace}); use a shared folder, or train.nodes: 1",
         )
 
 
@@ -126,7 +127,7 @@ def checked_pipeline_config(config: PipelineConfig, require_roots: bool = False)
         InputError: the config names no scene.
     """
     roots = allowed_roots(required=require_roots)
-    check_local_workspace(config.workspace)
+    check_bucket_workspace(config)
     if not config.scenes:
         raise InputError("scenes", "the training pipeline needs at least one scene pair")
     scenes = [map_scene_paths(s, lambda p: str(check_path(p, roots))) for s in config.scenes]
@@ -153,7 +154,6 @@ def checked_batch_config(
         InputError: a pattern matches nothing, a file is missing, or two scenes share an id.
     """
     roots = allowed_roots(required=require_roots)
-    check_local_workspace(config.workspace)
     entries = [
         ",".join(str(check_path(part.strip(), roots)) for part in entry.split(","))
         for entry in config.scenes

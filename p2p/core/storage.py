@@ -112,6 +112,30 @@ def gdal_options(where: str = "s3") -> dict[str, str]:
     return options
 
 
+def obstore_options(where: str = "s3") -> dict[str, Any]:
+    """Keyword arguments for an ``obstore.store.S3Store`` (zarr's `ObjectStore`): the same
+    credentials, region and endpoint as boto3 and GDAL get.
+
+    Raises:
+        InputError: no AWS credentials can be found.
+    """
+    options = gdal_options(where)
+    config: dict[str, Any] = {"region": options["AWS_REGION"]}
+    endpoint = _endpoint()
+    if endpoint:
+        config["endpoint"] = endpoint.rstrip("/")
+        config["virtual_hosted_style_request"] = False
+    if options.get("AWS_NO_SIGN_REQUEST") == "YES":
+        config["skip_signature"] = True
+    else:
+        config["access_key_id"] = options["AWS_ACCESS_KEY_ID"]
+        config["secret_access_key"] = options["AWS_SECRET_ACCESS_KEY"]
+        if "AWS_SESSION_TOKEN" in options:
+            config["session_token"] = options["AWS_SESSION_TOKEN"]
+    client = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
+    return {"config": config, "client_options": client}
+
+
 NO_CREDENTIALS = (
     "no AWS credentials found: set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, or AWS_PROFILE "
     "(or AWS_NO_SIGN_REQUEST=YES for a public bucket)"
@@ -164,7 +188,7 @@ def problem(url: str, exc: BaseException) -> str:
     if not isinstance(exc, ClientError):
         return f"object store request failed ({exc})"
     code = str(exc.response.get("Error", {}).get("Code", ""))
-    status = _status(exc)
+    status = http_status(exc)
     bucket, key = split_url(url)
     if code in ("NoSuchBucket",):
         return f"no such bucket {bucket!r}"
@@ -183,11 +207,11 @@ def _bucket_exists(bucket: str) -> bool:
     try:
         client().head_bucket(Bucket=bucket)
     except ClientError as exc:
-        return _status(exc) != 404
+        return http_status(exc) != 404
     return True
 
 
-def _status(exc: Any) -> int | None:
+def http_status(exc: Any) -> int | None:
     """The HTTP status of a botocore ClientError."""
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     return int(status) if status is not None else None
@@ -205,7 +229,7 @@ def head(url: str) -> dict[str, Any] | None:
     try:
         return dict(client().head_object(Bucket=bucket, Key=key))
     except ClientError as exc:
-        if _status(exc) == 404:
+        if http_status(exc) == 404:
             if not _bucket_exists(bucket):
                 raise InputError(url, f"no such bucket {bucket!r}") from None
             return None

@@ -22,10 +22,11 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from p2p.core import files, storage
 from p2p.core.cache import read_manifest
 from p2p.core.config import DatasetConfig, TilingConfig
 from p2p.core.errors import StageError
-from p2p.core.fsutil import atomic_write_json, read_json
+from p2p.core.fsutil import atomic_write_json
 from p2p.data import chipstore
 from p2p.data.bandstats import StatsAccumulator
 from p2p.model.augment import dihedral_pair
@@ -283,28 +284,28 @@ def _summary(meta: dict[str, Any], n_train: int, n_val: int, tiles: list[str]) -
     }
 
 
-def load_baselines(dataset_dir: str | Path) -> Baselines:
+def load_baselines(dataset_dir: files.Location) -> Baselines:
     """The baselines fitted on a dataset folder's training chips."""
-    path = Path(dataset_dir) / BASELINES
-    if not path.is_file():
+    data = files.read_json(files.join(dataset_dir, BASELINES))
+    if data is None:
         raise StageError(dataset_dir, "no baselines.json: a dataset stage from an older p2p")
-    return Baselines.from_dict(read_json(path))
+    return Baselines.from_dict(data)
 
 
-def load_stats(dataset_dir: str | Path) -> tuple[BandStats, BandStats]:
+def load_stats(dataset_dir: files.Location) -> tuple[BandStats, BandStats]:
     """The (source, target) band statistics of a dataset folder."""
-    path = Path(dataset_dir) / STATS
-    if not path.is_file():
+    data = files.read_json(files.join(dataset_dir, STATS))
+    if data is None:
         raise StageError(dataset_dir, "no stats.json: not a finished dataset stage")
-    data = read_json(path)
     return BandStats.from_dict(data["source"]), BandStats.from_dict(data["target"])
 
 
-def _tile_path(dataset_dir: Path, entry: dict[str, str]) -> str:
-    """A tile folder recorded in split.json; found beside the dataset when the workspace moved."""
-    if Path(entry["path"]).is_dir():
+def _tile_path(dataset_dir: files.Location, entry: dict[str, str]) -> str:
+    """A tile folder recorded in split.json; found beside the dataset when a local workspace
+    moved (a bucket's URLs stay where they are)."""
+    if storage.is_remote(entry["path"]) or Path(entry["path"]).is_dir():
         return entry["path"]
-    return str(dataset_dir.parent.parent / entry.get("stage", "tile") / entry["key"])
+    return str(Path(dataset_dir).parent.parent / entry.get("stage", "tile") / entry["key"])
 
 
 class ChipDataset(Dataset[Sample]):
@@ -329,8 +330,10 @@ class ChipDataset(Dataset[Sample]):
         augment: bool = False,
         seed: int = 0,
     ) -> None:
-        self.dataset_dir = Path(dataset_dir)
-        info = read_json(self.dataset_dir / SPLIT)
+        self.dataset_dir = dataset_dir if storage.is_remote(dataset_dir) else Path(dataset_dir)
+        info = files.read_json(files.join(self.dataset_dir, SPLIT))
+        if info is None:
+            raise StageError(dataset_dir, "no split.json: not a finished dataset stage")
         self.tile_dirs = [_tile_path(self.dataset_dir, e) for e in info["tiles"]]
         self.items = np.asarray(info[split], dtype=np.int64).reshape(-1, 2)
         self.source_stats, self.target_stats = load_stats(self.dataset_dir)

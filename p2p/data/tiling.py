@@ -19,21 +19,21 @@ from __future__ import annotations
 import ctypes
 import itertools
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 from itertools import islice
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 from distributed import Client, as_completed
 from rasterio.windows import Window
 
+from p2p.core import files
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.dask_client import dask_client
 from p2p.core.errors import InputError
+from p2p.core.files import Location
 from p2p.data import chipstore
 from p2p.data.chipgrid import Block, ChipGrid, cut_chips
 from p2p.raster import Grid, SceneReader, open_aligned
@@ -139,7 +139,7 @@ def tile_block(job: BlockJob) -> int:
     # counting is exact and ~5x cheaper than a float mean of the bool masks; chip by chip,
     # because count_nonzero with `axis` sums converted ints (~20x slower than whole arrays)
     fraction = np.array([np.count_nonzero(m) for m in chips["valid"]]) / (k * k)
-    chipstore.write_block(Path(job.folder), b.name, b.slot0, chips, _index_rows(job, fraction))
+    chipstore.write_block(job.folder, b.name, b.slot0, chips, _index_rows(job, fraction))
     n_valid = int(np.count_nonzero(valid))
     del chips, valid
     if MALLOC_TRIM is not None and next(_blocks_done) % TRIM_EVERY == 0:
@@ -243,7 +243,7 @@ def run_blocks(client: Client, jobs: list[BlockJob], progress: Progress | None =
 
 
 def tile_into(
-    folder: Path,
+    folder: Location,
     plan: ScenePlan,
     scene: SceneConfig,
     tiling: TilingConfig,
@@ -254,7 +254,8 @@ def tile_into(
     """Tile a planned scene pair into the chip store at `folder`, resuming its finished blocks.
 
     Args:
-        folder: The store's folder (created or resumed).
+        folder: The store's folder (created or resumed); an ``s3://`` prefix writes the
+            chips straight into the bucket, from whichever worker tiles a block.
         plan: `plan_scene`'s answer for `scene` and `tiling`.
         scene: The scene pair.
         tiling: Chip size, stride, block size, resampling of the target.
@@ -287,7 +288,7 @@ def tile_into(
                 run_blocks(own, jobs, progress)
     index = chipstore.write_index(folder)
     if not (index["valid_fraction"] > 0).any():
-        shutil.rmtree(folder, ignore_errors=True)
+        files.remove_tree(folder)
         raise InputError(
             scene.source[0],
             "no valid pixel where source and target overlap (all nodata? set `nodata`)",

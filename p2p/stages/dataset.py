@@ -6,6 +6,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from p2p.core import storage
 from p2p.core.cache import KeyParts, StageRecord, finished_stage, run_stage
 from p2p.core.config import DatasetConfig, TilingConfig
 from p2p.stages.stage import Stage
@@ -47,7 +48,7 @@ def run(
     """
     from p2p.data.dataset import build_dataset, check_tiles
 
-    dirs = [str(Path(t.path if isinstance(t, StageRecord) else t).resolve()) for t in tiles]
+    dirs = [_folder(t.path if isinstance(t, StageRecord) else t) for t in tiles]
     check_tiles(dirs)
     parts = key_parts(tiles, config, tiling)
 
@@ -55,6 +56,11 @@ def run(
         return build_dataset(folder, dirs, config, tiling)
 
     return run_stage(workspace, parts, build)
+
+
+def _folder(path: str | Path) -> str:
+    """A tile folder as the dataset records it: resolved, or a URL as given."""
+    return str(path) if storage.is_remote(path) else str(Path(path).resolve())
 
 
 STAGE = Stage(NAME, VERSION, key_parts, run)

@@ -6,9 +6,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from p2p.core import storage
 from p2p.core.cache import KeyParts, StageRecord, fingerprint_file, run_stage
 from p2p.core.config import MosaicConfig
-from p2p.core.errors import InputError
 from p2p.stages.stage import Progress, Stage
 
 if TYPE_CHECKING:
@@ -28,8 +28,7 @@ def key_parts(
         InputError: a prediction is missing.
     """
     for path in predictions:
-        if not Path(path).is_file():
-            raise InputError(path, "file not found")
+        storage.require_file(path)
     settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
     return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from p2p.core import files, storage
 from p2p.core.cache import (
     MANIFEST,
     KeyParts,
@@ -25,6 +26,7 @@ from p2p.core.cache import (
     read_manifest,
     stage_lock,
 )
+from p2p.core.errors import ConfigError
 from p2p.core.fsutil import read_json
 from p2p.stages.pipeline import Call, Records, Step, run_steps
 from p2p.stages.stage import Stage
@@ -87,7 +89,7 @@ def plan(
         if record.cached:
             status: Status = "cached"
             why = ""
-        elif Path(record.path).is_dir():
+        elif files.has_files(record.path):
             status, why = "resume", "unfinished: resumes what an interrupted run left"
         else:
             status, why = "run", explain(parts, workspace, labels)
@@ -150,14 +152,33 @@ def changes(old: Mapping[str, Any], new: KeyParts, labels: Mapping[str, str]) ->
 def explain(parts: KeyParts, workspace: str, labels: Mapping[str, str]) -> str:
     """Why a stage without a finished folder will run: the changes since its closest run."""
     previous = []
-    for path in sorted(Path(workspace, parts.stage).glob(f"*/{MANIFEST}")):
-        data = read_json(path)
+    for data in _manifests(files.join(workspace, parts.stage)):
         if isinstance(data, dict):
             previous.append(changes(data, parts, labels))
     if not previous:
         return "never built in this workspace"
     closest = min(previous, key=len)
     return "; ".join(closest) if closest else "its folder is gone"
+
+
+def _manifests(stage_folder: files.Location) -> Iterator[Any]:
+    """The manifests of a stage's finished runs in a workspace."""
+    if not storage.is_remote(stage_folder):
+        for path in sorted(Path(stage_folder).glob(f"*/{MANIFEST}")):
+            yield read_json(path)
+        return
+    bucket, key = storage.split_url(str(stage_folder))
+    pages = (
+        storage.client()
+        .get_paginator("list_objects_v2")
+        .paginate(Bucket=bucket, Prefix=key.rstrip("/") + "/")
+    )
+    for page in pages:
+        for item in page.get("Contents", []):
+            if str(item["Key"]).count("/") == key.count("/") + 2 and str(item["Key"]).endswith(
+                "/" + MANIFEST
+            ):
+                yield files.read_json(f"{storage.SCHEME}{bucket}/{item['Key']}")
 
 
 def force(entries: Sequence[Planned], stage: str) -> list[str]:
@@ -168,7 +189,18 @@ def force(entries: Sequence[Planned], stage: str) -> list[str]:
 
     Returns:
         The labels of the stages that will rebuild.
+
+    Raises:
+        ConfigError: the workspace is on object storage, which has no rename to remove a
+            folder whole (delete the stage's prefix by hand, then run again).
     """
+    remote = [e.record.path for e in entries if storage.is_remote(e.record.path)]
+    if remote:
+        raise ConfigError(
+            "--force",
+            f"cannot remove stage folders on object storage whole ({remote[0]}); delete the "
+            "stage's prefix with your S3 tools and run again",
+        )
     forced = {stage}
     removed = []
     for entry in entries:

@@ -68,10 +68,11 @@ def run(
     plan = plan_scene(scene, tiling)  # bad input fails here, with its own clear message
     parts = key_parts(scene, tiling)
 
-    def build(folder: Path) -> dict[str, Any]:
+    def build(folder: Path | str) -> dict[str, Any]:
         return tile_into(folder, plan, scene, tiling, dask, progress, client)
 
-    return run_stage(workspace, parts, build)
+    # in a bucket, the chips go straight there (from whichever Dask worker tiles a block)
+    return run_stage(workspace, parts, build, build_in_bucket=build)
 
 
 STAGE = Stage(NAME, VERSION, key_parts, run)

@@ -18,6 +18,7 @@ from pathlib import Path
 from p2p.core.cache import read_manifest
 from p2p.core.config import PipelineConfig
 from p2p.core.errors import StageError
+from p2p.core.roots import check_bucket_workspace
 from p2p.model import distributed
 from p2p.stages import dataset, train
 from p2p.stages.pipeline import TRAINING, in_process, run_steps
@@ -39,9 +40,10 @@ def join_training(config: PipelineConfig, wait_s: float = 3600.0) -> Path:
     Raises:
         StageError: No stage appeared within `wait_s`, or a rank failed.
     """
+    check_bucket_workspace(config)  # several machines train in a shared folder only
     records = run_steps(TRAINING, config, config.workspace, in_process(), until=dataset.NAME)
     parts = train.key_parts(records[dataset.NAME], config.model, config.train)
-    key, folder = parts.key, parts.folder(config.workspace)
+    key, folder = parts.key, Path(parts.folder(config.workspace))
     deadline = time.monotonic() + wait_s
     while not (folder / SPEC).is_file():
         if read_manifest(folder) is not None:

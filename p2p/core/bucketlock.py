@@ -1,0 +1,174 @@
+"""A lock across machines for a stage folder in a bucket: a lease object made by conditional put.
+
+Machines that share nothing but a bucket cannot share a file lock. The lock is one object,
+``{stage}/.{key}.lock``, created with ``If-None-Match: *``: the store accepts exactly one of
+any number of concurrent creators and answers the others 412 Precondition Failed (S3 since
+2024, MinIO, Ceph and moto do the same). The holder renews its lease with ``If-Match: <its
+ETag>`` a few times per lease, and releases it with a delete under the same condition, so it
+never removes a lock someone else took.
+
+A holder that dies (killed, machine lost) stops renewing. Its lock is stale once the lease
+has run out: the object's ``Last-Modified`` plus the lease it recorded, compared with the
+store's own clock (the ``Date`` of the answer), so the machines' clocks never matter. A
+waiter replaces a stale lock with ``If-Match: <the stale ETag>``: of several waiters exactly
+one wins, and a holder that comes back finds its ETag gone and knows it lost the lock.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+
+from p2p.core import storage
+from p2p.core.errors import OutputError, StageError
+
+log = logging.getLogger(__name__)
+
+#: Seconds a lease lasts without renewal (the holder renews every third of it): how long a
+#: crashed run blocks its stage. ``P2P_LOCK_LEASE_S`` sets another; the lock records its own.
+LEASE_S = 60.0
+LEASE_VAR = "P2P_LOCK_LEASE_S"
+#: Seconds between two tries of a waiter.
+POLL_S = 0.5
+
+
+class LeaseLost(StageError):
+    """The lease ran out while the holder still worked (another run may have taken over)."""
+
+
+class BucketLock:
+    """A context manager holding the lease object at `url` (see the module docstring).
+
+    Args:
+        url: ``s3://bucket/key`` of the lock object.
+        lease_s: Seconds the lease lasts without renewal (default: ``P2P_LOCK_LEASE_S``, else
+            `LEASE_S`).
+    """
+
+    def __init__(self, url: str, lease_s: float | None = None) -> None:
+        self.url = url
+        self.lease_s = float(os.environ.get(LEASE_VAR, LEASE_S)) if lease_s is None else lease_s
+        self.bucket, self.key = storage.split_url(url)
+        self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+        self._etag: str | None = None
+        self._lost = threading.Event()
+        self._stop = threading.Event()
+        self._renewer: threading.Thread | None = None
+
+    def _body(self) -> bytes:
+        return json.dumps({"owner": self.owner, "lease_s": self.lease_s}).encode()
+
+    def _put(self, **condition: str) -> str | None:
+        """PUT the lease under `condition`; its ETag, or None when the condition failed."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = storage.client().put_object(
+                Bucket=self.bucket, Key=self.key, Body=self._body(), **condition
+            )
+        except ClientError as exc:
+            if storage.http_status(exc) in (409, 412):  # 409: a concurrent conditional write
+                return None
+            raise OutputError(self.url, storage.problem(self.url, exc)) from None
+        return str(answer["ETag"])
+
+    def _stale_etag(self) -> str | None:
+        """The ETag of the current lock when its lease has run out; None while it is live
+        (or when it vanished: the next create will tell)."""
+        from botocore.exceptions import ClientError
+
+        try:
+            answer = storage.client().get_object(Bucket=self.bucket, Key=self.key)
+        except ClientError as exc:
+            if storage.http_status(exc) == 404:
+                return None
+            raise OutputError(self.url, storage.problem(self.url, exc)) from None
+        lease = float(json.loads(answer["Body"].read()).get("lease_s", LEASE_S))
+        now = parsedate_to_datetime(answer["ResponseMetadata"]["HTTPHeaders"]["date"])
+        age = (now - answer["LastModified"]).total_seconds()
+        # Last-Modified and Date have whole seconds: one second of margin
+        return str(answer["ETag"]) if age > lease + 1 else None
+
+    def acquire(self) -> None:
+        """Wait until this process holds the lease."""
+        waited = False
+        while True:
+            self._etag = self._put(IfNoneMatch="*")
+            if self._etag is None:
+                stale = self._stale_etag()
+                if stale is not None:
+                    log.warning("%s: taking over a lock whose lease ran out", self.url)
+                    self._etag = self._put(IfMatch=stale)
+            if self._etag is not None:
+                break
+            if not waited:
+                log.info("%s: another run holds this stage; waiting", self.url)
+                waited = True
+            time.sleep(POLL_S)
+        self._stop.clear()
+        self._renewer = threading.Thread(target=self._renew, daemon=True, name="lease")
+        self._renewer.start()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(self.lease_s / 3):
+            try:
+                etag = self._put(IfMatch=str(self._etag))
+            except Exception as exc:  # a network hiccup: try again before the lease runs out
+                log.warning("%s: renewing the lease failed (%s)", self.url, exc)
+                continue
+            if etag is None:
+                self._lost.set()
+                return
+            self._etag = etag
+
+    @property
+    def lost(self) -> bool:
+        """Whether the lease ran out under this holder (its work must not be committed)."""
+        return self._lost.is_set()
+
+    def release(self) -> None:
+        """Stop renewing and delete the lock object if it is still this holder's."""
+        from botocore.exceptions import ClientError
+
+        self._stop.set()
+        if self._renewer is not None:
+            self._renewer.join()
+        if self._etag is None or self.lost:
+            return
+        try:
+            storage.client().delete_object(Bucket=self.bucket, Key=self.key, IfMatch=self._etag)
+        except ClientError as exc:
+            log.warning("%s: releasing the lock failed (%s)", self.url, exc)
+        self._etag = None
+
+    def check(self) -> None:
+        """Raise when the lease was lost (call before committing the work).
+
+        Raises:
+            LeaseLost: another run may have taken this stage over.
+        """
+        if self.lost:
+            raise LeaseLost(
+                self.url,
+                f"the stage lock's lease ({self.lease_s:.0f} s) ran out before this run "
+                "finished; another run may have taken the stage over. Run again",
+            )
+
+    def __enter__(self) -> BucketLock:
+        self.acquire()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
