@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pytest
-from distributed import Client, Nanny, Scheduler, SpecCluster
+import torch
+from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
+from torch.utils.data import DataLoader
 
 from p2p.core import storage
 from p2p.core.bucketlock import BucketLock
@@ -25,7 +27,8 @@ from p2p.core.config import PipelineConfig, TrainConfig
 from p2p.core.errors import ConfigError
 from p2p.core.roots import check_bucket_workspace
 from p2p.data import chipstore
-from p2p.stages import tile, train
+from p2p.data.dataset import ChipDataset
+from p2p.stages import dataset, tile, train
 from p2p.stages.pipeline import TRAINING, in_process, run_steps
 from p2p.stages.plan import force, plan
 from tests import bucket_worker
@@ -180,11 +183,12 @@ def test_pipeline_with_scenes_and_workspace_in_a_bucket_gives_the_local_bytes(
             }
         )
         check_bucket_workspace(bucket_cfg)
-        in_bucket = run_steps(
-            TRAINING, bucket_cfg, bucket_cfg.workspace, in_process(), until=train.NAME
-        )
-        ran_on = client.run(lambda: os.environ["TMPDIR"])
-    assert len(set(ran_on.values())) == 2
+        with get_task_stream(client) as tasks:
+            in_bucket = run_steps(
+                TRAINING, bucket_cfg, bucket_cfg.workspace, in_process(), until=train.NAME
+            )
+    # both workers tiled blocks, each from its own temporary folder, into the one bucket
+    assert len({t["worker"] for t in tasks.data if "tile_block" in t["key"]}) == 2
     on_disk = run_steps(TRAINING, local_cfg, local_cfg.workspace, in_process(), until=train.NAME)
     a, b = store_arrays(in_bucket["tile:src"].path), store_arrays(on_disk["tile:src"].path)
     for name in a:
@@ -205,6 +209,13 @@ def test_pipeline_with_scenes_and_workspace_in_a_bucket_gives_the_local_bytes(
         if p.suffix in (".json", ".zarr") or "chips" in p.name
     ]
     assert leftovers == []
+    # DataLoader workers read the chips from the bucket too (spawned: obstore dies in a fork)
+    chips = ChipDataset(in_bucket[dataset.NAME].path, "train")
+    loader = DataLoader(
+        chips, batch_size=2, num_workers=1, multiprocessing_context=chips.worker_start_method
+    )
+    loaded = torch.cat([x for x, _, _ in loader])
+    torch.testing.assert_close(loaded, torch.stack([chips[i][0] for i in range(len(chips))]))
     # a second run finds every stage in the bucket
     again = run_steps(TRAINING, bucket_cfg, bucket_cfg.workspace, in_process(), until=train.NAME)
     assert all(r.cached for r in again.values())

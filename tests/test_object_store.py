@@ -157,16 +157,28 @@ def test_training_and_batch_prediction_with_data_model_and_output_in_a_bucket(
         )
         for s in data.train
     ]
-    config = demo_config(tmp_path / "ws", scenes, quick=True)
+    # the workspace in the bucket too: every stage folder is a prefix of objects there
+    config = demo_config(tmp_path / "ws", scenes, quick=True).model_copy(
+        update={"workspace": s3.url("ws")}
+    )
     record = train_pipeline(config)
     assert record["metrics"]["overall"]["mae"] > 0
+    assert record["model"].startswith(s3.url("ws/train/"))
+    stages = {
+        key.split("/")[1] for key in s3.keys(s3.bucket, "ws/") if key.endswith("manifest.json")
+    }
+    assert stages == {"tile", "dataset", "train", "evaluate"}
     for name in ("model.json", "weights.safetensors"):
-        s3.put(Path(record["model"], name), s3.url(f"models/demo/{name}"))
+        s3.client().copy_object(
+            Bucket=s3.bucket,
+            Key=f"models/demo/{name}",
+            CopySource={"Bucket": s3.bucket, "Key": f"{record['model'][len(s3.url('')) :]}/{name}"},
+        )
     for scene in data.held_out:
         up(scene.source[0])
 
     batch = BatchPredictConfig(
-        workspace=str(tmp_path / "ws"),
+        workspace=s3.url("ws"),
         model=s3.url("models/demo"),
         scenes=[s3.url("scenes/heldout_*_image.tif")],
         output=s3.url("out/mosaic.tif"),
@@ -180,6 +192,7 @@ def test_training_and_batch_prediction_with_data_model_and_output_in_a_bucket(
     local = batch.model_copy(
         update={
             "model": record["model"],
+            "workspace": str(tmp_path / "ws"),
             "scenes": [],
             "items": [StacRef(stac=str(collection), assets=["image"])],
             "output": str(tmp_path / "mosaic.tif"),

@@ -315,6 +315,20 @@ def upload(local: Path, url: str, metadata: dict[str, str] | None = None) -> Non
         raise OutputError(url, problem(url, cause)) from None
 
 
+def download(url: str, local: Path) -> None:
+    """Download a whole object to a local file.
+
+    Raises:
+        InputError: the object cannot be read (one line naming `url` and why).
+    """
+    bucket, key = split_url(url)
+    try:
+        client().download_file(bucket, key, str(local))
+    except Exception as exc:
+        cause = exc.__cause__ if exc.__cause__ is not None else exc
+        raise InputError(url, problem(url, cause)) from None
+
+
 def upload_if_changed(local: Path, url: str) -> bool:
     """Upload `local` to `url` unless the object there was uploaded from the same bytes (its
     sha256 travels as object metadata; an ETag is no content hash for multipart uploads).

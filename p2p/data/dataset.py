@@ -345,6 +345,12 @@ class ChipDataset(Dataset[Sample]):
         self._arrays: dict[int, dict[str, Any]] = {}
         self._pid = -1
 
+    @property
+    def worker_start_method(self) -> str | None:
+        """How DataLoader workers must start: ``spawn`` for chips in a bucket (obstore's
+        runtime does not survive fork: a forked worker hangs), else the platform's default."""
+        return "spawn" if any(storage.is_remote(d) for d in self.tile_dirs) else None
+
     def set_epoch(self, epoch: int) -> None:
         """Select the augmentation draws of `epoch`."""
         self.epoch = epoch

@@ -6,6 +6,7 @@ import base64
 import filecmp
 import io
 import shutil
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -183,6 +184,11 @@ def deliver_file(source: str | Path, output: str | Path) -> bool:
     Returns:
         True when `output` was written.
     """
+    if storage.is_remote(source):  # a stage folder in a bucket workspace
+        with tempfile.TemporaryDirectory() as tmp:
+            local = Path(tmp, storage.name(source))
+            storage.download(str(source), local)
+            return deliver_file(local, output)
     if storage.is_remote(output):
         return storage.upload_if_changed(Path(source), str(output))
     output = Path(output)

@@ -305,6 +305,8 @@ def _loaders(
 ) -> tuple[DataLoader[Sample], DataLoader[Sample] | None]:
     pin = run.device.type == "cuda"
     common: dict[str, Any] = {"num_workers": cfg.num_workers, "pin_memory": pin}
+    if cfg.num_workers:  # a dataset read through a client that does not survive fork says so
+        common["multiprocessing_context"] = getattr(train_set, "worker_start_method", None)
     loader = DataLoader(
         train_set,
         batch_size=cfg.batch_size,
