@@ -30,9 +30,9 @@ from p2p.data import chipstore
 from p2p.data.dataset import ChipDataset
 from p2p.stages import dataset, tile, train
 from p2p.stages.pipeline import TRAINING, in_process, run_steps
-from p2p.stages.plan import force, plan
 from tests import bucket_worker
 from tests.fault_pipeline import MODEL, TILING, TRAIN, write_data
+from tests.faultkit import assert_failed_cleanly, cli, yaml_config
 from tests.test_tiling import make_pair, store_arrays
 
 
@@ -216,13 +216,18 @@ def test_pipeline_with_scenes_and_workspace_in_a_bucket_gives_the_local_bytes(
     )
     loaded = torch.cat([x for x, _, _ in loader])
     torch.testing.assert_close(loaded, torch.stack([chips[i][0] for i in range(len(chips))]))
-    # a second run finds every stage in the bucket
-    again = run_steps(TRAINING, bucket_cfg, bucket_cfg.workspace, in_process(), until=train.NAME)
-    assert all(r.cached for r in again.values())
-    entries = plan(TRAINING, bucket_cfg, bucket_cfg.workspace, until=train.NAME)
-    assert [e.status for e in entries] == ["cached"] * 3
-    with pytest.raises(ConfigError, match="cannot remove stage folders on object storage"):
-        force(entries, train.NAME)
+    # `p2p run` finds every stage in the bucket (and answers without Prefect); --force is
+    # refused there in one line, before anything is deleted
+    config = yaml_config(
+        tmp_path / "p2p.yaml", {"workspace": s3.url("ws"), "scenes": [remote], **settings}
+    )
+    again = cli(["run", config, "--until", "train", "--json"])
+    assert again.returncode == 0, again.stderr
+    record = json.loads(again.stdout.splitlines()[-1])
+    assert record["model"] == model and all(s["cached"] for s in record["stages"].values())
+    forced = cli(["run", config, "--until", "train", "--force", "train"])
+    assert assert_failed_cleanly(forced).startswith("error: --force: cannot remove stage folders")
+    assert read_manifest(in_bucket[train.NAME].path) is not None
 
 
 def test_training_on_several_machines_in_a_bucket_workspace_is_refused(s3: Any) -> None:
