@@ -8,7 +8,6 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.stride_tricks import sliding_window_view
 from rasterio.windows import Window
 
 
@@ -89,18 +88,22 @@ class ChipGrid:
         )
 
 
-def cut_chips(pixels: np.ndarray, rows: int, cols: int, size: int, stride: int) -> np.ndarray:
-    """Cut a block's window into its chips with one copy (no per-chip Python work).
+def chip_views(
+    pixels: np.ndarray, rows: int, cols: int, size: int, stride: int
+) -> list[np.ndarray]:
+    """A block's chips as views of its window (no copy), in row-major order.
 
     Args:
-        pixels: ``(C, H, W)`` window covering ``rows`` x ``cols`` chips, ``H = (rows - 1) *
+        pixels: ``(..., H, W)`` window covering ``rows`` x ``cols`` chips, ``H = (rows - 1) *
             stride + size`` (likewise ``W``).
         rows, cols: Chips down and across the window.
         size, stride: Chip side and step in pixels (``stride < size`` overlaps chips).
 
     Returns:
-        ``(rows * cols, C, size, size)`` contiguous, chips in row-major order.
+        ``rows * cols`` views of shape ``(..., size, size)``.
     """
-    view = sliding_window_view(pixels, (size, size), axis=(1, 2))[:, ::stride, ::stride]
-    chips = np.moveaxis(view[:, :rows, :cols], 0, 2)  # (rows, cols, C, size, size), no copy
-    return chips.reshape(rows * cols, pixels.shape[0], size, size)
+    return [
+        pixels[..., r * stride : r * stride + size, c * stride : c * stride + size]
+        for r in range(rows)
+        for c in range(cols)
+    ]

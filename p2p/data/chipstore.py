@@ -20,6 +20,7 @@ from __future__ import annotations
 import io
 import threading
 import uuid
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from zarr.core.array_spec import ArrayConfigParams
 from p2p.core import files, storage
 from p2p.core.errors import StageError
 from p2p.core.files import Location
+from p2p.data.shards import ShardEncoder
 
 STORE = "chips.zarr"
 INDEX = "index.parquet"
@@ -136,8 +138,9 @@ def open_arrays(folder: Location, mode: str = "r") -> dict[str, Any]:
 _opened = threading.local()
 
 
-def _writable_arrays(folder: Location) -> dict[str, Any]:
-    """`open_arrays(folder, "r+")`, reused by the blocks a thread writes into one store.
+def _writable_arrays(folder: Location) -> dict[str, tuple[Any, ShardEncoder | None]]:
+    """`open_arrays(folder, "r+")` with each array's shard encoder, reused by the blocks a
+    thread writes into one store.
 
     Opening parses three zarr.json files (~5 ms a block on a disk, three GETs on a bucket).
     The cache is per thread and keyed by the ready marker (its inode and mtime, or its random
@@ -153,7 +156,8 @@ def _writable_arrays(folder: Location) -> dict[str, Any]:
     key = (str(folder), stamp)
     cached = getattr(_opened, "arrays", None)
     if cached is None or cached[0] != key:
-        cached = (key, open_arrays(folder, mode="r+"))
+        arrays = open_arrays(folder, mode="r+")
+        cached = (key, {n: (a, ShardEncoder.for_array(a)) for n, a in arrays.items()})
         _opened.arrays = cached
     return cached[1]
 
@@ -167,22 +171,29 @@ def write_block(
     folder: Location,
     block: str,
     slot0: int,
-    chips: dict[str, np.ndarray],
+    chips: Mapping[str, Sequence[np.ndarray] | np.ndarray],
     rows: list[dict[str, Any]],
 ) -> None:
     """Write one block's chips into its slots, then its done-marker (the commit point).
+
+    A block that starts a shard is encoded as that shard in one pass (`p2p.data.shards`) and
+    written as one file or object.
 
     Args:
         folder: Tile-stage folder (or ``s3://`` prefix).
         block: Block id, e.g. ``"3_4"``.
         slot0: First slot of the block.
-        chips: ``source (n, Cs, S, S)``, ``target (n, Ct, S, S)``, ``valid (n, S, S)``.
+        chips: Per array, the block's n chips in slot order (arrays or views, any strides):
+            ``source (Cs, S, S)``, ``target (Ct, S, S)``, ``valid (S, S)``.
         rows: One index row per chip, in slot order.
     """
-    arrays = _writable_arrays(folder)
-    n = len(rows)
-    for name, array in arrays.items():
-        array[slot0 : slot0 + n] = chips[name]
+    for name, (array, encoder) in _writable_arrays(folder).items():
+        if encoder is not None and slot0 % encoder.chips_per_shard == 0:
+            shard = encoder.encode(chips[name])
+            key = encoder.key(slot0 // encoder.chips_per_shard)
+            files.write_bytes(files.join(folder, STORE, name, *key.split("/")), shard)
+        else:  # a block that does not start a shard (never from tiling): through zarr
+            array[slot0 : slot0 + len(rows)] = np.stack(list(chips[name]))
     files.write_json(files.join(folder, BLOCKS, f"{block}.done"), rows)
 
 

@@ -9,9 +9,10 @@ Memory stays bounded by the blocks in flight, whatever the scene size; a rerun s
 blocks. See `p2p.data.chipstore` for the layout.
 
 Speed (benchmarks/tiling.py): a block's window is read once per side (no per-chip reads, no
-warp when the target lies on the source grid), cut into chips with one copy and written with
-one Zarr write per array into its own shard, so the CPU cost per pixel is GDAL's decode plus
-one LZ4 write. A local cluster runs the blocks on threads of this process.
+warp when the target lies on the source grid), each chip taken as a view of the window and
+encoded from there into the block's own shard, one file or object per array (`p2p.data.shards`;
+zarr's own write path costs three times the compression), so the CPU cost per pixel is GDAL's
+decode plus one copy and one LZ4 pass. A local cluster runs the blocks on threads of this process.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ from p2p.core.dask_client import dask_client
 from p2p.core.errors import InputError
 from p2p.core.files import Location
 from p2p.data import chipstore
-from p2p.data.chipgrid import Block, ChipGrid, cut_chips
+from p2p.data.chipgrid import Block, ChipGrid, chip_views
 from p2p.raster import Grid, SceneReader, open_aligned
 
 log = logging.getLogger(__name__)
@@ -119,8 +120,8 @@ def _index_rows(job: BlockJob, valid_fraction: np.ndarray) -> list[dict[str, Any
 def tile_block(job: BlockJob) -> int:
     """Read, cut and write the chips of one block; return its count of valid pixels.
 
-    The block's window is read once per side; its chips are cut with one copy and written with
-    one Zarr write per array into the block's own shard.
+    The block's window is read once per side; its chips are views of it, encoded into the
+    block's own shard of each array.
     """
     window = job.chips.window(job.block)
     source, target = _open_pair(job)
@@ -131,17 +132,15 @@ def tile_block(job: BlockJob) -> int:
     k, s, b = job.chips.chip_size, job.chips.stride, job.block
     shape = (b.row1 - b.row0, b.col1 - b.col0, k, s)
     chips = {
-        "source": cut_chips(src, *shape),
-        "target": cut_chips(tgt, *shape),
-        "valid": cut_chips(valid[None], *shape)[:, 0],
+        "source": chip_views(src, *shape),
+        "target": chip_views(tgt, *shape),
+        "valid": chip_views(valid, *shape),
     }
-    del src, tgt  # only the chips stay alive during the write
-    # counting is exact and ~5x cheaper than a float mean of the bool masks; chip by chip,
-    # because count_nonzero with `axis` sums converted ints (~20x slower than whole arrays)
+    # counting is exact and ~5x cheaper than a float mean of the bool masks
     fraction = np.array([np.count_nonzero(m) for m in chips["valid"]]) / (k * k)
     chipstore.write_block(job.folder, b.name, b.slot0, chips, _index_rows(job, fraction))
     n_valid = int(np.count_nonzero(valid))
-    del chips, valid
+    del chips, valid, src, tgt
     if MALLOC_TRIM is not None and next(_blocks_done) % TRIM_EVERY == 0:
         MALLOC_TRIM(0)
     return n_valid
