@@ -43,6 +43,12 @@ def _args() -> argparse.Namespace:
         default=None,
         help="U-Net levels (default: 8, fewer if --size < 256)",
     )
+    p.add_argument(
+        "--linear-anchor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the 1x1 least-squares path beside the U-Net (p2p's default model)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; median is shown")
     p.add_argument("--warmup", type=int, default=3)
@@ -54,7 +60,13 @@ def _args() -> argparse.Namespace:
 
 def _setup(a: argparse.Namespace, device: torch.device, optimized: bool) -> Pix2Pix:
     model = SimpleNamespace(
-        num_downs=a.num_downs, ngf=a.ngf, ndf=a.ndf, n_layers_d=3, norm="batch", dropout=0.5
+        num_downs=a.num_downs,
+        ngf=a.ngf,
+        ndf=a.ndf,
+        n_layers_d=3,
+        norm="batch",
+        dropout=0.5,
+        linear_anchor=a.linear_anchor,
     )
     cfg = SimpleNamespace(
         lr=2e-4, beta1=0.5, epochs=100, epochs_decay=100, precision=a.precision, seed=0
