@@ -43,9 +43,17 @@ def read_bytes(path: Location) -> bytes | None:
     if not storage.is_remote(path):
         p = Path(path)
         return p.read_bytes() if p.is_file() else None
-    if storage.head(str(path)) is None:
-        return None
-    return storage.read_bytes(str(path))
+    from botocore.exceptions import ClientError
+
+    bucket, key = storage.split_url(str(path))
+    try:  # one GET, no HEAD first: a missing key answers NoSuchKey
+        return bytes(storage.client().get_object(Bucket=bucket, Key=key)["Body"].read())
+    except ClientError as exc:
+        if exc.response.get("Error", {}).get("Code") == "NoSuchKey":
+            return None
+        raise InputError(path, storage.problem(str(path), exc)) from None
+    except Exception as exc:
+        raise InputError(path, storage.problem(str(path), exc)) from None
 
 
 def read_json(path: Location) -> Any:
