@@ -236,3 +236,15 @@ def test_training_on_several_machines_in_a_bucket_workspace_is_refused(s3: Any) 
     ).model_copy(update={"train": TrainConfig(nodes=2, rendezvous="h:1")})
     with pytest.raises(ConfigError, match="2 machines cannot train in a workspace on object"):
         check_bucket_workspace(config)
+
+
+def test_a_missing_workspace_bucket_is_named_before_any_work(s3: Any, tmp_path: Path) -> None:
+    data = write_data(tmp_path / "data")
+    scene = {"source": [data["src"]], "target": [data["tgt"]], "nodata": 0}
+    workspace = "s3://no-such-bucket-p2p/ws"
+    settings = {"tiling": TILING, "model": MODEL, "train": TRAIN}
+    config = yaml_config(
+        tmp_path / "p2p.yaml", {"workspace": workspace, "scenes": [scene], **settings}
+    )
+    line = assert_failed_cleanly(cli(["plan", config]))
+    assert line == f"error: {workspace}: no such bucket 'no-such-bucket-p2p'"

@@ -96,14 +96,19 @@ def check_path(path: str | Path, roots: Iterable[Path | str] | None = None) -> P
 
 
 def check_bucket_workspace(config: PipelineConfig) -> None:
-    """Refuse what a workspace on object storage cannot hold: training on several machines
-    (their ranks meet through files in the train stage's local folder, which a bucket
-    workspace stages on one machine only).
+    """Refuse, before any work, a workspace bucket that is missing or unreachable, and what a
+    workspace on object storage cannot hold: training on several machines (their ranks meet
+    through files in the train stage's local folder, which a bucket workspace stages on one
+    machine only).
 
     Raises:
         ConfigError: `config` trains on several nodes in an ``s3://`` workspace.
+        OutputError: no credentials, no such bucket or access denied.
     """
-    if storage.is_remote(config.workspace) and config.train.nodes > 1:
+    if not storage.is_remote(config.workspace):
+        return
+    storage.check_writable(config.workspace)
+    if config.train.nodes > 1:
         raise ConfigError(
             "train.nodes",
             f"{config.train.nodes} machines cannot train in a workspace on object storage "
