@@ -312,6 +312,12 @@ class PredictConfig(_Config):
     nodata: float | None = Field(
         default=None, description="Source nodata overriding the files' (and the bundle's) value."
     )
+    tta: bool = Field(
+        default=False,
+        description="Test-time augmentation: each window is predicted in the 8 flips and "
+        "quarter turns that training augments with, and the 8 outputs (turned back) are "
+        "averaged; 8x the model's compute.",
+    )
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
