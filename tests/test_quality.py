@@ -38,9 +38,10 @@ from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
 from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
+from p2p.model.metrics import score_batches
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
-from p2p.model.training import train
+from p2p.model.training import TrainProgress, train
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.evaluate import run as evaluate_stage
 from p2p.stages.tile import run as tile_stage
@@ -428,3 +429,41 @@ def test_test_time_augmentation_averages_the_eight_symmetries(
     expected = np.mean(turned_back, axis=0)
     np.testing.assert_allclose(averaged[valid], expected[valid], rtol=1e-4, atol=1e-3)
     assert not np.allclose(averaged[valid], turned_back[0][valid], rtol=1e-4, atol=1e-3)
+
+
+def test_weight_average_is_validated_bundled_and_resumed(dataset: Any, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    _, ds = dataset
+    stats = load_stats(ds.path)[1]
+    cfg = QUICK.model_copy(update={"epochs": 2, "ema_epochs": 1.0, "keep": "last"})
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(p: TrainProgress) -> None:
+        if p.epoch == 2:
+            raise Killed
+
+    def run(folder: Path, progress: Any = None) -> dict[str, Any]:
+        chips = ChipDataset(ds.path, "train", augment=True)
+        val = ChipDataset(ds.path, "val")
+        result = train(chips, val, TINY, cfg, folder, stats, progress)
+        return torch.load(result.checkpoint, weights_only=True) | {"result": result}
+
+    whole = run(tmp_path / "whole")
+    raw, average = whole["generator"], whole["generator_ema"]
+    assert any(not torch.equal(raw[k], average[k]) for k in raw)
+    bundled = whole["result"].load_generator().state_dict()
+    assert all(torch.equal(bundled[k], average[k]) for k in average)
+    # the validation line is the average's: it scores what is bundled
+    chips = ChipDataset(ds.path, "val")
+    generator = whole["result"].load_generator()
+    with torch.no_grad():
+        mae = score_batches(torch.utils.data.DataLoader(chips, batch_size=4), generator, stats)
+    assert whole["result"].metrics["overall"]["mae"] == pytest.approx(
+        mae["overall"]["mae"], rel=1e-5
+    )
+    with pytest.raises(Killed):  # killed in epoch 2, resumed from epoch 1: the same average
+        run(tmp_path / "split", kill_in_epoch_2)
+    resumed = run(tmp_path / "split")
+    assert all(torch.equal(resumed["generator_ema"][k], average[k]) for k in average)

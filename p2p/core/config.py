@@ -248,6 +248,13 @@ class TrainConfig(_Config):
         "over the training chips before each validation (recompute), or the running averages "
         "of training (running).",
     )
+    ema_epochs: float = Field(
+        default=0.0,
+        ge=0,
+        description="Horizon in epochs of an exponential moving average of the generator's "
+        "weights, updated after every step (decay 1 - 1/(ema_epochs x steps per epoch)); the "
+        "average is what is validated, kept and bundled. 0: off (the raw weights).",
+    )
     keep: Literal["best", "last"] = Field(
         default="best",
         description="Generator to bundle: the epoch with the lowest validation MAE (best; "
