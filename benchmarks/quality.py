@@ -208,6 +208,7 @@ def run_case(
                 "ratio": scored["skill"],
                 "minutes": (trained + time.monotonic() - begin) / 60,
                 "val_ratio": run["metrics"].get("skill"),
+                "seamless_ratio": (run["metrics"].get("seamless") or {}).get("skill"),
             }
         )
     return rows
@@ -242,14 +243,16 @@ def main() -> None:
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
     print(f"{'case':<32} {'constant MAE':>12} {'linear MAE':>11} {'p2p MAE':>8} {'ratio':>6} "
-          f"{'minutes':>7}  (val ratio)", flush=True)  # fmt: skip
+          f"{'minutes':>7}  (val ratio: chips, seamless)", flush=True)  # fmt: skip
     rows = (
         r
         for case in cases
         for r in run_case(case, args.work, args.overrides, args.resume, variants)
     )
     for r in rows:
-        val = f"{r['val_ratio']:.2f}" if r["val_ratio"] is not None else "-"
+        val = ", ".join(
+            f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("val_ratio", "seamless_ratio")
+        )
         print(f"{r['case']:<32} {r['constant']:>12.2f} {r['linear']:>11.2f} {r['p2p']:>8.2f} "
               f"{r['ratio']:>6.2f} {r['minutes']:>7.1f}  ({val})", flush=True)  # fmt: skip
 

@@ -130,7 +130,9 @@ def test_prediction_at_chip_size_reproduces_the_model_on_stored_chips(
     trained = _bundle(dataset, tmp_path)
     bundle = load_bundle(trained.summary["model"])
     out = tmp_path / "pred.tif"
-    config = PredictConfig(tile_size=CHIP, overlap=0, blend="none", output_format="gtiff")
+    config = PredictConfig(
+        tile_size=CHIP, overlap=0, blend="none", output_format="gtiff", tta=False
+    )
     predict_scene(bundle, scene, out, config)
     with rasterio.open(out) as src:
         predicted = src.read(1)
@@ -389,7 +391,7 @@ def test_evaluate_scores_the_validation_blocks_as_predict_translates_them(
         seamless["overall"]["mae"] / seamless["baselines"]["linear"]["mae"]
     )
     assert seamless["window"] == {"tile_size": CHIP, "overlap": CHIP // 8, "blend": "cosine",
-                                  "tta": False}  # fmt: skip
+                                  "tta": True}  # fmt: skip
     # blending and the context of neighbouring windows change the pixels chips see alone
     assert seamless["overall"]["mae"] != pytest.approx(metrics["overall"]["mae"], rel=1e-4)
     assert json.loads((Path(scored.path) / "metrics.json").read_text())["seamless"] == seamless
@@ -409,6 +411,7 @@ def test_test_time_augmentation_averages_the_eight_symmetries(
     trained = _bundle(dataset, tmp_path, epochs=1)
     bundle = load_bundle(trained.summary["model"])
     one_window = {"tile_size": 128, "overlap": 0, "blend": "none", "output_format": "gtiff"}
+    assert PredictConfig().tta  # on by default
     with rasterio.open(scene.source[0]) as s:
         source, profile = s.read(), s.profile
     turned_back = []
@@ -417,11 +420,12 @@ def test_test_time_augmentation_averages_the_eight_symmetries(
         with rasterio.open(path, "w", **profile) as dst:
             dst.write(dihedral(torch.from_numpy(source), k).numpy())
         out = tmp_path / f"pred{k}.tif"
-        predict_scene(bundle, SceneConfig(source=[str(path)]), out, PredictConfig(**one_window))
+        alone = PredictConfig(**one_window, tta=False)
+        predict_scene(bundle, SceneConfig(source=[str(path)]), out, alone)
         with rasterio.open(out) as p:
             turned_back.append(undo_dihedral(torch.from_numpy(p.read(1)), k).numpy())
     out = tmp_path / "tta.tif"
-    predict_scene(bundle, scene, out, PredictConfig(**one_window, tta=True))
+    predict_scene(bundle, scene, out, PredictConfig(**one_window))
     with rasterio.open(out) as p:
         averaged = p.read(1)
         assert json.loads(p.tags()["P2P_SETTINGS"])["tta"] is True
