@@ -109,7 +109,7 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
     for overlap in (0, args.overlap):
         config = PredictConfig(
             tile_size=args.tile, overlap=overlap, batch_size=args.batch,
-            output_format="gtiff", device=args.device,
+            output_format="gtiff", device=args.device, tta=False,  # one forward per window
         )  # fmt: skip
         layout = axis_layout(side, args.tile, overlap, multiple, "cosine")
         rows_of_windows = scene_windows(scene, stats, layout)
@@ -134,7 +134,7 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
 def rss_child(model_dir: str, scene: str, fmt: str, tile: int, overlap: int, batch: int,
               dev: str) -> None:  # fmt: skip
     config = PredictConfig(tile_size=tile, overlap=overlap, batch_size=batch,
-                           output_format=fmt, device=dev)  # fmt: skip
+                           output_format=fmt, device=dev, tta=False)  # fmt: skip
     out = Path(scene).with_name(f"rss_pred_{fmt}.tif")
     predict_scene(load_bundle(model_dir), SceneConfig(source=scene), out, config)
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child's ru_maxrss

@@ -79,7 +79,8 @@ def main() -> None:
         windows = layout.count**2
         configs = {
             r: PredictConfig(tile_size=args.tile, overlap=args.overlap, batch_size=args.batch,
-                             output_format="gtiff", device=args.device, runtime=r)
+                             output_format="gtiff", device=args.device, runtime=r,
+                             tta=False)  # one forward per window, as the bare loop
             for r in RUNTIMES
         }  # fmt: skip
         models = {r: open_translator(bundle, configs[r]) for r in RUNTIMES}

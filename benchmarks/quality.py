@@ -165,8 +165,19 @@ def set_value(config: dict[str, Any], dotted: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def run_case(case: Case, work: Path, overrides: list[str], resume: bool) -> dict[str, Any]:
-    """Train, predict and score one case; returns its table row."""
+def score(case: Case, model: str, prediction: str, flags: list[str]) -> dict[str, Any]:
+    """`p2p predict` the test scene with `flags`, then `p2p evaluate` it with the baselines."""
+    p2p("predict", "--model", model, "--input", ",".join(case.test_source), "--output",
+        prediction, "--device", "cpu", "--format", "gtiff", *flags)  # fmt: skip
+    return p2p("evaluate", "--prediction", prediction, "--target", ",".join(case.test_target),
+               "--model", model, "--source", ",".join(case.test_source))  # fmt: skip
+
+
+def run_case(
+    case: Case, work: Path, overrides: list[str], resume: bool, variants: dict[str, list[str]]
+) -> list[dict[str, Any]]:
+    """Train, predict and score one case; returns its table rows: the default prediction, then
+    one row per prediction variant (`p2p predict` flags) of the same trained model."""
     folder = work / case.name.replace(" ", "_").replace(",", "").replace(">", "")
     if not resume:
         shutil.rmtree(folder, ignore_errors=True)
@@ -182,22 +193,25 @@ def run_case(case: Case, work: Path, overrides: list[str], resume: bool) -> dict
     (folder / "config.yaml").write_text(yaml.safe_dump(config))
     start = time.monotonic()
     run = p2p("run", str(folder / "config.yaml"))
-    prediction = str(folder / "prediction.tif")
-    p2p("predict", "--model", run["model"], "--input", ",".join(case.test_source), "--output",
-        prediction, "--device", "cpu", "--format", "gtiff")  # fmt: skip
-    scored = p2p("evaluate", "--prediction", prediction, "--target", ",".join(case.test_target),
-                 "--model", run["model"], "--source", ",".join(case.test_source))  # fmt: skip
-    minutes = (time.monotonic() - start) / 60
-    base = scored["baselines"]
-    return {
-        "case": case.name,
-        "constant": base["mean"]["mae"],
-        "linear": base["linear"]["mae"],
-        "p2p": scored["overall"]["mae"],
-        "ratio": scored["skill"],
-        "minutes": minutes,
-        "val_ratio": run["metrics"].get("skill"),
-    }
+    trained = time.monotonic() - start
+    rows = []
+    for name, flags in {"": [], **variants}.items():
+        begin = time.monotonic()
+        scored = score(case, run["model"], str(folder / f"prediction{name}.tif"), flags)
+        base = scored["baselines"]
+        rows.append(
+            {
+                "case": f"{case.name} [{name}]" if name else case.name,
+                "constant": base["mean"]["mae"],
+                "linear": base["linear"]["mae"],
+                "p2p": scored["overall"]["mae"],
+                "ratio": scored["skill"],
+                "minutes": (trained + time.monotonic() - begin) / 60,
+                "val_ratio": run["metrics"].get("skill"),
+                "seamless_ratio": (run["metrics"].get("seamless") or {}).get("skill"),
+            }
+        )
+    return rows
 
 
 def main() -> None:
@@ -212,7 +226,11 @@ def main() -> None:
                         "only what was left).")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Config override for every case, e.g. train.epochs=10.")  # fmt: skip
+    parser.add_argument("--variant", dest="variants", action="append", default=[],
+                        help="NAME=FLAGS: also predict each case's trained model with these "
+                        "`p2p predict` flags, side by side, e.g. 'tta=--tta'.")  # fmt: skip
     args = parser.parse_args()
+    variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variants}
     cases: list[Case] = []
     folder = landsat_dir(args.data)
     if folder is None:
@@ -224,12 +242,18 @@ def main() -> None:
     cases.append(demo_case(args.work))
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
-    print(f"{'case':<26} {'constant MAE':>12} {'linear MAE':>11} {'p2p MAE':>8} {'ratio':>6} "
-          f"{'minutes':>7}  (val ratio)", flush=True)  # fmt: skip
-    for case in cases:
-        r = run_case(case, args.work, args.overrides, args.resume)
-        val = f"{r['val_ratio']:.2f}" if r["val_ratio"] is not None else "-"
-        print(f"{r['case']:<26} {r['constant']:>12.2f} {r['linear']:>11.2f} {r['p2p']:>8.2f} "
+    print(f"{'case':<32} {'constant MAE':>12} {'linear MAE':>11} {'p2p MAE':>8} {'ratio':>6} "
+          f"{'minutes':>7}  (val ratio: chips, seamless)", flush=True)  # fmt: skip
+    rows = (
+        r
+        for case in cases
+        for r in run_case(case, args.work, args.overrides, args.resume, variants)
+    )
+    for r in rows:
+        val = ", ".join(
+            f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("val_ratio", "seamless_ratio")
+        )
+        print(f"{r['case']:<32} {r['constant']:>12.2f} {r['linear']:>11.2f} {r['p2p']:>8.2f} "
               f"{r['ratio']:>6.2f} {r['minutes']:>7.1f}  ({val})", flush=True)  # fmt: skip
 
 

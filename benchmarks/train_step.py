@@ -75,7 +75,13 @@ def _setup(a: argparse.Namespace, device: torch.device, optimized: bool) -> Pix2
         linear_anchor=a.linear_anchor,
     )
     cfg = SimpleNamespace(
-        lr=2e-4, beta1=0.5, epochs=100, epochs_decay=100, precision=a.precision, seed=0
+        lr=2e-4,
+        beta1=0.5,
+        epochs=100,
+        epochs_decay=100,
+        precision=a.precision,
+        seed=0,
+        ema_epochs=0.0,
     )
     return build_pix2pix(model, cfg, a.in_bands, a.out_bands, device, optimized)  # type: ignore[arg-type]
 

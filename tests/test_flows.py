@@ -18,7 +18,12 @@ import rasterio
 import yaml
 from distributed import LocalCluster
 from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.client.schemas.filters import (
+    ArtifactFilter,
+    ArtifactFilterKey,
+    FlowRunFilter,
+    FlowRunFilterId,
+)
 from prefect.settings import PREFECT_API_URL
 
 from flows.batch_predict import batch_predict
@@ -99,6 +104,19 @@ def test_full_pipeline_record(trained: tuple[PipelineConfig, dict[str, Any]]) ->
     assert set(metrics["baselines"]) == {"linear", "mean"}
     linear = metrics["baselines"]["linear"]["mae"]
     assert metrics["skill"] == pytest.approx(metrics["overall"]["mae"] / linear)
+    # the validation blocks as `p2p predict` translates them, in the record and the UI report
+    seamless = record["validation_metrics"]["seamless"]
+    assert seamless["pixels"] > 0 and set(seamless["scenes"]) <= {"train_1", "train_2", "train_3"}
+    assert 0 < seamless["overall"]["mae"] < 255 and seamless["baselines"]["linear"]["mae"] > 0
+    with get_client(sync_client=True) as client:
+        reports = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["p2p-evaluate-report"]))
+        )
+    assert any(
+        "Validation blocks through the prediction engine" in str(a.data)
+        and f"{seamless['pixels']} pixels" in str(a.data)
+        for a in reports
+    )
 
 
 def test_rerun_is_all_cached_and_rewrites_nothing(

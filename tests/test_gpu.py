@@ -28,7 +28,7 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)]
 
 def _train_cfg(precision: str) -> SimpleNamespace:
     return SimpleNamespace(
-        lr=2e-4, beta1=0.5, epochs=1, epochs_decay=0, precision=precision, seed=0
+        lr=2e-4, beta1=0.5, epochs=1, epochs_decay=0, precision=precision, seed=0, ema_epochs=0.0
     )
 
 

@@ -36,10 +36,12 @@ from p2p.data import chipstore
 from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
+from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
+from p2p.model.metrics import score_batches
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
-from p2p.model.training import train
+from p2p.model.training import TrainProgress, train
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.evaluate import run as evaluate_stage
 from p2p.stages.tile import run as tile_stage
@@ -128,7 +130,9 @@ def test_prediction_at_chip_size_reproduces_the_model_on_stored_chips(
     trained = _bundle(dataset, tmp_path)
     bundle = load_bundle(trained.summary["model"])
     out = tmp_path / "pred.tif"
-    config = PredictConfig(tile_size=CHIP, overlap=0, blend="none", output_format="gtiff")
+    config = PredictConfig(
+        tile_size=CHIP, overlap=0, blend="none", output_format="gtiff", tta=False
+    )
     predict_scene(bundle, scene, out, config)
     with rasterio.open(out) as src:
         predicted = src.read(1)
@@ -342,3 +346,128 @@ def test_bundled_batchnorm_statistics_are_exact_over_the_training_chips(
         if isinstance(m, torch.nn.BatchNorm2d)
     )
     assert not torch.allclose(other.running_mean, expected, rtol=1e-3, atol=1e-4)
+
+
+def _val_footprint(ds_path: str, shape: tuple[int, int]) -> np.ndarray:
+    """`(H, W)` bool: the union of the validation chips' footprints on the scene."""
+    chips = ChipDataset(ds_path, "val")
+    index = chipstore.read_index(chips.tile_dirs[0]).set_index("chip")
+    inside = np.zeros(shape, dtype=bool)
+    for slot in chips.items[:, 1]:
+        y0, x0 = int(index.loc[slot, "y0"]), int(index.loc[slot, "x0"])
+        inside[y0 : y0 + CHIP, x0 : x0 + CHIP] = True
+    return inside
+
+
+def test_evaluate_scores_the_validation_blocks_as_predict_translates_them(
+    dataset: Any, scene: SceneConfig, tmp_path: Path
+) -> None:
+    _, ds = dataset
+    trained = _bundle(dataset, tmp_path, epochs=1)
+    config = PredictConfig(output_format="gtiff")
+    scored = evaluate_stage(tmp_path, trained, ds, config)
+    metrics = scored.summary["metrics"]
+    seamless = metrics["seamless"]
+    # the same pixels, taken from the whole scene as `predict_scene` writes it
+    out = tmp_path / "pred.tif"
+    predict_scene(load_bundle(trained.summary["model"]), scene, out, config)
+    with (
+        rasterio.open(out) as p,
+        rasterio.open(scene.source[0]) as s,
+        rasterio.open(scene.target[0]) as t,  # type: ignore[index]
+    ):
+        predicted, source = p.read(1).astype(np.float64), s.read().astype(np.float64)
+        target = t.read(1).astype(np.float64)
+    mask = _val_footprint(ds.path, target.shape) & (source != NODATA).all(axis=0)
+    assert 0 < seamless["pixels"] == mask.sum() < mask.size // 2
+    assert seamless["overall"]["mae"] == pytest.approx(
+        np.abs(predicted - target)[mask].mean(), rel=1e-6
+    )
+    linear = load_baselines(ds.path).predict("linear", source)[0]
+    assert seamless["baselines"]["linear"]["mae"] == pytest.approx(
+        np.abs(linear - target)[mask].mean(), rel=1e-6
+    )
+    assert seamless["skill"] == pytest.approx(
+        seamless["overall"]["mae"] / seamless["baselines"]["linear"]["mae"]
+    )
+    assert seamless["window"] == {"tile_size": CHIP, "overlap": CHIP // 8, "blend": "cosine",
+                                  "tta": True}  # fmt: skip
+    # blending and the context of neighbouring windows change the pixels chips see alone
+    assert seamless["overall"]["mae"] != pytest.approx(metrics["overall"]["mae"], rel=1e-4)
+    assert json.loads((Path(scored.path) / "metrics.json").read_text())["seamless"] == seamless
+    report = evaluate_report(scored.summary, trained.summary["model"])
+    assert "Validation blocks through the prediction engine" in report
+    assert f"{seamless['pixels']} pixels" in report
+    # the window settings key the stage: another overlap scores anew
+    other = evaluate_stage(tmp_path, trained, ds, PredictConfig(overlap=0))
+    assert (
+        other.key != scored.key and other.summary["metrics"]["seamless"]["window"]["overlap"] == 0
+    )
+
+
+def test_test_time_augmentation_averages_the_eight_symmetries(
+    dataset: Any, scene: SceneConfig, tmp_path: Path
+) -> None:
+    trained = _bundle(dataset, tmp_path, epochs=1)
+    bundle = load_bundle(trained.summary["model"])
+    one_window = {"tile_size": 128, "overlap": 0, "blend": "none", "output_format": "gtiff"}
+    assert PredictConfig().tta  # on by default
+    with rasterio.open(scene.source[0]) as s:
+        source, profile = s.read(), s.profile
+    turned_back = []
+    for k in range(8):  # each symmetry of the scene predicted alone, then turned back
+        path = tmp_path / f"turned{k}.tif"
+        with rasterio.open(path, "w", **profile) as dst:
+            dst.write(dihedral(torch.from_numpy(source), k).numpy())
+        out = tmp_path / f"pred{k}.tif"
+        alone = PredictConfig(**one_window, tta=False)
+        predict_scene(bundle, SceneConfig(source=[str(path)]), out, alone)
+        with rasterio.open(out) as p:
+            turned_back.append(undo_dihedral(torch.from_numpy(p.read(1)), k).numpy())
+    out = tmp_path / "tta.tif"
+    predict_scene(bundle, scene, out, PredictConfig(**one_window))
+    with rasterio.open(out) as p:
+        averaged = p.read(1)
+        assert json.loads(p.tags()["P2P_SETTINGS"])["tta"] is True
+    valid = (source != NODATA).all(axis=0)
+    expected = np.mean(turned_back, axis=0)
+    np.testing.assert_allclose(averaged[valid], expected[valid], rtol=1e-4, atol=1e-3)
+    assert not np.allclose(averaged[valid], turned_back[0][valid], rtol=1e-4, atol=1e-3)
+
+
+def test_weight_average_is_validated_bundled_and_resumed(dataset: Any, tmp_path: Path) -> None:
+    torch.set_num_threads(1)
+    _, ds = dataset
+    stats = load_stats(ds.path)[1]
+    cfg = QUICK.model_copy(update={"epochs": 2, "ema_epochs": 1.0, "keep": "last"})
+
+    class Killed(Exception):
+        pass
+
+    def kill_in_epoch_2(p: TrainProgress) -> None:
+        if p.epoch == 2:
+            raise Killed
+
+    def run(folder: Path, progress: Any = None) -> dict[str, Any]:
+        chips = ChipDataset(ds.path, "train", augment=True)
+        val = ChipDataset(ds.path, "val")
+        result = train(chips, val, TINY, cfg, folder, stats, progress)
+        return torch.load(result.checkpoint, weights_only=True) | {"result": result}
+
+    whole = run(tmp_path / "whole")
+    raw, average = whole["generator"], whole["generator_ema"]
+    assert any(not torch.equal(raw[k], average[k]) for k in raw)
+    bundled = whole["result"].load_generator().state_dict()
+    assert all(torch.equal(bundled[k], average[k]) for k in average)
+    # the validation line is the average's: it scores what is bundled
+    chips = ChipDataset(ds.path, "val")
+    generator = whole["result"].load_generator()
+    with torch.no_grad():
+        mae = score_batches(torch.utils.data.DataLoader(chips, batch_size=4), generator, stats)
+    assert whole["result"].metrics["overall"]["mae"] == pytest.approx(
+        mae["overall"]["mae"], rel=1e-5
+    )
+    with pytest.raises(Killed):  # killed in epoch 2, resumed from epoch 1: the same average
+        run(tmp_path / "split", kill_in_epoch_2)
+    resumed = run(tmp_path / "split")
+    assert all(torch.equal(resumed["generator_ema"][k], average[k]) for k in average)

@@ -246,7 +246,7 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
                    linear_anchor=False)
         cfg = NS(epochs=1, epochs_decay=0, batch_size=2, lr=2e-4, beta1=0.5, lambda_l1=100.0,
                  device="cpu", precision="auto", seed=0, num_workers=0, preview_chips=1,
-                 warmup_epochs=0, keep="best", bn_stats="recompute")
+                 warmup_epochs=0, keep="best", bn_stats="recompute", ema_epochs=0.0)
         data = SyntheticPairs(2, size=16, in_bands=2, out_bands=1)
         r = p2p.model.training.train(data, data, model, cfg, Path({str(tmp_path)!r}),
                                SyntheticPairs.stats(1))

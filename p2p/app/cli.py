@@ -420,6 +420,12 @@ def predict(
     runtime: str = typer.Option(
         "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
     ),
+    tta: bool | None = typer.Option(
+        None,
+        "--tta/--no-tta",
+        help="Average each window over its 8 flips and quarter turns (8x the compute; "
+        "default: predict.tta's default).",
+    ),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle.
 
@@ -442,6 +448,7 @@ def predict(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
                  "nodata": nodata, "runtime": runtime}
+                | ({} if tta is None else {"tta": tta})
             )  # fmt: skip
         except ValidationError as exc:
             err = exc.errors()[0]

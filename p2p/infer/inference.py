@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -207,11 +207,19 @@ def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np
 
 
 def _strips(
-    reader: SceneReader, model: WindowModel, plan: _Plan, first: int, emit: Callable[..., None]
+    reader: SceneReader,
+    model: WindowModel,
+    plan: _Plan,
+    first: int,
+    emit: Callable[..., None],
+    stop: int | None = None,
 ) -> None:
-    """Compute strips `first`, `first + 1`, ... and pass each to `emit(index, acc, valid)`,
-    with `acc` `(C_out, h, width)` float32 normalized and `valid` `(h, width)` bool."""
+    """Compute strips `first`, `first + 1`, ... (up to `stop`, exclusive, when given) and pass
+    each to `emit(index, acc, valid)`, with `acc` `(C_out, h, width)` float32 normalized and
+    `valid` `(h, width)` bool. A strip's pixels do not depend on where the run starts or stops.
+    """
     ly = plan.ly
+    last_row = ly.count - 1 if stop is None else ly.covering(*ly.centre(stop - 1)).stop - 1
     acc: dict[int, np.ndarray] = {}
     valid: dict[int, np.ndarray] = {}
     for j in range(ly.covering(*ly.centre(first)).start, ly.count):
@@ -231,6 +239,8 @@ def _strips(
         for r in sorted(acc):
             if ly.covering(*ly.centre(r)).stop - 1 <= j:
                 emit(r, acc.pop(r), valid.pop(r))
+        if j >= last_row:
+            return
 
 
 def _strips_of_window(ly: AxisLayout, j: int) -> range:
@@ -359,10 +369,61 @@ def _run(
         progress(first, plan.ly.count)
 
     def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-        values = denormalize(acc, plan.target_stats, band_axis=0)
-        sink.add(plan.ly.centre(r)[0], geotiff.to_dtype(values, valid, plan.dtype, plan.nodata))
+        sink.add(plan.ly.centre(r)[0], _output_values(plan, acc, valid))
         if progress:
             progress(r + 1, plan.ly.count)
 
     if first < plan.ly.count:
         _strips(reader, model, plan, first, emit)
+
+
+def _output_values(plan: _Plan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A blended strip as written: `(C_out, h, width)` in the target's units and dtype, nodata
+    where the source was invalid."""
+    values = denormalize(acc, plan.target_stats, band_axis=0)
+    return geotiff.to_dtype(values, valid, plan.dtype, plan.nodata)
+
+
+def predict_rows(
+    bundle: Bundle,
+    scene: SceneConfig,
+    config: PredictConfig,
+    rows: Sequence[tuple[int, int]],
+    consume: Callable[[int, np.ndarray, np.ndarray], None],
+) -> None:
+    """The pixels `predict_scene` writes, computed only for the row strips that reach into
+    `rows` and handed to `consume` instead of a file (e.g. to score parts of a scene).
+
+    Args:
+        bundle: The model bundle.
+        scene: The source scene.
+        config: The prediction settings (window, overlap, blend, batch, device, runtime, tta).
+        rows: Scene row ranges ``[a, b)`` wanted.
+        consume: Called once per strip, top to bottom, with ``(first row, values, valid)``:
+            values `(C_out, h, width)` in the target's dtype (bit-identical to those rows of
+            `predict_scene`'s output; the strip may reach beyond `rows`), valid `(h, width)` bool
+            where the source is valid.
+
+    Raises:
+        InputError, ConfigError: as `predict_scene`, before any work.
+    """
+    with _open_source(scene, bundle, config) as reader:
+        plan = _plan(reader, bundle, config, scene.source[0])
+        ly = plan.ly
+        runs: list[list[int]] = []  # consecutive strips whose centre meets a wanted range
+        for r in range(ly.count):
+            a, b = ly.centre(r)
+            if any(max(a, lo) < min(b, hi) for lo, hi in rows):
+                if runs and runs[-1][-1] == r - 1:
+                    runs[-1].append(r)
+                else:
+                    runs.append([r])
+        if not runs:
+            return
+        model = open_translator(bundle, config)
+
+        def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
+            consume(ly.centre(r)[0], _output_values(plan, acc, valid), valid)
+
+        for run in runs:
+            _strips(reader, model, plan, run[0], emit, run[-1] + 1)

@@ -125,6 +125,21 @@ def train_report(summary: dict[str, Any]) -> str:
     )
 
 
+def seamless_markdown(seamless: dict[str, Any] | None) -> str:
+    """The validation blocks as `p2p predict` translates them: skill and metrics tables."""
+    title = "## Validation blocks through the prediction engine\n\n"
+    if not seamless:
+        return title + "_no tiled scene with validation chips_"
+    w = seamless["window"]
+    how = (
+        f"The validation chips' footprints ({seamless['pixels']} pixels of "
+        f"{', '.join(seamless['scenes'])}) predicted as `p2p predict` does: windows of "
+        f"{w['tile_size']} px, overlap {w['overlap']}, {w['blend']} blending"
+        f"{', test-time augmentation' if w.get('tta') else ''}, values in the target dtype."
+    )
+    return f"{title}{how}\n\n{skill_markdown(seamless)}\n\n{metrics_markdown(seamless)}"
+
+
 def evaluate_report(summary: dict[str, Any], model: str) -> str:
     """The evaluate stage's Markdown report: skill against the baselines, metrics, picture."""
     metrics = summary["metrics"]
@@ -133,6 +148,7 @@ def evaluate_report(summary: dict[str, Any], model: str) -> str:
         f"Chips: {summary['n_chips']}\n\n"
         f"## Against the baselines (same pixels)\n\n{skill_markdown(metrics)}\n\n"
         f"## Metrics\n\n{metrics_markdown(metrics)}\n\n{DATA_RANGE_NOTE}\n\n"
+        f"{seamless_markdown(metrics.get('seamless'))}\n\n"
         "## Validation chips: source | prediction | target | error\n\n"
         f"{_picture(summary.get('picture'), 'validation chips')}\n"
     )

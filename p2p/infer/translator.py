@@ -118,8 +118,34 @@ class OnnxTranslator:
         return np.asarray(y, dtype=np.float32)
 
 
+class DihedralMean:
+    """Test-time augmentation: a `WindowModel` averaged over the 8 symmetries of the square.
+
+    Each batch is run once per symmetry (`p2p.model.augment.dihedral`, the training
+    augmentation's), each output is turned back (`undo_dihedral`) and the 8 are averaged.
+    Windows must be square (they are: `tile_size` on both axes).
+    """
+
+    def __init__(self, model: WindowModel) -> None:
+        self.model = model
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized."""
+        from p2p.model.augment import dihedral, undo_dihedral
+
+        x = torch.from_numpy(batch)
+        total: torch.Tensor | None = None
+        for k in range(8):
+            turned = np.ascontiguousarray(dihedral(x, k).numpy())
+            y = undo_dihedral(torch.from_numpy(self.model(turned)), k)
+            total = y if total is None else total + y
+        assert total is not None
+        return np.ascontiguousarray((total / 8).numpy(), dtype=np.float32)
+
+
 def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
-    """The bundle's generator on the runtime and device `config` asks for.
+    """The bundle's generator on the runtime and device `config` asks for (averaged over the
+    square's symmetries with ``config.tta``).
 
     Raises:
         ConfigError: The device is absent.
@@ -128,8 +154,10 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
     if config.runtime == "onnx":
         from p2p.infer.onnxbundle import onnx_model
 
-        return OnnxTranslator(onnx_model(bundle), config.device)
-    return Translator(bundle.generator, pick_device(config.device))
+        model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
+    else:
+        model = Translator(bundle.generator, pick_device(config.device))
+    return DihedralMean(model) if config.tta else model
 
 
 def check_runtime(bundle: Bundle, config: PredictConfig) -> None:

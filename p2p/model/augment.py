@@ -30,6 +30,19 @@ def dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
     return torch.rot90(x, k % 4, dims=(-2, -1)) if k % 4 else x
 
 
+def undo_dihedral(x: torch.Tensor, k: int) -> torch.Tensor:
+    """Invert `dihedral`: ``undo_dihedral(dihedral(x, k), k)`` is `x`.
+
+    Args:
+        x: `(..., H, W)` tensor.
+        k: The symmetry that was applied (0 ≤ k < 8).
+    """
+    if not 0 <= k < 8:
+        raise ValueError(f"k must be in [0, 8), got {k}")
+    x = torch.rot90(x, -(k % 4), dims=(-2, -1)) if k % 4 else x
+    return torch.flip(x, dims=(-1,)) if k >= 4 else x
+
+
 def augment_pair(
     source: torch.Tensor,
     target: torch.Tensor,

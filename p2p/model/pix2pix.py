@@ -9,6 +9,7 @@ reference's `optimize_parameters`. The epoch loop, validation and checkpoints ar
 from __future__ import annotations
 
 import contextlib
+import copy
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +51,23 @@ class Pix2Pix:
     # what the step calls when data-parallel: DDP wrappers of g and d (p2p.model.distributed)
     g_step: torch.nn.Module | None = None
     d_step: torch.nn.Module | None = None
+    # the moving average of g's weights (`TrainConfig.ema_epochs`), or None
+    g_ema: UNetGenerator | None = None
+
+    @property
+    def g_eval(self) -> UNetGenerator:
+        """The generator that is validated, kept and bundled: the average when there is one."""
+        return self.g if self.g_ema is None else self.g_ema
+
+    @torch.no_grad()
+    def update_ema(self, decay: float) -> None:
+        """Move the average toward g's weights (`decay` of the old kept); copy g's buffers."""
+        if self.g_ema is None:
+            return
+        for avg, p in zip(self.g_ema.parameters(), self.g.parameters(), strict=True):
+            avg.lerp_(p.detach(), 1.0 - decay)
+        for kept, b in zip(self.g_ema.buffers(), self.g.buffers(), strict=True):
+            kept.copy_(b)
 
     def autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to `amp_dtype`, or nothing for fp32."""
@@ -74,6 +92,7 @@ class Pix2Pix:
             "sched_g": self.sched_g.state_dict(),
             "sched_d": self.sched_d.state_dict(),
             "scaler": self.scaler.state_dict(),
+            **({} if self.g_ema is None else {"generator_ema": self.g_ema.state_dict()}),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -85,6 +104,8 @@ class Pix2Pix:
         self.sched_g.load_state_dict(state["sched_g"])
         self.sched_d.load_state_dict(state["sched_d"])
         self.scaler.load_state_dict(state["scaler"])
+        if self.g_ema is not None:
+            self.g_ema.load_state_dict(state["generator_ema"])
 
 
 def train_step(
@@ -230,4 +251,5 @@ def build_pix2pix(
         amp_dtype=amp_dtype,
         channels_last=cuda_fast,
         loader_gen=torch.Generator(),
+        g_ema=copy.deepcopy(g).requires_grad_(False).eval() if cfg.ema_epochs > 0 else None,
     )

@@ -136,15 +136,19 @@ def _train_epoch(
     lam: float,
     progress: Callable[[TrainProgress], None] | None,
     adversarial: bool = True,
+    ema_epochs: float = 0.0,
 ) -> dict[str, float]:
-    """Step through one epoch (L1 only when not `adversarial`); returns the mean losses."""
+    """Step through one epoch (L1 only when not `adversarial`), moving the weight average
+    after every step; returns the mean losses."""
     run.g.train()
     run.d.train()
     sums = torch.zeros(len(LOSS_NAMES), device=run.device)
     steps, last_report = len(loader), 0.0
+    decay = max(0.0, 1.0 - 1.0 / (ema_epochs * steps)) if ema_epochs > 0 else 0.0
     for step, batch in enumerate(loader, 1):
         x, y, valid = run.to_device(*batch)
         sums += train_step(run, x, y, valid, lam, adversarial)
+        run.update_ema(decay)
         now = time.monotonic()
         if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
             last_report = now
@@ -154,12 +158,13 @@ def _train_epoch(
 
 @torch.no_grad()
 def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dict[str, Any]:
-    """Validation metrics in target units (eval mode: BatchNorm running stats, no dropout)."""
-    run.g.eval()
+    """Validation metrics in target units (eval mode: BatchNorm running stats, no dropout) of
+    the generator that would be bundled (`Pix2Pix.g_eval`)."""
+    generator = run.g_eval.eval()
 
     def translate(x: torch.Tensor) -> torch.Tensor:
         with run.autocast():
-            fake: torch.Tensor = run.g(run.to_device(x)[0])
+            fake: torch.Tensor = generator(run.to_device(x)[0])
         return fake
 
     return score_batches(loader, translate, stats)
@@ -175,10 +180,11 @@ def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -
     cost more than the model gained. Dropout stays off, as at inference. Deterministic: chips
     in order, no RNG drawn, so an exact resume still holds.
     """
-    norms = [m for m in run.g.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    generator = run.g_eval
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
     if not norms:
         return
-    run.g.eval()
+    generator.eval()
     momenta = [m.momentum for m in norms]
     for m in norms:
         m.reset_running_stats()
@@ -186,10 +192,10 @@ def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -
         m.train()
     for x, _, _ in DataLoader(chips, batch_size=batch_size):
         with run.autocast():
-            run.g(run.to_device(x)[0])
+            generator(run.to_device(x)[0])
     for m, momentum in zip(norms, momenta, strict=True):
         m.momentum = momentum
-    run.g.eval()
+    generator.eval()
 
 
 @torch.no_grad()
@@ -198,10 +204,10 @@ def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> 
     samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
     if not samples:
         return
-    run.g.eval()
+    generator = run.g_eval.eval()
     x = run.to_device(torch.stack([s[0] for s in samples]))[0]
     with run.autocast():
-        fake = run.g(x).float().cpu()
+        fake = generator(x).float().cpu()
     write_preview(path, comparison_rows(samples, fake))
 
 
@@ -234,7 +240,7 @@ def _better(best: Best, run: Pix2Pix, epoch: int, metrics: dict[str, Any]) -> Be
     mae = metrics.get("overall", {}).get("mae")
     if mae is None or (best is not None and mae >= best["mae"]):
         return best
-    state = {k: v.detach().to("cpu", copy=True) for k, v in run.g.state_dict().items()}
+    state = {k: v.detach().to("cpu", copy=True) for k, v in run.g_eval.state_dict().items()}
     return {"epoch": epoch, "mae": float(mae), "metrics": metrics, "generator": state}
 
 
@@ -346,7 +352,9 @@ def _run_epoch(
         set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
     adversarial = epoch > cfg.warmup_epochs
-    losses = _train_epoch(run, loader, epoch, total, cfg.lambda_l1, progress, adversarial)
+    losses = _train_epoch(
+        run, loader, epoch, total, cfg.lambda_l1, progress, adversarial, cfg.ema_epochs
+    )
     run.sched_g.step()
     run.sched_d.step()
     if cfg.bn_stats == "recompute":
@@ -488,7 +496,8 @@ def load_generator(
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         g = build_generator(model_cfg, in_channels, out_channels)
         kept = state.get("best") if best else None
-        g.load_state_dict(kept["generator"] if kept else state["generator"])
+        last = state.get("generator_ema", state["generator"])  # the average, when trained with one
+        g.load_state_dict(kept["generator"] if kept else last)
     except Exception as exc:
         problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(checkpoint, f"cannot load the generator ({problem})") from None

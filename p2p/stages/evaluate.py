@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from p2p.core.cache import KeyParts, StageRecord, finished_stage, run_stage
-from p2p.core.config import PredictConfig
+from p2p.core.cache import KeyParts, StageRecord, finished_stage, read_manifest, run_stage
+from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.fsutil import atomic_write_json
 from p2p.stages.stage import Stage
 
+if TYPE_CHECKING:
+    from p2p.infer.validation import ValidationScene
+
 NAME = "evaluate"
-#: 2: baselines and skill beside the metrics, validation.png
-VERSION = 2
+#: 2: baselines and skill beside the metrics, validation.png; 3: ``seamless``
+VERSION = 3
 #: The picture: source | prediction | target | error of the first validation chips.
 PICTURE = "validation.png"
 PICTURE_CHIPS = 4
@@ -21,8 +24,10 @@ PICTURE_CHIPS = 4
 def key_parts(
     train: StageRecord | str | Path, dataset: StageRecord | str | Path, predict: PredictConfig
 ) -> KeyParts:
-    """The split and batch size, and the train and dataset stages' keys."""
-    config = {"split": "val", "predict": {"batch_size": predict.batch_size}}
+    """The split, the prediction settings that decide the seamless pixels, and the train and
+    dataset stages' keys."""
+    window = {"batch_size", "tile_size", "overlap", "blend", "tta"}
+    config = {"split": "val", "predict": predict.model_dump(mode="json", include=window)}
     return KeyParts(NAME, VERSION, config, [finished_stage(train).key, finished_stage(dataset).key])
 
 
@@ -32,12 +37,16 @@ def run(
     dataset: StageRecord | str | Path,
     predict: PredictConfig,
 ) -> StageRecord:
-    """Evaluate the model bundle on the validation chips.
+    """Evaluate the model bundle on the validation chips, and on the validation blocks of the
+    training scenes as `p2p predict` would translate them.
 
     The bundle (the artifact users ship) is loaded from the train folder and run over every
     validation chip; the folder gets ``metrics.json``: per-band and overall MAE, RMSE (target
     units), PSNR (dB) and SSIM, over valid pixels only, with the baselines' MAE on the same
-    pixels and the skill ratio (model / linear), and ``validation.png``.
+    pixels and the skill ratio (model / linear), and ``validation.png``. Its ``seamless`` entry
+    holds the same metrics over the validation chips' footprints predicted by the windowed,
+    blended engine with `predict`'s window settings (`p2p.infer.validation`; None when no
+    tiled scene has validation chips). The torch runtime is used: a fresh bundle has no ONNX.
     """
     tr, ds = finished_stage(train), finished_stage(dataset)
     parts = key_parts(tr, ds, predict)
@@ -47,6 +56,7 @@ def run(
 
         from p2p.data.dataset import ChipDataset
         from p2p.infer.evaluation import evaluate_chips
+        from p2p.infer.validation import score_validation_blocks
         from p2p.model.baselines import with_baselines
         from p2p.model.bundle import load_bundle
         from p2p.model.preview import comparison_rows, write_preview
@@ -57,6 +67,9 @@ def run(
             evaluate_chips(bundle, val_set, predict.batch_size, predict.device),
             ds.summary.get("baselines", {}),
         )
+        torch_predict = predict.model_copy(update={"runtime": "torch"})
+        scenes = _validation_scenes(ds.path)
+        metrics["seamless"] = score_validation_blocks(bundle, scenes, torch_predict)
         atomic_write_json(folder / "metrics.json", metrics)
         samples = [val_set[i] for i in range(min(PICTURE_CHIPS, len(val_set)))]
         if samples:
@@ -71,6 +84,36 @@ def run(
         }
 
     return run_stage(workspace, parts, build)
+
+
+def _validation_scenes(dataset_dir: str | Path) -> list[ValidationScene]:
+    """The tiled scenes of a dataset that hold validation chips (Export Tiles folders have no
+    scene raster to predict and are left out)."""
+    from p2p.data import chipstore
+    from p2p.data.dataset import ChipDataset
+    from p2p.infer.validation import ValidationScene
+
+    val = ChipDataset(dataset_dir, "val")
+    scenes = []
+    for tile in sorted({int(t) for t in val.items[:, 0]}):
+        folder = val.tile_dirs[tile]
+        manifest = read_manifest(folder)
+        if manifest is None or manifest["stage"] != "tile":
+            continue
+        slots = val.items[val.items[:, 0] == tile, 1]
+        index = chipstore.read_index(folder)
+        chips = index[index["chip"].isin(slots)]
+        boxes = tuple(zip(chips["y0"].astype(int), chips["x0"].astype(int), strict=True))
+        config = manifest["config"]
+        scenes.append(
+            ValidationScene(
+                SceneConfig.model_validate(config["scene"]),
+                str(config["tiling"]["resampling"]),
+                boxes,
+                val.chip_size,
+            )
+        )
+    return scenes
 
 
 STAGE = Stage(NAME, VERSION, key_parts, run, gpu=True)
