@@ -2,7 +2,8 @@
 
 Outputs are first written under a temporary name beside the final one (a sparse, tiled,
 DEFLATE-compressed GeoTIFF that is written block row by block row, each block exactly once), and
-only renamed, or converted to a Cloud Optimized GeoTIFF with rio-cogeo, when complete. Values
+only renamed, or assembled into a Cloud Optimized GeoTIFF from its tiles (`p2p.raster.cog`),
+when complete. Values
 are rounded and clipped into the target dtype here, so every writer agrees on units and nodata.
 """
 
@@ -20,8 +21,6 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 
 from p2p.core.errors import OutputError
 from p2p.core.fsutil import (
@@ -33,6 +32,7 @@ from p2p.core.fsutil import (
     read_json,
 )
 from p2p.raster import Grid
+from p2p.raster.cog import assemble_cog
 
 log = logging.getLogger(__name__)
 
@@ -212,7 +212,7 @@ def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
     """Publish a complete partial file under its final name (as a COG when asked)."""
     if output_format == "cog":
         with atomic_path(final, suffix=".tif") as tmp, _writing(final):
-            to_cog(partial, tmp)
+            assemble_cog(partial, tmp, BLOCK)
             check_written(tmp, name=final)
         partial.unlink()
     else:
@@ -234,25 +234,6 @@ def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]
         finish(work, final, output_format)
     finally:
         work.unlink(missing_ok=True)
-
-
-def to_cog(src: Path, dst: Path) -> None:
-    """Convert a GeoTIFF into a DEFLATE Cloud Optimized GeoTIFF with overviews (rio-cogeo),
-    keeping its tags and band descriptions; a temporary file on disk keeps memory bounded."""
-    with rasterio.open(src) as ds:
-        float_data = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
-    dst_profile: dict[str, Any] = dict(cog_profiles.get("deflate"))  # type: ignore[no-untyped-call]
-    dst_profile.update(blockxsize=BLOCK, blockysize=BLOCK, predictor=3 if float_data else 2)
-    cog_translate(
-        str(src),
-        str(dst),
-        dst_profile,
-        overview_resampling="average",
-        in_memory=False,
-        quiet=True,
-        forward_band_tags=True,
-        use_cog_driver=False,
-    )
 
 
 class RowSink:
