@@ -8,12 +8,15 @@ reach into it are done; it is then denormalized, cast to the target dtype, and h
 `RowSink` that writes whole block rows of the output. Memory holds the strips in flight (about
 ``tile_size + stride`` rows of the scene width) and nothing else.
 
-Resume: the output is written at ``.NAME.partial.tif`` beside NAME, and after every block row
-the rows done are recorded in ``.NAME.state.json`` (atomically). A rerun with the same bundle,
-scene and settings restarts at the strip holding the first unrecorded row; as every window row
-is computed from the same pixels in the same batches, and sums run in the same order, the
-result is bit-identical to an uninterrupted run. Only the complete file is renamed (or
-converted to a COG) onto NAME.
+Resume: the output is written at ``.NAME.partial.tif`` beside NAME (`p2p.raster.partial`).
+After every window row that completes a strip, the run commits the rows on disk together with
+its carry: the blend accumulators of the strips in flight and the rows that do not fill a block
+row yet. A rerun with the same bundle, scene and settings restores them and goes on with the
+next window row, so a kill costs only the window row in progress (without a readable carry it
+restarts at the strip holding the first unwritten row). As every window row is computed from
+the same pixels in the same batches, and sums run in the same order, the result is
+bit-identical to an uninterrupted run. Only the complete file is renamed (or assembled into a
+COG) onto NAME.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +40,7 @@ from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
 from p2p.model.bundle import Bundle, BundleMeta
 from p2p.model.normalization import BandStats, denormalize, prepare_window
 from p2p.raster import SceneReader, geotiff
+from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
 
@@ -206,31 +210,67 @@ def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np
     return out
 
 
+@dataclass
+class _Loop:
+    """Where the strip loop stands: the next window row to compute, the next strip to emit,
+    and the strips in flight (`acc` `(C_out, h, width)` float32 normalized, `valid` `(h,
+    width)` bool by strip). Saved with every commit, so a killed run resumes exactly here."""
+
+    window: int
+    strip: int
+    acc: dict[int, np.ndarray] = field(default_factory=dict)
+    valid: dict[int, np.ndarray] = field(default_factory=dict)
+
+    def marks(self) -> dict[str, int]:
+        return {"window": self.window, "strip": self.strip}
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return {f"acc_{r}": a for r, a in self.acc.items()} | {
+            f"valid_{r}": v for r, v in self.valid.items()
+        }
+
+    @classmethod
+    def restore(cls, marks: dict[str, int], arrays: dict[str, np.ndarray]) -> _Loop:
+        def strips(prefix: str) -> dict[int, np.ndarray]:
+            return {int(k[len(prefix) :]): a for k, a in arrays.items() if k.startswith(prefix)}
+
+        return cls(marks["window"], marks["strip"], strips("acc_"), strips("valid_"))
+
+
 def _strips(
-    reader: SceneReader, model: WindowModel, plan: _Plan, first: int, emit: Callable[..., None]
+    reader: SceneReader,
+    model: WindowModel,
+    plan: _Plan,
+    loop: _Loop,
+    emit: Callable[[int, np.ndarray, np.ndarray], None],
+    commit: Callable[[_Loop], None],
 ) -> None:
-    """Compute strips `first`, `first + 1`, ... and pass each to `emit(index, acc, valid)`,
-    with `acc` `(C_out, h, width)` float32 normalized and `valid` `(h, width)` bool."""
+    """Compute window rows from `loop.window` on, passing each strip, once complete, to
+    `emit(index, acc, valid)`, and `commit(loop)` after each window row that completed one."""
     ly = plan.ly
-    acc: dict[int, np.ndarray] = {}
-    valid: dict[int, np.ndarray] = {}
-    for j in range(ly.covering(*ly.centre(first)).start, ly.count):
+    for j in range(loop.window, ly.count):
         rows, row_valid = _read_window_row(reader, plan, j)
         out = _predict_window_row(model, plan, rows)
         s = ly.start(j)
-        if j >= first:
-            valid[j] = row_valid
+        if j >= loop.strip:
+            loop.valid[j] = row_valid
         for r in _strips_of_window(ly, j):
-            if r < first:
+            if r < loop.strip:
                 continue
             a, b = ly.centre(r)
             lo, hi = max(a, s), min(b, s + ly.tile)
             w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-            strip = acc.setdefault(r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32))
+            strip = loop.acc.setdefault(
+                r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32)
+            )
             strip[:, lo - a : hi - a] += out[:, lo - s : hi - s] * w
-        for r in sorted(acc):
-            if ly.covering(*ly.centre(r)).stop - 1 <= j:
-                emit(r, acc.pop(r), valid.pop(r))
+        done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
+        for r in done:
+            emit(r, loop.acc.pop(r), loop.valid.pop(r))
+            loop.strip = r + 1
+        loop.window = j + 1
+        if done:
+            commit(loop)
 
 
 def _strips_of_window(ly: AxisLayout, j: int) -> range:
@@ -311,14 +351,13 @@ def predict_scene(
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
         model = open_translator(bundle, config)
-        partial, state = geotiff.partial_paths(output)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
-        rows_done = geotiff.rows_on_disk(partial, state, job)
-        if rows_done == 0:
+        sink = RowSink(output, job, plan.ly.size)
+        if not sink.resumed:
             names = [str(n) for n in bundle.meta.target_bands]
             geotiff.create(
-                partial,
+                sink.partial,
                 reader.grid,
                 bundle.meta.out_channels,
                 plan.dtype,
@@ -327,11 +366,10 @@ def predict_scene(
                 names,
             )
         else:
-            log.info("%s: resuming after row %d", output, rows_done)
-        sink = geotiff.RowSink(partial, state, job, plan.ly.size, rows_done)
+            log.info("%s: resuming after row %d", output, sink.rows_done)
+        rows_done = sink.rows_done
         _run(reader, model, plan, sink, progress)
-        geotiff.finish(partial, output, config.output_format)
-    state.unlink(missing_ok=True)
+        sink.publish(config.output_format)
     return PredictResult(
         output=str(output),
         scene=scene.scene_id,
@@ -350,13 +388,19 @@ def _run(
     reader: SceneReader,
     model: WindowModel,
     plan: _Plan,
-    sink: geotiff.RowSink,
+    sink: RowSink,
     progress: Progress | None,
 ) -> None:
-    """Compute and write the strips from the one holding the first unwritten row."""
-    first = min(sink.rows_done // plan.ly.stride, plan.ly.count)
+    """Compute and write the strips from where an earlier run committed: its carry when it
+    left one, else the strip holding the first unwritten row."""
+    if sink.marks:
+        loop = _Loop.restore(sink.marks, sink.carry)
+    else:
+        ly = plan.ly
+        first = min(sink.rows_done // ly.stride, ly.count)
+        loop = _Loop(ly.covering(*ly.centre(first)).start if first < ly.count else ly.count, first)
     if progress:
-        progress(first, plan.ly.count)
+        progress(loop.strip, plan.ly.count)
 
     def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
         values = denormalize(acc, plan.target_stats, band_axis=0)
@@ -364,5 +408,4 @@ def _run(
         if progress:
             progress(r + 1, plan.ly.count)
 
-    if first < plan.ly.count:
-        _strips(reader, model, plan, first, emit)
+    _strips(reader, model, plan, loop, emit, lambda done: sink.commit(done.marks(), done.arrays()))

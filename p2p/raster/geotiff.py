@@ -25,11 +25,9 @@ from rasterio.windows import Window
 from p2p.core.errors import OutputError
 from p2p.core.fsutil import (
     atomic_path,
-    atomic_write_json,
     create_temp_file,
     fsync_dir,
     fsync_file,
-    read_json,
 )
 from p2p.raster import Grid
 from p2p.raster.cog import assemble_cog
@@ -234,62 +232,3 @@ def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]
         finish(work, final, output_format)
     finally:
         work.unlink(missing_ok=True)
-
-
-class RowSink:
-    """Collects finished rows and writes them to the partial file one block row at a time,
-    recording progress in the state file after each write.
-
-    Args:
-        partial: The partial GeoTIFF (already created).
-        state: The sidecar state file.
-        job: Fingerprint of the run; a state with another job is not resumed.
-        height: Scene rows.
-        rows_done: Rows already on disk (a multiple of the block side, or `height`).
-    """
-
-    def __init__(self, partial: Path, state: Path, job: str, height: int, rows_done: int) -> None:
-        self.partial, self.state, self.job, self.height = partial, state, job, height
-        self.rows_done = rows_done
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-
-    def add(self, row_off: int, rows: np.ndarray) -> None:
-        """Take `(C, h, width)` rows starting at `row_off`; rows already on disk are skipped."""
-        end = row_off + rows.shape[1]
-        if end <= self.rows_done:
-            return
-        if row_off < self.rows_done:
-            rows = rows[:, self.rows_done - row_off :]
-        self._pending.append(rows)
-        self._pending_rows += rows.shape[1]
-        top = self.rows_done + self._pending_rows
-        ready = self.height if top >= self.height else top // BLOCK * BLOCK
-        if ready > self.rows_done:
-            block = np.concatenate(self._pending, axis=1)
-            n = ready - self.rows_done
-            write_rows(self.partial, block[:, :n], self.rows_done)
-            self.rows_done = ready
-            self._pending = [block[:, n:]] if n < block.shape[1] else []
-            self._pending_rows = block.shape[1] - n
-            atomic_write_json(self.state, {"job": self.job, "rows_done": self.rows_done})
-
-
-def partial_paths(output: Path) -> tuple[Path, Path]:
-    """The partial file and the state file of an output being written."""
-    return (
-        output.with_name(f".{output.name}.partial.tif"),
-        output.with_name(f".{output.name}.state.json"),
-    )
-
-
-def rows_on_disk(partial: Path, state: Path, job: str) -> int:
-    """Rows a previous run of the same job left finished, or 0 (discarding foreign leftovers)."""
-    if partial.is_file() and state.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            record = read_json(state)
-            if record.get("job") == job:
-                return int(record["rows_done"])
-    for leftover in (partial, state):
-        leftover.unlink(missing_ok=True)
-    return 0
