@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from p2p.app.cli import app
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
+from p2p.infer import strips
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
@@ -204,6 +205,7 @@ RESUME_SCRIPT = """
 import sys, time
 from p2p.model.bundle import load_bundle
 from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer import strips
 from p2p.infer.inference import predict_scene
 config = PredictConfig.model_validate_json(sys.argv[4])
 slow = lambda done, total: time.sleep(0.3)  # a slow model: leaves time to kill mid-scene
@@ -252,6 +254,25 @@ def test_killed_run_resumes_to_bit_identical_output(tmp_path: Path) -> None:
         for band in range(1, a.count + 1):
             assert a.read(band).tobytes() == b.read(band).tobytes()
     assert cog_validate(str(out))[0]
+
+
+def test_wide_rows_read_in_column_bands_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows are read, prepared and cast a few batches of columns at a time so memory does
+    not grow with the scene's width; that must not change a single value."""
+    model_dir = tmp_path / "model"
+    _write_unet_bundle(model_dir)
+    bundle = load_bundle(model_dir)
+    src, _ = _source(tmp_path / "src.tif", h=60, w=300)
+    pixels = []
+    for columns in (1 << 20, 1):  # the whole row at once; one batch of windows at a time
+        monkeypatch.setattr(strips, "READ_COLUMNS", columns)
+        out = predict_scene(bundle, SceneConfig(source=str(src)), tmp_path / f"{columns}.tif", CFG)
+        with rasterio.open(out.output) as ds:
+            pixels.append(ds.read())
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert (pixels[0] > 0).mean() > 0.9
 
 
 @pytest.mark.slow

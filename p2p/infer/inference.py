@@ -1,12 +1,13 @@
 """Seamless, streaming, resumable prediction of whole scenes with a model bundle.
 
 A scene is cut into windows of `tile_size` with `overlap` pixels of context on each side
-(`p2p.infer.windows`); the windows of one row are read as one reflect-padded band of rows,
-batched to the generator, and blended with weights that sum to one at every pixel. A row strip
-(the centre region of one row of windows) is complete once the rows of windows below it that
-reach into it are done; it is then denormalized, cast to the target dtype, and handed to a
-`RowSink` that writes whole block rows of the output. Memory holds the strips in flight (about
-``tile_size + stride`` rows of the scene width) and nothing else.
+(`p2p.infer.windows`); the windows are read reflect-padded, batched to the generator, and
+blended with weights that sum to one at every pixel, row of windows by row of windows
+(`p2p.infer.strips`). A row strip (the centre region of one row of windows) is complete once
+the rows of windows below it that reach into it are done; it is then denormalized, cast to the
+target dtype, and handed to a `RowSink` that writes whole block rows of the output. Memory holds
+the strips in flight (about ``tile_size + stride`` rows of the scene width, float32, per output
+band) and a few batches of windows, whatever the scene's size.
 
 Resume: the output is written at ``.NAME.partial.tif`` beside NAME (`p2p.raster.partial`).
 After every window row that completes a strip, the run commits the rows on disk together with
@@ -23,22 +24,21 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
 
 from p2p import __version__
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.translator import WindowModel, check_runtime, open_translator
-from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
+from p2p.infer.strips import Progress, StripPlan, write_strips
+from p2p.infer.translator import check_runtime, open_translator
+from p2p.infer.windows import axis_layout
 from p2p.model.bundle import Bundle, BundleMeta
-from p2p.model.normalization import BandStats, denormalize, prepare_window
+from p2p.model.normalization import BandStats
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
 
@@ -47,7 +47,6 @@ log = logging.getLogger(__name__)
 #: Version of the predict stage's artifacts and of the partial-output state format.
 #: Format of a resumable partial output (the row-strip state); bump it when that changes.
 JOB_VERSION = 1
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -77,19 +76,6 @@ class PredictResult:
     strips: int
     resumed_rows: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the strip loop needs that does not change during a run."""
-
-    ly: AxisLayout
-    lx: AxisLayout
-    source_stats: BandStats
-    target_stats: BandStats
-    dtype: str
-    nodata: float
-    batch_size: int
 
 
 def _model_multiple(meta: BundleMeta) -> int:
@@ -134,7 +120,7 @@ def resolve_window(meta: BundleMeta, config: PredictConfig) -> tuple[int, int]:
     return tile, overlap
 
 
-def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
+def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> StripPlan:
     """Lay out the windows and resolve output dtype and nodata; errors before any work."""
     multiple = _model_multiple(bundle.meta)
     tile, overlap = resolve_window(bundle.meta, config)
@@ -150,7 +136,7 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
     meta = bundle.meta
     dtype = str(meta.target_dtype)
     nodata = meta.target_nodata
-    return _Plan(
+    return StripPlan(
         ly=ly,
         lx=lx,
         source_stats=BandStats.from_dict(meta.source_stats),
@@ -166,117 +152,6 @@ def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> No
     check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
-
-
-def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Model input for window row j: its rows, parts outside the scene mirrored about the edge
-    (reflection), prepared as training chips are (`prepare_window`).
-
-    Returns:
-        rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
-        valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
-    """
-    ly, lx = plan.ly, plan.lx
-    ys = reflect_index(np.arange(ly.start(j), ly.start(j) + ly.tile), ly.size)
-    xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
-    top, bottom = int(ys.min()), int(ys.max()) + 1
-    data, valid = reader.read(Window(0, top, lx.size, bottom - top))
-    x = prepare_window(data, valid, plan.source_stats)
-    a, b = ly.centre(j)
-    return x[:, (ys - top)[:, None], xs], valid[a - top : b - top]  # one gather, one copy
-
-
-def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np.ndarray:
-    """Run the windows of one row in fixed batches and blend them across columns.
-
-    Returns:
-        `(C_out, tile_y, width)` float32, normalized units, horizontally blended.
-    """
-    lx = plan.lx
-    starts = [k * lx.stride for k in range(lx.count)]
-    out: np.ndarray | None = None
-    for b0 in range(0, len(starts), plan.batch_size):
-        ks = range(b0, min(b0 + plan.batch_size, len(starts)))
-        batch = np.stack([rows[:, :, starts[k] : starts[k] + lx.tile] for k in ks])
-        y = model(batch)
-        if out is None:
-            out = np.zeros((y.shape[1], rows.shape[1], lx.size), dtype=np.float32)
-        for n, k in enumerate(ks):
-            s = lx.start(k)
-            lo, hi = max(0, -s), min(lx.tile, lx.size - s)
-            w = lx.weights[k, lo:hi].astype(np.float32)
-            out[:, :, s + lo : s + hi] += y[n, :, :, lo:hi] * w
-    assert out is not None
-    return out
-
-
-@dataclass
-class _Loop:
-    """Where the strip loop stands: the next window row to compute, the next strip to emit,
-    and the strips in flight (`acc` `(C_out, h, width)` float32 normalized, `valid` `(h,
-    width)` bool by strip). Saved with every commit, so a killed run resumes exactly here."""
-
-    window: int
-    strip: int
-    acc: dict[int, np.ndarray] = field(default_factory=dict)
-    valid: dict[int, np.ndarray] = field(default_factory=dict)
-
-    def marks(self) -> dict[str, int]:
-        return {"window": self.window, "strip": self.strip}
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return {f"acc_{r}": a for r, a in self.acc.items()} | {
-            f"valid_{r}": v for r, v in self.valid.items()
-        }
-
-    @classmethod
-    def restore(cls, marks: dict[str, int], arrays: dict[str, np.ndarray]) -> _Loop:
-        def strips(prefix: str) -> dict[int, np.ndarray]:
-            return {int(k[len(prefix) :]): a for k, a in arrays.items() if k.startswith(prefix)}
-
-        return cls(marks["window"], marks["strip"], strips("acc_"), strips("valid_"))
-
-
-def _strips(
-    reader: SceneReader,
-    model: WindowModel,
-    plan: _Plan,
-    loop: _Loop,
-    emit: Callable[[int, np.ndarray, np.ndarray], None],
-    commit: Callable[[_Loop], None],
-) -> None:
-    """Compute window rows from `loop.window` on, passing each strip, once complete, to
-    `emit(index, acc, valid)`, and `commit(loop)` after each window row that completed one."""
-    ly = plan.ly
-    for j in range(loop.window, ly.count):
-        rows, row_valid = _read_window_row(reader, plan, j)
-        out = _predict_window_row(model, plan, rows)
-        s = ly.start(j)
-        if j >= loop.strip:
-            loop.valid[j] = row_valid
-        for r in _strips_of_window(ly, j):
-            if r < loop.strip:
-                continue
-            a, b = ly.centre(r)
-            lo, hi = max(a, s), min(b, s + ly.tile)
-            w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-            strip = loop.acc.setdefault(
-                r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32)
-            )
-            strip[:, lo - a : hi - a] += out[:, lo - s : hi - s] * w
-        done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
-        for r in done:
-            emit(r, loop.acc.pop(r), loop.valid.pop(r))
-            loop.strip = r + 1
-        loop.window = j + 1
-        if done:
-            commit(loop)
-
-
-def _strips_of_window(ly: AxisLayout, j: int) -> range:
-    """Strips (centre regions) that window row j overlaps."""
-    s = ly.start(j)
-    return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
 def job_parts(
@@ -368,7 +243,7 @@ def predict_scene(
         else:
             log.info("%s: resuming after row %d", output, sink.rows_done)
         rows_done = sink.rows_done
-        _run(reader, model, plan, sink, progress)
+        write_strips(reader, model, plan, sink, progress)
         sink.publish(config.output_format)
     return PredictResult(
         output=str(output),
@@ -382,30 +257,3 @@ def predict_scene(
         resumed_rows=rows_done,
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-def _run(
-    reader: SceneReader,
-    model: WindowModel,
-    plan: _Plan,
-    sink: RowSink,
-    progress: Progress | None,
-) -> None:
-    """Compute and write the strips from where an earlier run committed: its carry when it
-    left one, else the strip holding the first unwritten row."""
-    if sink.marks:
-        loop = _Loop.restore(sink.marks, sink.carry)
-    else:
-        ly = plan.ly
-        first = min(sink.rows_done // ly.stride, ly.count)
-        loop = _Loop(ly.covering(*ly.centre(first)).start if first < ly.count else ly.count, first)
-    if progress:
-        progress(loop.strip, plan.ly.count)
-
-    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-        values = denormalize(acc, plan.target_stats, band_axis=0)
-        sink.add(plan.ly.centre(r)[0], geotiff.to_dtype(values, valid, plan.dtype, plan.nodata))
-        if progress:
-            progress(r + 1, plan.ly.count)
-
-    _strips(reader, model, plan, loop, emit, lambda done: sink.commit(done.marks(), done.arrays()))
