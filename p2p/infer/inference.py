@@ -34,7 +34,7 @@ from p2p import __version__
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.strips import Progress, StripPlan, write_strips
+from p2p.infer.strips import Progress, StripPlan, windows_per_read, write_strips
 from p2p.infer.translator import check_runtime, open_translator
 from p2p.infer.windows import axis_layout
 from p2p.model.bundle import Bundle, BundleMeta
@@ -184,12 +184,18 @@ def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str
 
 
 def _streaming_cache(reader: SceneReader, bundle: Bundle, config: PredictConfig) -> Any:
-    """GDAL's block cache for one row of windows read and one block row written."""
+    """GDAL's block cache for one read of windows and what is written meanwhile, aligned to
+    blocks: the columns of one read (`p2p.infer.strips.windows_per_read`), not the scene's
+    width, so the cache does not grow with the scene (a block row shared by two rows of
+    windows may be decoded twice)."""
     tile, overlap = resolve_window(bundle.meta, config)
     rows = tile + 2 * overlap + 2 * geotiff.BLOCK
+    stride = tile - 2 * overlap
+    read = (windows_per_read(stride, config.batch_size) - 1) * stride + tile
+    columns = min(reader.grid.width, read + 2 * geotiff.BLOCK)
     source = reader.count * np.dtype(reader.dtype).itemsize
     target = int(bundle.meta.out_channels) * np.dtype(bundle.meta.target_dtype).itemsize
-    return geotiff.streaming_cache(reader.grid.width, rows, source + target)
+    return geotiff.streaming_cache(columns, rows, source + target)
 
 
 def predict_scene(

@@ -255,7 +255,9 @@ def mosaic_scenes(
             [fingerprint_file(p) for p in inputs],
         )  # fmt: skip
         Path(output).parent.mkdir(parents=True, exist_ok=True)
-        with geotiff.streaming_cache(grid.width, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
+        # the cache holds a few windows of a row, not the row: flat in the mosaic's width
+        columns = min(grid.width, 4 * WINDOW)
+        with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
             sink = RowSink(Path(output), job, grid.height)
             if not sink.resumed:
                 tags = {"P2P_MOSAIC_INPUTS": str(len(aligned)), "P2P_FEATHER": str(feather)}

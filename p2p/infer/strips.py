@@ -25,7 +25,12 @@ from p2p.raster.partial import RowSink
 Progress = Callable[[int, int], None]
 
 #: Scene columns read, prepared and cast at once (rounded to whole batches of windows).
-READ_COLUMNS = 2048
+READ_COLUMNS = 1024
+
+
+def windows_per_read(stride: int, batch_size: int) -> int:
+    """Windows of a row read at once: whole batches spanning about `READ_COLUMNS` columns."""
+    return batch_size * max(1, READ_COLUMNS // (batch_size * stride))
 
 
 @dataclass(frozen=True)
@@ -77,7 +82,7 @@ def _predict_window_row(
         valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
     """
     lx, (a, b) = plan.lx, plan.ly.centre(j)
-    per_read = plan.batch_size * max(1, READ_COLUMNS // (plan.batch_size * lx.stride))
+    per_read = windows_per_read(lx.stride, plan.batch_size)
     out: np.ndarray | None = None
     row_valid = np.zeros((b - a, lx.size), dtype=bool)
     for k0 in range(0, lx.count, per_read):

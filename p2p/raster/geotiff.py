@@ -43,14 +43,14 @@ MIN_CACHE = 16 << 20
 
 
 def streaming_cache(width: int, rows: int, pixel_bytes: int) -> rasterio.Env:
-    """GDAL settings for streaming rasters through in row bands: a block cache of `rows` rows.
+    """GDAL settings for streaming rasters through in bands: a block cache of `rows` x `width`.
 
     GDAL's default cache (5% of RAM) keeps the decoded blocks of everything read or written
-    until it is full, so a streaming run's peak memory grows with the scene; the rows that one
-    band of work touches (plus block alignment) are all it needs.
+    until it is full, so a streaming run's peak memory grows with the scene; the pixels that one
+    piece of work touches (plus block alignment) are all it needs.
 
     Args:
-        width: Raster width in pixels.
+        width: Columns one piece of work reads or writes at once, in pixels.
         rows: Rows one band of work reads or writes at once, block alignment included.
         pixel_bytes: Bytes per pixel over every raster read and written together.
     """
