@@ -8,9 +8,11 @@ uint16 scene with a small U-Net bundle written here (tile 256, overlap 32 by def
 - resume: the same command again in that folder (it resumes the killed run);
 
 checks that both outputs have the same sha256, and prints full s, killed-at s, resume s and
-resume/full (goal ≤ 0.6). `--mosaic` adds the same for the mosaic stage alone: two overlapping
-halves of the scene are predicted once, then the mosaic is rebuilt from the cached predictions
-(full), killed at half of that, and resumed.
+resume/full (goal ≤ 0.6), with the CPU seconds of the full and resumed processes (less
+sensitive to other work on the machine) and the load average after each case. `--mosaic` adds
+the same for the mosaic stage alone: two overlapping halves of the scene are predicted once,
+then the mosaic is rebuilt from the cached predictions (full), killed at half of that, and
+resumed.
 
     python benchmarks/resume.py                        # 6144², U-Net ngf 8: minutes on 2 cores
     python benchmarks/resume.py --side 2048 --mosaic   # quicker
@@ -44,28 +46,35 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def predict(args: list[str], kill_after: float | None = None) -> float:
-    """Run `p2p predict ARGS`; return its wall time (SIGKILL it after `kill_after` s)."""
+def predict(args: list[str], kill_after: float | None = None) -> tuple[float, float]:
+    """Run `p2p predict ARGS` (SIGKILL it after `kill_after` s); return its wall and CPU
+    seconds (user + system, from its own rusage)."""
     start = time.perf_counter()
-    proc = subprocess.Popen([str(P2P), "predict", *args], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)  # fmt: skip
-    try:
-        _, err = proc.communicate(timeout=kill_after)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGKILL)
-        proc.communicate()
-        return time.perf_counter() - start
-    if proc.returncode:
-        sys.exit(f"p2p predict {' '.join(args)} failed:\n{err}")
-    return time.perf_counter() - start
+    with tempfile.TemporaryFile() as err:
+        proc = subprocess.Popen([str(P2P), "predict", *args], stdout=subprocess.DEVNULL, stderr=err)
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if kill_after is not None and time.perf_counter() - start >= kill_after:
+                os.kill(proc.pid, signal.SIGKILL)
+                _, status, usage = os.wait4(proc.pid, 0)
+                break
+            time.sleep(0.01)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if kill_after is None and proc.returncode:
+            err.seek(0)
+            sys.exit(f"p2p predict {' '.join(args)} failed:\n{err.read().decode()}")
+    return time.perf_counter() - start, usage.ru_utime + usage.ru_stime
 
 
 def measure(label: str, args: list[str], out: Path, before: list[str] | None = None) -> str:
     """Full, killed and resumed runs of `p2p predict ARGS --output {folder}/out.tif`; `before`
     runs first (untimed) in each folder."""
-    times, digests = {}, {}
+    times, cpu, digests = {}, {}, {}
     for case in ("full", "killed"):
         folder = out / f"{label}-{case}"
+        shutil.rmtree(folder, ignore_errors=True)
         folder.mkdir()
         run = [*args, "--output", str(folder / "out.tif")]
         if before is not None:
@@ -73,17 +82,19 @@ def measure(label: str, args: list[str], out: Path, before: list[str] | None = N
             shutil.rmtree(folder / ".p2p-work" / "mosaic")
             (folder / "out.tif").unlink()
         if case == "full":
-            times["full"] = predict(run)
+            times["full"], cpu["full"] = predict(run)
         else:
-            times["killed"] = predict(run, kill_after=times["full"] / 2)
-            assert not (folder / "out.tif").exists(), "the run ended before the kill"
-            times["resume"] = predict(run)
+            times["killed"], _ = predict(run, kill_after=times["full"] / 2)
+            if (folder / "out.tif").exists():  # the machine got faster: no kill, no figure
+                return f"| {label} | {times['full']:.1f} | finished before the kill |"
+            times["resume"], cpu["resume"] = predict(run)
         digests[case] = sha256(folder / "out.tif")
     same = "yes" if digests["full"] == digests["killed"] else "NO"
-    ratio = times["resume"] / times["full"]
+    ratio, cpu_ratio = times["resume"] / times["full"], cpu["resume"] / cpu["full"]
     return (
         f"| {label} | {times['full']:.1f} | {times['killed']:.1f} | {times['resume']:.1f} "
-        f"| {ratio:.2f} | {same} |"
+        f"| **{ratio:.2f}** | {cpu['full']:.1f} | {cpu['resume']:.1f} | {cpu_ratio:.2f} "
+        f"| {same} | {os.getloadavg()[0]:.1f} |"
     )
 
 
@@ -113,6 +124,7 @@ def main() -> None:
     parser.add_argument("--num-downs", type=int, default=8)
     parser.add_argument("--format", default="cog", choices=["cog", "gtiff"])
     parser.add_argument("--mosaic", action="store_true", help="Also the mosaic stage alone.")
+    parser.add_argument("--repeat", type=int, default=1, help="Measure each case this often.")
     parser.add_argument("--keep", type=Path, help="Work here and keep it (default: a temp dir).")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -125,13 +137,17 @@ def main() -> None:
         print(f"p2p predict, {args.side}² x 3 bands uint16, U-Net ngf {args.ngf} num_downs "
               f"{args.num_downs}, tile {args.tile}, overlap {args.overlap}, {args.format}; "
               f"{os.cpu_count()} cores; load before: {os.getloadavg()[0]:.1f}")  # fmt: skip
-        print("\n| case | full s | killed at s | resume s | resume/full | same sha256 |")
-        print("|---|---|---|---|---|---|")
-        print(measure("predict", [*common, "--input", str(root / "scene.tif")], root), flush=True)
+        print("\n| case | full s | killed at s | resume s | resume/full | full CPU s "
+              "| resume CPU s | CPU resume/full | same sha256 | load |")  # fmt: skip
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for _ in range(args.repeat):
+            scene = [*common, "--input", str(root / "scene.tif")]
+            print(measure("predict", scene, root), flush=True)
         if args.mosaic:
             halves = [a for p in split_scene(root / "scene.tif", root, args.side)
                       for a in ("--input", p)]  # fmt: skip
-            print(measure("mosaic", [*common, *halves], root, before=[*common, *halves]))
+            for _ in range(args.repeat):
+                print(measure("mosaic", [*common, *halves], root, before=[*common, *halves]))
         print(f"\nload after: {os.getloadavg()[0]:.1f}")
 
 
