@@ -1,8 +1,9 @@
 """Throughput of one full Pix2Pix training step (G forward, D step, G step) at 256x256.
 
-Prints samples/s for plain fp32 eager and for p2p's path (`build_pix2pix(optimized=True)`, what
-`p2p.model.training.train` runs: channels_last + autocast bf16/fp16 + fused Adam on CUDA; on CPU the
-same fp32 step), side by side in one run, with the device named. On CUDA it also prints MFU:
+Prints samples/s for plain fp32 eager and for p2p's path (`build_pix2pix(optimized=True)`,
+what `p2p.model.training.train` runs: channels_last + autocast bf16/fp16 + fused Adam + cuDNN
+autotuning on CUDA; on CPU the same fp32 step), side by side in one run, with the device named;
+`--compile` adds the same path under torch.compile, an experiment. On CUDA it also prints MFU:
 FLOPs of one step counted by `torch.utils.flop_counter.FlopCounterMode`, divided by time and
 by `--peak-tflops` (989 = H100 SXM dense BF16).
 
@@ -43,18 +44,35 @@ def _args() -> argparse.Namespace:
         default=None,
         help="U-Net levels (default: 8, fewer if --size < 256)",
     )
+    p.add_argument(
+        "--linear-anchor",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="the 1x1 least-squares path beside the U-Net (p2p's default model)",
+    )
     p.add_argument("--steps", type=int, default=10, help="timed steps per round")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; median is shown")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     p.add_argument("--precision", default="auto", choices=["auto", "bf16", "fp16", "fp32"])
+    p.add_argument(
+        "--compile",
+        action="store_true",
+        help="also time p2p's path with G and D under torch.compile (an experiment)",
+    )
     p.add_argument("--peak-tflops", type=float, default=989.0, help="dense BF16 peak of the GPU")
     return p.parse_args()
 
 
 def _setup(a: argparse.Namespace, device: torch.device, optimized: bool) -> Pix2Pix:
     model = SimpleNamespace(
-        num_downs=a.num_downs, ngf=a.ngf, ndf=a.ndf, n_layers_d=3, norm="batch", dropout=0.5
+        num_downs=a.num_downs,
+        ngf=a.ngf,
+        ndf=a.ndf,
+        n_layers_d=3,
+        norm="batch",
+        dropout=0.5,
+        linear_anchor=a.linear_anchor,
     )
     cfg = SimpleNamespace(
         lr=2e-4, beta1=0.5, epochs=100, epochs_decay=100, precision=a.precision, seed=0
@@ -75,8 +93,9 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def _time(run: Pix2Pix, batch: list[torch.Tensor], steps: int) -> float:
-    """Seconds per step."""
+def _time(run: Pix2Pix, batch: list[torch.Tensor], steps: int, tuned: bool) -> float:
+    """Seconds per step; `tuned`: cuDNN autotuning on, as `train` sets it on CUDA."""
+    torch.backends.cudnn.benchmark = tuned
     _sync(run.device)
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -99,17 +118,23 @@ def main() -> None:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
     threads = torch.get_num_threads()
     runs = {"fp32 eager": _setup(a, device, False), "p2p": _setup(a, device, True)}
+    if a.compile:
+        runs["p2p+compile"] = _setup(a, device, True)
+        runs["p2p+compile"].g_step = torch.compile(runs["p2p+compile"].g)  # type: ignore[assignment]
+        runs["p2p+compile"].d_step = torch.compile(runs["p2p+compile"].d)  # type: ignore[assignment]
+    tuned = {k: k != "fp32 eager" and device.type == "cuda" for k in runs}
     amp = runs["p2p"].amp_dtype
     print(f"device: {name} ({device}, {threads} CPU threads); torch {torch.__version__}")
     print(
-        f"p2p path: {'channels_last, ' if runs['p2p'].channels_last else ''}"
+        f"p2p path: {'channels_last, cuDNN autotuning, ' if runs['p2p'].channels_last else ''}"
         f"{'autocast ' + str(amp).removeprefix('torch.') if amp else 'fp32'}; "
         f"model ngf={a.ngf} ndf={a.ndf} num_downs={a.num_downs}; {a.size}x{a.size}, "
         f"{a.in_bands}->{a.out_bands} bands"
     )
-    header = (
-        f"{'batch':>5} | {'fp32 eager (samples/s)':>22} | {'p2p (samples/s)':>15} | {'speedup':>7}"
-    )
+    header = f"{'batch':>5} | " + " | ".join(f"{k + ' (samples/s)':>22}" for k in runs)
+    header += f" | {'speedup':>7}"
+    if a.compile:
+        header += f" | {'compiled':>8}"
     if device.type == "cuda":
         header += f" | {'TFLOP/step':>10} | {'p2p TFLOPS':>10} | {'MFU':>6}"
     print(header)
@@ -117,16 +142,16 @@ def main() -> None:
     for n in a.batch_sizes:
         batches = {k: _batch(a, r, n) for k, r in runs.items()}
         for k, r in runs.items():
-            _time(r, batches[k], a.warmup)
+            _time(r, batches[k], a.warmup, tuned[k])
         times: dict[str, list[float]] = {k: [] for k in runs}
         for _ in range(a.rounds):  # alternate, so background load hits both alike
             for k, r in runs.items():
-                times[k].append(_time(r, batches[k], a.steps))
+                times[k].append(_time(r, batches[k], a.steps, tuned[k]))
         rate = {k: n / statistics.median(v) for k, v in times.items()}
-        row = (
-            f"{n:>5} | {rate['fp32 eager']:>22.2f} | {rate['p2p']:>15.2f} | "
-            f"{rate['p2p'] / rate['fp32 eager']:>6.2f}x"
-        )
+        row = f"{n:>5} | " + " | ".join(f"{rate[k]:>22.2f}" for k in runs)
+        row += f" | {rate['p2p'] / rate['fp32 eager']:>6.2f}x"
+        if a.compile:
+            row += f" | {rate['p2p+compile'] / rate['p2p']:>7.2f}x"
         if device.type == "cuda":
             flops = _flops(runs["p2p"], batches["p2p"])
             achieved = flops * rate["p2p"] / n / 1e12
