@@ -164,6 +164,9 @@ def peak_rss(model_dir: Path, folder: Path, args: argparse.Namespace) -> list[st
         write_scene(scene, side, seed=1)
         row = f"| {factor**2:>3}x | {side:>6}² |"
         for fmt in ("gtiff", "cog", "cli"):
+            if fmt not in args.rss_modes:
+                row += "  |  |"
+                continue
             cmd = [sys.executable, __file__, "--rss-child", str(model_dir), str(scene), fmt,
                    str(args.tile), str(args.overlap), str(args.batch), args.device]  # fmt: skip
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -186,6 +189,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="Timed runs (best is kept).")
     parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
     parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
+    modes = ["gtiff", "cog", "cli"]
+    parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
+                        help="What the RSS rows measure (cli: p2p predict).")  # fmt: skip
     parser.add_argument("--rss-child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
