@@ -107,3 +107,16 @@ def test_small_and_bigtiff_sources(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "big.cog.tif") as ds:
         np.testing.assert_array_equal(ds.read(), big)
         assert ds.get_tag_item("BLOCK_OFFSET_0_1", "TIFF", bidx=1) is None
+
+
+def test_bigtiff_layout(tmp_path: Path) -> None:
+    """The layout used past 4 GiB (64-bit offsets), forced on a small raster."""
+    data = _pixels("uint16", (2, 700, 600))
+    src = _write_partial(tmp_path / "src.tif", data, [0, 256, 512])
+    assemble_cog(src, tmp_path / "big.cog.tif", BLOCK, bigtiff=True)
+    assert (tmp_path / "big.cog.tif").read_bytes()[2] == 43
+    valid, errors, warnings = cog_validate(str(tmp_path / "big.cog.tif"), strict=True, quiet=True)
+    assert valid, errors + warnings
+    with rasterio.open(tmp_path / "big.cog.tif") as ds:
+        np.testing.assert_array_equal(ds.read(), data)
+        assert ds.overviews(1) == [2, 4] and ds.tags()["P2P_SCENE"] == "s"

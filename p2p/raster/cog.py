@@ -185,13 +185,14 @@ def build_overviews(src: Path, block: int, predictor: int) -> Path | None:
     return ovr
 
 
-def assemble_cog(src: Path, dst: Path, block: int) -> None:
+def assemble_cog(src: Path, dst: Path, block: int, bigtiff: bool | None = None) -> None:
     """Write the tiled GeoTIFF `src` as a COG at `dst` (see the module docstring).
 
     Args:
         src: A complete tiled, compressed GeoTIFF with one IFD (as `p2p.raster.geotiff` writes).
         dst: The COG to write (overwritten).
         block: The tile side of `src`, also used for the overviews.
+        bigtiff: Write a BigTIFF; by default only when the file would pass 4 GiB.
     """
     with rasterio.open(src) as ds:
         floats = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
@@ -205,8 +206,8 @@ def assemble_cog(src: Path, dst: Path, block: int) -> None:
                 raise ValueError(f"{ovr}: byte order differs from {src}")
             sources += [ovr] * len(overviews)
             ifds += [_overview_ifd(ifd, main, order) for ifd in overviews]
-        layout = _Layout(ifds, order, big=False)
-        if layout.size >= 1 << 32:
+        layout = _Layout(ifds, order, big=bool(bigtiff))
+        if bigtiff is None and layout.size >= 1 << 32:
             layout = _Layout(ifds, order, big=True)
         with dst.open("wb") as out:
             magic = b"II" if order == "<" else b"MM"

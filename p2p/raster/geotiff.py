@@ -1,10 +1,10 @@
 """Writing predicted rasters: tiled, compressed GeoTIFFs written in row bands, COG conversion.
 
 Outputs are first written under a temporary name beside the final one (a sparse, tiled,
-DEFLATE-compressed GeoTIFF that is written block row by block row, each block exactly once), and
-only renamed, or assembled into a Cloud Optimized GeoTIFF from its tiles (`p2p.raster.cog`),
-when complete. Values
-are rounded and clipped into the target dtype here, so every writer agrees on units and nodata.
+DEFLATE-compressed GeoTIFF that is written block row by block row), and only renamed, or
+assembled into a Cloud Optimized GeoTIFF from its tiles (`p2p.raster.cog`), when complete.
+Values are rounded and clipped into the target dtype here, so every writer agrees on units and
+nodata.
 """
 
 from __future__ import annotations
