@@ -4,17 +4,17 @@ An output NAME is written at ``.NAME.partial.tif`` beside it. Each `RowSink.comm
 atomically, the rows on disk in ``.NAME.state.json``, and may add the writer's *carry*: the
 arrays it needs to go on from where it stands without recomputing anything (for prediction,
 the blend accumulators of the strips in flight), saved with the rows that do not fill a block
-row yet in ``.NAME.carry.N.npz`` (N counts commits, so a state never names a half-written
-carry). A rerun of the same job (same fingerprint) continues from the last commit; whatever a
-different job left is discarded. `RowSink.publish` renames or assembles the finished file.
+row yet in ``.NAME.carry.N.npy`` (``.npy`` records one after another; N counts commits, so a
+state never names a half-written carry). A rerun of the same job (same fingerprint) continues
+from the last commit; whatever a different job left is discarded. `RowSink.publish` renames or
+assembles the finished file.
 """
 
 from __future__ import annotations
 
 import contextlib
-import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -28,6 +28,15 @@ def partial_paths(output: Path) -> tuple[Path, Path]:
         output.with_name(f".{output.name}.partial.tif"),
         output.with_name(f".{output.name}.state.json"),
     )
+
+
+def _write_npy(f: BinaryIO, array: np.ndarray) -> None:
+    """One ``.npy`` record, written from the array's memory (no copy when contiguous) through
+    Python's file object, so a full disk raises OSError with its errno (numpy's ``tofile``
+    reports a short write without one)."""
+    array = np.ascontiguousarray(array)
+    np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+    f.write(array.data)
 
 
 class RowSink:
@@ -52,12 +61,12 @@ class RowSink:
         self.rows_done, self.resumed, self._commits = 0, False, 0
         self.marks: dict[str, int] = {}
         self.carry: dict[str, np.ndarray] = {}
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
+        self._block: np.ndarray | None = None  # the block row being filled, `(C, BLOCK, W)`
+        self._pending_rows = 0  # rows of `_block` taken so far
         self._load()
 
     def _carry_files(self) -> list[Path]:
-        return sorted(self.output.parent.glob(f".{self.output.name}.carry.*.npz"))
+        return sorted(self.output.parent.glob(f".{self.output.name}.carry.*.npy"))
 
     def _load(self) -> None:
         record: dict[str, Any] = {}
@@ -82,14 +91,14 @@ class RowSink:
         name = record.get("carry")
         if not name:
             return None
-        try:
-            with np.load(self.output.with_name(name), allow_pickle=False) as npz:
-                arrays = {key: npz[key] for key in npz.files}
-        except (OSError, ValueError, zipfile.BadZipFile):
+        try:  # .npy records one after another, in the order the state lists their names
+            with self.output.with_name(name).open("rb") as f:
+                arrays = {key: np.load(f, allow_pickle=False) for key in record["arrays"]}
+        except (OSError, ValueError, EOFError):
             return None
         pending = arrays.pop("pending")
         if pending.shape[1]:
-            self._pending, self._pending_rows = [pending], pending.shape[1]
+            self._take(pending)
         self.marks, self.carry = dict(record["marks"]), arrays
         return str(name)
 
@@ -97,20 +106,25 @@ class RowSink:
         """Take `(C, h, width)` rows starting at `row_off` (rows already taken are skipped) and
         write every block row they complete."""
         taken = self.rows_done + self._pending_rows
-        if row_off + rows.shape[1] <= taken:
-            return
-        rows = rows[:, max(0, taken - row_off) :]
-        self._pending.append(rows)
-        self._pending_rows += rows.shape[1]
-        top = self.rows_done + self._pending_rows
-        ready = self.height if top >= self.height else top // geotiff.BLOCK * geotiff.BLOCK
-        if ready > self.rows_done:
-            block = np.concatenate(self._pending, axis=1)
-            n = ready - self.rows_done
-            geotiff.write_rows(self.partial, block[:, :n], self.rows_done)
-            self.rows_done = ready
-            self._pending = [block[:, n:]] if n < block.shape[1] else []
-            self._pending_rows = block.shape[1] - n
+        if row_off + rows.shape[1] > taken:
+            self._take(rows[:, max(0, taken - row_off) :])
+
+    def _take(self, rows: np.ndarray) -> None:
+        """Copy rows into the block row being filled, writing each block row once full (one
+        block row of the output is all that is held, whatever arrives at once)."""
+        while rows.shape[1]:
+            if self._block is None:
+                self._block = np.empty((rows.shape[0], geotiff.BLOCK, rows.shape[2]), rows.dtype)
+            end = min(self.height, self.rows_done + geotiff.BLOCK)
+            n = min(end - self.rows_done - self._pending_rows, rows.shape[1])
+            self._block[:, self._pending_rows : self._pending_rows + n] = rows[:, :n]
+            self._pending_rows += n
+            rows = rows[:, n:]
+            if self.rows_done + self._pending_rows == end:
+                geotiff.write_rows(
+                    self.partial, self._block[:, : self._pending_rows], self.rows_done
+                )
+                self.rows_done, self._pending_rows = end, 0
 
     def commit(
         self, marks: dict[str, int] | None = None, carry: dict[str, np.ndarray] | None = None
@@ -120,12 +134,14 @@ class RowSink:
         record: dict[str, Any] = {"job": self.job, "rows_done": self.rows_done}
         if marks is not None:
             self._commits += 1
-            path = self.output.with_name(f".{self.output.name}.carry.{self._commits}.npz")
-            pending = np.concatenate(self._pending or [np.zeros((0, 0, 0))], axis=1)
-            arrays = {"pending": pending, **(carry or {})}
-            with atomic_path(path, ".npz") as tmp, tmp.open("wb") as f:
-                np.savez(f, allow_pickle=False, **arrays)
-            record |= {"carry": path.name, "marks": marks, "commits": self._commits}
+            path = self.output.with_name(f".{self.output.name}.carry.{self._commits}.npy")
+            pending = np.zeros((0, 0, 0)) if self._block is None else self._block
+            arrays = {"pending": pending[:, : self._pending_rows], **(carry or {})}
+            with atomic_path(path, ".npy") as tmp, tmp.open("wb") as f:
+                for array in arrays.values():
+                    _write_npy(f, array)
+            record |= {"carry": path.name, "arrays": list(arrays), "marks": marks}
+            record["commits"] = self._commits
         atomic_write_json(self.state, record)
         for stale in self._carry_files():
             if stale.name != record.get("carry"):
