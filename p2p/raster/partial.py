@@ -13,6 +13,7 @@ assembles the finished file.
 from __future__ import annotations
 
 import contextlib
+import glob
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -66,7 +67,7 @@ class RowSink:
         self._load()
 
     def _carry_files(self) -> list[Path]:
-        return sorted(self.output.parent.glob(f".{self.output.name}.carry.*.npy"))
+        return sorted(self.output.parent.glob(f".{glob.escape(self.output.name)}.carry.*.npy"))
 
     def _load(self) -> None:
         record: dict[str, Any] = {}
@@ -92,14 +93,15 @@ class RowSink:
         if not name:
             return None
         try:  # .npy records one after another, in the order the state lists their names
-            with self.output.with_name(name).open("rb") as f:
+            marks = {str(k): int(v) for k, v in record["marks"].items()}
+            with self.output.with_name(str(name)).open("rb") as f:
                 arrays = {key: np.load(f, allow_pickle=False) for key in record["arrays"]}
-        except (OSError, ValueError, EOFError):
-            return None
-        pending = arrays.pop("pending")
+            pending = arrays.pop("pending")
+        except (OSError, ValueError, EOFError, KeyError, TypeError, AttributeError):
+            return None  # unreadable: not trusted, the caller restarts from `rows_done`
         if pending.shape[1]:
             self._take(pending)
-        self.marks, self.carry = dict(record["marks"]), arrays
+        self.marks, self.carry = marks, arrays
         return str(name)
 
     def add(self, row_off: int, rows: np.ndarray) -> None:
