@@ -11,7 +11,8 @@ as windows/s and scene megapixels/s (best of `--repeat` interleaved runs), and t
 end-to-end / bare (goal <= 1.10: the
 windows already include the overlap factor 1/(1 - 2·overlap/tile)²). Then the peak memory of
 predicting scenes of 1x, 4x and 16x the area of `--rss-side`², as GeoTIFF and as COG, each in
-its own subprocess that reads its own high-water mark (VmHWM; goal: flat within +10%).
+its own subprocess that reads its own high-water mark (VmHWM; goal: flat within +10%), and
+of `p2p predict` itself (run in such a subprocess through its console-script entry point).
 
     python benchmarks/inference.py          # the paper's U-Net, 256² tiles: minutes on 2 cores
     python benchmarks/inference.py --side 8192 --tile 512 --overlap 64 --batch 8   # on a GPU
@@ -133,10 +134,21 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
 
 def rss_child(model_dir: str, scene: str, fmt: str, tile: int, overlap: int, batch: int,
               dev: str) -> None:  # fmt: skip
-    config = PredictConfig(tile_size=tile, overlap=overlap, batch_size=batch,
-                           output_format=fmt, device=dev, tta=False)  # fmt: skip
     out = Path(scene).with_name(f"rss_pred_{fmt}.tif")
-    predict_scene(load_bundle(model_dir), SceneConfig(source=scene), out, config)
+    if fmt == "cli":  # what `p2p predict` runs: predict stage, mosaic stage, COG, delivery
+        from p2p.app.cli import main as p2p
+
+        sys.argv = ["p2p", "predict", "--model", model_dir, "--input", scene, "--output",
+                    str(out), "--tile-size", str(tile), "--overlap", str(overlap),
+                    "--batch-size", str(batch), "--device", dev, "--no-tta"]  # fmt: skip
+        try:
+            p2p()
+        except SystemExit as exc:
+            assert not exc.code, exc.code
+    else:
+        config = PredictConfig(tile_size=tile, overlap=overlap, batch_size=batch,
+                               output_format=fmt, device=dev, tta=False)  # fmt: skip
+        predict_scene(load_bundle(model_dir), SceneConfig(source=scene), out, config)
     # VmHWM, not ru_maxrss: Linux keeps ru_maxrss across fork + exec, so a child's ru_maxrss
     # starts at the parent's peak (which holds a model and wrote the scenes).
     status = Path("/proc/self/status").read_text()
@@ -151,7 +163,10 @@ def peak_rss(model_dir: Path, folder: Path, args: argparse.Namespace) -> list[st
         scene = folder / f"rss_{side}.tif"
         write_scene(scene, side, seed=1)
         row = f"| {factor**2:>3}x | {side:>6}² |"
-        for fmt in ("gtiff", "cog"):
+        for fmt in ("gtiff", "cog", "cli"):
+            if fmt not in args.rss_modes:
+                row += "  |  |"
+                continue
             cmd = [sys.executable, __file__, "--rss-child", str(model_dir), str(scene), fmt,
                    str(args.tile), str(args.overlap), str(args.batch), args.device]  # fmt: skip
             done = subprocess.run(cmd, check=True, capture_output=True, text=True)
@@ -174,6 +189,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="Timed runs (best is kept).")
     parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
     parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
+    modes = ["gtiff", "cog", "cli"]
+    parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
+                        help="What the RSS rows measure (cli: p2p predict).")  # fmt: skip
     parser.add_argument("--rss-child", nargs=7, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.rss_child:
@@ -199,8 +217,10 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|")
             for row in compare(folder / "model", folder / "scene.tif", args.side, args):
                 print(row)
-        print(f"\npeak memory (VmHWM) of predict_scene (overlap {args.overlap}), one process each:")
-        print("| area | scene | GeoTIFF MB | vs 1x | COG MB | vs 1x |\n|---|---|---|---|---|---|")
+        print(f"\npeak memory (VmHWM) of predict_scene and of `p2p predict` (COG; the predict and "
+              f"mosaic stages), overlap {args.overlap}, one process each:")  # fmt: skip
+        print("| area | scene | GeoTIFF MB | vs 1x | COG MB | vs 1x | p2p predict MB | vs 1x |")
+        print("|---|---|---|---|---|---|---|---|")
         for row in peak_rss(folder / "model", folder, args):
             print(row)
 

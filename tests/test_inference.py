@@ -22,6 +22,7 @@ from typer.testing import CliRunner
 from p2p.app.cli import app
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
+from p2p.infer import strips
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
@@ -204,6 +205,7 @@ RESUME_SCRIPT = """
 import sys, time
 from p2p.model.bundle import load_bundle
 from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer import strips
 from p2p.infer.inference import predict_scene
 config = PredictConfig.model_validate_json(sys.argv[4])
 slow = lambda done, total: time.sleep(0.3)  # a slow model: leaves time to kill mid-scene
@@ -252,6 +254,64 @@ def test_killed_run_resumes_to_bit_identical_output(tmp_path: Path) -> None:
         for band in range(1, a.count + 1):
             assert a.read(band).tobytes() == b.read(band).tobytes()
     assert cog_validate(str(out))[0]
+
+
+def test_wide_rows_read_in_column_bands_give_the_same_bytes(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Windows are read, prepared and cast a few batches of columns at a time so memory does
+    not grow with the scene's width; that must not change a single value."""
+    model_dir = tmp_path / "model"
+    _write_unet_bundle(model_dir)
+    bundle = load_bundle(model_dir)
+    src, _ = _source(tmp_path / "src.tif", h=60, w=300)
+    pixels = []
+    for columns in (1 << 20, 1):  # the whole row at once; one batch of windows at a time
+        monkeypatch.setattr(strips, "READ_COLUMNS", columns)
+        out = predict_scene(bundle, SceneConfig(source=str(src)), tmp_path / f"{columns}.tif", CFG)
+        with rasterio.open(out.output) as ds:
+            pixels.append(ds.read())
+    np.testing.assert_array_equal(pixels[0], pixels[1])
+    assert (pixels[0] > 0).mean() > 0.9
+
+
+@pytest.mark.slow
+def test_cli_predict_killed_mid_scene_reruns_to_the_same_cog(tmp_path: Path) -> None:
+    """SIGKILL the installed `p2p predict` right after a commit that carries blend
+    accumulators; the same command again writes the bytes of an uninterrupted run, as a COG."""
+    model_dir = tmp_path / "model"
+    _write_unet_bundle(model_dir)
+    src, _ = _source(tmp_path / "src.tif", h=1200, w=40)
+    p2p = Path(sys.executable).with_name("p2p")
+
+    def command(folder: str) -> list[str]:
+        out = tmp_path / folder / "pred.tif"
+        opts = ["--tile-size", "32", "--overlap", "4", "--device", "cpu", "--format", "cog"]
+        return [str(p2p), "predict", "--model", str(model_dir), "--input", str(src),
+                "--output", str(out), *opts]  # fmt: skip
+
+    subprocess.run(command("full"), check=True, capture_output=True)
+    proc = subprocess.Popen(command("killed"), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    carried: dict[str, Any] = {}
+    deadline = time.monotonic() + 120
+    while proc.poll() is None and time.monotonic() < deadline and not carried:
+        for state in (tmp_path / "killed").glob(".p2p-work/predict/*/.src.tif.state.json"):
+            record = json.loads(state.read_text() or "{}")
+            if record.get("carry") and record["marks"]["window"] >= 4:
+                carried = record
+                break
+        time.sleep(0.005)
+    assert proc.poll() is None, "the run ended before it could be killed"
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "pred.tif").exists()
+    assert carried["rows_done"] < carried["marks"]["strip"] * 24  # rows no block row holds yet
+    subprocess.run(command("killed"), check=True, capture_output=True)
+    full, resumed = (tmp_path / d / "pred.tif" for d in ("full", "killed"))
+    assert resumed.read_bytes() == full.read_bytes()
+    assert cog_validate(str(resumed), quiet=True)[:2] == (True, [])
+    leftovers = [p.name for p in (tmp_path / "killed").rglob(".src.tif*")]
+    assert leftovers == []
 
 
 def test_predict_stage_caches_under_the_workspace(tmp_path: Path) -> None:

@@ -1,19 +1,23 @@
 """Seamless, streaming, resumable prediction of whole scenes with a model bundle.
 
 A scene is cut into windows of `tile_size` with `overlap` pixels of context on each side
-(`p2p.infer.windows`); the windows of one row are read as one reflect-padded band of rows,
-batched to the generator, and blended with weights that sum to one at every pixel. A row strip
-(the centre region of one row of windows) is complete once the rows of windows below it that
-reach into it are done; it is then denormalized, cast to the target dtype, and handed to a
-`RowSink` that writes whole block rows of the output. Memory holds the strips in flight (about
-``tile_size + stride`` rows of the scene width) and nothing else.
+(`p2p.infer.windows`); the windows are read reflect-padded, batched to the generator, and
+blended with weights that sum to one at every pixel, row of windows by row of windows
+(`p2p.infer.strips`). A row strip (the centre region of one row of windows) is complete once
+the rows of windows below it that reach into it are done; it is then denormalized, cast to the
+target dtype, and handed to a `RowSink` that writes whole block rows of the output. Memory holds
+the strips in flight (about ``tile_size + stride`` rows of the scene width, float32, per output
+band) and a few batches of windows, whatever the scene's size.
 
-Resume: the output is written at ``.NAME.partial.tif`` beside NAME, and after every block row
-the rows done are recorded in ``.NAME.state.json`` (atomically). A rerun with the same bundle,
-scene and settings restarts at the strip holding the first unrecorded row; as every window row
-is computed from the same pixels in the same batches, and sums run in the same order, the
-result is bit-identical to an uninterrupted run. Only the complete file is renamed (or
-converted to a COG) onto NAME.
+Resume: the output is written at ``.NAME.partial.tif`` beside NAME (`p2p.raster.partial`).
+After every window row that completes a strip, the run commits the rows on disk together with
+its carry: the blend accumulators of the strips in flight and the rows that do not fill a block
+row yet. A rerun with the same bundle, scene and settings restores them and goes on with the
+next window row, so a kill costs only the window row in progress (without a readable carry it
+restarts at the strip holding the first unwritten row). As every window row is computed from
+the same pixels in the same batches, and sums run in the same order, the result is
+bit-identical to an uninterrupted run. Only the complete file is renamed (or assembled into a
+COG) onto NAME.
 """
 
 from __future__ import annotations
@@ -26,24 +30,32 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from rasterio.windows import Window
 
 from p2p import __version__
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.translator import WindowModel, check_runtime, open_translator
-from p2p.infer.windows import AxisLayout, axis_layout, reflect_index
+from p2p.infer.strips import (
+    Progress,
+    StripLoop,
+    StripPlan,
+    compute_strips,
+    strip_values,
+    windows_per_read,
+    write_strips,
+)
+from p2p.infer.translator import check_runtime, open_translator
+from p2p.infer.windows import axis_layout
 from p2p.model.bundle import Bundle, BundleMeta
-from p2p.model.normalization import BandStats, denormalize, prepare_window
+from p2p.model.normalization import BandStats
 from p2p.raster import SceneReader, geotiff
+from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
 
 #: Version of the predict stage's artifacts and of the partial-output state format.
 #: Format of a resumable partial output (the row-strip state); bump it when that changes.
 JOB_VERSION = 1
-Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
@@ -73,19 +85,6 @@ class PredictResult:
     strips: int
     resumed_rows: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class _Plan:
-    """Everything the strip loop needs that does not change during a run."""
-
-    ly: AxisLayout
-    lx: AxisLayout
-    source_stats: BandStats
-    target_stats: BandStats
-    dtype: str
-    nodata: float
-    batch_size: int
 
 
 def _model_multiple(meta: BundleMeta) -> int:
@@ -130,7 +129,7 @@ def resolve_window(meta: BundleMeta, config: PredictConfig) -> tuple[int, int]:
     return tile, overlap
 
 
-def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> _Plan:
+def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> StripPlan:
     """Lay out the windows and resolve output dtype and nodata; errors before any work."""
     multiple = _model_multiple(bundle.meta)
     tile, overlap = resolve_window(bundle.meta, config)
@@ -146,7 +145,7 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
     meta = bundle.meta
     dtype = str(meta.target_dtype)
     nodata = meta.target_nodata
-    return _Plan(
+    return StripPlan(
         ly=ly,
         lx=lx,
         source_stats=BandStats.from_dict(meta.source_stats),
@@ -162,91 +161,6 @@ def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> No
     check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
-
-
-def _read_window_row(reader: SceneReader, plan: _Plan, j: int) -> tuple[np.ndarray, np.ndarray]:
-    """Model input for window row j: its rows, parts outside the scene mirrored about the edge
-    (reflection), prepared as training chips are (`prepare_window`).
-
-    Returns:
-        rows: `(C_in, tile_y, count_x·stride_x + 2·overlap_x)` float32 in [-1, 1].
-        valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
-    """
-    ly, lx = plan.ly, plan.lx
-    ys = reflect_index(np.arange(ly.start(j), ly.start(j) + ly.tile), ly.size)
-    xs = reflect_index(np.arange(-lx.overlap, lx.count * lx.stride + lx.overlap), lx.size)
-    top, bottom = int(ys.min()), int(ys.max()) + 1
-    data, valid = reader.read(Window(0, top, lx.size, bottom - top))
-    x = prepare_window(data, valid, plan.source_stats)
-    a, b = ly.centre(j)
-    return x[:, (ys - top)[:, None], xs], valid[a - top : b - top]  # one gather, one copy
-
-
-def _predict_window_row(model: WindowModel, plan: _Plan, rows: np.ndarray) -> np.ndarray:
-    """Run the windows of one row in fixed batches and blend them across columns.
-
-    Returns:
-        `(C_out, tile_y, width)` float32, normalized units, horizontally blended.
-    """
-    lx = plan.lx
-    starts = [k * lx.stride for k in range(lx.count)]
-    out: np.ndarray | None = None
-    for b0 in range(0, len(starts), plan.batch_size):
-        ks = range(b0, min(b0 + plan.batch_size, len(starts)))
-        batch = np.stack([rows[:, :, starts[k] : starts[k] + lx.tile] for k in ks])
-        y = model(batch)
-        if out is None:
-            out = np.zeros((y.shape[1], rows.shape[1], lx.size), dtype=np.float32)
-        for n, k in enumerate(ks):
-            s = lx.start(k)
-            lo, hi = max(0, -s), min(lx.tile, lx.size - s)
-            w = lx.weights[k, lo:hi].astype(np.float32)
-            out[:, :, s + lo : s + hi] += y[n, :, :, lo:hi] * w
-    assert out is not None
-    return out
-
-
-def _strips(
-    reader: SceneReader,
-    model: WindowModel,
-    plan: _Plan,
-    first: int,
-    emit: Callable[..., None],
-    stop: int | None = None,
-) -> None:
-    """Compute strips `first`, `first + 1`, ... (up to `stop`, exclusive, when given) and pass
-    each to `emit(index, acc, valid)`, with `acc` `(C_out, h, width)` float32 normalized and
-    `valid` `(h, width)` bool. A strip's pixels do not depend on where the run starts or stops.
-    """
-    ly = plan.ly
-    last_row = ly.count - 1 if stop is None else ly.covering(*ly.centre(stop - 1)).stop - 1
-    acc: dict[int, np.ndarray] = {}
-    valid: dict[int, np.ndarray] = {}
-    for j in range(ly.covering(*ly.centre(first)).start, ly.count):
-        rows, row_valid = _read_window_row(reader, plan, j)
-        out = _predict_window_row(model, plan, rows)
-        s = ly.start(j)
-        if j >= first:
-            valid[j] = row_valid
-        for r in _strips_of_window(ly, j):
-            if r < first:
-                continue
-            a, b = ly.centre(r)
-            lo, hi = max(a, s), min(b, s + ly.tile)
-            w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-            strip = acc.setdefault(r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32))
-            strip[:, lo - a : hi - a] += out[:, lo - s : hi - s] * w
-        for r in sorted(acc):
-            if ly.covering(*ly.centre(r)).stop - 1 <= j:
-                emit(r, acc.pop(r), valid.pop(r))
-        if j >= last_row:
-            return
-
-
-def _strips_of_window(ly: AxisLayout, j: int) -> range:
-    """Strips (centre regions) that window row j overlaps."""
-    s = ly.start(j)
-    return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
 def job_parts(
@@ -279,12 +193,18 @@ def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str
 
 
 def _streaming_cache(reader: SceneReader, bundle: Bundle, config: PredictConfig) -> Any:
-    """GDAL's block cache for one row of windows read and one block row written."""
+    """GDAL's block cache for one read of windows and what is written meanwhile, aligned to
+    blocks: the columns of one read (`p2p.infer.strips.windows_per_read`), not the scene's
+    width, so the cache does not grow with the scene (a block row shared by two rows of
+    windows may be decoded twice)."""
     tile, overlap = resolve_window(bundle.meta, config)
     rows = tile + 2 * overlap + 2 * geotiff.BLOCK
+    stride = tile - 2 * overlap
+    read = (windows_per_read(stride, config.batch_size) - 1) * stride + tile
+    columns = min(reader.grid.width, read + 2 * geotiff.BLOCK)
     source = reader.count * np.dtype(reader.dtype).itemsize
     target = int(bundle.meta.out_channels) * np.dtype(bundle.meta.target_dtype).itemsize
-    return geotiff.streaming_cache(reader.grid.width, rows, source + target)
+    return geotiff.streaming_cache(columns, rows, source + target)
 
 
 def predict_scene(
@@ -321,14 +241,13 @@ def predict_scene(
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
         model = open_translator(bundle, config)
-        partial, state = geotiff.partial_paths(output)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
-        rows_done = geotiff.rows_on_disk(partial, state, job)
-        if rows_done == 0:
+        sink = RowSink(output, job, plan.ly.size)
+        if not sink.resumed:
             names = [str(n) for n in bundle.meta.target_bands]
             geotiff.create(
-                partial,
+                sink.partial,
                 reader.grid,
                 bundle.meta.out_channels,
                 plan.dtype,
@@ -337,11 +256,10 @@ def predict_scene(
                 names,
             )
         else:
-            log.info("%s: resuming after row %d", output, rows_done)
-        sink = geotiff.RowSink(partial, state, job, plan.ly.size, rows_done)
-        _run(reader, model, plan, sink, progress)
-        geotiff.finish(partial, output, config.output_format)
-    state.unlink(missing_ok=True)
+            log.info("%s: resuming after row %d", output, sink.rows_done)
+        rows_done = sink.rows_done
+        write_strips(reader, model, plan, sink, progress)
+        sink.publish(config.output_format)
     return PredictResult(
         output=str(output),
         scene=scene.scene_id,
@@ -354,34 +272,6 @@ def predict_scene(
         resumed_rows=rows_done,
         seconds=round(time.perf_counter() - start, 3),
     )
-
-
-def _run(
-    reader: SceneReader,
-    model: WindowModel,
-    plan: _Plan,
-    sink: geotiff.RowSink,
-    progress: Progress | None,
-) -> None:
-    """Compute and write the strips from the one holding the first unwritten row."""
-    first = min(sink.rows_done // plan.ly.stride, plan.ly.count)
-    if progress:
-        progress(first, plan.ly.count)
-
-    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-        sink.add(plan.ly.centre(r)[0], _output_values(plan, acc, valid))
-        if progress:
-            progress(r + 1, plan.ly.count)
-
-    if first < plan.ly.count:
-        _strips(reader, model, plan, first, emit)
-
-
-def _output_values(plan: _Plan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
-    """A blended strip as written: `(C_out, h, width)` in the target's units and dtype, nodata
-    where the source was invalid."""
-    values = denormalize(acc, plan.target_stats, band_axis=0)
-    return geotiff.to_dtype(values, valid, plan.dtype, plan.nodata)
 
 
 def predict_rows(
@@ -423,7 +313,8 @@ def predict_rows(
         model = open_translator(bundle, config)
 
         def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-            consume(ly.centre(r)[0], _output_values(plan, acc, valid), valid)
+            consume(ly.centre(r)[0], strip_values(plan, acc, valid), valid)
 
         for run in runs:
-            _strips(reader, model, plan, run[0], emit, run[-1] + 1)
+            loop = StripLoop(ly.covering(*ly.centre(run[0])).start, run[0])
+            compute_strips(reader, model, plan, loop, emit, lambda _: None, run[-1] + 1)

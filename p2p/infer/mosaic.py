@@ -33,6 +33,7 @@ from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
+from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
 
@@ -253,17 +254,16 @@ def mosaic_scenes(
              "feather": feather, "resampling": resampling, "format": output_format},
             [fingerprint_file(p) for p in inputs],
         )  # fmt: skip
-        partial, state = geotiff.partial_paths(Path(output))
-        with geotiff.streaming_cache(grid.width, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
-            rows_done = geotiff.rows_on_disk(partial, state, job)
-            if rows_done == 0:
-                Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        # the cache holds a few windows of a row, not the row: flat in the mosaic's width
+        columns = min(grid.width, 4 * WINDOW)
+        with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
+            sink = RowSink(Path(output), job, grid.height)
+            if not sink.resumed:
                 tags = {"P2P_MOSAIC_INPUTS": str(len(aligned)), "P2P_FEATHER": str(feather)}
-                geotiff.create(partial, grid, bands, dtype, float(out_nodata), tags)
-            sink = geotiff.RowSink(partial, state, job, grid.height, rows_done)
+                geotiff.create(sink.partial, grid, bands, dtype, float(out_nodata), tags)
             _write(sink, aligned, grid, (bands, dtype, float(out_nodata)), feather, progress)
-            geotiff.finish(partial, Path(output), output_format)
-        state.unlink(missing_ok=True)
+            sink.publish(output_format)
     finally:
         for r in aligned:
             r.close()
@@ -281,7 +281,7 @@ def mosaic_scenes(
 
 
 def _write(
-    sink: geotiff.RowSink,
+    sink: RowSink,
     aligned: Sequence[SceneReader],
     grid: Grid,
     out: tuple[int, str, float],
@@ -303,5 +303,6 @@ def _write(
             if valid.any():
                 strip[:, :, col : col + core.width] = geotiff.to_dtype(values, valid, dtype, nodata)
         sink.add(row, strip)
+        sink.commit()
         if progress:
             progress(min(total, (row // WINDOW + 1) * per_row), total)

@@ -1,9 +1,10 @@
 """Writing predicted rasters: tiled, compressed GeoTIFFs written in row bands, COG conversion.
 
 Outputs are first written under a temporary name beside the final one (a sparse, tiled,
-DEFLATE-compressed GeoTIFF that is written block row by block row, each block exactly once), and
-only renamed, or converted to a Cloud Optimized GeoTIFF with rio-cogeo, when complete. Values
-are rounded and clipped into the target dtype here, so every writer agrees on units and nodata.
+DEFLATE-compressed GeoTIFF that is written block row by block row), and only renamed, or
+assembled into a Cloud Optimized GeoTIFF from its tiles (`p2p.raster.cog`), when complete.
+Values are rounded and clipped into the target dtype here, so every writer agrees on units and
+nodata.
 """
 
 from __future__ import annotations
@@ -20,19 +21,16 @@ import numpy as np
 import rasterio
 from rasterio.errors import RasterioIOError
 from rasterio.windows import Window
-from rio_cogeo.cogeo import cog_translate
-from rio_cogeo.profiles import cog_profiles
 
 from p2p.core.errors import OutputError
 from p2p.core.fsutil import (
     atomic_path,
-    atomic_write_json,
     create_temp_file,
     fsync_dir,
     fsync_file,
-    read_json,
 )
 from p2p.raster import Grid
+from p2p.raster.cog import assemble_cog
 
 log = logging.getLogger(__name__)
 
@@ -45,14 +43,14 @@ MIN_CACHE = 16 << 20
 
 
 def streaming_cache(width: int, rows: int, pixel_bytes: int) -> rasterio.Env:
-    """GDAL settings for streaming rasters through in row bands: a block cache of `rows` rows.
+    """GDAL settings for streaming rasters through in bands: a block cache of `rows` x `width`.
 
     GDAL's default cache (5% of RAM) keeps the decoded blocks of everything read or written
-    until it is full, so a streaming run's peak memory grows with the scene; the rows that one
-    band of work touches (plus block alignment) are all it needs.
+    until it is full, so a streaming run's peak memory grows with the scene; the pixels that one
+    piece of work touches (plus block alignment) are all it needs.
 
     Args:
-        width: Raster width in pixels.
+        width: Columns one piece of work reads or writes at once, in pixels.
         rows: Rows one band of work reads or writes at once, block alignment included.
         pixel_bytes: Bytes per pixel over every raster read and written together.
     """
@@ -212,7 +210,7 @@ def finish(partial: Path, final: Path, output_format: OutputFormat) -> None:
     """Publish a complete partial file under its final name (as a COG when asked)."""
     if output_format == "cog":
         with atomic_path(final, suffix=".tif") as tmp, _writing(final):
-            to_cog(partial, tmp)
+            assemble_cog(partial, tmp, BLOCK)
             check_written(tmp, name=final)
         partial.unlink()
     else:
@@ -234,81 +232,3 @@ def publishing(final: str | Path, output_format: OutputFormat) -> Iterator[Path]
         finish(work, final, output_format)
     finally:
         work.unlink(missing_ok=True)
-
-
-def to_cog(src: Path, dst: Path) -> None:
-    """Convert a GeoTIFF into a DEFLATE Cloud Optimized GeoTIFF with overviews (rio-cogeo),
-    keeping its tags and band descriptions; a temporary file on disk keeps memory bounded."""
-    with rasterio.open(src) as ds:
-        float_data = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
-    dst_profile: dict[str, Any] = dict(cog_profiles.get("deflate"))  # type: ignore[no-untyped-call]
-    dst_profile.update(blockxsize=BLOCK, blockysize=BLOCK, predictor=3 if float_data else 2)
-    cog_translate(
-        str(src),
-        str(dst),
-        dst_profile,
-        overview_resampling="average",
-        in_memory=False,
-        quiet=True,
-        forward_band_tags=True,
-        use_cog_driver=False,
-    )
-
-
-class RowSink:
-    """Collects finished rows and writes them to the partial file one block row at a time,
-    recording progress in the state file after each write.
-
-    Args:
-        partial: The partial GeoTIFF (already created).
-        state: The sidecar state file.
-        job: Fingerprint of the run; a state with another job is not resumed.
-        height: Scene rows.
-        rows_done: Rows already on disk (a multiple of the block side, or `height`).
-    """
-
-    def __init__(self, partial: Path, state: Path, job: str, height: int, rows_done: int) -> None:
-        self.partial, self.state, self.job, self.height = partial, state, job, height
-        self.rows_done = rows_done
-        self._pending: list[np.ndarray] = []
-        self._pending_rows = 0
-
-    def add(self, row_off: int, rows: np.ndarray) -> None:
-        """Take `(C, h, width)` rows starting at `row_off`; rows already on disk are skipped."""
-        end = row_off + rows.shape[1]
-        if end <= self.rows_done:
-            return
-        if row_off < self.rows_done:
-            rows = rows[:, self.rows_done - row_off :]
-        self._pending.append(rows)
-        self._pending_rows += rows.shape[1]
-        top = self.rows_done + self._pending_rows
-        ready = self.height if top >= self.height else top // BLOCK * BLOCK
-        if ready > self.rows_done:
-            block = np.concatenate(self._pending, axis=1)
-            n = ready - self.rows_done
-            write_rows(self.partial, block[:, :n], self.rows_done)
-            self.rows_done = ready
-            self._pending = [block[:, n:]] if n < block.shape[1] else []
-            self._pending_rows = block.shape[1] - n
-            atomic_write_json(self.state, {"job": self.job, "rows_done": self.rows_done})
-
-
-def partial_paths(output: Path) -> tuple[Path, Path]:
-    """The partial file and the state file of an output being written."""
-    return (
-        output.with_name(f".{output.name}.partial.tif"),
-        output.with_name(f".{output.name}.state.json"),
-    )
-
-
-def rows_on_disk(partial: Path, state: Path, job: str) -> int:
-    """Rows a previous run of the same job left finished, or 0 (discarding foreign leftovers)."""
-    if partial.is_file() and state.is_file():
-        with contextlib.suppress(ValueError, OSError):
-            record = read_json(state)
-            if record.get("job") == job:
-                return int(record["rows_done"])
-    for leftover in (partial, state):
-        leftover.unlink(missing_ok=True)
-    return 0
