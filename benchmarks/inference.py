@@ -37,7 +37,7 @@ from affine import Affine
 
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer.inference import predict_scene
-from p2p.infer.translator import Translator, pick_device
+from p2p.infer.translator import DihedralMean, Translator, WindowModel, pick_device
 from p2p.infer.windows import AxisLayout, axis_layout
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
@@ -90,14 +90,14 @@ def scene_windows(scene: Path, stats: BandStats, layout: AxisLayout) -> list[np.
     ]
 
 
-def bare_forward(model: Translator, rows: list[np.ndarray], batch: int) -> float:
+def bare_forward(model: WindowModel, rows: list[np.ndarray], batch: int) -> float:
     """Seconds to run the windows through the model in the batches `predict_scene` uses
     (each row of windows cut into batches of `batch`), with no I/O and no blending."""
     start = time.perf_counter()
     for row in rows:
         for b0 in range(0, len(row), batch):
             model(np.ascontiguousarray(row[b0 : b0 + batch]))
-    if model.cuda:
+    if torch.cuda.is_initialized():
         torch.cuda.synchronize()
     return time.perf_counter() - start
 
@@ -110,12 +110,14 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
     for overlap in (0, args.overlap):
         config = PredictConfig(
             tile_size=args.tile, overlap=overlap, batch_size=args.batch,
-            output_format="gtiff", device=args.device, tta=False,  # one forward per window
+            output_format="gtiff", device=args.device, tta=args.tta,
         )  # fmt: skip
         layout = axis_layout(side, args.tile, overlap, multiple, "cosine")
         rows_of_windows = scene_windows(scene, stats, layout)
         windows = layout.count**2
-        model = Translator(bundle.generator, pick_device(args.device))
+        model: WindowModel = Translator(bundle.generator, pick_device(args.device))
+        if args.tta:  # the same 8 forwards per window in both columns
+            model = DihedralMean(model)
         bare_forward(model, rows_of_windows, args.batch)  # warm-up: every batch shape once
         bares, e2es = [], []
         for _ in range(args.repeat):  # interleaved, best of each: robust to a busy machine
@@ -188,6 +190,7 @@ def main() -> None:
     parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     parser.add_argument("--repeat", type=int, default=3, help="Timed runs (best is kept).")
     parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
+    parser.add_argument("--tta", action="store_true", help="Throughput with 8 forwards a window.")
     parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
     modes = ["gtiff", "cog", "cli"]
     parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
