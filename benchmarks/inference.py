@@ -192,6 +192,7 @@ def main() -> None:
     parser.add_argument("--rss-side", type=int, default=512, help="Side of the 1x RSS scene.")
     parser.add_argument("--tta", action="store_true", help="Throughput with 8 forwards a window.")
     parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
+    parser.add_argument("--skip-rss", action="store_true", help="Throughput only.")
     modes = ["gtiff", "cog", "cli"]
     parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
                         help="What the RSS rows measure (cli: p2p predict).")  # fmt: skip
@@ -220,6 +221,8 @@ def main() -> None:
             print("|---|---|---|---|---|---|---|")
             for row in compare(folder / "model", folder / "scene.tif", args.side, args):
                 print(row)
+        if args.skip_rss:
+            return
         print(f"\npeak memory (VmHWM) of predict_scene and of `p2p predict` (COG; the predict and "
               f"mosaic stages), overlap {args.overlap}, one process each:")  # fmt: skip
         print("| area | scene | GeoTIFF MB | vs 1x | COG MB | vs 1x | p2p predict MB | vs 1x |")
