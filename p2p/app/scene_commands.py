@@ -1,0 +1,230 @@
+"""The `p2p` commands that work on scenes with a model bundle: `predict`, `export`, `evaluate`.
+
+They register on the one Typer `app` of `p2p.app.cli` and run through its `guard` (one error
+line, exit code 1); heavy modules are imported inside the commands, after the arguments are
+checked.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import typer
+
+from p2p.app.cli import app, check_output_path, guard, print_json
+
+
+def workspace_path(path: str) -> str:
+    """A workspace option: an ``s3://`` prefix as given, a folder made absolute."""
+    from p2p.core import storage
+
+    return path if storage.is_remote(path) else str(Path(path).absolute())
+
+
+#: `predict` options by the PredictConfig field they set.
+_OPTION_NAMES = {
+    "tile_size": "--tile-size",
+    "overlap": "--overlap",
+    "batch_size": "--batch-size",
+    "device": "--device",
+    "blend": "--blend",
+    "output_format": "--format",
+    "nodata": "--nodata",
+}
+
+
+def _scene_option(spec: str) -> Any:
+    """The scene of one `--input` value (a raster, or band files joined by commas).
+
+    Raises:
+        ConfigError: the value names no file.
+    """
+    from pydantic import ValidationError
+
+    from p2p.core.config import SceneConfig
+    from p2p.core.errors import ConfigError
+
+    try:
+        return SceneConfig.model_validate({"source": spec})
+    except ValidationError as exc:
+        raise ConfigError("--input", f"{spec!r}: {exc.errors()[0]['msg']}") from None
+
+
+def _scene_progress(label: str) -> Any:
+    """A rich progress bar on stderr (stdout stays clean for --json); drawn only on a
+    terminal, so an error after work started is the only line a log or pipe receives."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+    return Progress(
+        f"[bold]{label}[/bold] {{task.description}}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=Console(stderr=True),
+        transient=False,
+        disable=not sys.stderr.isatty(),
+    )
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", help="Model bundle folder."),
+    inputs: list[str] = typer.Option(
+        ..., "--input", help="Source scene: a raster or comma-joined band files (repeatable)."
+    ),
+    output: str = typer.Option(..., "--output", help="Prediction (one input) or mosaic."),
+    workspace: str | None = typer.Option(
+        None, "--workspace", help="Stage cache folder (default: .p2p-work beside the output)."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
+    nodata: float | None = typer.Option(None, "--nodata", help="Source nodata override."),
+    tile_size: int | None = typer.Option(
+        None, "--tile-size", help="Window side in pixels (default: the model's chip size)."
+    ),
+    overlap: int | None = typer.Option(
+        None, "--overlap", help="Overlap on each side of a window (default: window / 8)."
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", help="Windows per forward pass."),
+    device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
+    blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
+    output_format: str = typer.Option("cog", "--format", help="gtiff or cog."),
+    runtime: str = typer.Option(
+        "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
+    ),
+    tta: bool | None = typer.Option(
+        None,
+        "--tta/--no-tta",
+        help="Average each window over its 8 flips and quarter turns (8x the compute; "
+        "default: predict.tta's default).",
+    ),
+) -> None:
+    """Translate one scene, or several scenes into one mosaic, with a model bundle.
+
+    Runs the prediction stages of the `batch_predict` flow (same keys, same artifacts) without
+    Prefect, cached in a workspace: a rerun reuses finished scenes and resumes a killed one.
+    """
+
+    def body() -> None:
+        import time
+
+        from pydantic import ValidationError
+
+        from p2p.core import storage
+        from p2p.core.config import MosaicConfig, PredictConfig
+        from p2p.core.errors import ConfigError
+
+        start = time.perf_counter()
+        try:
+            config = PredictConfig.model_validate(
+                {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
+                 "device": device, "blend": blend, "output_format": output_format,
+                 "nodata": nodata, "runtime": runtime}
+                | ({} if tta is None else {"tta": tta})
+            )  # fmt: skip
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            field = str(err["loc"][0]) if err["loc"] else "predict"
+            raise ConfigError(_OPTION_NAMES.get(field, field), err["msg"]) from None
+        scenes = [_scene_option(spec) for spec in inputs]
+        check_output_path(output)
+        # the bad input above is refused before torch and GDAL are imported (a second saved)
+        from p2p.infer.inference import resolve_window
+        from p2p.model.bundle import read_meta
+        from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
+
+        resolve_window(read_meta(model)[0], config)
+        ws = str(default_workspace(output) if workspace is None else workspace_path(workspace))
+        job = PredictionJob(ws, model, scenes, config, MosaicConfig())
+        with _scene_progress("predict") as bars:
+
+            def progress(name: str) -> Callable[[int, int], None]:
+                task = bars.add_task(name, total=None)
+                return lambda done, total: bars.update(task, completed=done, total=total)
+
+            stages = predict_in_process(job, output, progress)
+        record = {
+            "output": output if storage.is_remote(output) else str(Path(output).absolute()),
+            "scenes": len(scenes),
+            "workspace": ws,
+            "stages": {name: r.key for name, r in stages.items()},
+            "seconds": round(time.perf_counter() - start, 3),
+        }
+        if as_json:
+            print_json(record)
+        else:
+            typer.echo(f"wrote {record['output']}")
+
+    guard(body)
+
+
+@app.command()
+def export(
+    model: str = typer.Option(..., "--model", help="Model bundle folder."),
+    as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
+) -> None:
+    """Write the bundle's generator as model.onnx (for `p2p predict --runtime onnx`)."""
+
+    def body() -> None:
+        from p2p.infer.onnxbundle import export_onnx
+
+        path = export_onnx(model)
+        if as_json:
+            print_json({"onnx": str(path), "bytes": path.stat().st_size})
+        else:
+            typer.echo(f"wrote {path}")
+
+    guard(body)
+
+
+@app.command()
+def evaluate(
+    prediction: str = typer.Option(..., "--prediction", help="Predicted raster."),
+    target: str = typer.Option(..., "--target", help="Reference raster or comma-joined bands."),
+    target_bands: list[int] | None = typer.Option(
+        None, "--target-bands", help="1-based reference band (repeatable)."
+    ),
+    error_map: str | None = typer.Option(None, "--error-map", help="Write |error| here."),
+    as_json: bool = typer.Option(False, "--json", help="Print the metrics as JSON."),
+    model: str | None = typer.Option(
+        None, "--model", help="The model bundle: score its baselines beside it (needs --source)."
+    ),
+    source: str | None = typer.Option(
+        None, "--source", help="The source scene predicted (a raster or comma-joined bands)."
+    ),
+) -> None:
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band); with
+    --model and --source, also the constant-mean and linear baselines on the same pixels."""
+
+    def body() -> None:
+        from p2p.core.config import SceneConfig
+        from p2p.core.errors import ConfigError
+        from p2p.infer.evaluation import evaluate as run_evaluation
+        from p2p.infer.report import skill_line
+        from p2p.model.bundle import read_meta
+
+        if error_map is not None:
+            check_output_path(error_map)
+        if (model is None) != (source is None):
+            raise ConfigError("--model/--source", "give both to score the baselines, or neither")
+        meta = read_meta(model)[0] if model else None
+        files = SceneConfig.model_validate({"source": source}).source if source else None
+        record = run_evaluation(
+            prediction, target, error_map, target_bands=target_bands or None, model=meta,
+            source=files,
+        )  # fmt: skip
+        if as_json:
+            print_json(record)
+            return
+        for band in [*record["bands"], {"name": "overall", **record["overall"]}]:
+            cells = [
+                f"{k}={band[k]:.4g}" for k in ("mae", "rmse", "psnr", "ssim") if band[k] is not None
+            ]
+            typer.echo(f"{band['name']}: " + " ".join(cells))
+        if "baselines" in record:
+            typer.echo(skill_line(record))
+
+    guard(body)
