@@ -38,10 +38,11 @@ from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
 from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
+from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import score_batches
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
-from p2p.model.training import TrainProgress, train
+from p2p.model.training import train
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.evaluate import run as evaluate_stage
 from p2p.stages.tile import run as tile_stage

@@ -19,10 +19,11 @@ from synthetic import SyntheticPairs, target_function
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import CheckpointError, InputError
 from p2p.model.augment import augment_pair, dihedral
+from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import lr_factor
-from p2p.model.training import TrainProgress, load_generator, train
+from p2p.model.training import load_generator, train
 
 
 def iter_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:

@@ -3,7 +3,8 @@
 Read `train_step` against the paper: one generator forward, a discriminator step on the halved
 BCE loss, then a generator step on BCE + λ·L1 (L1 over valid pixels only). Around it, `train`
 runs epochs with Adam and a constant-then-linear-decay learning rate, validates in target units,
-writes a preview and `metrics.jsonl` line, and checkpoints everything each epoch.
+writes a preview and `metrics.jsonl` line, and checkpoints everything each epoch (one epoch's
+steps, validation and BatchNorm statistics: `p2p.model.epoch`).
 
 Exact resume: every epoch reseeds all RNGs from (seed, epoch), and a checkpoint holds the
 complete state at an epoch boundary, so a run killed anywhere and restarted ends with the same
@@ -16,18 +17,15 @@ runs on a bare GPU box.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, cast
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -41,32 +39,27 @@ from p2p.model.checkpoint import (
     restore_rng,
     save_checkpoint,
 )
-from p2p.model.metrics import score_batches
+from p2p.model.epoch import (
+    Sample,
+    TrainProgress,
+    recompute_batchnorm,
+    seed_epoch,
+    seed_worker,
+    train_epoch,
+    validate,
+    write_epoch_preview,
+)
 from p2p.model.networks import UNetGenerator, build_generator
 from p2p.model.normalization import BandStats
-from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, build_pix2pix, select_device, train_step
-from p2p.model.preview import comparison_rows, write_preview
+from p2p.model.pix2pix import Pix2Pix, build_pix2pix, select_device
 
 if TYPE_CHECKING:
     from p2p.core.config import ModelConfig, TrainConfig
 
 log = logging.getLogger(__name__)
 
-Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 #: The best validation epoch so far: epoch, mae, metrics, generator (CPU state dict), or None.
 Best = dict[str, Any] | None
-PROGRESS_INTERVAL_S = 0.5  # progress reports cost a device sync; at most ~2 per second
-
-
-@dataclass(frozen=True)
-class TrainProgress:
-    """A progress report: where the run is and its running mean losses this epoch."""
-
-    epoch: int  # 1-based
-    epochs: int  # total, including decay epochs
-    step: int  # 1-based within the epoch
-    steps_per_epoch: int
-    losses: dict[str, float]  # LOSS_NAMES → running mean this epoch
 
 
 @dataclass(frozen=True)
@@ -105,110 +98,6 @@ class TrainResult:
             device,
             best=self.keep == "best",
         )
-
-
-def _seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
-    """Seed every RNG from (seed, epoch) alone, so an epoch draws the same wherever it starts."""
-    digest = hashlib.sha256(f"p2p-train:{seed}:{epoch}".encode()).digest()
-    s = int.from_bytes(digest[:8], "little") >> 1
-    random.seed(s)
-    np.random.seed(s % 2**32)
-    torch.manual_seed(s)
-    loader_gen.manual_seed(s)
-
-
-def _seed_worker(worker_id: int) -> None:
-    """DataLoader workers: seed numpy and random from torch's per-worker seed."""
-    s = torch.initial_seed() % 2**32
-    np.random.seed(s)
-    random.seed(s)
-
-
-def _named(values: torch.Tensor) -> dict[str, float]:
-    return dict(zip(LOSS_NAMES, values.tolist(), strict=True))
-
-
-def _train_epoch(
-    run: Pix2Pix,
-    loader: DataLoader[Sample],
-    epoch: int,
-    epochs: int,
-    lam: float,
-    progress: Callable[[TrainProgress], None] | None,
-    adversarial: bool = True,
-    ema_epochs: float = 0.0,
-) -> dict[str, float]:
-    """Step through one epoch (L1 only when not `adversarial`), moving the weight average
-    after every step; returns the mean losses."""
-    run.g.train()
-    run.d.train()
-    sums = torch.zeros(len(LOSS_NAMES), device=run.device)
-    steps, last_report = len(loader), 0.0
-    decay = max(0.0, 1.0 - 1.0 / (ema_epochs * steps)) if ema_epochs > 0 else 0.0
-    for step, batch in enumerate(loader, 1):
-        x, y, valid = run.to_device(*batch)
-        sums += train_step(run, x, y, valid, lam, adversarial)
-        run.update_ema(decay)
-        now = time.monotonic()
-        if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
-            last_report = now
-            progress(TrainProgress(epoch, epochs, step, steps, _named(sums / step)))
-    return _named(distributed.mean_across_ranks(sums / max(steps, 1)))
-
-
-@torch.no_grad()
-def _validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dict[str, Any]:
-    """Validation metrics in target units (eval mode: BatchNorm running stats, no dropout) of
-    the generator that would be bundled (`Pix2Pix.g_eval`)."""
-    generator = run.g_eval.eval()
-
-    def translate(x: torch.Tensor) -> torch.Tensor:
-        with run.autocast():
-            fake: torch.Tensor = generator(run.to_device(x)[0])
-        return fake
-
-    return score_batches(loader, translate, stats)
-
-
-@torch.no_grad()
-def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -> None:
-    """Replace the generator's BatchNorm running statistics by exact ones: the plain average
-    over every training chip of the batch statistics the current weights produce.
-
-    Running averages (momentum 0.1) over a few small batches lag the weights and are noisy, and
-    eval-mode inference uses them everywhere; measured on Landsat (benchmarks/quality.py) they
-    cost more than the model gained. Dropout stays off, as at inference. Deterministic: chips
-    in order, no RNG drawn, so an exact resume still holds.
-    """
-    generator = run.g_eval
-    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
-    if not norms:
-        return
-    generator.eval()
-    momenta = [m.momentum for m in norms]
-    for m in norms:
-        m.reset_running_stats()
-        m.momentum = None  # cumulative average over the passes below
-        m.train()
-    for x, _, _ in DataLoader(chips, batch_size=batch_size):
-        with run.autocast():
-            generator(run.to_device(x)[0])
-    for m, momentum in zip(norms, momenta, strict=True):
-        m.momentum = momentum
-    generator.eval()
-
-
-@torch.no_grad()
-def _preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> None:
-    """Write source | generated | target | error for the first `chips` validation chips."""
-    samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
-    if not samples:
-        return
-    generator = run.g_eval.eval()
-    x = run.to_device(torch.stack([s[0] for s in samples]))[0]
-    with run.autocast():
-        fake = generator(x).float().cpu()
-    write_preview(path, comparison_rows(samples, fake))
 
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
@@ -318,7 +207,7 @@ def _loaders(
         batch_size=cfg.batch_size,
         sampler=distributed.sampler(train_set, cfg.seed),  # this rank's shard, per-epoch order
         generator=run.loader_gen,
-        worker_init_fn=_seed_worker,
+        worker_init_fn=seed_worker,
         **common,
     )
     if val_set is None or len(cast(Sized, val_set)) == 0:
@@ -345,14 +234,14 @@ def _run_epoch(
         (validation metrics, checkpoint, best epoch so far).
     """
     t0 = time.monotonic()
-    _seed_epoch(cfg.seed, epoch, run.loader_gen)
+    seed_epoch(cfg.seed, epoch, run.loader_gen)
     cast(DistributedSampler[Sample], loader.sampler).set_epoch(epoch)
     set_epoch = getattr(loader.dataset, "set_epoch", None)
     if callable(set_epoch):  # datasets that draw augmentations per epoch (ChipDataset)
         set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
     adversarial = epoch > cfg.warmup_epochs
-    losses = _train_epoch(
+    losses = train_epoch(
         run, loader, epoch, total, cfg.lambda_l1, progress, adversarial, cfg.ema_epochs
     )
     run.sched_g.step()
@@ -363,10 +252,10 @@ def _run_epoch(
     if not distributed.current().main:  # rank 0 validates and writes; the others go on
         return metrics, checkpoint_path(out_dir / "checkpoints", epoch), best
     if val_loader is not None and val_set is not None:
-        metrics = _validate(run, val_loader, target_stats)
+        metrics = validate(run, val_loader, target_stats)
         if cfg.preview_chips:
             preview = out_dir / "previews" / f"epoch_{epoch:04d}.png"
-            _preview(run, val_set, cfg.preview_chips, preview)
+            write_epoch_preview(run, val_set, cfg.preview_chips, preview)
     seconds = time.monotonic() - t0
     record = {"epoch": epoch, "lr": lr, **losses, **_flat(metrics), "seconds": seconds}
     # the metrics line goes first: a crash before the checkpoint leaves a line that resume drops

@@ -76,7 +76,7 @@ def run(
 
     def build(folder: Path) -> dict[str, Any]:
         from p2p.model.baselines import with_baselines
-        from p2p.model.training import TrainProgress
+        from p2p.model.epoch import TrainProgress
         from p2p.model.training import train as train_loop
         from p2p.model.world import world_size
         from p2p.stages.train_worker import datasets, linear_anchor, train_on_ranks

@@ -1,0 +1,146 @@
+"""One epoch of Pix2Pix training and what is measured at its end (torch and numpy only).
+
+`train_epoch` steps through the shuffled chips (`p2p.model.pix2pix.train_step`), `validate`
+scores the generator that would be bundled in target units, `recompute_batchnorm` replaces
+BatchNorm's running statistics by exact ones over the training chips, and `write_epoch_preview`
+draws the first validation chips. `seed_epoch` reseeds every RNG from (seed, epoch) alone, which
+is what makes a resumed run bit-identical (`p2p.model.training`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import time
+from collections.abc import Callable, Sized
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, cast
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+import p2p.model.distributed as distributed
+from p2p.model.metrics import score_batches
+from p2p.model.normalization import BandStats
+from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, train_step
+from p2p.model.preview import comparison_rows, write_preview
+
+Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+PROGRESS_INTERVAL_S = 0.5  # progress reports cost a device sync; at most ~2 per second
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """A progress report: where the run is and its running mean losses this epoch."""
+
+    epoch: int  # 1-based
+    epochs: int  # total, including decay epochs
+    step: int  # 1-based within the epoch
+    steps_per_epoch: int
+    losses: dict[str, float]  # LOSS_NAMES → running mean this epoch
+
+
+def seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
+    """Seed every RNG from (seed, epoch) alone, so an epoch draws the same wherever it starts."""
+    digest = hashlib.sha256(f"p2p-train:{seed}:{epoch}".encode()).digest()
+    s = int.from_bytes(digest[:8], "little") >> 1
+    random.seed(s)
+    np.random.seed(s % 2**32)
+    torch.manual_seed(s)
+    loader_gen.manual_seed(s)
+
+
+def seed_worker(worker_id: int) -> None:
+    """DataLoader workers: seed numpy and random from torch's per-worker seed."""
+    s = torch.initial_seed() % 2**32
+    np.random.seed(s)
+    random.seed(s)
+
+
+def named_losses(values: torch.Tensor) -> dict[str, float]:
+    return dict(zip(LOSS_NAMES, values.tolist(), strict=True))
+
+
+def train_epoch(
+    run: Pix2Pix,
+    loader: DataLoader[Sample],
+    epoch: int,
+    epochs: int,
+    lam: float,
+    progress: Callable[[TrainProgress], None] | None,
+    adversarial: bool = True,
+    ema_epochs: float = 0.0,
+) -> dict[str, float]:
+    """Step through one epoch (L1 only when not `adversarial`), moving the weight average
+    after every step; returns the mean losses."""
+    run.g.train()
+    run.d.train()
+    sums = torch.zeros(len(LOSS_NAMES), device=run.device)
+    steps, last_report = len(loader), 0.0
+    decay = max(0.0, 1.0 - 1.0 / (ema_epochs * steps)) if ema_epochs > 0 else 0.0
+    for step, batch in enumerate(loader, 1):
+        x, y, valid = run.to_device(*batch)
+        sums += train_step(run, x, y, valid, lam, adversarial)
+        run.update_ema(decay)
+        now = time.monotonic()
+        if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
+            last_report = now
+            progress(TrainProgress(epoch, epochs, step, steps, named_losses(sums / step)))
+    return named_losses(distributed.mean_across_ranks(sums / max(steps, 1)))
+
+
+@torch.no_grad()
+def validate(run: Pix2Pix, loader: DataLoader[Sample], stats: BandStats) -> dict[str, Any]:
+    """Validation metrics in target units (eval mode: BatchNorm running stats, no dropout) of
+    the generator that would be bundled (`Pix2Pix.g_eval`)."""
+    generator = run.g_eval.eval()
+
+    def translate(x: torch.Tensor) -> torch.Tensor:
+        with run.autocast():
+            fake: torch.Tensor = generator(run.to_device(x)[0])
+        return fake
+
+    return score_batches(loader, translate, stats)
+
+
+@torch.no_grad()
+def recompute_batchnorm(run: Pix2Pix, chips: Dataset[Sample], batch_size: int) -> None:
+    """Replace the generator's BatchNorm running statistics by exact ones: the plain average
+    over every training chip of the batch statistics the current weights produce.
+
+    Running averages (momentum 0.1) over a few small batches lag the weights and are noisy, and
+    eval-mode inference uses them everywhere; measured on Landsat (benchmarks/quality.py) they
+    cost more than the model gained. Dropout stays off, as at inference. Deterministic: chips
+    in order, no RNG drawn, so an exact resume still holds.
+    """
+    generator = run.g_eval
+    norms = [m for m in generator.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    if not norms:
+        return
+    generator.eval()
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over the passes below
+        m.train()
+    for x, _, _ in DataLoader(chips, batch_size=batch_size):
+        with run.autocast():
+            generator(run.to_device(x)[0])
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    generator.eval()
+
+
+@torch.no_grad()
+def write_epoch_preview(run: Pix2Pix, val_set: Dataset[Sample], chips: int, path: Path) -> None:
+    """Write source | generated | target | error for the first `chips` validation chips."""
+    samples = [val_set[i] for i in range(min(chips, len(cast(Sized, val_set))))]
+    if not samples:
+        return
+    generator = run.g_eval.eval()
+    x = run.to_device(torch.stack([s[0] for s in samples]))[0]
+    with run.autocast():
+        fake = generator(x).float().cpu()
+    write_preview(path, comparison_rows(samples, fake))
