@@ -26,9 +26,8 @@ import pandas as pd
 import pytest
 import rasterio
 import typer
-from typer.testing import CliRunner
 
-from p2p.app.cli import app, guard
+from p2p.app.cli import guard
 from p2p.core.cache import read_manifest
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.data import chipstore
@@ -40,6 +39,7 @@ from tests.faultkit import (
     ROOT,
     assert_failed_cleanly,
     assert_one_line_error,
+    cli_in_process,
     finished_looking,
     leftovers,
     write_scene,
@@ -159,7 +159,7 @@ def test_disk_full_while_publishing_a_prediction(
     args = ["predict", "--model", model, "--input", scene, "--output", out, *PREDICT_OPTS]
     args[args.index("gtiff")] = fmt
     attempts = _fail_replace_onto(monkeypatch, "pred.tif", errno.ENOSPC)
-    result = CliRunner().invoke(app, [str(a) for a in args])
+    result = cli_in_process(args)
     assert attempts, "the publishing rename was never tried"
     line = assert_one_line_error(result.exit_code, result.stderr, out)
     assert "No space left on device" in line and "rerun to resume" in line
@@ -167,7 +167,7 @@ def test_disk_full_while_publishing_a_prediction(
     trusted = finished_looking(out.parent)
     assert not out.exists() and all(f.startswith(".p2p-work/") for f in trusted), trusted
     monkeypatch.undo()
-    again = CliRunner().invoke(app, [str(a) for a in args])
+    again = cli_in_process(args)
     assert again.exit_code == 0, again.stderr
     with rasterio.open(out) as ds:
         assert ds.read(1).any()
@@ -204,7 +204,7 @@ def test_read_only_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 
     monkeypatch.setattr(os, "open", open_)
     args = ["evaluate", "--prediction", pred, "--target", pred, "--error-map", error_map]
-    line = assert_failed_cleanly(CliRunner().invoke(app, [str(a) for a in args]), error_map.parent)
+    line = assert_failed_cleanly(cli_in_process(args), error_map.parent)
     assert "Read-only file system" in line
     assert leftovers(error_map.parent) == []
 

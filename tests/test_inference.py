@@ -17,9 +17,7 @@ import pytest
 import rasterio
 import torch
 from rio_cogeo.cogeo import cog_validate
-from typer.testing import CliRunner
 
-from p2p.app.cli import app
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.infer import strips
@@ -28,6 +26,7 @@ from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, denormalize, normalize
 from p2p.stages.predict import run as predict_stage
+from tests.faultkit import assert_one_line_error, cli
 from tests.rasters import write_geotiff
 
 SOURCE_STATS = BandStats(mean=(100.0, 50.0), std=(30.0, 20.0), low=(0.0, 0.0), high=(200.0, 100.0))
@@ -331,50 +330,23 @@ def test_cli_predicts_one_scene_or_a_mosaic_of_several(tmp_path: Path) -> None:
     _write_unet_bundle(model_dir)
     a, _ = _source(tmp_path / "a.tif", 40, 48)
     b, _ = _source(tmp_path / "b.tif", 40, 48)
-    runner = CliRunner()
-    base = [
-        "predict",
-        "--model",
-        str(model_dir),
-        "--tile-size",
-        "32",
-        "--overlap",
-        "4",
-        "--format",
-        "gtiff",
-        "--json",
-    ]
-    one = runner.invoke(app, [*base, "--input", str(a), "--output", str(tmp_path / "one.tif")])
-    assert one.exit_code == 0, one.output
+    base = ["predict", "--model", model_dir, "--tile-size", 32, "--overlap", 4,
+            "--format", "gtiff", "--json"]  # fmt: skip
+    one = cli([*base, "--input", a, "--output", tmp_path / "one.tif"])  # the installed p2p
+    assert one.returncode == 0, one.stderr
     record: dict[str, Any] = json.loads(one.stdout.strip().splitlines()[-1])
     assert record["scenes"] == 1 and Path(record["output"]).is_file()
-    two = runner.invoke(
-        app, [*base, "--input", str(a), "--input", str(b), "--output", str(tmp_path / "two.tif")]
-    )
-    assert two.exit_code == 0, two.output
+    two = cli([*base, "--input", a, "--input", b, "--output", tmp_path / "two.tif"])
+    assert two.returncode == 0, two.stderr
     assert json.loads(two.stdout.strip().splitlines()[-1])["scenes"] == 2
     with rasterio.open(tmp_path / "one.tif") as o, rasterio.open(tmp_path / "two.tif") as m:
         np.testing.assert_array_equal(o.read(), m.read())  # same footprint: the same pixels
     assert not list(tmp_path.glob(".two.tif*"))
-    bad = runner.invoke(
-        app, [*base, "--input", str(tmp_path / "x.tif"), "--output", str(tmp_path / "bad.tif")]
-    )
-    assert bad.exit_code == 1
-    assert bad.stderr.strip().splitlines() == [f"error: {tmp_path / 'x.tif'}: file not found"]
+    bad = cli([*base, "--input", tmp_path / "x.tif", "--output", tmp_path / "bad.tif"])
+    assert bad.returncode == 1
+    assert bad.stderr == f"error: {tmp_path / 'x.tif'}: file not found\n"
     assert not list(tmp_path.glob("*bad.tif*"))
-    cfg = runner.invoke(
-        app,
-        [
-            "predict",
-            "--model",
-            str(model_dir),
-            "--input",
-            str(a),
-            "--output",
-            str(tmp_path / "bad.tif"),
-            "--overlap",
-            "300",
-        ],
-    )
-    assert cfg.exit_code == 1 and cfg.stderr.count("\n") == 1
-    assert cfg.stderr.startswith("error: ") and "overlap" in cfg.stderr
+    cfg = cli(["predict", "--model", model_dir, "--input", a, "--output", tmp_path / "bad.tif",
+               "--overlap", 300])  # fmt: skip
+    assert cfg.returncode == 1
+    assert_one_line_error(cfg.returncode, cfg.stderr, "overlap")

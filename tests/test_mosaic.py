@@ -158,19 +158,15 @@ mosaic_scenes([a, b], out, MosaicConfig(), output_format=fmt, feather=16, progre
 def test_killed_mosaic_resumes_by_strip_bit_identical(tmp_path: Path, fmt: str) -> None:
     # two overlapping tall scenes: a 3-strip mosaic (strips of 512 rows)
     ta, tb = Affine(RES, 0, 500000, 0, -RES, 5200000), Affine(RES, 0, 505000, 0, -RES, 5190000)
-    a = write_geotiff(
-        tmp_path / "a.tif",
-        _field("EPSG:32632", ta, 1100, 90, 0.0),
-        crs="EPSG:32632",
-        transform=ta,
-        nodata=NODATA,
-    )
-    b = write_geotiff(
-        tmp_path / "b.tif",
-        _field("EPSG:32632", tb, 1100, 90, 20.0),
-        crs="EPSG:32632",
-        transform=tb,
-        nodata=NODATA,
+    a, b = (
+        write_geotiff(
+            tmp_path / f"{name}.tif",
+            _field("EPSG:32632", t, 1100, 90, offset),
+            crs="EPSG:32632",
+            transform=t,
+            nodata=NODATA,
+        )
+        for name, t, offset in (("a", ta, 0.0), ("b", tb, 20.0))
     )
 
     def run(out: Path, kill_after: int) -> subprocess.CompletedProcess[str]:

@@ -15,9 +15,7 @@ import pystac
 import pytest
 import torch
 from distributed import Client, LocalCluster
-from typer.testing import CliRunner
 
-from p2p.app.cli import app
 from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, StacRef, TilingConfig
 from p2p.core.errors import BundleError
@@ -90,8 +88,8 @@ def test_cli_predicts_from_and_to_a_bucket_with_the_local_bytes(s3: Any, tmp_pat
     src, _ = _source(tmp_path / "scene.tif", 70, 90)
     scene = s3.put(src, s3.url("in/scene.tif"))
     args = ["--model", str(tmp_path / "model"), "--input", str(src), "--output"]
-    local = CliRunner().invoke(app, [*BASE, *args, str(tmp_path / "o.tif")])
-    assert local.exit_code == 0, local.output
+    local = cli([*BASE, *args, tmp_path / "o.tif"])  # the installed p2p
+    assert local.returncode == 0, local.stderr
     out, ws = s3.url("out/scene.tif"), str(tmp_path / "ws")
     remote = subprocess.run(  # the installed command, as a user runs it
         [P2P, *BASE, "--model", model, "--input", scene, "--output", out, "--workspace", ws],
