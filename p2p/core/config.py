@@ -8,145 +8,22 @@ here, before any work starts.
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Literal
 
 from pydantic import (
-    BaseModel,
-    BeforeValidator,
-    ConfigDict,
     Field,
-    ValidationInfo,
-    WithJsonSchema,
     field_validator,
     model_validator,
 )
 
-
-class _Config(BaseModel):
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-
-def _as_list(value: Any) -> Any:
-    """Accept one path, a comma-joined list of band files, or a list of paths."""
-    if isinstance(value, str | Path):
-        return [part.strip() for part in str(value).split(",") if part.strip()]
-    return value
+from p2p.core.scenes import ExportTilesConfig as ExportTilesConfig
+from p2p.core.scenes import FrozenConfig
+from p2p.core.scenes import SceneConfig as SceneConfig
+from p2p.core.scenes import StacRef as StacRef
+from p2p.core.scenes import TrainingScene as TrainingScene
 
 
-#: Files of one scene side: a path, band files joined by commas, or a list of paths; always a
-#: list once validated. The JSON schema (the Prefect deployment's parameter schema, checked by
-#: the server and rendered by the UI form) accepts what YAML accepts: a string or a list.
-Paths = Annotated[
-    list[str],
-    BeforeValidator(_as_list),
-    WithJsonSchema({"anyOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}]}),
-]
-
-
-class StacRef(_Config):
-    """A STAC Item (or ItemCollection) and the assets to stack, in order, as bands."""
-
-    stac: str = Field(
-        description="Item or ItemCollection JSON: a path (relative to the config file) or a "
-        "URL (s3://, https://)."
-    )
-    assets: list[str] = Field(
-        min_length=1, description="Asset keys stacked in order as bands, e.g. [B02, B03, B04]."
-    )
-
-
-def _base(info: ValidationInfo) -> Path | None:
-    """The folder relative paths are relative to (the config file's), when validating one."""
-    base = (info.context or {}).get("base") if isinstance(info.context, dict) else None
-    return Path(base) if base is not None else None
-
-
-class SceneConfig(_Config):
-    """One scene: a source raster (and, for training, its paired target).
-
-    Either side may be given as a STAC item, ``{stac: item.json, assets: [B02, B03]}``: it
-    becomes the item's asset files in that order, and the scene takes the item's id as name.
-    """
-
-    source: Paths = Field(
-        description="Source raster path, or band files stacked in order (list or comma-joined)."
-    )
-    target: Paths | None = Field(
-        default=None,
-        description="Target raster path or band files; required for training scenes.",
-    )
-    source_bands: list[int] | None = Field(
-        default=None, description="1-based band selection from the stacked source, e.g. [1, 2, 3]."
-    )
-    target_bands: list[int] | None = Field(
-        default=None, description="1-based band selection from the stacked target, e.g. [4]."
-    )
-    nodata: float | None = Field(
-        default=None,
-        description="Nodata value overriding the files' own (many real files leave it unset).",
-    )
-    name: str | None = Field(
-        default=None, description="Scene id; defaults to the first source file's stem."
-    )
-
-    @model_validator(mode="before")
-    @classmethod
-    def _stac_sides(cls, data: Any, info: ValidationInfo) -> Any:
-        if not isinstance(data, dict):
-            return data
-        out = dict(data)
-        for side in ("source", "target"):
-            value = out.get(side)
-            if isinstance(value, dict | StacRef):
-                from p2p.core import stac  # pystac costs ~0.2 s to import: only when used
-
-                ref = StacRef.model_validate(value)
-                out[side], item_id = stac.scene_side(ref.stac, ref.assets, _base(info))
-                if side == "source" and out.get("name") is None:
-                    out["name"] = item_id
-        return out
-
-    @field_validator("source")
-    @classmethod
-    def _non_empty(cls, value: list[str]) -> list[str]:
-        if not value:
-            raise ValueError("a scene needs at least one source file")
-        return value
-
-    @field_validator("source_bands", "target_bands")
-    @classmethod
-    def _one_based(cls, value: list[int] | None) -> list[int] | None:
-        if value is not None and (not value or min(value) < 1):
-            raise ValueError("band numbers are 1-based and the list may not be empty")
-        return value
-
-    @property
-    def scene_id(self) -> str:
-        """Stable scene id: `name`, or the stem of the first source file."""
-        return self.name or Path(self.source[0]).stem
-
-
-class ExportTilesConfig(_Config):
-    """One ArcGIS Export Tiles folder of training chips (``images/`` + ``images2/``)."""
-
-    export_tiles: str = Field(
-        description="Folder written by ArcGIS 'Export Training Data For Deep Learning' "
-        "(Export Tiles format): source chips in images/, paired target chips in images2/."
-    )
-    name: str | None = Field(default=None, description="Scene id; defaults to the folder name.")
-
-    @property
-    def scene_id(self) -> str:
-        """Stable scene id: `name`, or the folder's name."""
-        return self.name or Path(self.export_tiles).name
-
-
-#: A training scene: a GeoTIFF pair to tile, or an Export Tiles folder to import.
-TrainingScene = SceneConfig | ExportTilesConfig
-
-
-class TilingConfig(_Config):
+class TilingConfig(FrozenConfig):
     """How scenes are cut into paired chips (stage `tile`)."""
 
     chip_size: int = Field(default=256, gt=0, description="Chip side in pixels.")
@@ -170,7 +47,7 @@ class TilingConfig(_Config):
     )
 
 
-class DatasetConfig(_Config):
+class DatasetConfig(FrozenConfig):
     """Train/val split and band statistics (stage `dataset`)."""
 
     val_fraction: float = Field(
@@ -184,7 +61,7 @@ class DatasetConfig(_Config):
     seed: int = Field(default=0, description="Seed of the block assignment.")
 
 
-class ModelConfig(_Config):
+class ModelConfig(FrozenConfig):
     """Pix2Pix architecture (Isola et al., 2017)."""
 
     num_downs: int = Field(
@@ -212,7 +89,7 @@ class ModelConfig(_Config):
     )
 
 
-class TrainConfig(_Config):
+class TrainConfig(FrozenConfig):
     """Training loop settings (stage `train`)."""
 
     epochs: int = Field(default=200, ge=0, description="Epochs at the initial learning rate.")
@@ -286,7 +163,7 @@ class TrainConfig(_Config):
         return self
 
 
-class PredictConfig(_Config):
+class PredictConfig(FrozenConfig):
     """Windowed inference settings (stage `predict`)."""
 
     tile_size: int | None = Field(
@@ -346,7 +223,7 @@ class PredictConfig(_Config):
         return tile, overlap
 
 
-class MosaicConfig(_Config):
+class MosaicConfig(FrozenConfig):
     """How several predicted scenes are put on one grid."""
 
     crs: str | None = Field(
@@ -357,7 +234,7 @@ class MosaicConfig(_Config):
     )
 
 
-class DaskConfig(_Config):
+class DaskConfig(FrozenConfig):
     """Where Dask work runs: a LocalCluster by default, an existing scheduler by address."""
 
     address: str | None = Field(
@@ -369,7 +246,7 @@ class DaskConfig(_Config):
     )
 
 
-class PipelineConfig(_Config):
+class PipelineConfig(FrozenConfig):
     """Everything the training pipeline needs; the one parameter of `train_pipeline`."""
 
     workspace: str = Field(default="./work", description="Folder holding every stage's artifacts.")
@@ -401,7 +278,7 @@ class PipelineConfig(_Config):
         return self
 
 
-class BatchPredictConfig(_Config):
+class BatchPredictConfig(FrozenConfig):
     """Everything the batch-prediction flow needs; the one parameter of `batch_predict`."""
 
     workspace: str = Field(default="./work", description="Folder holding cached predictions.")
