@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import json
+import math
 import signal
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -13,13 +15,17 @@ import pytest
 import rasterio
 from affine import Affine
 from pyproj import Transformer
+from rasterio.crs import CRS
 from rasterio.warp import transform as warp_transform
+from rio_cogeo.cogeo import cog_validate
 
 from p2p.core.cache import read_manifest
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.infer.mosaic import edge_distance, mosaic_scenes
+from p2p.raster import Grid, geotiff
 from p2p.stages.mosaic import run as mosaic_stage
+from tests.faultkit import UTM, cli, write_tiny_bundle
 from tests.rasters import write_geotiff
 
 RES = 100.0
@@ -92,7 +98,8 @@ def test_mosaic_of_one_scene_reproduces_it_and_writes_a_cog(
 ) -> None:
     a, _ = utm_pair
     out = tmp_path / "one.tif"
-    mosaic_scenes([a], out, MosaicConfig(), output_format="cog")
+    # on its own grid, but tiled in 64 px and uncompressed: blended into p2p's layout, not copied
+    assert not mosaic_scenes([a], out, MosaicConfig(), output_format="cog").copied
     with rasterio.open(a) as src, rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(), src.read())
         assert ds.transform == src.transform and ds.crs == src.crs
@@ -144,13 +151,13 @@ import os, signal, sys
 from p2p.core.config import MosaicConfig
 from p2p.infer.mosaic import mosaic_scenes
 
-a, b, out, fmt, kill_after = sys.argv[1:6]
+*inputs, out, fmt, kill_after = sys.argv[1:]
 
 def progress(done, total):
     if done >= int(kill_after) > 0:
         os.kill(os.getpid(), signal.SIGKILL)  # a crash or kill -9 between strips
 
-mosaic_scenes([a, b], out, MosaicConfig(), output_format=fmt, feather=16, progress=progress)
+mosaic_scenes(inputs, out, MosaicConfig(), output_format=fmt, feather=16, progress=progress)
 """
 
 
@@ -186,3 +193,186 @@ def test_killed_mosaic_resumes_by_strip_bit_identical(tmp_path: Path, fmt: str) 
     assert run(out, 0).returncode == 0
     assert out.read_bytes() == whole.read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == ["m.tif"]
+
+
+# --- one input already on the mosaic grid: a tagged copy of its file, not a blend -----------
+
+PREDICTION_TAGS = {"P2P_SCENE": "s", "P2P_MODEL_SHA256": "ab" * 32}
+
+
+def _ramps(dtype: str, nodata: float) -> np.ndarray:
+    """`(2, 300, 520)` noisy ramps, nodata in both bands over a block."""
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:300, 0:520]
+    data = np.stack([1000 + 100 * b + y + 2 * x + rng.normal(0, 5, y.shape) for b in range(2)])
+    data = data.astype(dtype)
+    data[:, 20:90, 300:450] = nodata
+    return data
+
+
+def _prediction(
+    path: Path, data: np.ndarray, nodata: float, rows: Sequence[int] | None = None
+) -> Path:
+    """`data` written as `predict_scene` writes: `geotiff.create` with tags, then block rows
+    (in the order `rows`; top down by default)."""
+    grid = Grid(CRS.from_epsg(32633), UTM, data.shape[2], data.shape[1])
+    geotiff.create(path, grid, 2, str(data.dtype), nodata, PREDICTION_TAGS, ["t1", "t2"])
+    for row in range(0, grid.height, geotiff.BLOCK) if rows is None else rows:
+        geotiff.write_rows(path, data[:, row : row + geotiff.BLOCK], row)
+    return path
+
+
+def _tiles(path: Path) -> list[bytes]:
+    """The compressed bytes of every full-resolution tile, row by row."""
+    with rasterio.open(path) as ds, path.open("rb") as f:
+        tiles = []
+        for by in range(math.ceil(ds.height / geotiff.BLOCK)):
+            for bx in range(math.ceil(ds.width / geotiff.BLOCK)):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{bx}_{by}", "TIFF", bidx=1)
+                f.seek(int(offset))
+                tiles.append(f.read(int(ds.get_tag_item(f"BLOCK_SIZE_{bx}_{by}", "TIFF", bidx=1))))
+        return tiles
+
+
+@pytest.mark.parametrize("fmt", ["gtiff", "cog"])
+@pytest.mark.parametrize(("dtype", "nodata"), [("uint16", 0.0), ("float32", math.nan)])
+def test_one_input_on_the_mosaic_grid_is_copied_tile_for_tile(
+    tmp_path: Path, dtype: str, nodata: float, fmt: str
+) -> None:
+    src = _prediction(tmp_path / "pred.tif", _ramps(dtype, nodata), nodata)
+    out = tmp_path / "out" / "m.tif"
+    result = mosaic_scenes([src], out, MosaicConfig(), output_format=fmt)
+    # the blend's answer for the same pixels: the input twice, each with a share of exactly 0.5
+    blend = mosaic_scenes([src, src], tmp_path / "b.tif", MosaicConfig(), output_format=fmt)
+    assert result.copied and not blend.copied
+    with rasterio.open(src) as a, rasterio.open(out) as m, rasterio.open(blend.output) as b:
+        pixels = a.read()
+        assert (np.isnan(pixels) if math.isnan(nodata) else pixels == nodata).any()
+        np.testing.assert_array_equal(m.read(), pixels)  # NaN equals NaN here
+        np.testing.assert_array_equal(m.read(), b.read())
+        assert (m.crs, m.transform, m.shape, m.dtypes) == (a.crs, a.transform, a.shape, a.dtypes)
+        np.testing.assert_array_equal(m.nodatavals, a.nodatavals)
+        # the prediction's provenance stays; the mosaic's tags are added
+        assert m.tags() == a.tags() | {"P2P_MOSAIC_INPUTS": "1", "P2P_FEATHER": "64"}
+        assert m.descriptions == ("t1", "t2")
+    assert _tiles(out) == _tiles(src)
+    if fmt == "cog":
+        assert cog_validate(str(out), quiet=True)[:2] == (True, [])
+    assert sorted(p.name for p in out.parent.iterdir()) == ["m.tif"]
+
+
+@pytest.mark.parametrize(
+    ("change", "config", "nodata"),
+    [
+        ("crs", MosaicConfig(crs="EPSG:32632"), None),
+        ("resolution", MosaicConfig(resolution=20.0), None),
+        ("nodata", MosaicConfig(), 7.0),
+    ],
+)
+def test_one_input_onto_another_grid_or_nodata_is_blended(
+    tmp_path: Path, change: str, config: MosaicConfig, nodata: float | None
+) -> None:
+    src = _prediction(tmp_path / "pred.tif", _ramps("uint16", 0), 0)
+    result = mosaic_scenes([src], tmp_path / "m.tif", config, nodata=nodata)
+    assert not result.copied
+    with rasterio.open(src) as a, rasterio.open(result.output) as m:
+        assert m.tags()["P2P_MOSAIC_INPUTS"] == "1" and "P2P_SCENE" not in m.tags()
+        if change == "crs":
+            assert m.crs.to_epsg() == 32632 and m.shape != a.shape
+        elif change == "resolution":
+            assert m.res == (20.0, 20.0) and m.shape == (150, 260)
+        else:
+            assert m.nodata == 7 and m.transform == a.transform
+            pixels, data = a.read(), m.read()
+            assert (data[pixels == 0] == 7).all() and (
+                data[pixels != 0] == pixels[pixels != 0]
+            ).all()
+
+
+@pytest.mark.parametrize(
+    ("dtype", "nodata", "flaw", "expected"),
+    [
+        ("uint16", 0.0, 0, (0, 0)),  # nodata in one band only: the blend blanks both bands
+        ("float32", math.nan, np.inf, (np.finfo(np.float32).max, None)),  # inf: clipped
+        ("float32", -9999.0, np.nan, (-9999.0, -9999.0)),  # NaN under another nodata: nodata
+    ],
+)
+def test_one_input_whose_values_the_blend_changes_is_blended(
+    tmp_path: Path, dtype: str, nodata: float, flaw: float, expected: tuple[float, float | None]
+) -> None:
+    data = _ramps(dtype, nodata)
+    data[0, 5, 0] = flaw
+    src = _prediction(tmp_path / "pred.tif", data, nodata)
+    result = mosaic_scenes([src], tmp_path / "m.tif", MosaicConfig())
+    assert not result.copied
+    first, second = expected
+    with rasterio.open(result.output) as m:
+        assert m.read(1)[5, 0] == first
+        assert m.read(2)[5, 0] == (data[1, 5, 0] if second is None else second)
+        assert "P2P_SCENE" not in m.tags()
+
+
+def test_one_input_as_a_cog_is_blended_into_a_plain_geotiff(tmp_path: Path) -> None:
+    with geotiff.publishing(tmp_path / "pred.tif", "cog") as work:
+        _prediction(work, _ramps("uint16", 0)[:, :200], 0)  # too small for overviews
+    result = mosaic_scenes([tmp_path / "pred.tif"], tmp_path / "m.tif", MosaicConfig())
+    assert not result.copied  # GDAL refuses to add tags to a COG in place
+    with rasterio.open(tmp_path / "pred.tif") as a, rasterio.open(result.output) as m:
+        np.testing.assert_array_equal(m.read(), a.read())
+        assert "LAYOUT" not in m.tags(ns="IMAGE_STRUCTURE")
+
+
+def test_a_truncated_input_is_an_error_not_a_copy(tmp_path: Path) -> None:
+    # block rows written bottom-up: the top row's tiles end the file, so cutting it short loses
+    # them while the last tile (which opening checks) is whole
+    src = _prediction(tmp_path / "pred.tif", _ramps("uint16", 0), 0, rows=(256, 0))
+    with src.open("r+b") as f:
+        f.truncate(src.stat().st_size - 100)
+    out = tmp_path / "out" / "m.tif"
+    with pytest.raises(InputError) as caught:
+        mosaic_scenes([src], out, MosaicConfig())
+    assert (caught.value.where, caught.value.problem[:12]) == (str(src), "is truncated")
+    assert not out.parent.exists() or not list(out.parent.iterdir())
+
+
+def test_a_killed_one_input_mosaic_reruns_to_the_same_bytes(tmp_path: Path) -> None:
+    src = _prediction(tmp_path / "pred.tif", _ramps("float32", math.nan), math.nan)
+    whole = tmp_path / "whole" / "m.tif"
+    mosaic_scenes([src], whole, MosaicConfig(), output_format="cog", feather=16)
+    # killed after the copy was recorded, before the COG was published: the rerun publishes
+    out = tmp_path / "killed" / "m.tif"
+    args = [str(src), str(out), "cog", "1"]
+    killed = subprocess.run([sys.executable, "-c", KILLED_MOSAIC, *args], timeout=300)
+    assert killed.returncode == -signal.SIGKILL and not out.exists()
+    assert json.loads((out.parent / ".m.tif.state.json").read_text())["rows_done"] == 300
+    assert mosaic_scenes([src], out, MosaicConfig(), output_format="cog", feather=16).copied
+    assert out.read_bytes() == whole.read_bytes()
+    # killed inside the copy: a torn partial and no state (it is removed before copying)
+    torn = tmp_path / "torn" / "m.tif"
+    torn.parent.mkdir()
+    torn.with_name(".m.tif.partial.tif").write_bytes(src.read_bytes()[:5000])
+    mosaic_scenes([src], torn, MosaicConfig(), output_format="cog", feather=16)
+    assert torn.read_bytes() == whole.read_bytes()
+    for folder in (out.parent, torn.parent):
+        assert sorted(p.name for p in folder.iterdir()) == ["m.tif"]
+
+
+def test_cli_predict_of_one_scene_delivers_its_cached_prediction(tmp_path: Path) -> None:
+    model = write_tiny_bundle(tmp_path / "model")
+    data = (np.arange(2 * 64 * 80).reshape(2, 64, 80) % 3000 + 1).astype(np.uint16)
+    data[:, :20, :24] = 0  # source nodata: the prediction's nodata there
+    scene = write_geotiff(tmp_path / "scene.tif", data, nodata=0, blocksize=16)
+    out = tmp_path / "out.tif"
+    run = cli(["predict", "--model", model, "--input", scene, "--output", out,
+               "--tile-size", "32", "--overlap", "4", "--device", "cpu", "--json"])  # fmt: skip
+    assert run.returncode == 0, run.stderr
+    record = json.loads(run.stdout.strip().splitlines()[-1])
+    workspace = Path(record["workspace"])
+    prediction = workspace / "predict" / record["stages"]["predict:scene"] / "scene.tif"
+    with rasterio.open(prediction) as p, rasterio.open(out) as o:
+        assert (p.read() == 0).any() and (p.read() != 0).any()
+        np.testing.assert_array_equal(o.read(), p.read())
+        assert o.tags()["P2P_MODEL_SHA256"] == p.tags()["P2P_MODEL_SHA256"]
+        assert o.tags()["P2P_MOSAIC_INPUTS"] == "1"
+        assert o.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert _tiles(out) == _tiles(prediction)

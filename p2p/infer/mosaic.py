@@ -11,6 +11,7 @@ nodata hole), capped at `feather`. The distance is exact within the cap because 
 every pixel that close. Where inputs overlap, values are averaged with these weights, so each
 scene fades out over `feather` pixels towards its edge and no seam appears; where one input is
 valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input.
+A single input that this would give back unchanged is copied as a file instead (`_copyable`).
 """
 
 from __future__ import annotations
@@ -25,22 +26,25 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
+from rasterio.enums import ColorInterp, Compression, Interleaving, MaskFlags
 from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
+from p2p.core import storage
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
-from p2p.core.errors import ConfigError, InputError
-from p2p.raster import Grid, SceneReader, geotiff, open_aligned
+from p2p.core.errors import ConfigError, InputError, OutputError
+from p2p.raster import Grid, SceneReader, geotiff, open_aligned, open_raster
 from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
 
 #: Side of the output windows the mosaic is built in (a multiple of the GeoTIFF block side).
 WINDOW = 2 * geotiff.BLOCK
-#: Version of the partial-mosaic state format (part of a resumable mosaic's job key).
-MOSAIC_FORMAT = 1
+#: Version of the partial-mosaic state format (part of a resumable mosaic's job key). 2: the
+#: partial of a one-input mosaic may be a tagged copy of its input (the job's ``copy`` says so).
+MOSAIC_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,7 @@ class MosaicResult:
         nodata: Nodata value (NaN for float outputs without one).
         inputs: Number of input rasters.
         seconds: Wall time.
+        copied: True when the one input was copied rather than blended (`_copyable`).
     """
 
     output: str
@@ -68,6 +73,7 @@ class MosaicResult:
     nodata: float
     inputs: int
     seconds: float
+    copied: bool = False
 
 
 def edge_distance(valid: np.ndarray, cap: int) -> np.ndarray:
@@ -149,6 +155,67 @@ def _check_inputs(readers: Sequence[SceneReader]) -> tuple[int, str]:
     return first.count, first.dtype
 
 
+def _copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
+    """Whether the mosaic of this one input may be a copy of its file.
+
+    It may when blending it onto `grid` would give back its very pixels — the grid is its own
+    (CRS, transform, shape; so no warp), `nodata` is its own (NaN equal to NaN), no mask or
+    alpha band adds to nodata, and `_blend_keeps` its values — and its file is laid out as the
+    blend would write it: a local, plain (not cloud optimized) GeoTIFF tiled in `geotiff.BLOCK`
+    squares, DEFLATE, pixel interleaved, without overviews. (The blend would then copy each
+    value unchanged: its share is exactly 1.0 where valid, see `_blend_window`.)
+
+    Raises:
+        InputError: a tile of the file ends past its end (a truncated input).
+    """
+    if storage.is_remote(path):
+        return False
+    with open_raster(path) as ds:
+        same = (
+            Grid.of(ds) == grid
+            and ds.driver == "GTiff"
+            and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"  # GDAL won't add tags
+            and ds.nodata is not None
+            and (ds.nodata == nodata or (math.isnan(ds.nodata) and math.isnan(nodata)))
+            and ds.block_shapes[0] == (geotiff.BLOCK, geotiff.BLOCK)
+            and ds.compression == Compression.deflate
+            and (ds.count == 1 or ds.interleaving == Interleaving.pixel)
+            and not ds.overviews(1)
+            and ColorInterp.alpha not in ds.colorinterp
+            and all(flags == [MaskFlags.nodata] for flags in ds.mask_flag_enums)
+        )
+        if not same:
+            return False
+        try:
+            geotiff.check_written(Path(path))
+        except OutputError:
+            raise InputError(path, "is truncated (a tile ends past the end of the file)") from None
+    return _blend_keeps(path, nodata)
+
+
+def _blend_keeps(path: str | Path, nodata: float) -> bool:
+    """Whether the blend would keep every value of this input on its own grid: where it is
+    invalid (`SceneReader`: nodata or NaN in any band) every band holds `nodata`, and (floats)
+    no valid value is ±inf, which the blend would clip. Only several bands or floats need this
+    look at the pixels, a block row at a time. (The blend's float64 math would round integers
+    past 2**53; a copy keeps them.)
+    """
+    with SceneReader(path) as reader:
+        floats = np.issubdtype(np.dtype(reader.dtype), np.floating)
+        if reader.count == 1 and not floats:
+            return True
+        width, height = reader.grid.width, reader.grid.height
+        pixel_bytes = reader.count * np.dtype(reader.dtype).itemsize
+        with geotiff.streaming_cache(width, geotiff.BLOCK, pixel_bytes):
+            for row in range(0, height, geotiff.BLOCK):
+                window = Window(0, row, width, min(geotiff.BLOCK, height - row))
+                data, valid = reader.read(window)
+                blank = np.isnan(data) if math.isnan(nodata) else data == nodata
+                if not blank[:, ~valid].all() or (floats and not np.isfinite(data[:, valid]).all()):
+                    return False
+    return True
+
+
 def _footprint(grid: Grid, reader: SceneReader) -> tuple[int, int, int, int]:
     """Pixel box (row0, col0, row1, col1) of the output grid that an input may cover."""
     box = transform_bounds(reader.file_grid.crs, grid.crs, *reader.file_grid.bounds, 21)
@@ -215,6 +282,11 @@ def mosaic_scenes(
 ) -> MosaicResult:
     """Mosaic predicted rasters onto one grid, feathering their overlaps.
 
+    One input whose blend onto the mosaic grid would give back its very pixels (see
+    `_copyable`: the grid, nodata and tiling unchanged, as for `p2p predict` of one scene) is
+    copied byte for byte instead, with the mosaic's tags added; its own tags (a prediction's
+    model hash, settings and scene) and band descriptions stay in the output.
+
     Args:
         inputs: Rasters with the same band count and dtype (e.g. `predict_scene` outputs).
         output: The mosaic to write.
@@ -226,7 +298,8 @@ def mosaic_scenes(
         progress: Called with (windows done, windows total).
 
     Raises:
-        InputError: no inputs, an unreadable input, or inputs that differ in bands or dtype.
+        InputError: no inputs, an unreadable or truncated input, or inputs that differ in
+            bands or dtype.
         ConfigError: an unknown output CRS.
     """
     start = time.perf_counter()
@@ -234,39 +307,31 @@ def mosaic_scenes(
         raise InputError(output, "no rasters to mosaic")
     if feather < 1:
         raise ConfigError("feather", f"must be at least 1 pixel, got {feather}")
-    natives = [SceneReader(p) for p in inputs]
-    try:
-        bands, dtype = _check_inputs(natives)
-        grid = mosaic_grid([r.grid for r in natives], config)
-        out_nodata = nodata if nodata is not None else natives[0].nodata
-        if out_nodata is None:
-            out_nodata = geotiff.default_nodata(dtype)
-    finally:
-        for r in natives:
-            r.close()
-    aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    bands, dtype, grid, out_nodata = _plan(inputs, config, nodata)
+    copy = len(inputs) == 1 and _copyable(inputs[0], grid, out_nodata)
+    job = stage_key(
+        "mosaic-scenes",
+        MOSAIC_FORMAT,
+        {"mosaic": config.model_dump(mode="json"), "nodata": out_nodata, "feather": feather,
+         "resampling": resampling, "format": output_format, "copy": copy},
+        [fingerprint_file(p) for p in inputs],
+    )  # fmt: skip
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    tags = {"P2P_MOSAIC_INPUTS": str(len(inputs)), "P2P_FEATHER": str(feather)}
     pixel_bytes = bands * np.dtype(dtype).itemsize * (len(inputs) + 1)
-    try:
-        job = stage_key(
-            "mosaic-scenes",
-            MOSAIC_FORMAT,
-            {"mosaic": config.model_dump(mode="json"), "nodata": float(out_nodata),
-             "feather": feather, "resampling": resampling, "format": output_format},
-            [fingerprint_file(p) for p in inputs],
-        )  # fmt: skip
-        Path(output).parent.mkdir(parents=True, exist_ok=True)
-        # the cache holds a few windows of a row, not the row: flat in the mosaic's width
-        columns = min(grid.width, 4 * WINDOW)
-        with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
-            sink = RowSink(Path(output), job, grid.height)
-            if not sink.resumed:
-                tags = {"P2P_MOSAIC_INPUTS": str(len(aligned)), "P2P_FEATHER": str(feather)}
-                geotiff.create(sink.partial, grid, bands, dtype, float(out_nodata), tags)
-            _write(sink, aligned, grid, (bands, dtype, float(out_nodata)), feather, progress)
-            sink.publish(output_format)
-    finally:
-        for r in aligned:
-            r.close()
+    # the cache holds a few windows of a row, not the row: flat in the mosaic's width
+    columns = min(grid.width, 4 * WINDOW)
+    with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
+        sink = RowSink(Path(output), job, grid.height)
+        if copy:
+            src = Path(inputs[0])
+            sink.write_whole(lambda partial: geotiff.copy_tagged(src, partial, tags, sink.output))
+            if progress:
+                progress(1, 1)
+        else:
+            _blend(sink, inputs, grid, (bands, dtype, out_nodata), tags, feather, resampling,
+                   progress)  # fmt: skip
+        sink.publish(output_format)
     return MosaicResult(
         output=str(output),
         crs=grid.crs.to_string(),
@@ -274,10 +339,48 @@ def mosaic_scenes(
         height=grid.height,
         bands=bands,
         dtype=dtype,
-        nodata=float(out_nodata),
+        nodata=out_nodata,
         inputs=len(inputs),
         seconds=round(time.perf_counter() - start, 3),
+        copied=copy,
     )
+
+
+def _plan(
+    inputs: Sequence[str | Path], config: MosaicConfig, nodata: float | None
+) -> tuple[int, str, Grid, float]:
+    """Band count, dtype, grid and nodata of the mosaic (checking the inputs agree)."""
+    natives = [SceneReader(p) for p in inputs]
+    try:
+        bands, dtype = _check_inputs(natives)
+        grid = mosaic_grid([r.grid for r in natives], config)
+        out_nodata = nodata if nodata is not None else natives[0].nodata
+    finally:
+        for r in natives:
+            r.close()
+    out_nodata = geotiff.default_nodata(dtype) if out_nodata is None else out_nodata
+    return bands, dtype, grid, float(out_nodata)
+
+
+def _blend(
+    sink: RowSink,
+    inputs: Sequence[str | Path],
+    grid: Grid,
+    out: tuple[int, str, float],
+    tags: dict[str, str],
+    feather: int,
+    resampling: str,
+    progress: Callable[[int, int], None] | None,
+) -> None:
+    """Blend the inputs, warped onto `grid`, into `sink` (created with `tags` unless resumed)."""
+    aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    try:
+        if not sink.resumed:
+            geotiff.create(sink.partial, grid, out[0], out[1], out[2], tags)
+        _write(sink, aligned, grid, out, feather, progress)
+    finally:
+        for r in aligned:
+            r.close()
 
 
 def _write(

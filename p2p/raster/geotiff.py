@@ -13,6 +13,7 @@ import contextlib
 import logging
 import math
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Literal
@@ -155,11 +156,42 @@ def write_rows(path: Path, data: np.ndarray, row_off: int) -> None:
     """
     with _writing(path), rasterio.open(path, "r+") as dst:
         dst.write(data, window=Window(0, row_off, data.shape[2], data.shape[1]))
+    _flush(path, path)
+    check_written(path, row_off, row_off + data.shape[1])
+
+
+def copy_tagged(src: Path, dst: Path, tags: dict[str, str], name: Path) -> None:
+    """Copy the GeoTIFF `src` to `dst` byte for byte, add `tags`, flush it and check it whole.
+
+    Adding tags makes GDAL rewrite only the file's directory (at the end of the file when it
+    grows); the tiles keep their bytes, and `src`'s own tags and band descriptions stay.
+
+    Args:
+        src: A complete GeoTIFF.
+        dst: Where the copy goes (overwritten).
+        tags: Tags to add (or replace).
+        name: The file to name in errors (the final output rather than `dst`).
+
+    Raises:
+        OutputError: the copy, the tag update or the flush failed, or a tile of the copy ends
+            past its end.
+    """
+    try:
+        shutil.copyfile(src, dst)
+    except OSError as exc:
+        raise OutputError(name, f"{INCOMPLETE} ({exc.strerror})") from None
+    with _writing(name), rasterio.open(dst, "r+") as ds:
+        ds.update_tags(**tags)
+    _flush(dst, name)
+    check_written(dst, name=name)
+
+
+def _flush(path: Path, name: Path) -> None:
+    """`fsync_file`, its failure an `OutputError` naming `name`."""
     try:
         fsync_file(path)
     except OSError as exc:
-        raise OutputError(path, f"{INCOMPLETE} (fsync: {exc.strerror})") from None
-    check_written(path, row_off, row_off + data.shape[1])
+        raise OutputError(name, f"{INCOMPLETE} (fsync: {exc.strerror})") from None
 
 
 def check_written(

@@ -6,14 +6,16 @@ arrays it needs to go on from where it stands without recomputing anything (for 
 the blend accumulators of the strips in flight), saved with the rows that do not fill a block
 row yet in ``.NAME.carry.N.npy`` (``.npy`` records one after another; N counts commits, so a
 state never names a half-written carry). A rerun of the same job (same fingerprint) continues
-from the last commit; whatever a different job left is discarded. `RowSink.publish` renames or
-assembles the finished file.
+from the last commit; whatever a different job left is discarded. `RowSink.write_whole` writes
+the partial file in one go instead (a copy), recorded only once complete. `RowSink.publish`
+renames or assembles the finished file.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -148,6 +150,25 @@ class RowSink:
         for stale in self._carry_files():
             if stale.name != record.get("carry"):
                 stale.unlink()
+
+    def write_whole(self, write: Callable[[Path], None]) -> None:
+        """Write the partial file in one go with `write` (e.g. `geotiff.copy_tagged`, which
+        leaves it complete, flushed and checked, or raises) and record every row as done.
+
+        A rerun of the job that finds every row recorded writes nothing. Otherwise the state is
+        removed first, so a run killed inside `write` has recorded nothing and the next run
+        discards its partial file; a `write` that raises removes it.
+        """
+        if self.rows_done == self.height:
+            return
+        self.state.unlink(missing_ok=True)
+        try:
+            write(self.partial)
+        except BaseException:
+            self.partial.unlink(missing_ok=True)
+            raise
+        self._block, self._pending_rows, self.rows_done = None, 0, self.height
+        self.commit()
 
     def publish(self, output_format: geotiff.OutputFormat) -> None:
         """Publish the complete partial file as the output and remove the progress records."""

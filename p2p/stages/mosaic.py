@@ -15,7 +15,8 @@ if TYPE_CHECKING:
     from p2p.raster.geotiff import OutputFormat
 
 NAME = "mosaic"
-VERSION = 1
+#: 2: a one-scene mosaic on the scene's grid is its prediction's file, tags and all.
+VERSION = 2
 
 
 def key_parts(
