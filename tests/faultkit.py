@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -90,6 +91,18 @@ def cli(args: Sequence[str], timeout: float = 300) -> subprocess.CompletedProces
     return subprocess.run(
         [str(P2P), *map(str, args)], capture_output=True, text=True, timeout=timeout, cwd=ROOT
     )
+
+
+def unshare_works() -> bool:
+    """Whether this machine lets a process mount its own tmpfs (user + mount namespaces), for
+    tests against a really full or read-only disk."""
+    if shutil.which("unshare") is None:
+        return False
+    probe = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt"],
+        capture_output=True,
+    )
+    return probe.returncode == 0
 
 
 def cli_in_process(args: Sequence[str]) -> Result:

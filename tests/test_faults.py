@@ -15,7 +15,6 @@ import errno
 import json
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -42,6 +41,7 @@ from tests.faultkit import (
     cli_in_process,
     finished_looking,
     leftovers,
+    unshare_works,
     write_scene,
     write_tiny_bundle,
 )
@@ -209,18 +209,8 @@ def test_read_only_output_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     assert leftovers(error_map.parent) == []
 
 
-def _unshare_works() -> bool:
-    if shutil.which("unshare") is None:
-        return False
-    probe = subprocess.run(
-        ["unshare", "-rm", "sh", "-c", "mount -t tmpfs -o size=1k tmpfs /mnt"],
-        capture_output=True,
-    )
-    return probe.returncode == 0
-
-
 @pytest.mark.slow
-@pytest.mark.skipif(not _unshare_works(), reason="needs user+mount namespaces for a tmpfs")
+@pytest.mark.skipif(not unshare_works(), reason="needs user+mount namespaces for a tmpfs")
 def test_really_full_and_read_only_disks(tmp_path: Path, model: Path) -> None:
     """The whole CLI against a real 96 KiB tmpfs and a read-only one (no mocks at all)."""
     scene = write_scene(tmp_path / "scene.tif", height=400, width=300)

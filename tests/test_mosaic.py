@@ -25,7 +25,7 @@ from p2p.core.errors import ConfigError, InputError
 from p2p.infer.mosaic import edge_distance, mosaic_scenes
 from p2p.raster import Grid, geotiff
 from p2p.stages.mosaic import run as mosaic_stage
-from tests.faultkit import UTM, cli, write_tiny_bundle
+from tests.faultkit import UTM, cli, unshare_works, write_tiny_bundle
 from tests.rasters import write_geotiff
 
 RES = 100.0
@@ -355,6 +355,39 @@ def test_a_killed_one_input_mosaic_reruns_to_the_same_bytes(tmp_path: Path) -> N
     assert torn.read_bytes() == whole.read_bytes()
     for folder in (out.parent, torn.parent):
         assert sorted(p.name for p in folder.iterdir()) == ["m.tif"]
+
+
+FULL_DISK_MOSAIC = """
+import sys
+from p2p.core.config import MosaicConfig
+from p2p.core.errors import OutputError
+from p2p.infer.mosaic import mosaic_scenes
+
+try:
+    mosaic_scenes([sys.argv[1]], sys.argv[2], MosaicConfig())
+except OutputError as exc:
+    print(exc)
+"""
+
+
+@pytest.mark.skipif(not unshare_works(), reason="needs user+mount namespaces for a tmpfs")
+def test_a_one_input_mosaic_onto_a_full_disk_fails_and_leaves_nothing(tmp_path: Path) -> None:
+    src = _prediction(tmp_path / "pred.tif", _ramps("uint16", 0), 0)
+    assert src.stat().st_size > 2 * 64 * 1024
+    full = tmp_path / "full"  # a real 64 KiB tmpfs, mounted for the child alone
+    full.mkdir()
+    script = 'mount -t tmpfs -o size=64k tmpfs "$0" && "$@"; echo "left: $(ls -A "$0")"'
+    child = [sys.executable, "-c", FULL_DISK_MOSAIC, str(src), str(full / "m.tif")]
+    proc = subprocess.run(
+        ["unshare", "-rm", "sh", "-c", script, str(full), *child],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.stdout == (
+        f"{full / 'm.tif'}: was not written completely (disk full or I/O error); free space "
+        "and rerun (No space left on device)\nleft: \n"
+    ), proc.stderr
 
 
 def test_cli_predict_of_one_scene_delivers_its_cached_prediction(tmp_path: Path) -> None:
