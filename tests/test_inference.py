@@ -80,7 +80,8 @@ def _meta(dtype: str, nodata: float | None, in_ch: int = 2) -> BundleMeta:
 
 
 def _bundle(module: torch.nn.Module, dtype: str = "float32", nodata: float | None = None) -> Bundle:
-    return Bundle(module.eval(), _meta(dtype, nodata), "test-weights", Path("."))  # type: ignore[arg-type]
+    meta = _meta(dtype, nodata)
+    return Bundle(meta, "test-weights", Path("."), module.eval())  # type: ignore[arg-type]
 
 
 def _source(path: Path, h: int = 90, w: int = 110, hole: bool = True) -> tuple[Path, np.ndarray]:

@@ -133,7 +133,7 @@ def predict(
         check_output_path(output)
         # the bad input above is refused before torch and GDAL are imported (a second saved)
         from p2p.infer.inference import resolve_window
-        from p2p.model.bundle import read_meta
+        from p2p.model.meta import read_meta
         from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
 
         resolve_window(read_meta(model)[0], config)
@@ -204,7 +204,7 @@ def evaluate(
         from p2p.core.errors import ConfigError
         from p2p.infer.evaluation import evaluate as run_evaluation
         from p2p.infer.report import skill_line
-        from p2p.model.bundle import read_meta
+        from p2p.model.meta import read_meta
 
         if error_map is not None:
             check_output_path(error_map)

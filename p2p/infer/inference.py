@@ -27,7 +27,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -44,12 +44,14 @@ from p2p.infer.strips import (
     windows_per_read,
     write_strips,
 )
-from p2p.infer.translator import check_runtime, open_translator
 from p2p.infer.windows import axis_layout
-from p2p.model.bundle import Bundle, BundleMeta
+from p2p.model.meta import BundleMeta, BundleRef
 from p2p.model.normalization import BandStats
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
+
+if TYPE_CHECKING:  # the runtime (and torch) is imported only when windows are computed
+    from p2p.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +93,7 @@ def _model_multiple(meta: BundleMeta) -> int:
     return int(2**meta.model.num_downs)
 
 
-def _open_source(scene: SceneConfig, bundle: Bundle, config: PredictConfig) -> SceneReader:
+def _open_source(scene: SceneConfig, bundle: BundleRef, config: PredictConfig) -> SceneReader:
     """Open and check the source against the bundle, before any work."""
     override = config.nodata if config.nodata is not None else scene.nodata
     reader = SceneReader(scene.source, bands=scene.source_bands, nodata=override)
@@ -129,7 +131,7 @@ def resolve_window(meta: BundleMeta, config: PredictConfig) -> tuple[int, int]:
     return tile, overlap
 
 
-def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str) -> StripPlan:
+def _plan(reader: SceneReader, bundle: BundleRef, config: PredictConfig, where: str) -> StripPlan:
     """Lay out the windows and resolve output dtype and nodata; errors before any work."""
     multiple = _model_multiple(bundle.meta)
     tile, overlap = resolve_window(bundle.meta, config)
@@ -156,9 +158,13 @@ def _plan(reader: SceneReader, bundle: Bundle, config: PredictConfig, where: str
     )
 
 
-def check_scene(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> None:
-    """Raise what `predict_scene` would raise about the inputs, without doing any work."""
-    check_runtime(bundle, config)
+def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> None:
+    """Raise what `predict_scene` would raise about the inputs, without doing any work (nor
+    loading the weights or torch, unless the runtime or a CUDA device has to be checked)."""
+    if config.runtime != "torch" or config.device == "cuda":  # `auto` and `cpu` cannot fail
+        from p2p.infer.translator import check_runtime
+
+        check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
 
@@ -178,12 +184,12 @@ def job_parts(
     }, inputs
 
 
-def scene_job(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> str:
+def scene_job(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> str:
     """Fingerprint of everything that decides the output's pixels."""
     return stage_key("predict-scene", JOB_VERSION, *job_parts(bundle.weights_hash, scene, config))
 
 
-def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str, str]:
+def _tags(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> dict[str, str]:
     return {
         "P2P_VERSION": __version__,
         "P2P_MODEL_SHA256": str(bundle.weights_hash),
@@ -192,7 +198,7 @@ def _tags(bundle: Bundle, scene: SceneConfig, config: PredictConfig) -> dict[str
     }
 
 
-def _streaming_cache(reader: SceneReader, bundle: Bundle, config: PredictConfig) -> Any:
+def _streaming_cache(reader: SceneReader, bundle: BundleRef, config: PredictConfig) -> Any:
     """GDAL's block cache for one read of windows and what is written meanwhile, aligned to
     blocks: the columns of one read (`p2p.infer.strips.windows_per_read`), not the scene's
     width, so the cache does not grow with the scene (a block row shared by two rows of
@@ -240,6 +246,8 @@ def predict_scene(
         _streaming_cache(reader, bundle, config),
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
+        from p2p.infer.translator import open_translator  # torch: only when windows are run
+
         model = open_translator(bundle, config)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -310,6 +318,8 @@ def predict_rows(
                     runs.append([r])
         if not runs:
             return
+        from p2p.infer.translator import open_translator
+
         model = open_translator(bundle, config)
 
         def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:

@@ -34,7 +34,7 @@ from p2p.core.errors import BundleError, ConfigError
 from p2p.model.bundle import (
     ONNX,
     WEIGHTS,
-    Bundle,
+    BundleRef,
     load_bundle,
     sha256_file,
     write_bundle_folder,
@@ -141,7 +141,7 @@ def _link_or_copy(src: Path, dst: Path) -> None:
         shutil.copy2(src, dst)
 
 
-def onnx_model(bundle: Bundle) -> Path:
+def onnx_model(bundle: BundleRef) -> Path:
     """The bundle's ``model.onnx``, after checking it is the export of these very weights.
 
     Raises:

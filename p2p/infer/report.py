@@ -14,7 +14,6 @@ from typing import Any
 import numpy as np
 import rasterio
 from numpy.typing import NDArray
-from PIL import Image, ImageDraw
 
 from p2p.core import storage
 from p2p.core.fsutil import atomic_path
@@ -92,6 +91,8 @@ def skill_markdown(metrics: dict[str, Any]) -> str:
 def embedded_png(path: str | Path, title: str, max_side: int = MAX_EMBED_SIDE) -> str:
     """A PNG as a Markdown image with a ``data:`` URI, so the Prefect UI shows it wherever the
     worker's disk is. Larger pictures are shrunk to `max_side` pixels (a few 100 kB at most)."""
+    from PIL import Image  # the pictures only: `p2p predict` delivers files without it
+
     with Image.open(path) as img:
         picture = img.convert("RGB")
     picture.thumbnail((max_side, max_side))
@@ -180,6 +181,8 @@ def comparison_png(
     height = max(p.shape[0] for _, p in panels)
     width = sum(p.shape[1] for _, p in panels) + gap * (len(panels) - 1)
     header = 22
+    from PIL import Image, ImageDraw
+
     canvas = Image.new("RGB", (width, height + header), "white")
     draw = ImageDraw.Draw(canvas)
     x = 0

@@ -12,15 +12,18 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 from rasterio.windows import Window
 
-from p2p.infer.translator import WindowModel
 from p2p.infer.windows import AxisLayout, reflect_index
 from p2p.model.normalization import BandStats, denormalize, prepare_window
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
+
+if TYPE_CHECKING:
+    from p2p.infer.translator import WindowModel
 
 Progress = Callable[[int, int], None]
 

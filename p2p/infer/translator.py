@@ -20,6 +20,7 @@ from p2p.model.pix2pix import select_device
 if TYPE_CHECKING:
     from p2p.core.config import PredictConfig
     from p2p.model.bundle import Bundle
+    from p2p.model.meta import BundleRef
 
 
 class WindowModel(Protocol):
@@ -160,7 +161,7 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
     return DihedralMean(model) if config.tta else model
 
 
-def check_runtime(bundle: Bundle, config: PredictConfig) -> None:
+def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
     """Raise what `open_translator` would raise, without loading a session."""
     if config.runtime == "onnx":
         from p2p.infer.onnxbundle import onnx_model

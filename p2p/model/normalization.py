@@ -2,18 +2,22 @@
 
 Each band maps its [low, high] range (by default the 0.5 and 99.5 percentiles of the training
 split's valid pixels) linearly onto [-1, 1], clipped. `denormalize` is the exact inverse inside
-the clip range. Needs only numpy and torch, so training code can use it on a bare GPU box.
+the clip range. Needs only numpy and torch, so training code can use it on a bare GPU box;
+numpy arrays need only numpy (torch is imported when a tensor is passed, so prediction's checks
+and cached reruns do not load torch).
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
-import torch
 
-ArrayT = TypeVar("ArrayT", np.ndarray, torch.Tensor)
+if TYPE_CHECKING:
+    import torch
+
+ArrayT = TypeVar("ArrayT", np.ndarray, "torch.Tensor")
 
 
 @dataclass(frozen=True)
@@ -63,12 +67,14 @@ def _scale(stats: BandStats, like: ArrayT, band_axis: int) -> tuple[ArrayT, Arra
     span = np.where(span > 0, span, 1.0)  # a constant band maps to -1 instead of dividing by 0
     shape = [1] * like.ndim
     shape[band_axis] = stats.bands
-    if isinstance(like, torch.Tensor):
-        return (
-            torch.as_tensor(low.reshape(shape), dtype=torch.float32, device=like.device),
-            torch.as_tensor(span.reshape(shape), dtype=torch.float32, device=like.device),
-        )
-    return low.reshape(shape).astype(np.float32), span.reshape(shape).astype(np.float32)
+    if isinstance(like, np.ndarray):
+        return low.reshape(shape).astype(np.float32), span.reshape(shape).astype(np.float32)
+    import torch  # `like` is a tensor: torch is loaded already
+
+    return (
+        torch.as_tensor(low.reshape(shape), dtype=torch.float32, device=like.device),
+        torch.as_tensor(span.reshape(shape), dtype=torch.float32, device=like.device),
+    )
 
 
 def normalize(x: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
@@ -83,10 +89,10 @@ def normalize(x: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
         float32 array of the same shape in [-1, 1].
     """
     low, span = _scale(stats, x, band_axis)
-    if isinstance(x, torch.Tensor):
-        return ((x.float() - low) / span * 2 - 1).clamp(-1, 1)
-    out: np.ndarray = np.clip((x.astype(np.float32) - low) / span * 2 - 1, -1, 1)
-    return out.astype(np.float32)
+    if isinstance(x, np.ndarray):
+        out: np.ndarray = np.clip((x.astype(np.float32) - low) / span * 2 - 1, -1, 1)
+        return out.astype(np.float32)
+    return ((x.float() - low) / span * 2 - 1).clamp(-1, 1)
 
 
 def denormalize(y: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
@@ -98,10 +104,10 @@ def denormalize(y: ArrayT, stats: BandStats, band_axis: int = -3) -> ArrayT:
         band_axis: Axis holding the bands.
     """
     low, span = _scale(stats, y, band_axis)
-    if isinstance(y, torch.Tensor):
-        return (y.float() + 1) / 2 * span + low
-    out: np.ndarray = (y.astype(np.float32) + 1) / 2 * span + low
-    return out.astype(np.float32)
+    if isinstance(y, np.ndarray):
+        out: np.ndarray = (y.astype(np.float32) + 1) / 2 * span + low
+        return out.astype(np.float32)
+    return (y.float() + 1) / 2 * span + low
 
 
 def prepare_window(values: np.ndarray, valid: np.ndarray, stats: BandStats) -> np.ndarray:

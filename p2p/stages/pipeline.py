@@ -234,11 +234,11 @@ def predict_in_process(
     """
     from p2p.infer.inference import check_scene
     from p2p.infer.report import deliver_file
-    from p2p.model.bundle import load_bundle
+    from p2p.model.meta import read_ref
 
-    bundle = load_bundle(job.model)
+    ref = read_ref(job.model, verify=True)  # weights (and torch) load where a scene is predicted
     for scene in job.scenes:
-        check_scene(bundle, scene, job.per_scene)
+        check_scene(ref, scene, job.per_scene)
     stages = run_steps(PREDICTION, job, job.workspace, in_process(progress))
     deliver_file(stages[mosaic.NAME].summary["output"], output)
     return stages

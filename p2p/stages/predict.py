@@ -24,12 +24,11 @@ def key_parts(model: str | Path, scene: SceneConfig, config: PredictConfig) -> K
         BundleError: the model folder is not a bundle.
     """
     from p2p.infer.inference import job_parts
-    from p2p.model.bundle import load_bundle, read_meta
+    from p2p.model.meta import read_ref
 
     for path in scene.source:
         storage.require_file(path)
-    weights_hash = read_meta(model)[1] or load_bundle(model).weights_hash
-    return KeyParts(NAME, VERSION, *job_parts(weights_hash, scene, config))
+    return KeyParts(NAME, VERSION, *job_parts(read_ref(model).weights_hash, scene, config))
 
 
 def run(
@@ -53,14 +52,15 @@ def run(
         The record; summary holds output, scene, width, height, bands, dtype and nodata.
     """
     from p2p.infer.inference import predict_scene
-    from p2p.model.bundle import load_bundle
+    from p2p.model.meta import read_ref
 
-    for path in scene.source:  # a missing scene is named before the model is read
-        storage.require_file(path)
-    bundle = load_bundle(model)
-    parts = key_parts(model, scene, config)
+    parts = key_parts(model, scene, config)  # a missing scene is named before the model is read
+    read_ref(model, verify=True)  # truncated weights: refused before the stage folder exists
 
     def build(folder: Path) -> dict[str, Any]:
+        from p2p.model.bundle import load_bundle  # torch and the weights: only when predicting
+
+        bundle = load_bundle(model)
         result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config, progress)
         return {
             "output": result.output,
