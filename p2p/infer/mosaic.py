@@ -11,7 +11,8 @@ nodata hole), capped at `feather`. The distance is exact within the cap because 
 every pixel that close. Where inputs overlap, values are averaged with these weights, so each
 scene fades out over `feather` pixels towards its edge and no seam appears; where one input is
 valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input.
-A single input that this would give back unchanged is copied as a file instead (`_copyable`).
+A single input that this would give back unchanged is copied as a file instead
+(`p2p.infer.mosaic_copy.copyable`).
 """
 
 from __future__ import annotations
@@ -26,16 +27,15 @@ from pathlib import Path
 import numpy as np
 from affine import Affine
 from rasterio.crs import CRS
-from rasterio.enums import ColorInterp, Compression, Interleaving, MaskFlags
 from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
 from rasterio.windows import Window
 
-from p2p.core import storage
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
-from p2p.core.errors import ConfigError, InputError, OutputError
-from p2p.raster import Grid, SceneReader, geotiff, open_aligned, open_raster
+from p2p.core.errors import ConfigError, InputError
+from p2p.infer.mosaic_copy import copyable
+from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
@@ -61,7 +61,8 @@ class MosaicResult:
         nodata: Nodata value (NaN for float outputs without one).
         inputs: Number of input rasters.
         seconds: Wall time.
-        copied: True when the one input was copied rather than blended (`_copyable`).
+        copied: True when the one input was copied rather than blended
+            (`p2p.infer.mosaic_copy.copyable`).
     """
 
     output: str
@@ -155,67 +156,6 @@ def _check_inputs(readers: Sequence[SceneReader]) -> tuple[int, str]:
     return first.count, first.dtype
 
 
-def _copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
-    """Whether the mosaic of this one input may be a copy of its file.
-
-    It may when blending it onto `grid` would give back its very pixels — the grid is its own
-    (CRS, transform, shape; so no warp), `nodata` is its own (NaN equal to NaN), no mask or
-    alpha band adds to nodata, and `_blend_keeps` its values — and its file is laid out as the
-    blend would write it: a local, plain (not cloud optimized) GeoTIFF tiled in `geotiff.BLOCK`
-    squares, DEFLATE, pixel interleaved, without overviews. (The blend would then copy each
-    value unchanged: its share is exactly 1.0 where valid, see `_blend_window`.)
-
-    Raises:
-        InputError: a tile of the file ends past its end (a truncated input).
-    """
-    if storage.is_remote(path):
-        return False
-    with open_raster(path) as ds:
-        same = (
-            Grid.of(ds) == grid
-            and ds.driver == "GTiff"
-            and ds.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") != "COG"  # GDAL won't add tags
-            and ds.nodata is not None
-            and (ds.nodata == nodata or (math.isnan(ds.nodata) and math.isnan(nodata)))
-            and ds.block_shapes[0] == (geotiff.BLOCK, geotiff.BLOCK)
-            and ds.compression == Compression.deflate
-            and (ds.count == 1 or ds.interleaving == Interleaving.pixel)
-            and not ds.overviews(1)
-            and ColorInterp.alpha not in ds.colorinterp
-            and all(flags == [MaskFlags.nodata] for flags in ds.mask_flag_enums)
-        )
-        if not same:
-            return False
-        try:
-            geotiff.check_written(Path(path))
-        except OutputError:
-            raise InputError(path, "is truncated (a tile ends past the end of the file)") from None
-    return _blend_keeps(path, nodata)
-
-
-def _blend_keeps(path: str | Path, nodata: float) -> bool:
-    """Whether the blend would keep every value of this input on its own grid: where it is
-    invalid (`SceneReader`: nodata or NaN in any band) every band holds `nodata`, and (floats)
-    no valid value is ±inf, which the blend would clip. Only several bands or floats need this
-    look at the pixels, a block row at a time. (The blend's float64 math would round integers
-    past 2**53; a copy keeps them.)
-    """
-    with SceneReader(path) as reader:
-        floats = np.issubdtype(np.dtype(reader.dtype), np.floating)
-        if reader.count == 1 and not floats:
-            return True
-        width, height = reader.grid.width, reader.grid.height
-        pixel_bytes = reader.count * np.dtype(reader.dtype).itemsize
-        with geotiff.streaming_cache(width, geotiff.BLOCK, pixel_bytes):
-            for row in range(0, height, geotiff.BLOCK):
-                window = Window(0, row, width, min(geotiff.BLOCK, height - row))
-                data, valid = reader.read(window)
-                blank = np.isnan(data) if math.isnan(nodata) else data == nodata
-                if not blank[:, ~valid].all() or (floats and not np.isfinite(data[:, valid]).all()):
-                    return False
-    return True
-
-
 def _footprint(grid: Grid, reader: SceneReader) -> tuple[int, int, int, int]:
     """Pixel box (row0, col0, row1, col1) of the output grid that an input may cover."""
     box = transform_bounds(reader.file_grid.crs, grid.crs, *reader.file_grid.bounds, 21)
@@ -283,9 +223,10 @@ def mosaic_scenes(
     """Mosaic predicted rasters onto one grid, feathering their overlaps.
 
     One input whose blend onto the mosaic grid would give back its very pixels (see
-    `_copyable`: the grid, nodata and tiling unchanged, as for `p2p predict` of one scene) is
-    copied byte for byte instead, with the mosaic's tags added; its own tags (a prediction's
-    model hash, settings and scene) and band descriptions stay in the output.
+    `p2p.infer.mosaic_copy.copyable`: the grid, nodata and tiling unchanged, as for `p2p
+    predict` of one scene) is copied byte for byte instead, with the mosaic's tags added; its
+    own tags (a prediction's model hash, settings and scene) and band descriptions stay in the
+    output.
 
     Args:
         inputs: Rasters with the same band count and dtype (e.g. `predict_scene` outputs).
@@ -308,7 +249,7 @@ def mosaic_scenes(
     if feather < 1:
         raise ConfigError("feather", f"must be at least 1 pixel, got {feather}")
     bands, dtype, grid, out_nodata = _plan(inputs, config, nodata)
-    copy = len(inputs) == 1 and _copyable(inputs[0], grid, out_nodata)
+    copy = len(inputs) == 1 and copyable(inputs[0], grid, out_nodata)
     job = stage_key(
         "mosaic-scenes",
         MOSAIC_FORMAT,
