@@ -131,6 +131,12 @@ def main() -> None:
     parser.add_argument("--num-downs", type=int, default=8)
     parser.add_argument("--format", default="cog", choices=["cog", "gtiff"])
     parser.add_argument("--mosaic", action="store_true", help="Also the mosaic stage alone.")
+    parser.add_argument(
+        "--tta",
+        action="store_true",
+        help="Predict with test-time augmentation (p2p's default; 8 forwards per window). "
+        "Without it, one forward per window: the compute of the issue's case.",
+    )
     parser.add_argument("--repeat", type=int, default=1, help="Measure each case this often.")
     parser.add_argument("--keep", type=Path, help="Work here and keep it (default: a temp dir).")
     args = parser.parse_args()
@@ -141,9 +147,10 @@ def main() -> None:
         write_scene(root / "scene.tif", args.side)
         common = ["--model", str(root / "model"), "--tile-size", str(args.tile),
                   "--overlap", str(args.overlap), "--format", args.format,
-                  "--no-tta"]  # one forward per window, the case  # fmt: skip
+                  "--tta" if args.tta else "--no-tta"]  # fmt: skip
         print(f"p2p predict, {args.side}² x 3 bands uint16, U-Net ngf {args.ngf} num_downs "
-              f"{args.num_downs}, tile {args.tile}, overlap {args.overlap}, {args.format}; "
+              f"{args.num_downs}, tile {args.tile}, overlap {args.overlap}, {args.format}, "
+              f"TTA {'on' if args.tta else 'off'}; "
               f"{os.cpu_count()} cores; load before: {os.getloadavg()[0]:.1f}")  # fmt: skip
         print("\n| case | full s | killed at s | resume s | resume/full | full CPU s "
               "| killed CPU s | resume CPU s | CPU paid twice | finished rerun s | same sha256 "

@@ -18,6 +18,9 @@ from p2p.core import storage
 from p2p.core.errors import InputError, OutputError
 from p2p.raster import Grid, SceneReader, geotiff, open_raster
 
+#: Columns of a block row the pixel scan reads at once (whole blocks).
+SCAN_COLUMNS = 8 * geotiff.BLOCK
+
 
 def copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
     """Whether the mosaic of this one input may be a copy of its file.
@@ -61,8 +64,8 @@ def _blend_keeps(path: str | Path, nodata: float) -> bool:
     """Whether the blend would keep every value of this input on its own grid: where it is
     invalid (`SceneReader`: nodata or NaN in any band) every band holds `nodata`, and (floats)
     no valid value is ±inf, which the blend would clip. Only several bands or floats need this
-    look at the pixels, a block row at a time. (The blend's float64 math would round integers
-    past 2**53; a copy keeps them.)
+    look at the pixels, `SCAN_COLUMNS` of a block row at a time (memory flat in the width).
+    (The blend's float64 math would round integers past 2**53; a copy keeps them.)
     """
     with SceneReader(path) as reader:
         floats = np.issubdtype(np.dtype(reader.dtype), np.floating)
@@ -70,11 +73,16 @@ def _blend_keeps(path: str | Path, nodata: float) -> bool:
             return True
         width, height = reader.grid.width, reader.grid.height
         pixel_bytes = reader.count * np.dtype(reader.dtype).itemsize
-        with geotiff.streaming_cache(width, geotiff.BLOCK, pixel_bytes):
+        with geotiff.streaming_cache(min(width, SCAN_COLUMNS), geotiff.BLOCK, pixel_bytes):
             for row in range(0, height, geotiff.BLOCK):
-                window = Window(0, row, width, min(geotiff.BLOCK, height - row))
-                data, valid = reader.read(window)
-                blank = np.isnan(data) if math.isnan(nodata) else data == nodata
-                if not blank[:, ~valid].all() or (floats and not np.isfinite(data[:, valid]).all()):
-                    return False
+                for col in range(0, width, SCAN_COLUMNS):
+                    window = Window(
+                        col, row, min(SCAN_COLUMNS, width - col), min(geotiff.BLOCK, height - row)
+                    )
+                    data, valid = reader.read(window)
+                    blank = np.isnan(data) if math.isnan(nodata) else data == nodata
+                    if not blank[:, ~valid].all():
+                        return False
+                    if floats and not np.isfinite(data[:, valid]).all():
+                        return False
     return True

@@ -1,8 +1,9 @@
 """The strip loop of prediction: windows row by row, blended into strips, written in order.
 
 Window row j is read and run a few batches at a time (`READ_COLUMNS` scene columns), blended
-across columns into one `(C_out, tile, width)` row, and added with the vertical blend weights
-into the strips (centre regions of window rows) it overlaps. A strip is complete once the
+across columns, and each run of finished columns is added with the vertical blend weights into
+the strips (centre regions of window rows) it overlaps: besides the strips in flight, a window
+row holds only the columns of one read. A strip is complete once the
 window rows below it that reach into it are done; it is then denormalized, cast to the target
 dtype and handed to a `RowSink`. The loop's state (`StripLoop`) is committed with the rows
 after every window row that completes a strip, so a killed run resumes there exactly.
@@ -72,40 +73,56 @@ def _read_windows(
 
 
 def _predict_window_row(
-    reader: SceneReader, model: WindowModel, plan: StripPlan, j: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Run the windows of row j and blend them across columns.
+    reader: SceneReader,
+    model: WindowModel,
+    plan: StripPlan,
+    j: int,
+    add: Callable[[int, np.ndarray], None],
+) -> np.ndarray:
+    """Run the windows of row j and blend them across columns, handing each run of finished
+    columns, left to right, to `add(first column, values)`.
 
-    The windows are read a few batches at a time (`READ_COLUMNS`), so what the row holds
-    besides its output does not grow with the scene's width; batches and sums are those of
-    the whole row at once.
+    The windows are read a few batches at a time (`READ_COLUMNS`); after each read the columns
+    no later window reaches are finished and handed on, and only the columns the next read
+    still adds to are kept: what the row holds does not grow with the scene's width. Each
+    column sums the same windows in the same order as a whole row at once would.
+
+    Args:
+        add: Called with the first scene column and `(C_out, tile_y, n)` float32 values,
+            normalized units, horizontally blended (a view, valid during the call).
 
     Returns:
-        out: `(C_out, tile_y, width)` float32, normalized units, horizontally blended.
-        valid: `(b - a, width)` bool for scene rows `[a, b) = centre(j)`.
+        `(b - a, width)` bool, valid pixels of scene rows `[a, b) = centre(j)`.
     """
     lx, (a, b) = plan.lx, plan.ly.centre(j)
     per_read = windows_per_read(lx.stride, plan.batch_size)
-    out: np.ndarray | None = None
     row_valid = np.zeros((b - a, lx.size), dtype=bool)
+    base, kept = 0, None  # columns [base, ...) that the next read still adds to
     for k0 in range(0, lx.count, per_read):
         ks = range(k0, min(k0 + per_read, lx.count))
         rows, valid, top, left = _read_windows(reader, plan, j, ks)
         c0, c1 = lx.centre(ks.start)[0], lx.centre(ks[-1])[1]
         row_valid[:, c0:c1] = valid[a - top : b - top, c0 - left : c1 - left]
+        end = min(lx.size, lx.start(ks[-1]) + lx.tile)  # the last column these windows reach
+        out: np.ndarray | None = None
         for b0 in range(ks.start, ks.stop, plan.batch_size):
             batch_ks = range(b0, min(b0 + plan.batch_size, ks.stop))
             cols = [(k - k0) * lx.stride for k in batch_ks]
             y = model(np.stack([rows[:, :, c : c + lx.tile] for c in cols]))
             if out is None:
-                out = np.zeros((y.shape[1], rows.shape[1], lx.size), dtype=np.float32)
+                out = np.zeros((y.shape[1], y.shape[2], end - base), dtype=np.float32)
+                if kept is not None:
+                    out[:, :, : kept.shape[2]] = kept
             for n, k in enumerate(batch_ks):
                 s = lx.start(k)
                 lo, hi = max(0, -s), min(lx.tile, lx.size - s)
                 w = lx.weights[k, lo:hi].astype(np.float32)
-                out[:, :, s + lo : s + hi] += y[n, :, :, lo:hi] * w
-    assert out is not None
-    return out, row_valid
+                out[:, :, s + lo - base : s + hi - base] += y[n, :, :, lo:hi] * w
+        assert out is not None
+        done = lx.size if ks.stop == lx.count else max(base, lx.start(ks.stop))
+        add(base, out[:, :, : done - base])
+        base, kept = done, out[:, :, done - base :]
+    return row_valid
 
 
 @dataclass
@@ -151,20 +168,25 @@ def compute_strips(
     ly = plan.ly
     last = ly.count if stop is None else ly.covering(*ly.centre(stop - 1)).stop
     for j in range(loop.window, last):
-        out, row_valid = _predict_window_row(reader, model, plan, j)
         s = ly.start(j)
+
+        def add(c0: int, out: np.ndarray, j: int = j, s: int = s) -> None:
+            """Add finished columns of window row j into the strips it overlaps."""
+            c1 = c0 + out.shape[2]
+            for r in _strips_of_window(ly, j):
+                if r < loop.strip:
+                    continue
+                a, b = ly.centre(r)
+                lo, hi = max(a, s), min(b, s + ly.tile)
+                w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
+                strip = loop.acc.setdefault(
+                    r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32)
+                )
+                strip[:, lo - a : hi - a, c0:c1] += out[:, lo - s : hi - s] * w
+
+        row_valid = _predict_window_row(reader, model, plan, j, add)
         if j >= loop.strip:
             loop.valid[j] = row_valid
-        for r in _strips_of_window(ly, j):
-            if r < loop.strip:
-                continue
-            a, b = ly.centre(r)
-            lo, hi = max(a, s), min(b, s + ly.tile)
-            w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-            strip = loop.acc.setdefault(
-                r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32)
-            )
-            strip[:, lo - a : hi - a] += out[:, lo - s : hi - s] * w
         done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
         for r in done:
             emit(r, loop.acc.pop(r), loop.valid.pop(r))
