@@ -128,8 +128,9 @@ def _predict_window_row(
 @dataclass
 class StripLoop:
     """Where the strip loop stands: the next window row to compute, the next strip to emit,
-    and the strips in flight (`acc` `(C_out, h, width)` float32 normalized, `valid` `(h,
-    width)` bool by strip). Saved with every commit, so a killed run resumes exactly here."""
+    and the strips in flight (`acc` `(C_out, h, width)` float32 normalized, the top h rows of
+    the strip reached so far; `valid` `(rows, width)` bool by strip). Saved with every commit, so
+    a killed run resumes exactly here."""
 
     window: int
     strip: int
@@ -179,9 +180,14 @@ def compute_strips(
                 a, b = ly.centre(r)
                 lo, hi = max(a, s), min(b, s + ly.tile)
                 w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-                strip = loop.acc.setdefault(
-                    r, np.zeros((out.shape[0], b - a, plan.lx.size), np.float32)
-                )
+                strip = loop.acc.get(r)
+                if strip is None or strip.shape[1] < hi - a:
+                    # a strip holds the rows reached so far (the window row above reaches only
+                    # its top `overlap` rows), so one strip fewer is held in full at a time
+                    grown = np.zeros((out.shape[0], hi - a, plan.lx.size), np.float32)
+                    if strip is not None:
+                        grown[:, : strip.shape[1]] = strip
+                    loop.acc[r] = strip = grown
                 strip[:, lo - a : hi - a, c0:c1] += out[:, lo - s : hi - s] * w
 
         row_valid = _predict_window_row(reader, model, plan, j, add)
