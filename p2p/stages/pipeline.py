@@ -236,7 +236,7 @@ def predict_in_process(
     from p2p.infer.report import deliver_file
     from p2p.model.meta import read_ref
 
-    ref = read_ref(job.model, verify=True)  # weights (and torch) load where a scene is predicted
+    ref = read_ref(job.model)  # the predict stage checks the weights; torch loads where one runs
     for scene in job.scenes:
         check_scene(ref, scene, job.per_scene)
     stages = run_steps(PREDICTION, job, job.workspace, in_process(progress))
