@@ -28,7 +28,7 @@ from pathlib import Path
 
 import yaml
 
-from p2p.app.demo import demo_config, write_demo_scenes
+from p2p.demo import demo_config, write_demo_scenes
 
 ROOT = Path(__file__).resolve().parents[1]
 

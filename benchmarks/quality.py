@@ -13,7 +13,7 @@ Cases:
   B1,B2,B3 → B4 and B3,B4 → B7, west half trains and east half is scored, and the halves
   swapped (so nothing is tuned on one split). A case is skipped, saying why, when the data
   cannot be found or fetched.
-- The demo world (`p2p.app.demo_world`): three training scenes, the held-out union scored.
+- The demo world (`p2p.demo.world`): three training scenes, the held-out union scored.
 
     python benchmarks/quality.py                       # every case, ~10-15 min on 2 cores
     python benchmarks/quality.py --cases lsat-b4-we --set train.epochs=10
@@ -128,7 +128,7 @@ def landsat_cases(folder: Path, work: Path) -> list[Case]:
 
 def demo_case(work: Path) -> Case:
     """The demo world: its three training scenes and config; the held-out union is scored."""
-    from p2p.app.demo import demo_config, write_demo_scenes
+    from p2p.demo import demo_config, write_demo_scenes
 
     data = write_demo_scenes(work / "demo-scenes")
     config = demo_config(work / "unused", data.train).model_dump(mode="json")

@@ -26,8 +26,8 @@ from pathlib import Path
 
 import torch
 
-from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import DaskConfig, TrainConfig
+from p2p.demo import demo_config, write_demo_scenes
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.tile import run as tile_stage
 from p2p.stages.train import run as train_stage

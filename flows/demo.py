@@ -10,7 +10,7 @@ from prefect import flow
 
 from flows.batch_predict import batch_predict
 from flows.train_pipeline import train_pipeline
-from p2p.app.demo import demo_batch_config, demo_config, write_demo_scenes
+from p2p.demo import demo_batch_config, demo_config, write_demo_scenes
 from p2p.stages import report
 from p2p.stages.pipeline import stage_entry
 from tasks.stages import run_on_prefect

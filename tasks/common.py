@@ -1,4 +1,4 @@
-"""What every p2p task shares: retries, progress and record artifacts, the CLI's progress hook.
+"""What every p2p task shares: retries, progress and record artifacts.
 
 Results are never persisted by Prefect (no pickles, nothing for Prefect to read back): the
 stage's manifest is the source of truth, and a cached stage returns its record in
@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import re
 import time
-from collections.abc import Callable
-from contextvars import ContextVar
 from typing import Any, cast
 from uuid import UUID
 
@@ -23,11 +21,7 @@ from prefect.client.schemas.objects import State
 
 from p2p.core.cache import StageRecord
 from p2p.core.errors import P2PError
-
-#: (stage label, done, total) → None; the CLI sets it to drive its rich progress bars.
-console_progress: ContextVar[Callable[[str, int, int], None] | None] = ContextVar(
-    "p2p_console_progress", default=None
-)
+from p2p.stages import progress
 
 
 def transient_failure(_task: Any, _run: Any, state: State[Any]) -> bool:
@@ -69,9 +63,7 @@ class StageProgress:
         elif done >= total or now - self._last >= 1.0:
             update_progress_artifact(self._artifact, percent)
             self._last = now
-        sink = console_progress.get()
-        if sink is not None:
-            sink(self.label, done, total)
+        progress.report(self.label, done, total)
 
 
 def _scalar(value: Any) -> Any:

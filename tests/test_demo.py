@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 import rasterio
 
-from p2p.app.demo import write_demo_scenes
-from p2p.app.demo_world import CASING, MAP_COLOURS
+from p2p.demo import write_demo_scenes
+from p2p.demo.world import CASING, MAP_COLOURS
 
 
 def _read(path: str) -> tuple[np.ndarray, rasterio.Affine, str]:

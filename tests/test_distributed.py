@@ -16,10 +16,10 @@ import pytest
 import torch
 from pydantic import ValidationError
 
-from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.cache import StageRecord
 from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
+from p2p.demo import demo_config, write_demo_scenes
 from p2p.model import distributed
 from p2p.model.checkpoint import list_checkpoints, save_checkpoint
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator

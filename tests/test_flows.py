@@ -29,9 +29,9 @@ from prefect.settings import PREFECT_API_URL
 from flows.batch_predict import batch_predict
 from flows.demo import demo_flow
 from flows.train_pipeline import train_pipeline
-from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, PipelineConfig
 from p2p.core.errors import PathNotAllowedError
+from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.stages.pipeline import UNTIL as STAGES
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")

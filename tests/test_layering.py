@@ -1,7 +1,9 @@
 """The layering contract (docs/architecture.md): packages import downwards only.
 
-core ← raster, model (torch + numpy only) ← data, infer ← stages ← app; Prefect lives in
-tasks/ and flows/ only, and only p2p/app reaches up to them (lazily, inside a command).
+core ← raster, model (torch + numpy only) ← data, infer, demo ← stages ← app; Prefect lives in
+tasks/ and flows/ only, and only p2p/app reaches up to flows (lazily, inside a command). Tasks
+wrap stages (never the engines beneath them), flows compose tasks (never the command line), and
+no modules import each other in a cycle.
 """
 
 from __future__ import annotations
@@ -10,7 +12,8 @@ import ast
 import sys
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parents[1] / "p2p"
+ROOT = Path(__file__).resolve().parents[1]
+PACKAGE = ROOT / "p2p"
 ORCHESTRATION = ("prefect", "prefect_dask", "flows", "tasks")
 STDLIB = set(sys.stdlib_module_names) | {"__future__"}
 #: What each package may import from p2p (itself included), at any depth.
@@ -20,8 +23,9 @@ ALLOWED = {
     "model": {"core", "model"},
     "data": {"core", "raster", "model", "data"},
     "infer": {"core", "raster", "model", "infer"},
+    "demo": {"core", "raster", "demo"},
     "stages": {"core", "raster", "model", "data", "infer", "stages"},
-    "app": {"core", "raster", "model", "data", "infer", "stages", "app"},
+    "app": {"core", "raster", "model", "data", "infer", "demo", "stages", "app"},
 }
 
 
@@ -71,6 +75,72 @@ def test_only_the_app_reaches_flows_and_only_lazily() -> None:
         if _top(module) in ("flows", "tasks") and not (_package(path) == "app" and lazy)
     ]
     assert offenders == []
+
+
+def test_the_app_never_imports_tasks() -> None:
+    # The command line starts flows; what tasks do (artifacts, progress) reaches it through
+    # the stage layer's progress protocol, never by importing Prefect's layer.
+    offenders = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((PACKAGE / "app").rglob("*.py"))
+        for module, _ in _imports(path)
+        if _top(module) == "tasks"
+    ]
+    assert offenders == []
+
+
+def test_flows_never_import_the_app() -> None:
+    offenders = [
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in sorted((ROOT / "flows").rglob("*.py"))
+        for module, _ in _imports(path)
+        if module.startswith("p2p.app")
+    ]
+    assert offenders == []
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _module_graph() -> dict[str, set[str]]:
+    """Module → the project modules it imports at module level (imports inside functions are
+    deferred on purpose and cannot form a cycle at import time)."""
+    files = [p for d in ("p2p", "flows", "tasks") for p in sorted((ROOT / d).rglob("*.py"))]
+    known = {_module_name(p) for p in files}
+    graph: dict[str, set[str]] = {}
+    for path in files:
+        name = _module_name(path)
+        tree = ast.parse(path.read_text(), filename=str(path))
+        targets: set[str] = set()
+        for node in tree.body:
+            if isinstance(node, ast.Import):
+                targets |= {a.name for a in node.names}
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets |= {f"{node.module}.{a.name}" for a in node.names} | {node.module}
+        graph[name] = {t for t in targets if t in known and t != name}
+    return graph
+
+
+def test_no_import_cycles() -> None:
+    graph = _module_graph()
+    cycles: list[list[str]] = []
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+
+    def visit(node: str, path: list[str]) -> None:
+        state[node] = 1
+        for nxt in sorted(graph[node]):
+            if state.get(nxt) == 1:
+                cycles.append([*path[path.index(nxt) :], nxt])
+            elif nxt not in state:
+                visit(nxt, [*path, nxt])
+        state[node] = 2
+
+    for module in sorted(graph):
+        if module not in state:
+            visit(module, [module])
+    assert cycles == []
 
 
 def test_packages_import_downwards_only() -> None:

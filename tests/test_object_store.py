@@ -16,9 +16,9 @@ import pytest
 import torch
 from distributed import Client, LocalCluster
 
-from p2p.app.demo import demo_config, write_demo_scenes
 from p2p.core.config import BatchPredictConfig, DaskConfig, SceneConfig, StacRef, TilingConfig
 from p2p.core.errors import BundleError
+from p2p.demo import demo_config, write_demo_scenes
 from p2p.model.bundle import load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.stages.tile import run as tile_stage

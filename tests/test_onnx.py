@@ -12,9 +12,9 @@ import pytest
 import rasterio
 import torch
 
-from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import DaskConfig, PredictConfig, SceneConfig
 from p2p.core.errors import BundleError
+from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx, onnx_model
 from p2p.infer.translator import open_translator

@@ -8,12 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.cache import StageRecord, finished_stage
 from p2p.core.config import BatchPredictConfig, DaskConfig, MosaicConfig
 from p2p.core.configfile import expand_scenes
 from p2p.core.errors import InputError, PathNotAllowedError, StageError
 from p2p.core.roots import checked_batch_config
+from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.infer.report import deliver_file
 from p2p.model.bundle import load_bundle
 from p2p.stages import mosaic, predict, train

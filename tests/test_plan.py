@@ -12,10 +12,10 @@ import pytest
 import rasterio
 from rasterio.windows import Window
 
-from p2p.app.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.core.config import ExportTilesConfig, PipelineConfig
 from p2p.core.configfile import parse_config
 from p2p.core.roots import checked_pipeline_config
+from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.stages import tile
 from p2p.stages.pipeline import TRAINING, UNTIL, in_process, run_steps
 from p2p.stages.plan import Planned, force, plan

@@ -324,7 +324,7 @@ def _planted_record(path: Path, marker: Path) -> Path:
 
 def test_planted_result_pickles_are_never_read(demo_run: dict[str, Any], tmp_path: Path) -> None:
     from flows.train_pipeline import train_pipeline
-    from p2p.app.demo import demo_config, write_demo_scenes
+    from p2p.demo import demo_config, write_demo_scenes
 
     ws = Path(demo_run["workspace"])
     marker = tmp_path / "pwned"

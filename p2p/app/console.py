@@ -51,7 +51,7 @@ def console_progress_bars() -> Iterator[None]:
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
 
-    from tasks.common import console_progress
+    from p2p.stages.progress import use_sink
 
     bars = Progress(
         "[progress.description]{task.description}",
@@ -68,9 +68,5 @@ def console_progress_bars() -> Iterator[None]:
             ids[label] = int(bars.add_task(label, total=total))
         bars.update(ids[label], completed=done, total=total)  # type: ignore[arg-type]
 
-    token = console_progress.set(sink)
-    try:
-        with bars:
-            yield
-    finally:
-        console_progress.reset(token)
+    with use_sink(sink), bars:
+        yield

@@ -1,6 +1,6 @@
 """The `p2p` commands that work on scenes with a model bundle: `predict`, `export`, `evaluate`.
 
-They register on the one Typer `app` of `p2p.app.cli` and run through its `guard` (one error
+They register on the one Typer `app` of `p2p.app.typer_app` and run through its `guard` (one error
 line, exit code 1); heavy modules are imported inside the commands, after the arguments are
 checked.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from p2p.app.cli import app, check_output_path, guard, print_json
+from p2p.app.typer_app import app, check_output_path, guard, print_json
 
 
 def workspace_path(path: str) -> str:

@@ -1,7 +1,7 @@
 """The demo: synthetic paired scenes (satellite RGB → map) on a UTM grid, configs sized for two
 CPU cores, and the held-out report (input | prediction | target and a metrics table).
 
-Scenes are windows of one procedural world (`p2p.app.demo_world`), so overlapping scenes agree
+Scenes are windows of one procedural world (`p2p.demo.world`), so overlapping scenes agree
 pixel for pixel. No Prefect here: `flows/demo.py` composes these with the flows.
 """
 
@@ -15,14 +15,6 @@ import numpy as np
 from numpy.typing import NDArray
 from rasterio.transform import Affine
 
-from p2p.app.demo_world import (
-    ORIGIN,
-    PIXEL_M,
-    make_world,
-    render_map,
-    render_satellite,
-    write_geotiff,
-)
 from p2p.core.config import (
     BatchPredictConfig,
     DaskConfig,
@@ -34,6 +26,14 @@ from p2p.core.config import (
     TilingConfig,
     TrainConfig,
     TrainingScene,
+)
+from p2p.demo.world import (
+    ORIGIN,
+    PIXEL_M,
+    make_world,
+    render_map,
+    render_satellite,
+    write_geotiff,
 )
 
 log = logging.getLogger(__name__)
