@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.p2p-installed
 WORKSPACE ?= demo-work
 
-.PHONY: venv demo test test-fast lint bench clean
+.PHONY: venv demo test test-fast lint docs bench clean
 
 venv: $(STAMP)
 
@@ -33,6 +33,10 @@ lint: venv
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy p2p flows tasks
+
+# The reference pages generated from the code (tests/test_docs.py fails when they are stale).
+docs: venv
+	$(PY) -m p2p.app.reference docs
 
 bench: venv
 	$(PY) benchmarks/train_step.py

@@ -1,5 +1,5 @@
-"""Flow: the prediction pipeline (`p2p.stages.pipeline.PREDICTION`): predict every scene
-(globs expanded) → mosaic them → deliver the mosaic and a report.
+"""Flow: the prediction pipeline (`p2p.stages.pipeline.PREDICTION`): check the model and every
+scene (globs expanded) → predict every scene → mosaic them → deliver the mosaic and a report.
 
 Scenes already predicted with the same model and settings are cached, so a scheduled run only
 predicts the new ones. With `dask.address` set, the scenes are predicted on that Dask cluster
@@ -19,20 +19,12 @@ from prefect.runtime import deployment
 from p2p.core.cache import StageRecord
 from p2p.core.config import BatchPredictConfig
 from p2p.core.roots import checked_batch_config
-from p2p.stages import mosaic, predict
-from p2p.stages.pipeline import (
-    PREDICTION,
-    Call,
-    PredictionJob,
-    Runner,
-    prediction_record,
-    run_steps,
-)
+from p2p.stages import predict
+from p2p.stages.pipeline import PREDICTION, Call, PredictionJob, Runner, run_pipeline
 from p2p.stages.stage import Stage
 from tasks.cluster import reporting_runner
 from tasks.common import publish_run
-from tasks.reports import deliver_mosaic
-from tasks.stages import run_on_prefect
+from tasks.stages import run_action, run_on_prefect
 
 
 @flow(name="predict-scenes")
@@ -71,14 +63,14 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
     """Translate a batch of scenes into one mosaic GeoTIFF at `config.output`.
 
     Returns:
-        The run record: workspace, output, scenes, per-stage key/path/cached/seconds.
+        The run record (`p2p.stages.record.RunRecord`): workspace, model, output, scenes, every
+        stage's key/path/cached/seconds.
     """
     config, scenes = checked_batch_config(config, require_roots=deployment.id is not None)
-    job = PredictionJob(config.workspace, config.model, scenes, config.predict, config.mosaic)
+    job = PredictionJob(
+        config.workspace, config.model, scenes, config.predict, config.mosaic, config.output
+    )
     with _fan_out(config.dask.address) as fan_out:
-        stages = run_steps(PREDICTION, job, job.workspace, _runner(fan_out))
-    predictions = [r for r in stages.values() if r.stage == predict.NAME]
-    deliver_mosaic(stages[mosaic.NAME], predictions, config.output)
-    record = prediction_record(job, config.output, stages)
+        record = run_pipeline(PREDICTION, job, _runner(fan_out), run_action)
     publish_run(record, "batch-predict")
     return record

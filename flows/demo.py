@@ -3,6 +3,7 @@ the report stage (held-out mosaic vs its map) → report.png and report.md in th
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -11,9 +12,10 @@ from prefect import flow
 from flows.batch_predict import batch_predict
 from flows.train_pipeline import train_pipeline
 from p2p.demo import demo_batch_config, demo_config, write_demo_scenes
-from p2p.stages import report
-from p2p.stages.pipeline import stage_entry
-from tasks.stages import run_on_prefect
+from p2p.stages.pipeline import DEMO_REPORT, ReportJob, run_pipeline
+from p2p.stages.record import RunRecord
+from tasks.common import publish_run
+from tasks.stages import run_action, run_on_prefect
 
 
 @flow(name="p2p-demo")
@@ -28,23 +30,27 @@ def demo_flow(
         quick: Tiny model and two epochs (tests).
 
     Returns:
-        The run record: workspace, model, every stage, the held-out metrics and the report.
+        The run record (`p2p.stages.record.RunRecord`): the trained model, every stage of the
+        three pipelines, the held-out mosaic's metrics and the report picture.
     """
+    start = time.perf_counter()
     ws = str(Path(workspace).resolve())
     data = write_demo_scenes(Path(ws) / "data", scene_size)
     trained = train_pipeline(demo_config(ws, data.train, quick))
     predicted = batch_predict(demo_batch_config(ws, trained["model"], data, quick))
-    arguments = {
-        "mosaic": predicted["output"],
-        "source": data.union_source,
-        "target": data.union_target,
-    }
-    (scored,) = run_on_prefect(report.STAGE, ws, [(report.NAME, arguments)])
-    return {
-        "workspace": ws,
-        "model": trained["model"],
-        "stages": {**trained["stages"], **predicted["stages"], "report": stage_entry(scored)},
-        "metrics": scored.summary["metrics"],
-        "validation_metrics": trained["metrics"],
-        "report": str(Path(ws) / "report.png"),
-    }
+    job = ReportJob(ws, predicted["output"], data.union_source, data.union_target)
+    scored = run_pipeline(DEMO_REPORT, job, run_on_prefect, run_action)
+    record = RunRecord(
+        pipeline="demo",
+        workspace=ws,
+        model=trained["model"],
+        output=predicted["output"],
+        written=predicted["written"],
+        scenes=[*trained["scenes"], *predicted["scenes"]],
+        stages={**trained["stages"], **predicted["stages"], **scored["stages"]},
+        metrics={**scored["metrics"], "validation": trained["metrics"]},
+        seconds=round(time.perf_counter() - start, 3),
+        report=scored["report"],
+    ).model_dump()
+    publish_run(record, "demo")
+    return record

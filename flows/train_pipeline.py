@@ -1,5 +1,5 @@
-"""Flow: the training pipeline (`p2p.stages.pipeline.TRAINING`): import/tile every scene →
-assemble the dataset → train → evaluate, each stage cached in the workspace."""
+"""Flow: the training pipeline (`p2p.stages.pipeline.TRAINING`): check every scene → import/tile
+every scene → assemble the dataset → train → evaluate, each stage cached in the workspace."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from prefect.runtime import deployment
 
 from p2p.core.config import PipelineConfig
 from p2p.core.roots import checked_pipeline_config
-from p2p.stages.pipeline import TRAINING, run_record, run_steps
+from p2p.stages.pipeline import TRAINING, run_pipeline
 from tasks.common import publish_run
-from tasks.stages import run_on_prefect
+from tasks.stages import run_action, run_on_prefect
 
 #: `p2p.stages.pipeline.UNTIL` as a Literal, so the Prefect UI offers a choice (tests/test_plan.py
 #: checks the two agree).
@@ -24,11 +24,10 @@ def train_pipeline(config: PipelineConfig, until: Until | None = None) -> dict[s
     """Train Pix2Pix on the configured scenes; stop after stage `until` when given.
 
     Returns:
-        The run record: workspace, model bundle folder, per-stage key/path/cached/seconds, and
-        the evaluation metrics (target units).
+        The run record (`p2p.stages.record.RunRecord`): workspace, model bundle folder, every
+        stage's key/path/cached/seconds, and the evaluation metrics (target units).
     """
     config = checked_pipeline_config(config, require_roots=deployment.id is not None)
-    stages = run_steps(TRAINING, config, config.workspace, run_on_prefect, until)
-    record = run_record(config.workspace, stages)
+    record = run_pipeline(TRAINING, config, run_on_prefect, run_action, until)
     publish_run(record, "train-pipeline")
     return record

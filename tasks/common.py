@@ -13,6 +13,8 @@ from typing import Any, cast
 from uuid import UUID
 
 from prefect.artifacts import (
+    create_image_artifact,
+    create_markdown_artifact,
     create_progress_artifact,
     create_table_artifact,
     update_progress_artifact,
@@ -22,6 +24,8 @@ from prefect.client.schemas.objects import State
 from p2p.core.cache import StageRecord
 from p2p.core.errors import P2PError
 from p2p.stages import progress
+from p2p.stages.record import record_markdown
+from p2p.stages.stage import StageReport
 
 
 def transient_failure(_task: Any, _run: Any, state: State[Any]) -> bool:
@@ -89,18 +93,19 @@ def publish_record(record: StageRecord, label: str) -> None:
     )
 
 
+def publish_stage_report(report: StageReport | None) -> None:
+    """A stage's own report (training, evaluation, the demo's) as a Markdown artifact."""
+    if report is None:
+        return
+    create_markdown_artifact(report.markdown, key=report.key, description=report.title)
+    if report.image is not None:
+        create_image_artifact(report.image, key=f"{report.key}-picture")
+
+
 def publish_run(record: dict[str, Any], flow_name: str) -> None:
-    """A table artifact of every stage of a run: cached or built, seconds, folder."""
-    rows: list[dict[str, Any]] = [
-        {
-            "stage": name,
-            "cached": s["cached"],
-            "seconds": s["seconds"],
-            "key": s["key"],
-            "path": s["path"],
-        }
-        for name, s in record["stages"].items()
-    ]
-    create_table_artifact(
-        rows, key=artifact_key("p2p", flow_name, "stages"), description=f"{flow_name}: stages"
+    """The run record as a Markdown report: what was delivered, then every stage."""
+    create_markdown_artifact(
+        record_markdown(record),
+        key=artifact_key("p2p", flow_name, "run"),
+        description=f"{flow_name}: run record",
     )

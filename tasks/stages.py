@@ -2,15 +2,17 @@
 
 `stage_task` wraps a `Stage`'s run function: the task has the run function's parameters
 (minus the progress callback and Dask client, which the task supplies or leaves out), logs,
-publishes the record as a table artifact, and finishes as ``Cached`` when the stage found its
-manifest. No cache policy and no persisted result: the manifest decides, and nothing is
-written for Prefect to unpickle later.
+publishes the record as a table artifact and the stage's own report, if it declares one, and
+finishes as ``Cached`` when the stage found its manifest. No cache policy and no persisted
+result: the manifest decides, and nothing is written for Prefect to unpickle later. The task
+table is derived from the stages the pipelines declare (`p2p.stages.pipeline.stages`): the
+task's name, retries, GPU tag and report all come from the `Stage`.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from prefect import Task, get_run_logger
@@ -19,29 +21,23 @@ from prefect.context import TaskRunContext
 from prefect.states import Completed
 
 from p2p.core.cache import StageRecord
-from p2p.stages import dataset, evaluate, import_tiles, mosaic, predict, report, tile, train
-from p2p.stages.pipeline import Call
+from p2p.stages.pipeline import Call, stages
 from p2p.stages.stage import Stage
-from tasks.common import StageProgress, artifact_key, publish_record, transient_failure
-from tasks.reports import publish_evaluation, publish_report, publish_training
+from tasks.common import (
+    StageProgress,
+    artifact_key,
+    publish_record,
+    publish_stage_report,
+    transient_failure,
+)
 
-#: (record, the call's arguments) → None: a stage's extra Prefect artifacts.
-Publish = Callable[[StageRecord, Mapping[str, Any]], None]
 #: Run-function parameters a task does not expose: it supplies the first, the second is local.
 SUPPLIED = ("progress", "client")
 
 
-def stage_task(
-    stage: Stage, name: str, *, retries: int = 0, publish: Publish | None = None
-) -> Task[..., StageRecord]:
-    """A Prefect task that runs `stage` (see the module docstring).
-
-    Args:
-        stage: The stage.
-        name: Task name in the UI.
-        retries: Retries of transient failures (never of a `P2PError`: bad input stays bad).
-        publish: Extra artifacts once the stage returned.
-    """
+def stage_task(stage: Stage) -> Task[..., StageRecord]:
+    """A Prefect task that runs `stage` (see the module docstring); retries are of transient
+    failures only, never of a `P2PError` (bad input stays bad)."""
     signature = inspect.signature(stage.run)
     exposed = [p for n, p in signature.parameters.items() if n not in SUPPLIED]
     takes_progress = "progress" in signature.parameters
@@ -56,19 +52,19 @@ def stage_task(
         state = "cached" if record.cached else f"built in {record.seconds:.1f} s"
         get_run_logger().info("%s: %s, %s", label, state, record.path)
         publish_record(record, label)
-        if publish is not None:
-            publish(record, arguments)
+        if stage.report is not None:
+            publish_stage_report(stage.report(record, arguments))
         return Completed(data=record, name="Cached") if record.cached else record
 
     call.__signature__ = signature.replace(parameters=exposed)  # type: ignore[attr-defined]
-    call.__name__ = call.__qualname__ = name.replace("-", "_")
+    call.__name__ = call.__qualname__ = stage.task.replace("-", "_")
     call.__doc__ = stage.run.__doc__
     made: Task[..., StageRecord] = Task(
         call,
-        name=name,
-        retries=retries,
-        retry_delay_seconds=5 if retries else 0,
-        retry_condition_fn=transient_failure if retries else None,
+        name=stage.task,
+        retries=stage.retries,
+        retry_delay_seconds=5 if stage.retries else 0,
+        retry_condition_fn=transient_failure if stage.retries else None,
         tags=["gpu"] if stage.gpu else None,
         cache_policy=NO_CACHE,
         persist_result=False,
@@ -76,17 +72,8 @@ def stage_task(
     return made
 
 
-#: One task per stage, by stage name.
-TASKS: dict[str, Task[..., StageRecord]] = {
-    tile.NAME: stage_task(tile.STAGE, "tile-scene", retries=2),
-    import_tiles.NAME: stage_task(import_tiles.STAGE, "import-export-tiles", retries=2),
-    dataset.NAME: stage_task(dataset.STAGE, "assemble-dataset", retries=2),
-    train.NAME: stage_task(train.STAGE, "train-model", publish=publish_training),
-    evaluate.NAME: stage_task(evaluate.STAGE, "evaluate-model", publish=publish_evaluation),
-    predict.NAME: stage_task(predict.STAGE, "predict-scene", retries=1),
-    mosaic.NAME: stage_task(mosaic.STAGE, "mosaic", retries=2),
-    report.NAME: stage_task(report.STAGE, "demo-report", publish=publish_report),
-}
+#: One task per stage the pipelines declare, by stage name.
+TASKS: dict[str, Task[..., StageRecord]] = {stage.name: stage_task(stage) for stage in stages()}
 
 
 def run_on_prefect(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
@@ -98,3 +85,19 @@ def run_on_prefect(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[
         for label, arguments in calls
     ]
     return [f.result() for f in futures]
+
+
+def run_action(name: str, action: Callable[[], Any], retries: int) -> Any:
+    """A pipeline's check or delivery as a Prefect task (`p2p.stages.pipeline.Action`), so the
+    UI shows it and an I/O failure of the delivery is retried."""
+    made: Task[..., Any] = Task(
+        action,
+        name=name,
+        task_run_name=name,
+        retries=retries,
+        retry_delay_seconds=5 if retries else 0,
+        retry_condition_fn=transient_failure if retries else None,
+        cache_policy=NO_CACHE,
+        persist_result=False,
+    )
+    return made()

@@ -33,6 +33,7 @@ from p2p.core.config import BatchPredictConfig, DaskConfig, PipelineConfig
 from p2p.core.errors import PathNotAllowedError
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.stages.pipeline import UNTIL as STAGES
+from p2p.stages.record import RunRecord
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -105,7 +106,7 @@ def test_full_pipeline_record(trained: tuple[PipelineConfig, dict[str, Any]]) ->
     linear = metrics["baselines"]["linear"]["mae"]
     assert metrics["skill"] == pytest.approx(metrics["overall"]["mae"] / linear)
     # the validation blocks as `p2p predict` translates them, in the record and the UI report
-    seamless = record["validation_metrics"]["seamless"]
+    seamless = record["metrics"]["validation"]["seamless"]
     assert seamless["pixels"] > 0 and set(seamless["scenes"]) <= {"train_1", "train_2", "train_3"}
     assert 0 < seamless["overall"]["mae"] < 255 and seamless["baselines"]["linear"]["mae"] > 0
     with get_client(sync_client=True) as client:
@@ -125,6 +126,7 @@ def test_rerun_is_all_cached_and_rewrites_nothing(
     config, first = trained
     before = artifact_mtimes(config.workspace)
     second = train_pipeline(config)
+    assert RunRecord.model_validate(second).pipeline == "train"  # the one record schema
     assert {n: s["cached"] for n, s in second["stages"].items()} == {
         n: True for n in first["stages"]
     }
@@ -134,7 +136,9 @@ def test_rerun_is_all_cached_and_rewrites_nothing(
     state = train_pipeline(config, return_state=True)
     third = state.result()
     assert all(s["cached"] for s in third["stages"].values())
-    assert set(task_states(state).values()) == {"Cached"}  # what the UI shows
+    states = task_states(state)
+    assert states.pop("check-train") == "Completed"  # the scenes are checked on every run
+    assert set(states.values()) == {"Cached"}  # every stage: what the UI shows
     assert artifact_mtimes(config.workspace) == before
 
 
@@ -168,6 +172,7 @@ def test_batch_predict_on_a_local_cluster(
         result = batch_predict(batch.model_copy(update={"dask": dask}))
         ran_on_cluster = set(cluster.scheduler.task_prefixes)
     assert "predict_scene" in ran_on_cluster  # the Prefect task ran on the Dask workers
+    assert RunRecord.model_validate(result).written is True  # the one record schema
     assert result["scenes"] == ["heldout_a_image", "heldout_b_image"]
     assert not any(s["cached"] for s in result["stages"].values())
     with rasterio.open(result["output"]) as out, rasterio.open(data.union_target) as ref:
@@ -206,10 +211,12 @@ def test_bad_input_fails_once_without_retries(data: DemoScenes, tmp_path: Path) 
                 id=FlowRunFilterId(any_=[state.state_details.flow_run_id])
             )
         )
-    assert [(r.name, r.run_count) for r in runs] == [("tile-train_1", 1)]  # no retry
+    # the pipeline's check failed, once (bad input is never retried), before any stage ran
+    assert [(r.name, r.run_count) for r in runs] == [("check-train", 1)]
 
 
 def test_demo_reports_and_reruns_cached(demo: dict[str, Any]) -> None:
+    RunRecord.model_validate(demo)  # the one record schema (docs/record.schema.json)
     ws = Path(demo["workspace"])
     assert Path(demo["report"]) == ws / "report.png" and (ws / "report.md").is_file()
     assert "| **overall** |" in (ws / "report.md").read_text()
@@ -324,11 +331,12 @@ def test_fully_cached_run_answers_without_prefect(
     out = _cli("run", str(path), "--json")
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads(out.stdout.strip().splitlines()[-1])
+    assert RunRecord.model_validate(record).pipeline == "train"  # the flow's schema
     assert {n: (s["key"], s["cached"]) for n, s in record["stages"].items()} == {
         n: (s["key"], True) for n, s in first["stages"].items()
     }
     assert record["model"] == first["model"]
-    assert record["metrics"] == first["validation_metrics"]  # the evaluate stage's
+    assert record["metrics"] == first["metrics"]["validation"]  # the evaluate stage's
     imported = _imported(out.stderr)
     assert "p2p" in imported and not imported & {"prefect", "torch", "rasterio", "dask"}
 
@@ -359,7 +367,9 @@ def test_cli_predict_runs_the_batch_predict_stages(
     # in the flow's workspace, every stage is the flow's: same keys, all reused
     same = _cli(*base, "--output", str(tmp_path / "a.tif"), "--workspace", demo["workspace"])
     assert same.returncode == 0, same.stderr[-2000:]
-    assert json.loads(same.stdout.strip().splitlines()[-1])["stages"] == flow_keys
+    same_record = json.loads(same.stdout.strip().splitlines()[-1])
+    RunRecord.model_validate(same_record)  # the flow's record and the CLI's share one schema
+    assert {n: s["key"] for n, s in same_record["stages"].items()} == flow_keys
     assert (tmp_path / "a.tif").read_bytes() == mosaic.read_bytes()
     # nothing to predict: neither Prefect nor torch is loaded (torch alone takes ~1.3 s)
     assert not _imported(same.stderr) & {"prefect", "torch"}
@@ -369,7 +379,7 @@ def test_cli_predict_runs_the_batch_predict_stages(
     assert fresh.returncode == 0, fresh.stderr[-2000:]
     record = json.loads(fresh.stdout.strip().splitlines()[-1])
     assert record["workspace"] == str(tmp_path / "out" / ".p2p-work")
-    predictions = {n: k for n, k in record["stages"].items() if n.startswith("predict")}
+    predictions = {n: s["key"] for n, s in record["stages"].items() if n.startswith("predict")}
     assert predictions == {n: k for n, k in flow_keys.items() if n.startswith("predict")}
     assert (tmp_path / "out" / "b.tif").read_bytes() == mosaic.read_bytes()
     assert "torch" in _imported(fresh.stderr)
@@ -378,8 +388,8 @@ def test_cli_predict_runs_the_batch_predict_stages(
     cog = _cli(*base[:-3], "--format", "cog", "--json", "--output", str(tmp_path / "out" / "c.tif"))
     assert cog.returncode == 0, cog.stderr[-2000:]
     stages = json.loads(cog.stdout.strip().splitlines()[-1])["stages"]
-    assert {n: k for n, k in stages.items() if n.startswith("predict")} == predictions
-    assert stages["mosaic"] != record["stages"]["mosaic"]
+    assert {n: s["key"] for n, s in stages.items() if n.startswith("predict")} == predictions
+    assert stages["mosaic"]["key"] != record["stages"]["mosaic"]["key"]
     assert "torch" not in _imported(cog.stderr)
     with rasterio.open(tmp_path / "out" / "c.tif") as c, rasterio.open(mosaic) as m:
         np.testing.assert_array_equal(c.read(), m.read())

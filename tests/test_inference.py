@@ -26,6 +26,7 @@ from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, denormalize, normalize
 from p2p.stages.predict import run as predict_stage
+from p2p.stages.record import RunRecord
 from tests.faultkit import assert_one_line_error, cli
 from tests.rasters import write_geotiff
 
@@ -336,10 +337,11 @@ def test_cli_predicts_one_scene_or_a_mosaic_of_several(tmp_path: Path) -> None:
     one = cli([*base, "--input", a, "--output", tmp_path / "one.tif"])  # the installed p2p
     assert one.returncode == 0, one.stderr
     record: dict[str, Any] = json.loads(one.stdout.strip().splitlines()[-1])
-    assert record["scenes"] == 1 and Path(record["output"]).is_file()
+    assert record["scenes"] == ["a"] and Path(record["output"]).is_file()
+    assert RunRecord.model_validate(record).pipeline == "predict"  # docs/record.schema.json
     two = cli([*base, "--input", a, "--input", b, "--output", tmp_path / "two.tif"])
     assert two.returncode == 0, two.stderr
-    assert json.loads(two.stdout.strip().splitlines()[-1])["scenes"] == 2
+    assert json.loads(two.stdout.strip().splitlines()[-1])["scenes"] == ["a", "b"]
     with rasterio.open(tmp_path / "one.tif") as o, rasterio.open(tmp_path / "two.tif") as m:
         np.testing.assert_array_equal(o.read(), m.read())  # same footprint: the same pixels
     assert not list(tmp_path.glob(".two.tif*"))

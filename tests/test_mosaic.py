@@ -400,8 +400,7 @@ def test_cli_predict_of_one_scene_delivers_its_cached_prediction(tmp_path: Path)
                "--tile-size", "32", "--overlap", "4", "--device", "cpu", "--json"])  # fmt: skip
     assert run.returncode == 0, run.stderr
     record = json.loads(run.stdout.strip().splitlines()[-1])
-    workspace = Path(record["workspace"])
-    prediction = workspace / "predict" / record["stages"]["predict:scene"] / "scene.tif"
+    prediction = Path(record["stages"]["predict:scene"]["path"]) / "scene.tif"
     with rasterio.open(prediction) as p, rasterio.open(out) as o:
         assert (p.read() == 0).any() and (p.read() != 0).any()
         np.testing.assert_array_equal(o.read(), p.read())

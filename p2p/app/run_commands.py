@@ -30,24 +30,6 @@ def _print_stages(record: dict[str, Any]) -> None:
     Console().print(table)
 
 
-def check_scenes(config: Any) -> Any:
-    """Check paths and every scene (files, bands, grids, overlap, chip size) before the flow
-    starts, so bad input costs a second and one line, not a Prefect start-up and task
-    retries of an error no retry can fix. Returns the checked config."""
-    from p2p.core.config import ExportTilesConfig
-    from p2p.core.roots import checked_pipeline_config
-    from p2p.data.arcgis import plan_export
-    from p2p.data.tiling import plan_scene
-
-    checked = checked_pipeline_config(config)
-    for scene in checked.scenes:
-        if isinstance(scene, ExportTilesConfig):
-            plan_export(scene.export_tiles, checked.tiling)
-        else:
-            plan_scene(scene, checked.tiling)
-    return checked
-
-
 def _print_plan(entries: Any) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -122,7 +104,7 @@ def run(
 
     def body() -> None:
         from p2p.core.errors import ConfigError
-        from p2p.stages.pipeline import TRAINING, run_record
+        from p2p.stages.pipeline import TRAINING, pipeline_record
         from p2p.stages.plan import force as force_stage
         from p2p.stages.plan import plan, records_of
 
@@ -133,7 +115,7 @@ def run(
             else:
                 _print_plan(entries)
             return
-        names = [step.stage.name for step in TRAINING]
+        names = [step.stage.name for step in TRAINING.steps]
         for stage in force:
             if stage not in names:
                 raise ConfigError("--force", f"must be one of {', '.join(names)}, not {stage!r}")
@@ -141,9 +123,10 @@ def run(
         if force:
             entries = plan(TRAINING, cfg, cfg.workspace, until)
         if all(e.status == "cached" for e in entries):
-            record = run_record(cfg.workspace, records_of(entries))
+            record = pipeline_record(TRAINING, cfg, records_of(entries))
         else:
-            record = _run_flow(check_scenes(cfg), until)
+            TRAINING.check(cfg)  # here too, so bad input costs no Prefect start-up
+            record = _run_flow(cfg, until)
         if as_json:
             print_json(record)
         else:

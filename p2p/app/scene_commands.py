@@ -113,7 +113,6 @@ def predict(
 
         from pydantic import ValidationError
 
-        from p2p.core import storage
         from p2p.core.config import MosaicConfig, PredictConfig
         from p2p.core.errors import ConfigError
 
@@ -134,25 +133,25 @@ def predict(
         # the bad input above is refused before torch and GDAL are imported (a second saved)
         from p2p.infer.inference import resolve_window
         from p2p.model.meta import read_meta
-        from p2p.stages.pipeline import PredictionJob, default_workspace, predict_in_process
+        from p2p.stages.pipeline import (
+            PREDICTION,
+            PredictionJob,
+            default_workspace,
+            in_process,
+            run_pipeline,
+        )
 
         resolve_window(read_meta(model)[0], config)
         ws = str(default_workspace(output) if workspace is None else workspace_path(workspace))
-        job = PredictionJob(ws, model, scenes, config, MosaicConfig())
+        job = PredictionJob(ws, model, scenes, config, MosaicConfig(), output)
         with _scene_progress("predict") as bars:
 
             def progress(name: str) -> Callable[[int, int], None]:
                 task = bars.add_task(name, total=None)
                 return lambda done, total: bars.update(task, completed=done, total=total)
 
-            stages = predict_in_process(job, output, progress)
-        record = {
-            "output": output if storage.is_remote(output) else str(Path(output).absolute()),
-            "scenes": len(scenes),
-            "workspace": ws,
-            "stages": {name: r.key for name, r in stages.items()},
-            "seconds": round(time.perf_counter() - start, 3),
-        }
+            record = run_pipeline(PREDICTION, job, in_process(progress))
+        record["seconds"] = round(time.perf_counter() - start, 3)  # the command's, checks included
         if as_json:
             print_json(record)
         else:

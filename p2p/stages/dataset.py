@@ -63,4 +63,4 @@ def _folder(path: str | Path) -> str:
     return str(path) if storage.is_remote(path) else str(Path(path).resolve())
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run)
+STAGE = Stage(NAME, VERSION, key_parts, run, task="assemble-dataset", retries=2)

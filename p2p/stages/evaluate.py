@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.core.cache import KeyParts, StageRecord, finished_stage, read_manifest, run_stage
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.fsutil import atomic_write_json
-from p2p.stages.stage import Stage
+from p2p.stages.stage import Stage, StageReport
 
 if TYPE_CHECKING:
     from p2p.infer.validation import ValidationScene
@@ -116,4 +117,13 @@ def _validation_scenes(dataset_dir: str | Path) -> list[ValidationScene]:
     return scenes
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, gpu=True)
+def report(record: StageRecord, arguments: Mapping[str, Any]) -> StageReport:
+    """The evaluation report: skill against the baselines, metrics, a validation picture."""
+    from p2p.infer.report import evaluate_report
+
+    model = arguments["train"].summary["model"]
+    text = evaluate_report(record.summary, model)
+    return StageReport("p2p-evaluate-report", "Evaluation report", text)
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run, task="evaluate-model", gpu=True, report=report)

@@ -58,4 +58,4 @@ def run(workspace: str | Path, scene: ExportTilesConfig, tiling: TilingConfig) -
     return run_stage(workspace, parts, build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run)
+STAGE = Stage(NAME, VERSION, key_parts, run, task="import-export-tiles", retries=2)

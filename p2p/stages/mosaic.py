@@ -70,4 +70,4 @@ def run(
     return run_stage(workspace, parts, build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run)
+STAGE = Stage(NAME, VERSION, key_parts, run, task="mosaic", retries=2)

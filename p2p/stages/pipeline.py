@@ -1,20 +1,27 @@
-"""The pipelines, declared once: which stages run, in which order, on which arguments.
+"""The pipelines, each declared once: its steps, its check, its delivery and its record.
 
-A pipeline is a tuple of `Step`s. A step names its stage and turns the job (a checked config)
-and the records of earlier steps into the stage's calls, ``(label, arguments)``. Runners are
-swappable beneath one declaration (as in Raster Vision's pipelines): `in_process` calls the
-stages here (the CLI's `predict`), `p2p.stages.plan` only computes keys and reads manifests
-(`p2p plan`, the fully cached `p2p run`, `--force`), and `tasks.stages.run_on_prefect` submits
-them as Prefect tasks (the flows). So the flows, the plan and the CLI cannot disagree on a key.
+A `Pipeline` is one value (as a Raster Vision pipeline is): the steps in order (a step names its
+stage, turns the job and the records of earlier steps into the stage's calls, and says whether
+it fans out once per scene, like Raster Vision's split commands), the check run before any work
+(every scene, the model), the delivery of its product, and what its record says. `run_pipeline`
+runs any pipeline with any runner beneath it: `in_process` calls the stages here (the CLI's
+`predict`, the Python API), `p2p.stages.plan` only computes keys and reads manifests (`p2p
+plan`, the fully cached `p2p run`, `--force`), and `tasks.stages.run_on_prefect` submits them as
+Prefect tasks (the flows, on a Dask cluster when one is configured). So the CLI, the flows and
+the plan check the same way, cannot disagree on a key, deliver the same way and return the
+same record (`p2p.stages.record.RunRecord`). The Prefect task table is derived from the stages
+these declarations list.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable, Mapping, Sequence
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from p2p.core import storage
 from p2p.core.cache import StageRecord
@@ -26,7 +33,8 @@ from p2p.core.config import (
     SceneConfig,
     TrainingScene,
 )
-from p2p.stages import dataset, evaluate, import_tiles, mosaic, predict, tile, train
+from p2p.stages import dataset, evaluate, import_tiles, mosaic, predict, report, tile, train
+from p2p.stages.record import RunRecord, stage_entry
 from p2p.stages.stage import Progress, Stage
 
 #: label → record, in run order. Labels: the stage name, or ``stage:scene_id`` per scene.
@@ -34,14 +42,19 @@ Records = dict[str, StageRecord]
 Call = tuple[str, dict[str, Any]]
 #: (stage, workspace, calls) → one record per call, in order.
 Runner = Callable[[Stage, str, Sequence[Call]], list[StageRecord]]
+#: (name, action, retries) → the action's result: how a runner runs a pipeline's check and
+#: delivery (in process: a plain call; on Prefect: a task, retried on I/O failures).
+Action = Callable[[str, Callable[[], Any], int], Any]
 
 
 @dataclass(frozen=True)
 class Step:
-    """One stage of a pipeline and how its calls are made from the job and earlier records."""
+    """One stage of a pipeline and how its calls are made from the job and earlier records;
+    `per_scene` marks a step that fans out into one call per scene (split across workers)."""
 
     stage: Stage
     calls: Callable[[Any, Records], list[Call]]
+    per_scene: bool = False
 
 
 @dataclass(frozen=True)
@@ -54,6 +67,7 @@ class PredictionJob:
         scenes: The source scenes.
         predict: Inference settings; `output_format` applies to the mosaic.
         mosaic: Output grid.
+        output: Where the mosaic is delivered (a path or ``s3://`` URL).
     """
 
     workspace: str
@@ -61,6 +75,7 @@ class PredictionJob:
     scenes: list[SceneConfig]
     predict: PredictConfig
     mosaic: MosaicConfig
+    output: str
 
     @property
     def per_scene(self) -> PredictConfig:
@@ -121,30 +136,155 @@ def _mosaic(j: PredictionJob, r: Records) -> list[Call]:
     return [(mosaic.NAME, arguments)]
 
 
-#: Scene pairs and Export Tiles folders → chips → dataset → model bundle → its metrics.
-TRAINING: tuple[Step, ...] = (
-    Step(import_tiles.STAGE, _imports),
-    Step(tile.STAGE, _tiles),
-    Step(dataset.STAGE, _dataset),
-    Step(train.STAGE, _train),
-    Step(evaluate.STAGE, _evaluate),
-)
-#: Where `p2p run --until` may stop (the import stage counts as part of `tile`).
-UNTIL = (tile.NAME, dataset.NAME, train.NAME, evaluate.NAME)
+@dataclass(frozen=True)
+class ReportJob:
+    """The demo's last step: a mosaic scored against the references over its extent."""
 
-#: Scenes → one prediction each → one mosaic (`p2p predict` and the `batch_predict` flow).
-PREDICTION: tuple[Step, ...] = (
-    Step(predict.STAGE, _predictions),
-    Step(mosaic.STAGE, _mosaic),
+    workspace: str
+    mosaic: str
+    source: str
+    target: str
+
+
+def _report(j: ReportJob, _: Records) -> list[Call]:
+    arguments = {"mosaic": j.mosaic, "source": j.source, "target": j.target}
+    return [(report.NAME, arguments)]
+
+
+def check_training(config: PipelineConfig) -> None:
+    """Every training scene (files, bands, grids, overlap, chip size) before any work, so bad
+    input costs a second and one line, not a Prefect start-up and a failed task."""
+    from p2p.data.arcgis import plan_export
+    from p2p.data.tiling import plan_scene
+
+    for scene in config.scenes:
+        if isinstance(scene, ExportTilesConfig):
+            plan_export(scene.export_tiles, config.tiling)
+        else:
+            plan_scene(scene, config.tiling)
+
+
+def check_prediction(job: PredictionJob) -> None:
+    """The bundle's metadata and every scene against it (bands, window, runtime)."""
+    from p2p.infer.inference import check_scene
+    from p2p.model.meta import read_ref
+
+    ref = read_ref(job.model)  # the predict stage checks the weights; torch loads where one runs
+    for scene in job.scenes:
+        check_scene(ref, scene, job.per_scene)
+
+
+def deliver_mosaic(job: PredictionJob, records: Records) -> bool:
+    """Copy the mosaic to the job's output (atomically; left as is when unchanged).
+
+    Returns:
+        True when the output was (re)written.
+    """
+    from p2p.infer.report import deliver_file
+
+    return deliver_file(records[mosaic.NAME].summary["output"], job.output)
+
+
+def _training_fields(c: PipelineConfig, r: Records) -> dict[str, Any]:
+    last = r.get(evaluate.NAME) or r.get(train.NAME)
+    return {
+        "model": r[train.NAME].summary["model"] if train.NAME in r else None,
+        "output": None,
+        "scenes": [s.scene_id for s in c.scenes],
+        "metrics": last.summary.get("metrics", {}) if last else {},
+    }
+
+
+def _prediction_fields(j: PredictionJob, _: Records) -> dict[str, Any]:
+    output = j.output if storage.is_remote(j.output) else str(Path(j.output).absolute())
+    scenes = [s.scene_id for s in j.scenes]
+    return {"model": j.model, "output": output, "scenes": scenes, "metrics": {}}
+
+
+def _report_fields(j: ReportJob, r: Records) -> dict[str, Any]:
+    return {
+        "model": None,
+        "output": None,
+        "scenes": [],
+        "metrics": r[report.NAME].summary["metrics"],
+        "report": str(Path(j.workspace) / "report.png"),
+    }
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """A pipeline, declared once.
+
+    Attributes:
+        name: The record's ``pipeline`` field.
+        steps: The stages in run order.
+        check: Job → None; raises a `P2PError` on bad input, before any stage runs.
+        fields: (job, records) → the record's model, output, scenes and metrics.
+        deliver: (job, records) → whether the product was (re)written; None: nothing to deliver.
+        until: Steps a run may stop after (`p2p run --until`).
+    """
+
+    name: Literal["train", "predict", "demo"]
+    steps: tuple[Step, ...]
+    check: Callable[[Any], None]
+    fields: Callable[[Any, Records], dict[str, Any]]
+    deliver: Callable[[Any, Records], bool] | None = None
+    until: tuple[str, ...] = ()
+
+
+#: Scene pairs and Export Tiles folders → chips → dataset → model bundle → its metrics.
+TRAINING = Pipeline(
+    "train",
+    (
+        Step(import_tiles.STAGE, _imports, per_scene=True),
+        Step(tile.STAGE, _tiles, per_scene=True),
+        Step(dataset.STAGE, _dataset),
+        Step(train.STAGE, _train),
+        Step(evaluate.STAGE, _evaluate),
+    ),
+    check=check_training,
+    fields=_training_fields,
+    until=(tile.NAME, dataset.NAME, train.NAME, evaluate.NAME),  # import counts as tile
 )
+#: Where `p2p run --until` may stop.
+UNTIL = TRAINING.until
+
+#: Scenes → one prediction each → one mosaic, delivered (`p2p predict`, `batch_predict`).
+PREDICTION = Pipeline(
+    "predict",
+    (
+        Step(predict.STAGE, _predictions, per_scene=True),
+        Step(mosaic.STAGE, _mosaic),
+    ),
+    check=check_prediction,
+    fields=_prediction_fields,
+    deliver=deliver_mosaic,
+)
+
+#: The demo's held-out mosaic against its map (the demo flow's last step).
+DEMO_REPORT = Pipeline(
+    "demo", (Step(report.STAGE, _report),), check=lambda _: None, fields=_report_fields
+)
+
+PIPELINES = (TRAINING, PREDICTION, DEMO_REPORT)
+
+
+def stages() -> Iterator[Stage]:
+    """Every stage the pipelines declare, once each (the Prefect task table is made of these)."""
+    seen: set[str] = set()
+    for pipeline in PIPELINES:
+        for step in pipeline.steps:
+            if step.stage.name not in seen:
+                seen.add(step.stage.name)
+                yield step.stage
 
 
 def run_steps(
-    steps: Sequence[Step], job: Any, workspace: str, runner: Runner, until: str | None = None
+    pipeline: Pipeline, job: Any, workspace: str, runner: Runner, until: str | None = None
 ) -> Records:
     """Run a pipeline's steps in order with `runner`; stop after step `until` when given."""
     records: Records = {}
-    for step in steps:
+    for step in pipeline.steps:
         calls = step.calls(job, records)
         if calls:
             done = runner(step.stage, workspace, calls)
@@ -152,6 +292,59 @@ def run_steps(
         if step.stage.name == until:
             break
     return records
+
+
+def direct(_name: str, action: Callable[[], Any], _retries: int) -> Any:
+    """The in-process `Action`: call it."""
+    return action()
+
+
+def run_pipeline(
+    pipeline: Pipeline,
+    job: Any,
+    runner: Runner,
+    action: Action = direct,
+    until: str | None = None,
+) -> dict[str, Any]:
+    """Check, run every step, deliver and record: the one way a pipeline runs.
+
+    Args:
+        pipeline: The declaration.
+        job: Its checked configuration (`PipelineConfig`, `PredictionJob`, `ReportJob`).
+        runner: How stages run (in process, on Prefect, on Prefect on Dask).
+        action: How the check and the delivery run (in process: called; Prefect: tasks).
+        until: Stop after this step (training); nothing is delivered then.
+
+    Returns:
+        The run record (`RunRecord`, as a dict).
+    """
+    start = time.perf_counter()
+    action(f"check-{pipeline.name}", partial(pipeline.check, job), 0)
+    records = run_steps(pipeline, job, job.workspace, runner, until)
+    written = None
+    if pipeline.deliver is not None and until is None:
+        written = action(f"deliver-{pipeline.name}", partial(pipeline.deliver, job, records), 2)
+    return pipeline_record(pipeline, job, records, written, time.perf_counter() - start)
+
+
+def pipeline_record(
+    pipeline: Pipeline,
+    job: Any,
+    records: Mapping[str, StageRecord],
+    written: bool | None = None,
+    seconds: float = 0.0,
+) -> dict[str, Any]:
+    """The `RunRecord` (as a dict) of a pipeline's job and the records of its stage calls."""
+    fields = pipeline.fields(job, dict(records))
+    record = {
+        "pipeline": pipeline.name,
+        "workspace": job.workspace,
+        "written": written,
+        "stages": {label: stage_entry(r) for label, r in records.items()},
+        "seconds": round(seconds, 3),
+        **fields,
+    }
+    return RunRecord.model_validate(record).model_dump()
 
 
 def in_process(progress: Callable[[str], Progress | None] | None = None) -> Runner:
@@ -172,73 +365,9 @@ def in_process(progress: Callable[[str], Progress | None] | None = None) -> Runn
     return run
 
 
-def stage_entry(record: StageRecord) -> dict[str, Any]:
-    """The `--json` view of one stage: key, path, cached, seconds."""
-    return {
-        "key": record.key,
-        "path": record.path,
-        "cached": record.cached,
-        "seconds": record.seconds,
-    }
-
-
-def run_record(workspace: str, stages: Mapping[str, StageRecord]) -> dict[str, Any]:
-    """The `--json` record of a training run: workspace, model, stages, metrics."""
-    metrics: dict[str, Any] = {}
-    if evaluate.NAME in stages:
-        metrics = stages[evaluate.NAME].summary.get("metrics", {})
-    elif train.NAME in stages:
-        metrics = stages[train.NAME].summary.get("metrics", {})
-    return {
-        "workspace": workspace,
-        "model": stages[train.NAME].summary["model"] if train.NAME in stages else None,
-        "stages": {name: stage_entry(r) for name, r in stages.items()},
-        "metrics": metrics,
-    }
-
-
-def prediction_record(job: PredictionJob, output: str, stages: Records) -> dict[str, Any]:
-    """The `--json` record of a batch prediction: workspace, output, scenes, stages."""
-    return {
-        "workspace": job.workspace,
-        "output": output,
-        "scenes": [s.scene_id for s in job.scenes],
-        "stages": {name: stage_entry(r) for name, r in stages.items()},
-    }
-
-
 def default_workspace(output: str | Path) -> Path:
     """Where `p2p predict` caches its stages unless told: a hidden folder beside the output
     (for an ``s3://`` output, a local folder named after it, so a rerun resumes there)."""
     if storage.is_remote(output):
         return storage.staging_dir(str(output)) / ".p2p-work"
     return Path(output).absolute().parent / ".p2p-work"
-
-
-def predict_in_process(
-    job: PredictionJob,
-    output: str | Path,
-    progress: Callable[[str], Progress | None] | None = None,
-) -> Records:
-    """The prediction pipeline without Prefect (`p2p predict`): every scene checked first,
-    then the same stages, keys and artifacts as the `batch_predict` flow, and the mosaic
-    delivered to `output`.
-
-    Args:
-        job: The checked prediction.
-        output: Where the mosaic is delivered (atomically; left as is when unchanged).
-        progress: Given a call's label, returns its progress callback (or None).
-
-    Returns:
-        label → record of every stage.
-    """
-    from p2p.infer.inference import check_scene
-    from p2p.infer.report import deliver_file
-    from p2p.model.meta import read_ref
-
-    ref = read_ref(job.model)  # the predict stage checks the weights; torch loads where one runs
-    for scene in job.scenes:
-        check_scene(ref, scene, job.per_scene)
-    stages = run_steps(PREDICTION, job, job.workspace, in_process(progress))
-    deliver_file(stages[mosaic.NAME].summary["output"], output)
-    return stages

@@ -28,7 +28,7 @@ from p2p.core.cache import (
 )
 from p2p.core.errors import ConfigError
 from p2p.core.fsutil import read_json
-from p2p.stages.pipeline import Call, Records, Step, run_steps
+from p2p.stages.pipeline import Call, Pipeline, Records, run_steps
 from p2p.stages.stage import Stage
 
 Status = Literal["cached", "resume", "run"]
@@ -55,10 +55,8 @@ class Planned:
     why: str
 
 
-def plan(
-    steps: Sequence[Step], job: Any, workspace: str, until: str | None = None
-) -> list[Planned]:
-    """The plan of running `steps` on `job` in `workspace` (see the module docstring)."""
+def plan(pipeline: Pipeline, job: Any, workspace: str, until: str | None = None) -> list[Planned]:
+    """The plan of running `pipeline` on `job` in `workspace` (see the module docstring)."""
     found: list[tuple[str, Stage, dict[str, Any], KeyParts]] = []
 
     def runner(stage: Stage, ws: str, calls: Sequence[Call]) -> list[StageRecord]:
@@ -81,7 +79,7 @@ def plan(
             )
         return records
 
-    records = run_steps(steps, job, workspace, runner, until)
+    records = run_steps(pipeline, job, workspace, runner, until)
     labels = {r.key: label for label, r in records.items()}
     entries = []
     for label, _, arguments, parts in found:

@@ -75,4 +75,4 @@ def run(
     return run_stage(workspace, parts, build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, gpu=True)
+STAGE = Stage(NAME, VERSION, key_parts, run, task="predict-scene", gpu=True, retries=1)

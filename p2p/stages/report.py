@@ -6,12 +6,13 @@ table); both are copied to the workspace root, which holds the latest report.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from p2p.core.cache import KeyParts, StageRecord, fingerprint_file, run_stage
 from p2p.core.fsutil import atomic_write_text
-from p2p.stages.stage import Stage
+from p2p.stages.stage import Stage, StageReport
 
 NAME = "report"
 VERSION = 1
@@ -64,4 +65,11 @@ def run(workspace: str | Path, mosaic: str, source: str, target: str) -> StageRe
     return record
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run)
+def report(record: StageRecord, arguments: Mapping[str, Any]) -> StageReport:
+    """The demo report: held-out mosaic vs map, as markdown with its picture."""
+    markdown = Path(record.path, "report.md").read_text()
+    picture = str(Path(arguments["workspace"]) / "report.png")
+    return StageReport("p2p-demo-report", "Demo: held-out mosaic vs map", markdown, picture)
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run, task="demo-report", report=report)

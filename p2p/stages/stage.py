@@ -6,6 +6,10 @@ can pass records of stages that have not run yet); `run` computes the parts once
 them to `p2p.core.cache.run_stage`. Everything else (the plan, the Prefect tasks, the CLI's
 fully cached fast path, `--force`) derives keys and folders through `Stage.parts`, so no
 second spelling of a key exists.
+
+A stage also declares how it appears to an orchestrator: its task name, how often an I/O
+failure is retried, and the report it publishes. The Prefect task table is derived from these
+declarations (`tasks.stages`), so a new stage is one module plus one line in its pipeline.
 """
 
 from __future__ import annotations
@@ -22,6 +26,27 @@ Progress = Callable[[int, int], None]
 
 
 @dataclass(frozen=True)
+class StageReport:
+    """A report a stage publishes beside its record (the Prefect UI shows it as an artifact).
+
+    Attributes:
+        key: Artifact key (lowercase letters, digits, dashes).
+        title: One-line description.
+        markdown: The report.
+        image: A picture file to publish as well, if any.
+    """
+
+    key: str
+    title: str
+    markdown: str
+    image: str | None = None
+
+
+#: (record, the call's arguments) → the stage's report, or None.
+Reporter = Callable[[StageRecord, Mapping[str, Any]], StageReport | None]
+
+
+@dataclass(frozen=True)
 class Stage:
     """One cached step of a pipeline.
 
@@ -30,14 +55,20 @@ class Stage:
         version: Artifact format version; bump it when the artifacts change meaning.
         key_parts: Arguments (a subset of `run`'s, same names) → the key's parts.
         run: ``run(workspace, **arguments) -> StageRecord``; cached, resumable, locked.
+        task: Task name in an orchestrator's UI (e.g. ``tile-scene``).
         gpu: Whether the stage wants the accelerator (tags the Prefect task).
+        retries: Retries of a transient (I/O) failure; bad input is never retried.
+        report: The report published once the stage returned, if any.
     """
 
     name: str
     version: int
     key_parts: Callable[..., KeyParts]
     run: Callable[..., StageRecord]
+    task: str
     gpu: bool = False
+    retries: int = 0
+    report: Reporter | None = None
 
     def parts(self, arguments: Mapping[str, Any]) -> KeyParts:
         """The key parts of a call with these arguments (extra arguments are ignored)."""

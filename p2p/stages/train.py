@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.core.cache import KeyParts, StageRecord, finished_stage, run_stage
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import StageError
-from p2p.stages.stage import Progress, Stage
+from p2p.stages.stage import Progress, Stage, StageReport
 
 if TYPE_CHECKING:
     from p2p.model.normalization import BandStats
@@ -150,4 +151,11 @@ def _bundle(
     write_bundle(model_dir, result.load_generator(), meta)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, gpu=True)
+def report(record: StageRecord, _: Mapping[str, Any]) -> StageReport:
+    """The training report: skill against the baselines, metrics, the last preview (embedded)."""
+    from p2p.infer.report import train_report
+
+    return StageReport("p2p-train-report", "Training report", train_report(record.summary))
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run, task="train-model", gpu=True, report=report)
