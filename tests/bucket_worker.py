@@ -8,6 +8,9 @@ test's S3 server:
   ``{WORKSPACE}/builds/{pid}`` and takes two seconds; print the record as JSON.
 - ``hold LOCK_URL LEASE_S``: take the bucket lock with a lease of LEASE_S seconds, print
   ``held``, hold it until it learns that the lease was lost, release it, print ``lost``.
+- ``commit WORKSPACE GO WHO``: run a stage whose build writes ``who.txt`` = WHO, prints
+  ``built`` and waits until the file GO exists (the test pauses it there, right before the
+  commit); print the record as JSON, or ``refused: ...`` and exit 3 when p2p refused.
 - ``tile WORKSPACE SOURCE TARGET KILL_AFTER``: tile the pair into the bucket workspace with
   a thread-based Dask cluster and SIGKILL this process once KILL_AFTER blocks are done.
 """
@@ -26,10 +29,12 @@ from p2p.core import files
 from p2p.core.bucketlock import BucketLock
 from p2p.core.cache import KeyParts, run_stage
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
+from p2p.core.errors import P2PError
 
 #: The tiling of the kill-and-resume test (4 x 4 blocks on a 64 px scene).
 TILING = TilingConfig(chip_size=16, stride=8, block_chips=2, min_valid_fraction=0.5)
 RACE_PARTS = KeyParts("race", 1, {"n": 1}, [])
+COMMIT_PARTS = KeyParts("commit", 1, {"n": 1}, [])
 
 
 def race(workspace: str, start: float) -> None:
@@ -53,6 +58,28 @@ def hold(url: str, lease_s: float) -> None:
     print("lost", flush=True)
 
 
+def build_who(who: str, go: Path | None = None) -> Any:
+    """A stage build writing ``who.txt`` (waiting for the file `go` before it returns)."""
+
+    def build(folder: Path) -> dict[str, Any]:
+        (folder / "who.txt").write_text(who)
+        print("built", flush=True)
+        while go is not None and not go.exists():
+            time.sleep(0.05)
+        return {"who": who}
+
+    return build
+
+
+def commit(workspace: str, go: str, who: str) -> None:
+    try:
+        record = run_stage(workspace, COMMIT_PARTS, build_who(who, Path(go)))
+    except P2PError as exc:
+        print(f"refused: {exc}", flush=True)
+        sys.exit(3)
+    print(json.dumps(record.summary), flush=True)
+
+
 def tile(workspace: str, source: str, target: str, kill_after: int) -> None:
     from p2p.stages.tile import run as tile_stage
 
@@ -71,6 +98,8 @@ if __name__ == "__main__":
         race(args[0], float(args[1]))
     elif mode == "hold":
         hold(args[0], float(args[1]))
+    elif mode == "commit":
+        commit(args[0], args[1], args[2])
     elif mode == "tile":
         tile(args[0], args[1], args[2], int(args[3]))
     else:

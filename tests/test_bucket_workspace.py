@@ -21,7 +21,7 @@ from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 from torch.utils.data import DataLoader
 
 from p2p.core import storage
-from p2p.core.bucketlock import BucketLock
+from p2p.core.bucketlock import BucketLock, LeaseLost
 from p2p.core.cache import KeyParts, read_manifest, run_stage
 from p2p.core.config import PipelineConfig, TrainConfig
 from p2p.core.errors import ConfigError
@@ -33,13 +33,14 @@ from p2p.stages.pipeline import TRAINING, in_process, run_steps
 from tests import bucket_worker
 from tests.fault_pipeline import MODEL, TILING, TRAIN, write_data
 from tests.faultkit import assert_failed_cleanly, cli, yaml_config
+from tests.s3server import free_port
 from tests.test_tiling import make_pair, store_arrays
 
 
-def _worker(*args: str, wait: bool = True) -> Any:
+def _worker(*args: str, wait: bool = True, **extra: str) -> Any:
     command = [sys.executable, "-m", "tests.bucket_worker", *args]
     # a killed worker's lock blocks its stage for this lease (60 s by default)
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "P2P_LOCK_LEASE_S": "3"}
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "P2P_LOCK_LEASE_S": "3", **extra}
     if not wait:
         return subprocess.Popen(command, stdout=subprocess.PIPE, text=True, env=env)
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
@@ -90,6 +91,46 @@ def test_a_paused_holder_learns_that_its_lease_was_taken_over(s3: Any) -> None:
     finally:
         holder.kill()
     assert s3.keys(s3.bucket, "ws/x/") == []
+
+
+def test_a_holder_paused_past_its_lease_before_its_commit_writes_nothing(
+    s3: Any, tmp_path: Path
+) -> None:
+    ws, go = s3.url("ws"), tmp_path / "go"
+    (tmp_path / "a").mkdir()  # its own staging folder, as on another machine
+    holder = _worker("commit", ws, str(go), "A", wait=False, TMPDIR=str(tmp_path / "a"))
+    assert holder.stdout.readline().strip() == "built"
+    os.kill(holder.pid, signal.SIGSTOP)  # paused (swapped out, debugger) right before its commit
+    try:
+        go.touch()
+        # B waits out A's lease (3 s), takes the lock over and commits its own build
+        taken = run_stage(ws, bucket_worker.COMMIT_PARTS, bucket_worker.build_who("B"))
+        prefix = f"ws/commit/{taken.key}/"
+        committed = {k: s3.get(s3.url(k)) for k in s3.keys(s3.bucket, prefix)}
+        os.kill(holder.pid, signal.SIGCONT)
+        out, _ = holder.communicate(timeout=60)
+    finally:
+        holder.kill()
+    assert holder.returncode == 3, out
+    assert "lease (3 s) ran out before this run committed" in out.splitlines()[-1]
+    assert {k: s3.get(s3.url(k)) for k in s3.keys(s3.bucket, prefix)} == committed
+    assert committed[f"{prefix}who.txt"] == b"B"
+    manifest = json.loads(committed[f"{prefix}manifest.json"])
+    assert manifest["summary"] == {"who": "B"} and len(manifest["fence"]) >= 8
+
+
+def test_a_holder_whose_renewals_failed_refuses_to_commit_after_its_lease(
+    s3: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    url = s3.url("ws/y/.k.lock")
+    endpoint = os.environ["AWS_ENDPOINT_URL"]
+    with BucketLock(url, lease_s=1.5) as lock:
+        assert lock.fence()  # a fencing token while the lease is good
+        monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{free_port()}")  # cut off
+        time.sleep(2.5)  # every renewal in the lease failed
+        monkeypatch.setenv("AWS_ENDPOINT_URL", endpoint)  # back, and nobody took the lock yet
+        with pytest.raises(LeaseLost, match=r"ran out before this run committed \(cannot reach"):
+            lock.fence()
 
 
 def test_stage_folders_in_a_bucket_are_objects_with_the_manifest_last(

@@ -12,6 +12,15 @@ has run out: the object's ``Last-Modified`` plus the lease it recorded, compared
 store's own clock (the ``Date`` of the answer), so the machines' clocks never matter. A
 waiter replaces a stale lock with ``If-Match: <the stale ETag>``: of several waiters exactly
 one wins, and a holder that comes back finds its ETag gone and knows it lost the lock.
+
+A flag the renewer sets is no proof at the moment of a commit: a holder paused past its lease
+(swapped out, stopped, cut off) may resume right before it writes. So a commit is fenced
+(`BucketLock.fence`): the holder refuses when its lease is older than ``lease_s`` by its own
+monotonic clock (renewals that failed count as not made), then renews with ``If-Match`` once
+more, which the store answers 412 when anyone else took the lock over. The new ETag is the
+fencing token the stage records in its manifest, and the manifest itself is created with
+``If-None-Match: *``, so not even a holder that stalls between the fence and the write can
+replace another run's commit.
 """
 
 from __future__ import annotations
@@ -58,8 +67,13 @@ class BucketLock:
         self.bucket, self.key = storage.split_url(url)
         self.owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
         self._etag: str | None = None
+        # monotonic time at which the last accepted PUT of the lease was sent: the lease is
+        # ours until then + lease_s at the latest, whatever happened since
+        self._confirmed = 0.0
+        self._failure = ""  # why the last renewal failed ("" after a good one)
         self._lost = threading.Event()
         self._stop = threading.Event()
+        self._mutex = threading.Lock()  # one conditional PUT at a time (renewer, fence)
         self._renewer: threading.Thread | None = None
 
     def _body(self) -> bytes:
@@ -69,6 +83,7 @@ class BucketLock:
         """PUT the lease under `condition`; its ETag, or None when the condition failed."""
         from botocore.exceptions import ClientError
 
+        sent = time.monotonic()
         try:
             answer = storage.client().put_object(
                 Bucket=self.bucket, Key=self.key, Body=self._body(), **condition
@@ -77,6 +92,9 @@ class BucketLock:
             if storage.http_status(exc) in (409, 412):  # 409: a concurrent conditional write
                 return None
             raise OutputError(self.url, storage.problem(self.url, exc)) from None
+        except Exception as exc:  # the store cannot be reached
+            raise OutputError(self.url, storage.problem(self.url, exc)) from None
+        self._confirmed = sent
         return str(answer["ETag"])
 
     def _stale_etag(self) -> str | None:
@@ -112,21 +130,40 @@ class BucketLock:
                 log.info("%s: another run holds this stage; waiting", self.url)
                 waited = True
             time.sleep(POLL_S)
+        self._lost.clear()
+        self._failure = ""
         self._stop.clear()
         self._renewer = threading.Thread(target=self._renew, daemon=True, name="lease")
         self._renewer.start()
 
-    def _renew(self) -> None:
-        while not self._stop.wait(self.lease_s / 3):
-            try:
-                etag = self._put(IfMatch=str(self._etag))
-            except Exception as exc:  # a network hiccup: try again before the lease runs out
-                log.warning("%s: renewing the lease failed (%s)", self.url, exc)
-                continue
-            if etag is None:
+    def age(self) -> float:
+        """Seconds since the last renewal the store accepted, by this process's clock."""
+        return time.monotonic() - self._confirmed
+
+    def _renew_once(self) -> None:
+        """One conditional renewal: sets `lost` when the ETag is no longer ours, or when the
+        renewal failed and the lease has run out by this holder's clock (never swallowed)."""
+        try:
+            etag = self._put(IfMatch=str(self._etag))
+        except OutputError as exc:
+            self._failure = exc.problem
+            log.warning("%s: renewing the lease failed (%s)", self.url, exc.problem)
+            if self.age() > self.lease_s:
                 self._lost.set()
-                return
-            self._etag = etag
+            return
+        if etag is None:
+            self._failure = "another run took the lock over"
+            self._lost.set()
+            return
+        self._etag, self._failure = etag, ""
+
+    def _renew(self) -> None:
+        # a failed renewal is retried at a shorter period while the lease may still hold
+        while not self._stop.wait(self.lease_s / (6 if self._failure else 3)):
+            with self._mutex:
+                if self._stop.is_set() or self.lost:
+                    return
+                self._renew_once()
 
     @property
     def lost(self) -> bool:
@@ -148,18 +185,34 @@ class BucketLock:
             log.warning("%s: releasing the lock failed (%s)", self.url, exc)
         self._etag = None
 
-    def check(self) -> None:
-        """Raise when the lease was lost (call before committing the work).
+    def fence(self) -> str:
+        """Prove that this holder still holds the lease, right before it commits work.
+
+        Refuses when the lease is older than ``lease_s`` by this process's monotonic clock
+        (the holder was paused or cut off: another run may have taken over), else renews it
+        with ``If-Match`` on its ETag, which the store refuses when anyone else took over.
+
+        Returns:
+            The fencing token: the lease's new ETag (without quotes), to record in a manifest.
 
         Raises:
-            LeaseLost: another run may have taken this stage over.
+            LeaseLost: the lease ran out, was taken over or cannot be confirmed.
         """
-        if self.lost:
-            raise LeaseLost(
-                self.url,
-                f"the stage lock's lease ({self.lease_s:.0f} s) ran out before this run "
-                "finished; another run may have taken the stage over. Run again",
-            )
+        with self._mutex:
+            if not self.lost and self.age() > self.lease_s:
+                self._failure = self._failure or f"not renewed for {self.age():.0f} s"
+                self._lost.set()
+            if not self.lost:
+                self._renew_once()
+            if self.lost or self._failure or self.age() > self.lease_s:
+                self._lost.set()
+                raise LeaseLost(
+                    self.url,
+                    f"the stage lock's lease ({self.lease_s:g} s) ran out before this run "
+                    f"committed ({self._failure or 'paused'}); another run may have taken "
+                    "the stage over. Run again",
+                )
+            return str(self._etag).strip('"')
 
     def __enter__(self) -> BucketLock:
         self.acquire()

@@ -128,9 +128,17 @@ def read_manifest(folder: files.Location) -> dict[str, Any] | None:
     return data if isinstance(data, dict) else None
 
 
-def write_manifest(folder: files.Location, manifest: dict[str, Any]) -> None:
-    """Write the manifest last and atomically: from now on the folder counts as finished."""
-    files.write_json(files.join(folder, MANIFEST), manifest)
+def write_manifest(
+    folder: files.Location, manifest: dict[str, Any], exclusive: bool = False
+) -> None:
+    """Write the manifest last and atomically: from now on the folder counts as finished.
+
+    Args:
+        folder: The stage folder.
+        manifest: Its content.
+        exclusive: Create it only where none exists (in a bucket: ``If-None-Match: *``).
+    """
+    files.write_json(files.join(folder, MANIFEST), manifest, exclusive=exclusive)
 
 
 def stage_lock(folder: str | Path) -> FileLock:
@@ -193,7 +201,7 @@ def run_stage(
         cached = manifest is not None
         if manifest is None:
             log.info("%s: building %s", stage, folder)
-            summary, staging = _build(folder, build, build_in_bucket)
+            summary, staging = _build(folder, build, build_in_bucket, lease)
             manifest = {
                 "stage": stage,
                 "version": version,
@@ -204,9 +212,9 @@ def run_stage(
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
                 "seconds": round(time.perf_counter() - start, 3),
             }
-            if lease is not None:
-                lease.check()  # a run that lost its lease must not commit
-            write_manifest(folder, manifest)
+            if lease is not None:  # a run that lost its lease must not commit
+                manifest["fence"] = lease.fence()
+            write_manifest(folder, manifest, exclusive=lease is not None)
             if staging is not None:
                 shutil.rmtree(staging, ignore_errors=True)
         else:
@@ -225,8 +233,13 @@ def _build(
     folder: files.Location,
     build: Callable[[Path], dict[str, Any]],
     build_in_bucket: Callable[[str], dict[str, Any]] | None,
+    lease: BucketLock | None = None,
 ) -> tuple[dict[str, Any], Path | None]:
-    """Build a stage folder; the summary and the staging folder to remove once committed."""
+    """Build a stage folder; the summary and the staging folder to remove once committed.
+
+    In a bucket, a staging folder is uploaded only after `lease` is fenced: a holder that
+    was paused past its lease must not overwrite the objects of the run that took over.
+    """
     if not storage.is_remote(folder):
         local = Path(folder)
         local.mkdir(parents=True, exist_ok=True)
@@ -239,6 +252,8 @@ def _build(
     staging.mkdir(parents=True, exist_ok=True)
     _sweep_temporaries(staging)
     summary = build(staging)
+    if lease is not None:
+        lease.fence()
     files.upload_tree(staging, url)
     return files.relocate(summary, str(staging), url), staging
 

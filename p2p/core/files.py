@@ -69,26 +69,39 @@ def exists(path: Location) -> bool:
     return Path(path).is_file()
 
 
-def write_bytes(path: Location, data: bytes) -> None:
+def write_bytes(path: Location, data: bytes, exclusive: bool = False) -> None:
     """Write a whole file atomically (a renamed temporary file, or one PUT).
 
+    Args:
+        path: Where.
+        data: The whole content.
+        exclusive: In a bucket, create the object only where none exists (``If-None-Match:
+            *``, checked by the store itself); on a disk the caller's lock serves.
+
     Raises:
-        OutputError: the object store refused the write.
+        OutputError: the object store refused the write, or (`exclusive`) the object exists.
     """
     if not storage.is_remote(path):
         atomic_write_bytes(path, data)
         return
     bucket, key = storage.split_url(str(path))
+    condition = {"IfNoneMatch": "*"} if exclusive else {}
     try:
-        storage.client().put_object(Bucket=bucket, Key=key, Body=data)
+        storage.client().put_object(Bucket=bucket, Key=key, Body=data, **condition)
     except Exception as exc:
+        if exclusive and hasattr(exc, "response") and storage.http_status(exc) in (409, 412):
+            raise OutputError(path, "another run wrote it first; nothing was replaced") from None
         raise OutputError(path, storage.problem(str(path), exc)) from None
 
 
-def write_json(path: Location, obj: Any) -> None:
-    """Write `obj` as indented JSON, atomically."""
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n"
-    write_bytes(path, text.encode("utf-8"))
+def write_json(path: Location, obj: Any, exclusive: bool = False) -> None:
+    """Write `obj` as indented strict JSON (no NaN or Infinity), atomically.
+
+    Raises:
+        ValueError: `obj` holds a non-finite float.
+    """
+    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
+    write_bytes(path, text.encode("utf-8"), exclusive)
 
 
 def _keys(url: str) -> list[str]:
