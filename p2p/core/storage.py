@@ -3,9 +3,12 @@
 Rasters on S3 are read in place by GDAL (``/vsis3/``, range requests; never downloaded whole)
 with the settings below; everything else (existence checks, fingerprints, glob listings, model
 bundles, uploads) goes through boto3. Credentials, region and endpoint come only from the
-standard AWS environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``, ``AWS_PROFILE``
-and ``~/.aws``, ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``, ``AWS_REGION``), resolved by
-botocore and handed to GDAL, so both always agree.
+standard AWS environment (``AWS_ACCESS_KEY_ID``/``AWS_SECRET_ACCESS_KEY``/``AWS_SESSION_TOKEN``,
+``AWS_PROFILE`` and ``~/.aws``, SSO, instance roles, ``AWS_ENDPOINT_URL``/``AWS_ENDPOINT_URL_S3``,
+``AWS_REGION``), resolved by botocore's credential chain for boto3, GDAL and obstore alike, so
+all three agree. Credentials are never copied into settings: each reader asks the chain when it
+signs (GDAL at each ``rasterio.Env``, obstore through `CredentialProvider`), so temporary
+credentials renew themselves in a long run and no key can reach a log, config or manifest.
 
 Outputs reach a bucket as complete objects only: they are built locally (a workspace, a
 staging folder) and uploaded whole (a multipart upload becomes visible when it completes), a
@@ -19,6 +22,7 @@ import functools
 import hashlib
 import os
 import tempfile
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -79,8 +83,17 @@ def _endpoint() -> str | None:
     return os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or None
 
 
+def unsigned() -> bool:
+    """Whether requests go unsigned (``AWS_NO_SIGN_REQUEST``: a public bucket)."""
+    return os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1")
+
+
 def gdal_options(where: str = "s3") -> dict[str, str]:
     """GDAL config options for reading ``/vsis3/`` objects (use with ``rasterio.Env``).
+
+    No credential is among them: they are resolved by botocore's standard chain each time a
+    ``rasterio.Env`` is entered (`p2p.raster.vsi`), so temporary ones (STS, instance roles,
+    SSO) are renewed in a long run and never copied into settings that could be echoed.
 
     Args:
         where: The URL to name in an error.
@@ -96,25 +109,54 @@ def gdal_options(where: str = "s3") -> dict[str, str]:
         options["AWS_HTTPS"] = "YES" if parts.scheme == "https" else "NO"
         # custom endpoints (MinIO, Ceph, moto, ...) serve buckets as paths, not host names
         options["AWS_VIRTUAL_HOSTING"] = "FALSE"
-    session = _session()
+    session = boto3_session()
     options["AWS_REGION"] = session.region_name or "us-east-1"
-    if os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1"):
+    if unsigned():
         options["AWS_NO_SIGN_REQUEST"] = "YES"
-        return options
-    credentials = session.get_credentials()
-    if credentials is None:
+    elif session.get_credentials() is None:
         raise InputError(where, NO_CREDENTIALS)
-    frozen = credentials.get_frozen_credentials()
-    options["AWS_ACCESS_KEY_ID"] = frozen.access_key
-    options["AWS_SECRET_ACCESS_KEY"] = frozen.secret_key
-    if frozen.token:
-        options["AWS_SESSION_TOKEN"] = frozen.token
     return options
+
+
+class CredentialProvider:
+    """obstore's credential provider over botocore's standard chain. obstore asks it again
+    when the lease it returned runs out: `TTL` at the most, and for temporary credentials
+    (STS, SSO, instance roles) no later than botocore itself would renew them, so they are
+    renewed in a long run. It holds no credential (it pickles to Dask workers as its class).
+    """
+
+    TTL = timedelta(minutes=5)
+    #: botocore renews temporary credentials when they have less than this left
+    RENEW_BEFORE = timedelta(minutes=10)
+
+    def __call__(self) -> dict[str, Any]:
+        """The current credentials, as obstore's ``S3Credential``."""
+        credentials = _credentials()
+        frozen = credentials.get_frozen_credentials()
+        now = datetime.now(UTC)
+        expires = now + self.TTL
+        expiry = getattr(credentials, "_expiry_time", None)  # only temporary ones have one
+        if isinstance(expiry, datetime):
+            expires = max(min(expires, expiry - self.RENEW_BEFORE), now + timedelta(seconds=1))
+        return {
+            "access_key_id": frozen.access_key,
+            "secret_access_key": frozen.secret_key,
+            "token": frozen.token,
+            "expires_at": expires.astimezone(UTC),  # obstore takes UTC only
+        }
+
+
+def _credentials() -> Any:
+    """botocore's (refreshing) credentials of the standard chain."""
+    credentials = boto3_session().get_credentials()
+    if credentials is None:
+        raise InputError("s3", NO_CREDENTIALS)
+    return credentials
 
 
 def obstore_options(where: str = "s3") -> dict[str, Any]:
     """Keyword arguments for an ``obstore.store.S3Store`` (zarr's `ObjectStore`): the same
-    credentials, region and endpoint as boto3 and GDAL get.
+    region and endpoint as boto3 and GDAL get, credentials from `CredentialProvider`.
 
     Raises:
         InputError: no AWS credentials can be found.
@@ -125,15 +167,13 @@ def obstore_options(where: str = "s3") -> dict[str, Any]:
     if endpoint:
         config["endpoint"] = endpoint.rstrip("/")
         config["virtual_hosted_style_request"] = False
+    result: dict[str, Any] = {"config": config}
     if options.get("AWS_NO_SIGN_REQUEST") == "YES":
         config["skip_signature"] = True
     else:
-        config["access_key_id"] = options["AWS_ACCESS_KEY_ID"]
-        config["secret_access_key"] = options["AWS_SECRET_ACCESS_KEY"]
-        if "AWS_SESSION_TOKEN" in options:
-            config["session_token"] = options["AWS_SESSION_TOKEN"]
-    client = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
-    return {"config": config, "client_options": client}
+        result["credential_provider"] = CredentialProvider()
+    result["client_options"] = {"allow_http": bool(endpoint and endpoint.startswith("http://"))}
+    return result
 
 
 NO_CREDENTIALS = (
@@ -142,7 +182,8 @@ NO_CREDENTIALS = (
 )
 
 
-def _session() -> Any:
+def boto3_session() -> Any:
+    """A boto3 session of the standard AWS environment (its credential chain, region)."""
     import boto3
 
     return boto3.session.Session()
@@ -159,13 +200,12 @@ def _client(aws_environment: tuple[tuple[str, str], ...]) -> Any:
     from botocore import UNSIGNED
     from botocore.config import Config
 
-    unsigned = os.environ.get("AWS_NO_SIGN_REQUEST", "").upper() in ("YES", "TRUE", "1")
     config = Config(
-        signature_version=UNSIGNED if unsigned else None,
+        signature_version=UNSIGNED if unsigned() else None,
         s3={"addressing_style": "path" if _endpoint() else "auto"},
         retries={"max_attempts": 3, "mode": "standard"},
     )
-    session = _session()
+    session = boto3_session()
     return session.client("s3", region_name=session.region_name or "us-east-1", config=config)
 
 

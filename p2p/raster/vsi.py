@@ -1,9 +1,11 @@
 """GDAL access to object storage: the settings of `p2p.core.storage` as a ``rasterio.Env``.
 
-rasterio refuses AWS credentials as plain config options (they must come through a session),
-so the credentials botocore resolved travel in an `AWSSession` and the rest as options. One
-`ObjectAccess` is made per scene reader and re-entered around every read: the options are
-thread-local in worker threads, so each thread that reads needs them set.
+rasterio takes AWS credentials only through a session: an `AWSSession` over botocore's
+standard chain (the same session boto3 uses), which hands GDAL the chain's current
+credentials each time an `Env` is entered, so temporary ones renew themselves and none is
+frozen into the options. One `ObjectAccess` is made per scene reader and re-entered around
+every read: the options are thread-local in worker threads, so each thread that reads needs
+them set.
 """
 
 from __future__ import annotations
@@ -12,8 +14,6 @@ from rasterio.env import Env
 from rasterio.session import AWSSession
 
 from p2p.core import storage
-
-_CREDENTIALS = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
 
 
 class ObjectAccess:
@@ -27,15 +27,12 @@ class ObjectAccess:
     """
 
     def __init__(self, where: str) -> None:
-        options = storage.gdal_options(where)
-        self.options = {k: v for k, v in options.items() if k not in _CREDENTIALS}
-        unsigned = options.get("AWS_NO_SIGN_REQUEST") == "YES"
+        self.options = storage.gdal_options(where)
+        unsigned = self.options.get("AWS_NO_SIGN_REQUEST") == "YES"
         self.session = AWSSession(
+            session=None if unsigned else storage.boto3_session(),
             aws_unsigned=unsigned,
-            aws_access_key_id=options.get("AWS_ACCESS_KEY_ID"),
-            aws_secret_access_key=options.get("AWS_SECRET_ACCESS_KEY"),
-            aws_session_token=options.get("AWS_SESSION_TOKEN"),
-            region_name=options.get("AWS_REGION"),
+            region_name=self.options["AWS_REGION"],
         )
 
     def env(self) -> Env:
