@@ -3,9 +3,10 @@
 Run as ``python -m tests.bucket_worker MODE ...`` with the AWS environment pointing at the
 test's S3 server:
 
-- ``race WORKSPACE START``: wait until the wall clock reaches START (so two processes check the
-  stage at the same moment), then run a stage whose build records itself as an object
-  ``{WORKSPACE}/builds/{pid}`` and takes two seconds; print the record as JSON.
+- ``race WORKSPACE ROLE BARRIER``: run a stage whose build records itself as an object
+  ``{WORKSPACE}/builds/{pid}``, meeting the other racer at its lock as ROLE (holder: waits
+  inside until the rival has tried the lock; rival: tries once the holder is inside; see
+  tests/lockbarrier.py); print the record as JSON.
 - ``hold LOCK_URL LEASE_S``: take the bucket lock with a lease of LEASE_S seconds, print
   ``held``, hold it until it learns that the lease was lost, release it, print ``lost``.
 - ``commit WORKSPACE GO WHO``: run a stage whose build writes ``who.txt`` = WHO, prints
@@ -30,6 +31,7 @@ from p2p.core.bucketlock import BucketLock
 from p2p.core.cache import KeyParts, run_stage
 from p2p.core.config import DaskConfig, SceneConfig, TilingConfig
 from p2p.core.errors import P2PError
+from tests import lockbarrier
 
 #: The tiling of the kill-and-resume test (4 x 4 blocks on a 64 px scene).
 TILING = TilingConfig(chip_size=16, stride=8, block_chips=2, min_valid_fraction=0.5)
@@ -37,13 +39,12 @@ RACE_PARTS = KeyParts("race", 1, {"n": 1}, [])
 COMMIT_PARTS = KeyParts("commit", 1, {"n": 1}, [])
 
 
-def race(workspace: str, start: float) -> None:
+def race(workspace: str, role: str, barrier: str) -> None:
     def build(folder: Any) -> dict[str, Any]:
         files.write_bytes(files.join(workspace, "builds", str(os.getpid())), b"built")
-        time.sleep(2.0)
         return {"builder": os.getpid()}
 
-    time.sleep(max(start - time.time(), 0.0))
+    lockbarrier.install(role, barrier, RACE_PARTS.key)
     record = run_stage(workspace, RACE_PARTS, build)
     print(json.dumps({"pid": os.getpid(), "cached": record.cached, **record.summary}))
 
@@ -95,7 +96,7 @@ def tile(workspace: str, source: str, target: str, kill_after: int) -> None:
 if __name__ == "__main__":
     mode, args = sys.argv[1], sys.argv[2:]
     if mode == "race":
-        race(args[0], float(args[1]))
+        race(args[0], args[1], args[2])
     elif mode == "hold":
         hold(args[0], float(args[1]))
     elif mode == "commit":

@@ -46,15 +46,17 @@ def _worker(*args: str, wait: bool = True, **extra: str) -> Any:
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=120)
 
 
-def test_two_racing_processes_build_a_bucket_stage_once(s3: Any) -> None:
-    ws = s3.url("ws")
-    start = f"{time.time() + 3:.3f}"  # both check the stage at this moment
-    racers = [_worker("race", ws, start, wait=False) for _ in range(2)]
+def test_two_racing_processes_build_a_bucket_stage_once(s3: Any, tmp_path: Path) -> None:
+    ws, barrier = s3.url("ws"), str(tmp_path / "barrier")
+    # the holder stays inside the stage's lock until the rival has tried it
+    racers = [_worker("race", ws, role, barrier, wait=False) for role in ("holder", "rival")]
     outs = [json.loads(p.communicate(timeout=120)[0].splitlines()[-1]) for p in racers]
     assert all(p.returncode == 0 for p in racers)
-    # without the lock both would find no manifest and build (each build takes 2 s)
+    assert {p.name for p in (tmp_path / "barrier").iterdir()} >= {"holder-inside", "rival-tried"}
+    # without the lock both would find no manifest and build
     assert len(s3.keys(s3.bucket, "ws/builds/")) == 1
     assert sorted(o["cached"] for o in outs) == [False, True]
+    assert [o["cached"] for o in outs] == [False, True]  # the holder built, the rival reused
     assert {o["builder"] for o in outs} == {next(o["pid"] for o in outs if not o["cached"])}
     assert s3.keys(s3.bucket, "ws/race/") == [
         f"ws/race/{bucket_worker.RACE_PARTS.key}/manifest.json"

@@ -39,6 +39,11 @@ from p2p.core.errors import StageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
+#: Observers of `run_stage`'s lock, empty in normal runs: ``"trying"`` is called with the stage
+#: folder right before the lock is taken, ``"locked"`` inside the critical section, once the
+#: manifest was looked for. Concurrency tests hold one run inside the section until a rival has tried the
+#: lock, so a missing lock fails them every time instead of when timing is unlucky.
+LOCK_HOOKS: dict[str, Callable[[files.Location], None]] = {}
 KEY_LENGTH = 16
 TEMP_NAME = re.compile(r"\..+\.[^.]+\.tmp(\.\w+)?")
 
@@ -160,6 +165,12 @@ def _locked(folder: files.Location) -> Iterator[BucketLock | None]:
             yield None
 
 
+def _notify(event: str, folder: files.Location) -> None:
+    hook = LOCK_HOOKS.get(event)
+    if hook is not None:
+        hook(folder)
+
+
 def _sweep_temporaries(folder: Path) -> None:
     """Delete temporary files and folders a killed writer left (`p2p.core.fsutil.atomic_path` and
     `p2p.model.bundle` name them ``.NAME.<random>.tmp[.ext]``). Safe: the caller holds the stage
@@ -196,8 +207,10 @@ def run_stage(
     stage, version, config, inputs = parts
     key = parts.key
     folder = stage_dir(workspace, stage, key)
+    _notify("trying", folder)
     with _locked(folder) as lease:
         manifest = read_manifest(folder)
+        _notify("locked", folder)
         cached = manifest is not None
         if manifest is None:
             log.info("%s: building %s", stage, folder)
