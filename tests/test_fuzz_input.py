@@ -9,6 +9,7 @@ whole-process contract (exit code, the one stderr line).
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
+from synthetic import SyntheticPairs
 
 from p2p.app.cli import main
 from p2p.core.config import PipelineConfig
 from p2p.core.configfile import load_config
-from p2p.core.errors import ConfigError
+from p2p.core.errors import ConfigError, TrainingDiverged
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
+from p2p.model.training import train
 from tests.faultkit import write_scene, write_tiny_bundle
 
 SECTIONS = ("tiling", "dataset", "model", "train", "predict", "dask")
@@ -100,6 +103,69 @@ def test_any_config_field_value_is_taken_or_refused_in_one_line(
         assert "\n" not in str(exc) and f"{section}" in str(exc), str(exc)
         return
     _networks_build(config)
+
+
+# Settings the training loop reads, over their accepted ranges (sizes kept small: the cost of
+# a huge but valid width is the meta-device check's business, not this one's).
+TRAIN_SETTINGS = st.fixed_dictionaries(
+    {
+        "lr": st.floats(min_value=1e-6, max_value=1.0),
+        "beta1": st.floats(min_value=0.0, max_value=0.99),
+        "lambda_l1": st.floats(min_value=0.0, max_value=1e6),
+        "ema_epochs": st.sampled_from([0.0, 0.01, 1.0, 1000.0]),
+        "warmup_epochs": st.integers(0, 2),
+        "bn_stats": st.sampled_from(["recompute", "running"]),
+        "keep": st.sampled_from(["best", "last"]),
+        "augment": st.booleans(),
+        "precision": st.sampled_from(["fp32", "bf16"]),
+        "seed": st.integers(0, 2**32 - 1),
+    }
+)
+MODEL_SETTINGS = st.fixed_dictionaries(
+    {
+        "norm": st.sampled_from(["batch", "instance"]),
+        "dropout": st.floats(min_value=0.0, max_value=0.9),
+        "n_layers_d": st.integers(1, 2),
+        "linear_anchor": st.booleans(),
+    }
+)
+
+
+@settings(
+    max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(train_settings=TRAIN_SETTINGS, model_settings=MODEL_SETTINGS)
+def test_accepted_training_settings_train_a_real_step_or_stop_in_one_line(
+    scenes: dict[str, Any],
+    tmp_path_factory: pytest.TempPathFactory,
+    train_settings: dict[str, Any],
+    model_settings: dict[str, Any],
+) -> None:
+    """A sample of accepted configs runs the real loop (4 chips, one step, one epoch): it ends
+    with finite weights and strict-JSON metrics, or stops in one line when the loss diverged."""
+    config = PipelineConfig.model_validate(
+        {
+            **scenes["config"],
+            "model": {**scenes["config"]["model"], **model_settings},
+            "train": {"epochs": 1, "batch_size": 4, "device": "cpu", **train_settings},
+        }
+    )
+    out = tmp_path_factory.mktemp("run")
+    chips = SyntheticPairs(4, size=16, in_bands=3, out_bands=1, seed=1)
+    try:
+        result = train(chips, chips, config.model, config.train, out, SyntheticPairs.stats(1))
+    except TrainingDiverged as exc:
+        assert "\n" not in str(exc) and "not finite" in str(exc)
+        assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+        return
+    weights = result.load_generator().state_dict().values()
+    assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
+    for line in (out / "metrics.jsonl").read_text().splitlines():
+        json.loads(line, parse_constant=_refuse)
+
+
+def _refuse(name: str) -> Any:
+    raise AssertionError(f"not strict JSON: {name}")
 
 
 @FUZZ

@@ -39,10 +39,10 @@ from p2p.core.errors import StageError
 log = logging.getLogger(__name__)
 
 MANIFEST = "manifest.json"
-#: Observers of `run_stage`'s lock, empty in normal runs: ``"trying"`` is called with the stage
-#: folder right before the lock is taken, ``"locked"`` inside the critical section, once the
-#: manifest was looked for. Concurrency tests hold one run inside the section until a rival has tried the
-#: lock, so a missing lock fails them every time instead of when timing is unlucky.
+#: Observers of `run_stage`'s lock, empty in normal runs: ``"trying"`` is called with the
+#: stage folder right before the lock is taken, ``"locked"`` inside the critical section once
+#: the manifest was looked for. Concurrency tests hold one run inside the section until a
+#: rival has tried the lock, so a missing lock fails them every time, not when unlucky.
 LOCK_HOOKS: dict[str, Callable[[files.Location], None]] = {}
 KEY_LENGTH = 16
 TEMP_NAME = re.compile(r"\..+\.[^.]+\.tmp(\.\w+)?")

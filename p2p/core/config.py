@@ -22,19 +22,32 @@ from p2p.core.scenes import SceneConfig as SceneConfig
 from p2p.core.scenes import StacRef as StacRef
 from p2p.core.scenes import TrainingScene as TrainingScene
 
+# Upper bounds of counts: far above any real run, low enough that a typo (1e9) is refused
+# before it allocates or launches anything.
+MAX_SIDE = 16384  # pixels of a chip or a step
+MAX_EPOCHS = 100_000
+MAX_SEED = 2**32 - 1  # numpy's seeds stop here
+MAX_DEVICES = 256  # training processes on one machine
+
 
 class TilingConfig(FrozenConfig):
     """How scenes are cut into paired chips (stage `tile`)."""
 
-    chip_size: int = Field(default=256, gt=0, description="Chip side in pixels.")
+    chip_size: int = Field(default=256, gt=0, le=MAX_SIDE, description="Chip side in pixels.")
     stride: int = Field(
-        default=256, gt=0, description="Step between chips in pixels; < chip_size overlaps them."
+        default=256,
+        gt=0,
+        le=MAX_SIDE,
+        description="Step between chips in pixels; < chip_size overlaps them.",
     )
     min_valid_fraction: float = Field(
         default=0.9, ge=0.0, le=1.0, description="Chips with fewer valid pixels are dropped."
     )
     block_chips: int = Field(
-        default=8, gt=0, description="Chips per side of one Dask block (the unit of resume)."
+        default=8,
+        gt=0,
+        le=256,
+        description="Chips per side of one Dask block (the unit of resume).",
     )
     resampling: Literal["nearest", "bilinear", "cubic", "average", "mode"] = Field(
         default="bilinear",
@@ -56,9 +69,10 @@ class DatasetConfig(FrozenConfig):
     split_block_chips: int = Field(
         default=8,
         gt=0,
+        le=4096,
         description="Side, in chips, of the spatial blocks that go wholly to train or val.",
     )
-    seed: int = Field(default=0, description="Seed of the block assignment.")
+    seed: int = Field(default=0, ge=0, le=MAX_SEED, description="Seed of the block assignment.")
 
 
 class ModelConfig(FrozenConfig):
@@ -92,31 +106,42 @@ class ModelConfig(FrozenConfig):
 class TrainConfig(FrozenConfig):
     """Training loop settings (stage `train`)."""
 
-    epochs: int = Field(default=200, ge=0, description="Epochs at the initial learning rate.")
+    epochs: int = Field(
+        default=200, ge=0, le=MAX_EPOCHS, description="Epochs at the initial learning rate."
+    )
     epochs_decay: int = Field(
-        default=0, ge=0, description="Further epochs with the rate decaying linearly to zero."
+        default=0,
+        ge=0,
+        le=MAX_EPOCHS,
+        description="Further epochs with the rate decaying linearly to zero.",
     )
     batch_size: int = Field(
-        default=1, gt=0, description="Chips per step in each process (×processes per step)."
+        default=1,
+        gt=0,
+        le=4096,
+        description="Chips per step in each process (×processes per step).",
     )
-    lr: float = Field(default=2e-4, gt=0, description="Adam learning rate.")
+    lr: float = Field(default=2e-4, gt=0, le=1, description="Adam learning rate.")
     beta1: float = Field(default=0.5, ge=0, lt=1, description="Adam beta1.")
-    lambda_l1: float = Field(default=100.0, ge=0, description="Weight of the L1 term.")
+    lambda_l1: float = Field(default=100.0, ge=0, le=1e6, description="Weight of the L1 term.")
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto picks CUDA when present."
     )
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         default="auto", description="auto: bf16 (or fp16 + scaler) on CUDA, fp32 on CPU."
     )
-    seed: int = Field(default=0, description="Seed of weights, shuffling and augmentation.")
+    seed: int = Field(
+        default=0, ge=0, le=MAX_SEED, description="Seed of weights, shuffling and augmentation."
+    )
     augment: bool = Field(default=True, description="Paired flips and rot90 of train chips.")
-    num_workers: int = Field(default=0, ge=0, description="DataLoader worker processes.")
+    num_workers: int = Field(default=0, ge=0, le=256, description="DataLoader worker processes.")
     preview_chips: int = Field(
-        default=4, ge=0, description="Validation chips drawn in each epoch's preview PNG."
+        default=4, ge=0, le=64, description="Validation chips drawn in each epoch's preview PNG."
     )
     warmup_epochs: int = Field(
         default=0,
         ge=0,
+        le=MAX_EPOCHS,
         description="First epochs trained on L1 alone (no discriminator); counted in epochs.",
     )
     bn_stats: Literal["recompute", "running"] = Field(
@@ -128,6 +153,7 @@ class TrainConfig(FrozenConfig):
     ema_epochs: float = Field(
         default=0.0,
         ge=0,
+        le=MAX_EPOCHS,
         description="Horizon in epochs of an exponential moving average of the generator's "
         "weights, updated after every step (decay 1 - 1/(ema_epochs x steps per epoch)); the "
         "average is what is validated, kept and bundled. 0: off (the raw weights).",
@@ -142,7 +168,7 @@ class TrainConfig(FrozenConfig):
         description="Training processes per node (auto: one per CUDA GPU, else 1); more than "
         "one runs data-parallel under torchrun (NCCL on CUDA, gloo on CPU).",
     )
-    nodes: int = Field(default=1, ge=1, description="Machines training together.")
+    nodes: int = Field(default=1, ge=1, le=1024, description="Machines training together.")
     rendezvous: str | None = Field(
         default=None,
         description="host:port of the torchrun c10d rendezvous, the same on every node; "
@@ -152,8 +178,8 @@ class TrainConfig(FrozenConfig):
     @field_validator("devices")
     @classmethod
     def _devices_positive(cls, value: str | int) -> str | int:
-        if isinstance(value, int) and value < 1:
-            raise ValueError("must be auto or a number of processes >= 1")
+        if isinstance(value, int) and not 1 <= value <= MAX_DEVICES:
+            raise ValueError(f"must be auto or a number of processes from 1 to {MAX_DEVICES}")
         return value
 
     @model_validator(mode="after")
@@ -177,6 +203,7 @@ class PredictConfig(FrozenConfig):
     overlap: int | None = Field(
         default=None,
         ge=0,
+        le=MAX_SIDE,
         description="Overlap on each side of a window; None uses an eighth of the window.",
     )
     batch_size: int = Field(default=8, gt=0, le=1024, description="Windows per forward pass.")
@@ -240,9 +267,11 @@ class DaskConfig(FrozenConfig):
     address: str | None = Field(
         default=None, description="Scheduler address (tcp://host:8786); None starts a local one."
     )
-    n_workers: int | None = Field(default=None, gt=0, description="Local workers (None: auto).")
+    n_workers: int | None = Field(
+        default=None, gt=0, le=1024, description="Local workers (None: auto)."
+    )
     threads_per_worker: int | None = Field(
-        default=None, gt=0, description="Threads per local worker (None: auto)."
+        default=None, gt=0, le=1024, description="Threads per local worker (None: auto)."
     )
 
 

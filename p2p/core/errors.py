@@ -55,6 +55,10 @@ class StageError(P2PError):
     """A pipeline stage cannot run with what earlier stages left."""
 
 
+class TrainingDiverged(StageError):
+    """A loss or a weight went NaN or infinite: training stops before the epoch's checkpoint."""
+
+
 class PathNotAllowedError(P2PError):
     """A path given as a flow parameter lies outside the allowed roots."""
 

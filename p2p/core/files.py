@@ -21,7 +21,7 @@ from typing import Any
 
 from p2p.core import storage
 from p2p.core.errors import InputError, OutputError
-from p2p.core.fsutil import atomic_write_bytes
+from p2p.core.fsutil import atomic_write_bytes, json_text
 
 #: A local folder or file, or an ``s3://`` URL.
 Location = str | Path
@@ -95,13 +95,8 @@ def write_bytes(path: Location, data: bytes, exclusive: bool = False) -> None:
 
 
 def write_json(path: Location, obj: Any, exclusive: bool = False) -> None:
-    """Write `obj` as indented strict JSON (no NaN or Infinity), atomically.
-
-    Raises:
-        ValueError: `obj` holds a non-finite float.
-    """
-    text = json.dumps(obj, indent=2, sort_keys=True, default=str, allow_nan=False) + "\n"
-    write_bytes(path, text.encode("utf-8"), exclusive)
+    """Write `obj` as indented strict JSON (`p2p.core.fsutil.finite`), atomically."""
+    write_bytes(path, json_text(obj).encode("utf-8"), exclusive)
 
 
 def _keys(url: str) -> list[str]:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import json
+import math
 import os
 import secrets
 from collections.abc import Callable, Iterator
@@ -118,9 +119,33 @@ def atomic_write_text(path: str | Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
+def finite(obj: Any) -> Any:
+    """`obj` (JSON-like) with every NaN or infinite float replaced by None.
+
+    JSON has no NaN or Infinity; a metric that is undefined (PSNR of a perfect prediction,
+    any score over no valid pixel) is written as null, so every file p2p writes parses with a
+    strict parser.
+    """
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: finite(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [finite(v) for v in obj]
+    return obj
+
+
+def json_text(obj: Any, indent: int | None = 2) -> str:
+    """`obj` as strict JSON text (`finite` first; keys sorted when indented), newline-ended."""
+    sort = indent is not None
+    return json.dumps(finite(obj), indent=indent, sort_keys=sort, default=str, allow_nan=False) + (
+        "\n"
+    )
+
+
 def atomic_write_json(path: str | Path, obj: Any) -> None:
-    """Write `obj` as indented JSON to `path` atomically."""
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    """Write `obj` as indented strict JSON to `path` atomically (see `finite`)."""
+    atomic_write_text(path, json_text(obj))
 
 
 def read_json(path: str | Path) -> Any:

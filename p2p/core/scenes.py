@@ -23,9 +23,10 @@ from pydantic import (
 
 
 class FrozenConfig(BaseModel):
-    """Every config model: immutable, unknown keys refused."""
+    """Every config model: immutable, unknown keys refused, and no float that is not finite
+    (``.inf``/``.nan`` name no setting: refused in one line naming the field)."""
 
-    model_config = ConfigDict(frozen=True, extra="forbid")
+    model_config = ConfigDict(frozen=True, extra="forbid", allow_inf_nan=False)
 
 
 def _as_list(value: Any) -> Any:

@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import p2p.model.distributed as distributed
+from p2p.core.errors import TrainingDiverged
 from p2p.model.metrics import score_batches
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, train_step
@@ -63,6 +64,47 @@ def named_losses(values: torch.Tensor) -> dict[str, float]:
     return dict(zip(LOSS_NAMES, values.tolist(), strict=True))
 
 
+class Divergence:
+    """The first step of an epoch whose losses were not finite, kept on the device (no sync
+    per step); `check` raises once it is known, at the next progress report or epoch end."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.step = torch.zeros((), dtype=torch.long, device=device)  # 0: none yet
+        self.which = torch.zeros(len(LOSS_NAMES), dtype=torch.bool, device=device)
+
+    def note(self, step: int, losses: torch.Tensor) -> None:
+        """Remember `step` when it is the first whose `losses` are not all finite."""
+        bad = ~torch.isfinite(losses)
+        first = bad.any() & (self.step == 0)
+        self.step.copy_(torch.where(first, step, self.step))
+        self.which.copy_(torch.where(first, bad, self.which))
+
+    def check(self, epoch: int) -> None:
+        """Raise `TrainingDiverged` naming the epoch, step and losses once one was noted."""
+        step = int(self.step)
+        if step:
+            names = [n for n, bad in zip(LOSS_NAMES, self.which.tolist(), strict=True) if bad]
+            raise TrainingDiverged(
+                "train",
+                f"epoch {epoch}, step {step}: {', '.join(names)} not finite (NaN or Inf); "
+                f"stopped before epoch {epoch}'s checkpoint (rerun resumes from the last one; "
+                "lower train.lr or check the data)",
+            )
+
+
+def check_weights(run: Pix2Pix, epoch: int) -> None:
+    """Raise `TrainingDiverged` when a weight of either network went NaN or infinite."""
+    for name, net in (("generator", run.g_eval), ("discriminator", run.d)):
+        params = [p.detach() for p in net.parameters()]
+        if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+            raise TrainingDiverged(
+                "train",
+                f"epoch {epoch}: the {name}'s weights are not finite (NaN or Inf); stopped "
+                f"before epoch {epoch}'s checkpoint (rerun resumes from the last one; lower "
+                "train.lr or check the data)",
+            )
+
+
 def train_epoch(
     run: Pix2Pix,
     loader: DataLoader[Sample],
@@ -80,14 +122,21 @@ def train_epoch(
     sums = torch.zeros(len(LOSS_NAMES), device=run.device)
     steps, last_report = len(loader), 0.0
     decay = max(0.0, 1.0 - 1.0 / (ema_epochs * steps)) if ema_epochs > 0 else 0.0
+    divergence = Divergence(run.device)
     for step, batch in enumerate(loader, 1):
         x, y, valid = run.to_device(*batch)
-        sums += train_step(run, x, y, valid, lam, adversarial)
+        losses = train_step(run, x, y, valid, lam, adversarial)
+        sums += losses
+        divergence.note(step, losses)
         run.update_ema(decay)
         now = time.monotonic()
-        if progress and (step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S):
-            last_report = now
-            progress(TrainProgress(epoch, epochs, step, steps, named_losses(sums / step)))
+        if step in (1, steps) or now - last_report >= PROGRESS_INTERVAL_S:
+            last_report = now  # (a report syncs the device anyway)
+            divergence.check(epoch)
+            if progress:
+                progress(TrainProgress(epoch, epochs, step, steps, named_losses(sums / step)))
+    divergence.check(epoch)
+    check_weights(run, epoch)
     return named_losses(distributed.mean_across_ranks(sums / max(steps, 1)))
 
 

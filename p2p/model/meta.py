@@ -19,6 +19,7 @@ from p2p import __version__
 from p2p.core import storage
 from p2p.core.config import ModelConfig
 from p2p.core.errors import BundleError, InputError
+from p2p.core.fsutil import json_text
 
 #: 2: optional linear path in the generator (`model.linear_anchor`) and the baselines.
 FORMAT_VERSION = 2
@@ -118,7 +119,7 @@ def sha256_file(path: Path) -> str:
 def write_meta(folder: Path, meta: BundleMeta, weights_sha256: str) -> None:
     """Write `folder/model.json`: `meta` and the checksum of the weights beside it."""
     record = {**meta.to_dict(), "weights_sha256": weights_sha256}
-    (folder / META).write_text(json.dumps(record, indent=2, sort_keys=True) + "\n")
+    (folder / META).write_text(json_text(record))
 
 
 def read_bundle_object(url: str) -> bytes:

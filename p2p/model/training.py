@@ -31,7 +31,7 @@ from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import p2p.model.distributed as distributed
 from p2p.core.errors import CheckpointError, InputError
-from p2p.core.fsutil import atomic_write_text
+from p2p.core.fsutil import atomic_write_text, json_text
 from p2p.model.checkpoint import (
     capture_rng,
     checkpoint_path,
@@ -102,7 +102,7 @@ class TrainResult:
 
 def _append_jsonl(path: Path, record: dict[str, Any]) -> None:
     with open(path, "a", encoding="utf-8") as fh:
-        fh.write(json.dumps(record) + "\n")
+        fh.write(json_text(record, indent=None))
         fh.flush()
         os.fsync(fh.fileno())
 
