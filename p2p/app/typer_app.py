@@ -14,7 +14,6 @@ fast.
 from __future__ import annotations
 
 import errno
-import json
 import logging
 import sys
 from collections.abc import Callable
@@ -26,6 +25,7 @@ from typer._click import exceptions as click_errors  # Typer 0.29 vendors Click 
 
 from p2p import __version__
 from p2p.core.errors import P2PError
+from p2p.core.fsutil import json_text
 
 app = typer.Typer(
     name="p2p",
@@ -151,4 +151,4 @@ def check_output_path(path: str) -> None:
 
 def print_json(record: dict[str, Any]) -> None:
     """Print the machine-readable record as the last line of stdout."""
-    sys.stdout.write(json.dumps(record, default=str) + "\n")
+    sys.stdout.write(json_text(record, indent=None))  # strict JSON: null for NaN
