@@ -138,7 +138,7 @@ def kill_point(stage: str, data: dict[str, Any], scale: int) -> tuple[str, int]:
         blocks = (512 * scale // 64 // 2) ** 2
         return r"/blocks/\d+_\d+\.done$", blocks // 2 + 1
     if stage == "train":
-        return rf"/checkpoints/epoch_{data['epochs'] // 2 + 1:04d}\.pt$", 1
+        return rf"/checkpoints/epoch_{data['epochs'] // 2 + 1:04d}\.safetensors$", 1
     strips = 2048 * scale // 256
     return r"/\.scene\.tif\.state\.json$", strips // 2 + 1
 

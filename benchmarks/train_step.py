@@ -27,7 +27,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from p2p.model.pix2pix import Pix2Pix, build_pix2pix, select_device, train_step
+from p2p.model.pix2pix import Pix2Pix, StepOptions, build_pix2pix, select_device, train_step
 
 
 def _args() -> argparse.Namespace:
@@ -105,14 +105,14 @@ def _time(run: Pix2Pix, batch: list[torch.Tensor], steps: int, tuned: bool) -> f
     _sync(run.device)
     t0 = time.perf_counter()
     for _ in range(steps):
-        train_step(run, *batch, 100.0)
+        train_step(run, *batch, StepOptions(lambda_l1=100.0))
     _sync(run.device)
     return (time.perf_counter() - t0) / steps
 
 
 def _flops(run: Pix2Pix, batch: list[torch.Tensor]) -> int:
     with FlopCounterMode(display=False) as counter:
-        train_step(run, *batch, 100.0)
+        train_step(run, *batch, StepOptions(lambda_l1=100.0))
     return int(counter.get_total_flops())
 
 

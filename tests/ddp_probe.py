@@ -20,7 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.model import distributed
 from p2p.model.normalization import BandStats
-from p2p.model.pix2pix import build_pix2pix, train_step
+from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
 from p2p.model.training import train
 
 CHIPS = 16
@@ -53,7 +53,7 @@ def steps(out_dir: Path, batch: int) -> None:
     world = distributed.current().world
     spread = []
     for batch_data in loader:
-        train_step(run, *batch_data, cfg.lambda_l1)
+        train_step(run, *batch_data, StepOptions(lambda_l1=cfg.lambda_l1))
         worst = 0.0
         for p in [*run.g.parameters(), *run.d.parameters()]:
             copies = [torch.empty_like(p) for _ in range(world)]

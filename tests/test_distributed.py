@@ -21,7 +21,7 @@ from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
 from p2p.demo import demo_config, write_demo_scenes
 from p2p.model import distributed
-from p2p.model.checkpoint import list_checkpoints, save_checkpoint
+from p2p.model.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
@@ -50,7 +50,7 @@ def _networks(out_dir: Path) -> tuple[UNetGenerator, PatchGANDiscriminator]:
     """The networks of the newest checkpoint in `out_dir`, in eval mode."""
     model_cfg, _ = configs("instance", 1, 1)
     _, newest = list_checkpoints(out_dir / "checkpoints")[0]
-    state = torch.load(newest, weights_only=True)
+    state = load_checkpoint(newest)
     g = build_generator(model_cfg, 2, 1)
     d = PatchGANDiscriminator(3, model_cfg.ndf, model_cfg.n_layers_d, "instance")
     g.load_state_dict(state["generator"])
@@ -170,7 +170,7 @@ def test_killed_rank_fails_the_stage_and_the_rerun_resumes(
     worker.start()
     folder = tmp_path / "train"
     deadline = time.monotonic() + 240
-    while not list(folder.glob("*/checkpoints/epoch_0001.pt")):
+    while not list(folder.glob("*/checkpoints/epoch_0001.safetensors")):
         assert time.monotonic() < deadline and worker.is_alive(), errors
         time.sleep(0.2)
     (stage,) = (p for p in folder.iterdir() if p.is_dir())
@@ -190,7 +190,7 @@ def test_killed_rank_fails_the_stage_and_the_rerun_resumes(
     # and the resumed run ends with the weights of a run never interrupted, bit for bit
     clean = train_stage(tmp_path / "clean", dataset, cfg.model, train_cfg)
     resumed, uninterrupted = (
-        torch.load(list_checkpoints(Path(r.path) / "checkpoints")[0][1], weights_only=True)
+        load_checkpoint(list_checkpoints(Path(r.path) / "checkpoints")[0][1])
         for r in (again, clean)
     )
     for net in ("generator", "discriminator"):
@@ -230,5 +230,5 @@ def test_an_error_in_the_ranks_is_the_stage_error(pipeline: PipelineConfig, tmp_
         train_on_ranks(dataset.path, 0, pipeline.model, train_cfg, folder)
     message = str(caught.value)  # every rank's CheckpointError, as the CLI prints it
     assert "distributed training failed: " in message and "does not fit this run" in message
-    assert str(folder / "checkpoints" / "epoch_0001.pt") in message
+    assert str(folder / "checkpoints" / "epoch_0001.safetensors") in message
     assert not (folder / "ddp_result.json").exists()

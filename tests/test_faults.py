@@ -51,7 +51,7 @@ KILL_POINTS = [
     (r"/blocks/\d+_\d+\.done$", 2, "tile: mid-stage, 1 of 4 blocks marked done"),
     (r"/tile/\w+/manifest\.json$", 1, "tile: its manifest, the last write"),
     (r"/dataset/\w+/split\.json$", 1, "dataset: stats.json written, split.json not"),
-    (r"/checkpoints/epoch_0002\.pt$", 1, "train: mid-stage, writing epoch 2 of 3"),
+    (r"/checkpoints/epoch_0002\.safetensors$", 1, "train: mid-stage, writing epoch 2 of 3"),
     (r"/train/\w+/model$", 1, "train: swapping the finished bundle in"),
     (r"/\.a\.tif\.state\.json$", 2, "predict: mid-scene, 512 of 600 rows recorded"),
     (r"/predict/\w+/b\.tif$", 1, "predict: publishing the finished COG"),

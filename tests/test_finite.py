@@ -97,7 +97,8 @@ def test_a_run_whose_loss_goes_nan_stops_in_one_line_and_resumes_from_before(
     assert "\n" not in line
     assert line.startswith("train: epoch 2, step 1: loss_d, loss_g, loss_g_gan, loss_g_l1 not")
     # epoch 1's checkpoint and metrics line, nothing of epoch 2 (no NaN in any file)
-    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["epoch_0001.pt"]
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").iterdir())
+    assert kept == ["epoch_0001.safetensors"]
     lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert [strict_json(x)["epoch"] for x in lines] == [1]
     # the data fixed, the rerun resumes after epoch 1 and finishes

@@ -265,14 +265,14 @@ def test_killed_run_resumes_training_from_its_checkpoint(
             c
             for d in train_root.iterdir()
             if d.name not in known
-            for c in d.glob("checkpoints/epoch_*.pt")
+            for c in d.glob("checkpoints/epoch_*.safetensors")
         ]
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
     assert checkpoints, proc.stderr.read() if proc.stderr else ""
     folder = checkpoints[0].parents[1]
     assert not (folder / "manifest.json").exists()
-    saved = max(int(c.stem.split("_")[1]) for c in folder.glob("checkpoints/epoch_*.pt"))
+    saved = max(int(c.stem.split("_")[1]) for c in folder.glob("checkpoints/epoch_*.safetensors"))
     before = (folder / "metrics.jsonl").read_text().splitlines()[:saved]
 
     record = train_pipeline(longer)

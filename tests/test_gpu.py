@@ -16,8 +16,9 @@ from synthetic import SyntheticPairs
 
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.infer.translator import Translator
+from p2p.model.checkpoint import load_checkpoint
 from p2p.model.networks import UNetGenerator
-from p2p.model.pix2pix import build_pix2pix, train_step
+from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
 from p2p.model.training import train
 
 MODEL = ModelConfig(
@@ -53,7 +54,7 @@ def test_optimized_step_trains(device: str, precision: str) -> None:
     for _ in range(5):
         batch = run.to_device(x, y, valid)
         assert batch[0].is_contiguous(memory_format=torch.channels_last)
-        losses = train_step(run, *batch, 100.0)
+        losses = train_step(run, *batch, StepOptions(lambda_l1=100.0))
     assert torch.isfinite(losses).all()
     assert any(
         not torch.equal(b, p.detach()) for b, p in zip(before, run.g.parameters(), strict=True)
@@ -86,6 +87,6 @@ def test_reduced_precision_training_runs_on_cpu(tmp_path: Path, precision: str) 
     model = ModelConfig(num_downs=4, ngf=8, ndf=8)
     result = train(data, data, model, cfg, tmp_path, SyntheticPairs.stats(1))
     assert result.epochs_done == 1 and np.isfinite(result.metrics["overall"]["mae"])
-    weights = torch.load(result.checkpoint, weights_only=True)["generator"]
+    weights = load_checkpoint(result.checkpoint)["generator"]
     floats = {t.dtype for t in weights.values() if t.is_floating_point()}
     assert floats == {torch.float32}  # master weights stay fp32 under autocast

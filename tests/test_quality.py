@@ -38,6 +38,7 @@ from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
 from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
+from p2p.model.checkpoint import load_checkpoint
 from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import score_batches
 from p2p.model.normalization import denormalize
@@ -295,7 +296,7 @@ def test_warmup_epochs_train_the_generator_on_l1_alone(dataset: Any, tmp_path: P
     assert lines[0]["loss_d"] == 0 and lines[0]["loss_g_gan"] == 0 and lines[0]["loss_g_l1"] > 0
     assert lines[1]["loss_d"] > 0 and lines[1]["loss_g_gan"] > 0
     fresh = build_pix2pix(TINY, cfg, 3, 1, torch.device("cpu")).d.state_dict()
-    epoch1 = torch.load(tmp_path / "checkpoints" / "epoch_0001.pt", weights_only=True)
+    epoch1 = load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.safetensors")
     assert all(torch.equal(fresh[k], v) for k, v in epoch1["discriminator"].items())
     generator = build_pix2pix(TINY, cfg, 3, 1, torch.device("cpu")).g.state_dict()
     assert not all(torch.equal(generator[k], v) for k, v in epoch1["generator"].items())
@@ -452,8 +453,8 @@ def test_weight_average_is_validated_bundled_and_resumed(dataset: Any, tmp_path:
     def run(folder: Path, progress: Any = None) -> dict[str, Any]:
         chips = ChipDataset(ds.path, "train", augment=True)
         val = ChipDataset(ds.path, "val")
-        result = train(chips, val, TINY, cfg, folder, stats, progress)
-        return torch.load(result.checkpoint, weights_only=True) | {"result": result}
+        result = train(chips, val, TINY, cfg, folder, stats, progress=progress)
+        return load_checkpoint(result.checkpoint) | {"result": result}
 
     whole = run(tmp_path / "whole")
     raw, average = whole["generator"], whole["generator_ema"]

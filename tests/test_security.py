@@ -61,7 +61,7 @@ def test_the_payload_really_runs_when_unpickled(tmp_path: Path) -> None:
 
 def test_malicious_checkpoint_is_refused_by_the_loader(tmp_path: Path) -> None:
     marker = tmp_path / "pwned"
-    path = _malicious_pickle(tmp_path / "checkpoints" / "epoch_0001.pt", marker)
+    path = _malicious_pickle(tmp_path / "checkpoints" / "epoch_0001.safetensors", marker)
     model = ModelConfig(**TINY_MODEL)
     with pytest.raises(CheckpointError, match="cannot load the generator") as err:
         load_generator(path, model, 2, 1)
@@ -73,7 +73,7 @@ def test_malicious_checkpoint_is_skipped_on_resume(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     marker = tmp_path / "pwned"
-    path = _malicious_pickle(tmp_path / "checkpoints" / "epoch_0001.pt", marker)
+    path = _malicious_pickle(tmp_path / "checkpoints" / "epoch_0001.safetensors", marker)
     with caplog.at_level(logging.WARNING, logger="p2p.model.checkpoint"):
         assert load_newest(tmp_path / "checkpoints") is None
     assert not marker.exists()
@@ -286,15 +286,38 @@ def test_the_pickle_scanner_finds_pickles_by_content(tmp_path: Path) -> None:
     assert not any(f.startswith("plain") for f in found)
 
 
+def test_a_training_checkpoint_is_no_pickle_and_loads_back_exactly(tmp_path: Path) -> None:
+    from synthetic import SyntheticPairs
+
+    from p2p.core.config import TrainConfig
+    from p2p.model.checkpoint import load_checkpoint, save_checkpoint
+    from p2p.model.training import train
+
+    data = SyntheticPairs(4, size=16, in_bands=2, out_bands=1)
+    model = ModelConfig(**TINY_MODEL)
+    cfg = TrainConfig(epochs=1, batch_size=2, device="cpu", preview_chips=0, ema_epochs=1.0)
+    path = train(data, data, model, cfg, tmp_path, SyntheticPairs.stats(1)).checkpoint
+    assert _pickles_in(path) == [] and not zipfile.is_zipfile(path)
+    state = load_checkpoint(path)
+    assert state["epoch"] == 1 and set(state["opt_g"]["state"]) == set(
+        range(len(state["opt_g"]["param_groups"][0]["params"]))
+    )  # the optimizer's per-parameter state keeps its integer keys
+    assert all(isinstance(v, torch.Tensor) for v in state["generator"].values())
+    assert isinstance(state["rng"]["torch"], torch.Tensor) and state["best"]["epoch"] == 1
+    # what was saved comes back: a reload of the reload is the same state
+    again = load_checkpoint(save_checkpoint(tmp_path / "again", 1, state))
+    assert again["opt_g"]["param_groups"] == state["opt_g"]["param_groups"]
+    for key, moments in state["opt_g"]["state"].items():
+        assert all(torch.equal(again["opt_g"]["state"][key][k], v) for k, v in moments.items())
+    assert again["rng"]["python"] == state["rng"]["python"]
+
+
 def test_a_finished_demo_workspace_holds_no_pickle(demo_run: dict[str, Any]) -> None:
     # Prefect persists no result, zarr writes JSON and codec bytes, Dask spills nowhere near
-    # the workspace. The one exception: training checkpoints, torch zip archives read only
-    # with weights_only=True (a restricted unpickler; see the refusals above).
+    # the workspace, and training checkpoints are safetensors + JSON: no exception.
     ws = Path(demo_run["workspace"])
-    checkpoint = re.compile(r"train/\w+/checkpoints/epoch_\d+\.pt:[^/]+/data\.pkl")
-    found = _pickles_under(ws)
-    assert any(checkpoint.fullmatch(f) for f in found)  # the scan reaches the checkpoints
-    assert [f for f in found if not checkpoint.fullmatch(f)] == []
+    assert list(ws.glob("train/*/checkpoints/epoch_*.safetensors"))  # the scan reaches them
+    assert _pickles_under(ws) == []
     assert not (ws / ".prefect").exists()
     storage = Path(str(PREFECT_RESULTS_LOCAL_STORAGE_PATH.value())).expanduser()
     created = ws.stat().st_mtime

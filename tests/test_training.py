@@ -19,6 +19,7 @@ from synthetic import SyntheticPairs, target_function
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import CheckpointError, InputError
 from p2p.model.augment import augment_pair, dihedral
+from p2p.model.checkpoint import load_checkpoint
 from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.normalization import denormalize
@@ -59,7 +60,7 @@ CHILD = textwrap.dedent(
     val_set = SyntheticPairs(4, size=32, in_bands=3, out_bands=2, seed=4, nodata_border=2)
     model = ModelConfig(num_downs=5, ngf=8, ndf=8, dropout=0.5)
     cfg = TrainConfig(epochs=3, epochs_decay=2, batch_size=4, seed=7, preview_chips=2)
-    train(train_set, val_set, model, cfg, out, SyntheticPairs.stats(2), progress)
+    train(train_set, val_set, model, cfg, out, SyntheticPairs.stats(2), progress=progress)
     """
 )
 
@@ -75,7 +76,7 @@ def _child(out: Path, kill_at: str = "never") -> subprocess.CompletedProcess[str
 
 
 def _weights(out: Path, epoch: int) -> dict[str, dict[str, torch.Tensor]]:
-    state = torch.load(out / "checkpoints" / f"epoch_{epoch:04d}.pt", weights_only=True)
+    state = load_checkpoint(out / "checkpoints" / f"epoch_{epoch:04d}.safetensors")
     return {k: state[k] for k in ("generator", "discriminator", "opt_g", "opt_d")}
 
 
@@ -86,12 +87,12 @@ def test_sigkill_and_resume_ends_bit_identical(tmp_path: Path) -> None:
     killed = _child(run, kill_at="3:1")  # during epoch 3 of 5
     assert killed.returncode == -signal.SIGKILL
     assert sorted(p.name for p in (run / "checkpoints").iterdir()) == [
-        "epoch_0001.pt",
-        "epoch_0002.pt",
+        "epoch_0001.safetensors",
+        "epoch_0002.safetensors",
     ]
     # make it harder: the newest checkpoint got truncated, so the resume must fall back to
     # epoch 1 and drop epoch 2's metrics line
-    newest = run / "checkpoints" / "epoch_0002.pt"
+    newest = run / "checkpoints" / "epoch_0002.safetensors"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])
     resumed = _child(run)
     assert resumed.returncode == 0, resumed.stderr
@@ -121,7 +122,7 @@ def test_tiny_model_overfits_a_synthetic_pair(tmp_path: Path) -> None:
     untrained = train(
         repeated, pair, model, cfg.model_copy(update={"epochs": 0}), tmp_path / "u", stats
     )
-    assert untrained.epochs_done == 0 and untrained.checkpoint.name == "epoch_0000.pt"
+    assert untrained.epochs_done == 0 and untrained.checkpoint.name == "epoch_0000.safetensors"
     acc = MetricAccumulator([10000.0, 10000.0])
     with torch.no_grad():
         x, y, valid = (t[None] for t in pair[0])
@@ -143,10 +144,11 @@ def test_artifacts_progress_and_rerun_of_a_finished_run(tmp_path: Path) -> None:
     val_set = SyntheticPairs(3, size=32, in_bands=1, out_bands=1, seed=1)
     cfg = TrainConfig(epochs=2, epochs_decay=1, batch_size=2, preview_chips=3)
     seen: list[TrainProgress] = []
-    result = train(train_set, val_set, TINY, cfg, tmp_path, SyntheticPairs.stats(1), seen.append)
+    stats = SyntheticPairs.stats(1)
+    result = train(train_set, val_set, TINY, cfg, tmp_path, stats, progress=seen.append)
     assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == [
-        "epoch_0002.pt",
-        "epoch_0003.pt",
+        "epoch_0002.safetensors",
+        "epoch_0003.safetensors",
     ]
     assert {(p.epoch, p.step) for p in seen} >= {(1, 1), (1, 2), (3, 2)}
     assert all(p.steps_per_epoch == 2 and p.epochs == 3 for p in seen)
@@ -222,8 +224,9 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
         import sys
         from types import SimpleNamespace as NS
         import importlib.machinery
+        # (safetensors stays: checkpoints are safetensors files, no pickle)
         BLOCKED = {{"pydantic", "yaml", "rasterio", "xarray", "rioxarray", "prefect", "dask",
-                   "zarr", "pandas", "PIL", "safetensors", "typer", "rich"}}
+                   "zarr", "pandas", "PIL", "typer", "rich"}}
         class Block:  # importing a blocked package fails as if it were not installed
             def find_spec(self, name, path=None, target=None):
                 if name.split(".")[0] in BLOCKED:

@@ -1,14 +1,19 @@
-"""Training checkpoints: written atomically, loaded without unpickling code, newest 2 kept.
+"""Training checkpoints: written atomically, loaded without any pickle, newest 2 kept.
 
-A checkpoint is a plain dict of tensors and numbers (`epoch_NNNN.pt`, torch.save format) holding
-everything the run needs to continue as if never stopped: both networks, both optimizers,
-both LR schedulers, the gradient scaler, the epoch and every RNG state. It is read with
-`torch.load(weights_only=True)`, which refuses anything but tensors and plain containers.
+A checkpoint (`epoch_NNNN.safetensors`) holds everything the run needs to continue as if
+never stopped: both networks, both optimizers, both LR schedulers, the gradient scaler, the
+epoch and every RNG state. It is one safetensors file: every tensor (weights, optimizer
+moments and steps, RNG states) is a named tensor, and the rest of the state (numbers, lists,
+schedules, metrics) is strict JSON in the file's metadata, in which each tensor stands as
+``{"$tensor": name}``. Loading parses a JSON document and reads raw tensor bytes, nothing
+else: no pickle anywhere, so a crafted checkpoint can run no code.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import math
 import random
 import re
 from pathlib import Path
@@ -16,18 +21,23 @@ from typing import Any
 
 import numpy as np
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 
 from p2p.core.fsutil import atomic_path
 
 log = logging.getLogger(__name__)
 
 KEEP = 2
-_NAME = re.compile(r"^epoch_(\d{4,})\.pt$")
+SUFFIX = ".safetensors"
+_NAME = re.compile(r"^epoch_(\d{4,})\.safetensors$")
+#: The metadata key holding the JSON part of a checkpoint.
+STATE_KEY = "p2p_state"
 
 
 def checkpoint_path(folder: Path, epoch: int) -> Path:
-    """`folder/epoch_{epoch:04d}.pt`."""
-    return folder / f"epoch_{epoch:04d}.pt"
+    """`folder/epoch_{epoch:04d}.safetensors`."""
+    return folder / f"epoch_{epoch:04d}{SUFFIX}"
 
 
 def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
@@ -39,7 +49,7 @@ def list_checkpoints(folder: Path) -> list[tuple[int, Path]]:
 
 
 def capture_rng(loader_generator: torch.Generator) -> dict[str, Any]:
-    """Every RNG state a training epoch draws from, in weights_only-loadable form."""
+    """Every RNG state a training epoch draws from, as tensors and plain numbers."""
     np_state = np.random.get_state(legacy=False)
     return {
         "python": random.getstate(),
@@ -74,15 +84,75 @@ def restore_rng(state: dict[str, Any], loader_generator: torch.Generator) -> Non
     loader_generator.set_state(state["loader"])
 
 
+def _split(value: Any, tensors: dict[str, torch.Tensor], path: str) -> Any:
+    """`value` as JSON data, its tensors moved into `tensors` under their path in the tree.
+
+    Tuples become lists; dicts with integer keys (an optimizer's per-parameter state) and
+    non-finite floats are marked, so `_join` gives back exactly what was saved.
+    """
+    if isinstance(value, torch.Tensor):
+        # a copy of its own: safetensors refuses tensors that share memory
+        tensors[path] = value.detach().to("cpu", copy=True).contiguous()
+        return {"$tensor": path}
+    if isinstance(value, dict):
+        if value and all(isinstance(k, int) for k in value):
+            return {
+                "$intkeys": {str(k): _split(v, tensors, f"{path}/{k}") for k, v in value.items()}
+            }
+        return {str(k): _split(v, tensors, f"{path}/{k}") for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_split(v, tensors, f"{path}/{i}") for i, v in enumerate(value)]
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"$float": repr(value)}
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    raise TypeError(f"{path}: {type(value).__name__} cannot be checkpointed")
+
+
+def _join(value: Any, tensors: dict[str, torch.Tensor]) -> Any:
+    """Inverse of `_split`."""
+    if isinstance(value, dict):
+        if set(value) == {"$tensor"}:
+            return tensors[value["$tensor"]]
+        if set(value) == {"$intkeys"}:
+            return {int(k): _join(v, tensors) for k, v in value["$intkeys"].items()}
+        if set(value) == {"$float"}:
+            return float(value["$float"])
+        return {k: _join(v, tensors) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_join(v, tensors) for v in value]
+    return value
+
+
+def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
+    """The state saved by `save_checkpoint` (tensors on `device`).
+
+    Raises:
+        ValueError: the file is no p2p checkpoint (or is truncated or corrupt).
+        OSError: it cannot be read.
+    """
+    with safe_open(str(path), "pt") as fh:
+        text = (fh.metadata() or {}).get(STATE_KEY)
+    if text is None:
+        raise ValueError("no p2p training state in the file")
+    tensors = load_file(str(path), device=str(device))
+    state: dict[str, Any] = _join(json.loads(text), tensors)
+    return state
+
+
 def save_checkpoint(folder: Path, epoch: int, state: dict[str, Any]) -> Path:
-    """Write `state` as `epoch_NNNN.pt` atomically, then delete all but the newest `KEEP`.
+    """Write `state` as `epoch_NNNN.safetensors` atomically, then delete all but the newest
+    `KEEP`.
 
     Returns:
         The checkpoint's path.
     """
     path = checkpoint_path(folder, epoch)
-    with atomic_path(path, ".pt") as tmp:
-        torch.save({"epoch": epoch, **state}, tmp)
+    tensors: dict[str, torch.Tensor] = {}
+    tree = _split({"epoch": epoch, **state}, tensors, "")
+    metadata = {STATE_KEY: json.dumps(tree, allow_nan=False, separators=(",", ":"))}
+    with atomic_path(path, SUFFIX) as tmp:
+        save_file(tensors, str(tmp), metadata=metadata)
     for _, old in list_checkpoints(folder)[KEEP:]:
         old.unlink(missing_ok=True)
     return path
@@ -96,7 +166,7 @@ def load_newest(folder: Path, device: torch.device | str = "cpu") -> dict[str, A
     """
     for epoch, path in list_checkpoints(folder):
         try:
-            state: dict[str, Any] = torch.load(path, map_location=device, weights_only=True)
+            state = load_checkpoint(path, device)
         except Exception as exc:  # any unreadable file means "try the older one"
             log.warning("skipping unreadable checkpoint %s (%s)", path, exc)
             continue

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Sized
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import torch
@@ -25,8 +25,11 @@ import p2p.model.distributed as distributed
 from p2p.core.errors import TrainingDiverged
 from p2p.model.metrics import score_batches
 from p2p.model.normalization import BandStats
-from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, train_step
+from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, StepOptions, train_step
 from p2p.model.preview import comparison_rows, write_preview
+
+if TYPE_CHECKING:
+    from p2p.core.config import TrainConfig
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 PROGRESS_INTERVAL_S = 0.5  # progress reports cost a device sync; at most ~2 per second
@@ -41,6 +44,53 @@ class TrainProgress:
     step: int  # 1-based within the epoch
     steps_per_epoch: int
     losses: dict[str, float]  # LOSS_NAMES → running mean this epoch
+
+
+@dataclass(frozen=True)
+class LoopOptions:
+    """The settings the training loop reads, as one value handed down the loop (`train` →
+    epoch → step) instead of a chain of positional arguments.
+
+    Attributes:
+        epochs: Epochs in all, the decay epochs included.
+        lambda_l1: λ, the weight of the L1 term.
+        warmup_epochs: First epochs trained on L1 alone.
+        ema_epochs: Horizon of the weight average in epochs (0: none).
+        batch_size: Chips per step.
+        seed: Seed of every RNG, per epoch.
+        bn_stats: "recompute" (exact BatchNorm statistics before validation) or "running".
+        preview_chips: Validation chips drawn in each epoch's preview (0: none).
+        keep: "best" or "last" generator bundled.
+    """
+
+    epochs: int
+    lambda_l1: float = 100.0
+    warmup_epochs: int = 0
+    ema_epochs: float = 0.0
+    batch_size: int = 1
+    seed: int = 0
+    bn_stats: str = "recompute"
+    preview_chips: int = 0
+    keep: str = "best"
+
+    @classmethod
+    def of(cls, cfg: TrainConfig) -> LoopOptions:
+        """The options of a `TrainConfig` (or any object with its fields)."""
+        return cls(
+            epochs=cfg.epochs + cfg.epochs_decay,
+            lambda_l1=cfg.lambda_l1,
+            warmup_epochs=cfg.warmup_epochs,
+            ema_epochs=cfg.ema_epochs,
+            batch_size=cfg.batch_size,
+            seed=cfg.seed,
+            bn_stats=cfg.bn_stats,
+            preview_chips=cfg.preview_chips,
+            keep=cfg.keep,
+        )
+
+    def step(self, epoch: int) -> StepOptions:
+        """What each step of `epoch` (1-based) runs with: adversarial after the warm-up."""
+        return StepOptions(lambda_l1=self.lambda_l1, adversarial=epoch > self.warmup_epochs)
 
 
 def seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
@@ -109,23 +159,25 @@ def train_epoch(
     run: Pix2Pix,
     loader: DataLoader[Sample],
     epoch: int,
-    epochs: int,
-    lam: float,
-    progress: Callable[[TrainProgress], None] | None,
-    adversarial: bool = True,
-    ema_epochs: float = 0.0,
+    options: LoopOptions,
+    progress: Callable[[TrainProgress], None] | None = None,
 ) -> dict[str, float]:
-    """Step through one epoch (L1 only when not `adversarial`), moving the weight average
-    after every step; returns the mean losses."""
+    """Step through epoch `epoch` (L1 only during the warm-up), moving the weight average
+    after every step; returns the mean losses.
+
+    Raises:
+        TrainingDiverged: a loss or a weight went NaN or infinite.
+    """
     run.g.train()
     run.d.train()
     sums = torch.zeros(len(LOSS_NAMES), device=run.device)
     steps, last_report = len(loader), 0.0
-    decay = max(0.0, 1.0 - 1.0 / (ema_epochs * steps)) if ema_epochs > 0 else 0.0
+    ema, epochs, step_options = options.ema_epochs, options.epochs, options.step(epoch)
+    decay = max(0.0, 1.0 - 1.0 / (ema * steps)) if ema > 0 else 0.0
     divergence = Divergence(run.device)
     for step, batch in enumerate(loader, 1):
         x, y, valid = run.to_device(*batch)
-        losses = train_step(run, x, y, valid, lam, adversarial)
+        losses = train_step(run, x, y, valid, step_options)
         sums += losses
         divergence.note(step, losses)
         run.update_ema(decay)

@@ -27,6 +27,19 @@ if TYPE_CHECKING:
 LOSS_NAMES = ("loss_d", "loss_g", "loss_g_gan", "loss_g_l1")
 
 
+@dataclass(frozen=True)
+class StepOptions:
+    """What one step needs besides the networks and the batch.
+
+    Attributes:
+        lambda_l1: λ, the weight of the L1 term (`TrainConfig.lambda_l1`).
+        adversarial: False for an L1-only warm-up step (no discriminator).
+    """
+
+    lambda_l1: float = 100.0
+    adversarial: bool = True
+
+
 @dataclass
 class Pix2Pix:
     """Everything a step touches: networks, optimizers, schedulers, scaler, device settings.
@@ -113,30 +126,30 @@ def train_step(
     x: torch.Tensor,
     y: torch.Tensor,
     valid: torch.Tensor,
-    lam: float,
-    adversarial: bool = True,
+    options: StepOptions = StepOptions(),
 ) -> torch.Tensor:
     """One Pix2Pix iteration (the reference's `optimize_parameters`): D step, then G step.
 
-    With `adversarial` false (an L1-only warm-up step) D is left alone and G minimizes λ·L1.
+    With `options.adversarial` false (an L1-only warm-up step) D is left alone and G
+    minimizes λ·L1.
 
     Args:
         run: Networks and optimizers.
         x: `(N, Cs, H, W)` normalized source on the device.
         y: `(N, Ct, H, W)` normalized target.
         valid: `(N, 1, H, W)` 1 where source and target are both valid.
-        lam: λ, the weight of L1.
-        adversarial: False for an L1-only step (no discriminator).
+        options: λ and whether the step is adversarial.
 
     Returns:
         `(4,)` detached losses in `LOSS_NAMES` order (the GAN terms 0 in an L1-only step).
     """
+    lam = options.lambda_l1
     g, d = run.g, run.d
     g_step = g if run.g_step is None else run.g_step  # DDP averages gradients across ranks
     d_step = d if run.d_step is None else run.d_step
     with run.autocast():
         fake = g_step(x)  # G(x), reused by both steps
-    if not adversarial:
+    if not options.adversarial:
         run.opt_g.zero_grad(set_to_none=True)
         with run.autocast():
             l1 = masked_l1(fake, y, valid)

@@ -35,11 +35,13 @@ from p2p.core.fsutil import atomic_write_text, json_text
 from p2p.model.checkpoint import (
     capture_rng,
     checkpoint_path,
+    load_checkpoint,
     load_newest,
     restore_rng,
     save_checkpoint,
 )
 from p2p.model.epoch import (
+    LoopOptions,
     Sample,
     TrainProgress,
     recompute_batchnorm,
@@ -215,47 +217,47 @@ def _loaders(
     return loader, DataLoader(val_set, batch_size=cfg.batch_size, **common)
 
 
-def _run_epoch(
-    run: Pix2Pix,
-    epoch: int,
-    total: int,
-    loader: DataLoader[Sample],
-    val_loader: DataLoader[Sample] | None,
-    val_set: Dataset[Sample] | None,
-    cfg: TrainConfig,
-    out_dir: Path,
-    target_stats: BandStats,
-    progress: Callable[[TrainProgress], None] | None,
-    best: Best,
-) -> tuple[dict[str, Any], Path, Best]:
+@dataclass(frozen=True)
+class _Loop:
+    """What every epoch of one run uses: the setup, its data and where it writes."""
+
+    run: Pix2Pix
+    loader: DataLoader[Sample]
+    val_loader: DataLoader[Sample] | None
+    val_set: Dataset[Sample] | None
+    options: LoopOptions
+    out_dir: Path
+    target_stats: BandStats
+    progress: Callable[[TrainProgress], None] | None
+
+
+def _run_epoch(loop: _Loop, epoch: int, best: Best) -> tuple[dict[str, Any], Path, Best]:
     """Train, validate, preview, log and checkpoint one epoch (with the best generator so far).
 
     Returns:
         (validation metrics, checkpoint, best epoch so far).
     """
     t0 = time.monotonic()
-    seed_epoch(cfg.seed, epoch, run.loader_gen)
+    run, loader, options, out_dir = loop.run, loop.loader, loop.options, loop.out_dir
+    seed_epoch(options.seed, epoch, run.loader_gen)
     cast(DistributedSampler[Sample], loader.sampler).set_epoch(epoch)
     set_epoch = getattr(loader.dataset, "set_epoch", None)
     if callable(set_epoch):  # datasets that draw augmentations per epoch (ChipDataset)
         set_epoch(epoch)
     lr = run.opt_g.param_groups[0]["lr"]
-    adversarial = epoch > cfg.warmup_epochs
-    losses = train_epoch(
-        run, loader, epoch, total, cfg.lambda_l1, progress, adversarial, cfg.ema_epochs
-    )
+    losses = train_epoch(run, loader, epoch, options, loop.progress)
     run.sched_g.step()
     run.sched_d.step()
-    if cfg.bn_stats == "recompute":
-        recompute_batchnorm(run, loader.dataset, cfg.batch_size)
+    if options.bn_stats == "recompute":
+        recompute_batchnorm(run, loader.dataset, options.batch_size)
     metrics: dict[str, Any] = {}
     if not distributed.current().main:  # rank 0 validates and writes; the others go on
         return metrics, checkpoint_path(out_dir / "checkpoints", epoch), best
-    if val_loader is not None and val_set is not None:
-        metrics = validate(run, val_loader, target_stats)
-        if cfg.preview_chips:
+    if loop.val_loader is not None and loop.val_set is not None:
+        metrics = validate(run, loop.val_loader, loop.target_stats)
+        if options.preview_chips:
             preview = out_dir / "previews" / f"epoch_{epoch:04d}.png"
-            write_epoch_preview(run, val_set, cfg.preview_chips, preview)
+            write_epoch_preview(run, loop.val_set, options.preview_chips, preview)
     seconds = time.monotonic() - t0
     record = {"epoch": epoch, "lr": lr, **losses, **_flat(metrics), "seconds": seconds}
     # the metrics line goes first: a crash before the checkpoint leaves a line that resume drops
@@ -266,7 +268,7 @@ def _run_epoch(
     log.info(
         "epoch %d/%d: loss_g %.4f, loss_d %.4f, val MAE %s, %.1f s",
         epoch,
-        total,
+        options.epochs,
         losses["loss_g"],
         losses["loss_d"],
         mae,
@@ -282,6 +284,7 @@ def train(
     cfg: TrainConfig,
     out_dir: Path,
     target_stats: BandStats,
+    *,
     progress: Callable[[TrainProgress], None] | None = None,
     linear_init: tuple[torch.Tensor, torch.Tensor] | None = None,
 ) -> TrainResult:
@@ -290,8 +293,8 @@ def train(
     Each checkpoint also holds the generator of the epoch with the lowest validation MAE so
     far, so `keep: best` survives a resume.
 
-    Writes `out_dir/checkpoints/epoch_NNNN.pt` (newest 2 kept), `metrics.jsonl` (one line per
-    epoch: losses, lr, validation MAE/RMSE/PSNR/SSIM in target units, seconds) and
+    Writes `out_dir/checkpoints/epoch_NNNN.safetensors` (newest 2 kept), `metrics.jsonl` (one
+    line per epoch: losses, lr, validation MAE/RMSE/PSNR/SSIM in target units, seconds) and
     `previews/epoch_NNNN.png` (source | generated | target of the first validation chips).
 
     Args:
@@ -299,7 +302,7 @@ def train(
             targets float32 normalized to [-1, 1]; it does its own augmentation.
         val_set: The same without augmentation, or None (no metrics, no previews).
         model_cfg: Architecture.
-        cfg: Loop settings.
+        cfg: Loop settings (read once into `LoopOptions`, which the epochs and steps get).
         out_dir: The stage folder; partial work there is resumed.
         target_stats: The target normalization, to report metrics in target units.
         progress: Called with running losses about twice a second and at each epoch's ends.
@@ -321,29 +324,19 @@ def train(
     out_dir.mkdir(parents=True, exist_ok=True)
     start, metrics, ckpt, best = _resume(run, out_dir)
     loader, val_loader = _loaders(run, train_set, val_set, cfg)
-    total = cfg.epochs + cfg.epochs_decay
+    options = LoopOptions.of(cfg)
+    loop = _Loop(run, loader, val_loader, val_set, options, out_dir, target_stats, progress)
+    total = options.epochs
     log.info("training epochs %d..%d on %s (%s)", start + 1, total, device, run.amp_dtype)
     for epoch in range(start + 1, total + 1):
-        metrics, ckpt, best = _run_epoch(
-            run,
-            epoch,
-            total,
-            loader,
-            val_loader,
-            val_set,
-            cfg,
-            out_dir,
-            target_stats,
-            progress,
-            best,
-        )
+        metrics, ckpt, best = _run_epoch(loop, epoch, best)
     if ckpt is None:  # zero epochs: keep the initial weights so a bundle can still be written
         ckpt = checkpoint_path(out_dir / "checkpoints", 0)
         if distributed.current().main:
             ckpt = save_checkpoint(out_dir / "checkpoints", 0, _state(run, metrics, best))
     distributed.barrier()  # rank 0's files are complete before any rank returns
     done = max(start, total)
-    if cfg.keep == "best" and best is not None:
+    if options.keep == "best" and best is not None:
         if best["epoch"] != done:
             log.info("keeping epoch %d (lowest validation MAE %.4g)", best["epoch"], best["mae"])
         return TrainResult(
@@ -382,7 +375,7 @@ def load_generator(
         CheckpointError: The file cannot be read or holds a different architecture.
     """
     try:
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
+        state = load_checkpoint(checkpoint)
         g = build_generator(model_cfg, in_channels, out_channels)
         kept = state.get("best") if best else None
         last = state.get("generator_ema", state["generator"])  # the average, when trained with one

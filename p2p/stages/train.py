@@ -93,7 +93,14 @@ def run(
         else:
             anchor = linear_anchor(ds.path, source_stats, target_stats)
             result = train_loop(
-                train_set, val_set, model, train, folder, target_stats, report, anchor
+                train_set,
+                val_set,
+                model,
+                train,
+                folder,
+                target_stats,
+                progress=report,
+                linear_init=anchor,
             )
         _bundle(folder / "model", result, ds, source_stats, target_stats, train)
         metrics = result.metrics

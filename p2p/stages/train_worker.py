@@ -95,7 +95,7 @@ def run_rank(spec: dict[str, Any]) -> None:
     out_dir = Path(spec["out_dir"])
     train_set, val_set, source_stats, target_stats = datasets(spec["dataset"], spec["n_val"], cfg)
     anchor = linear_anchor(spec["dataset"], source_stats, target_stats)
-    result = train(train_set, val_set, model_cfg, cfg, out_dir, target_stats, None, anchor)
+    result = train(train_set, val_set, model_cfg, cfg, out_dir, target_stats, linear_init=anchor)
     if distributed.current().main:
         atomic_write_json(
             out_dir / RESULT,
