@@ -26,6 +26,7 @@ from p2p.raster.scene import open_raster
 from p2p.raster.vsi import ObjectAccess
 from p2p.stages import tile
 from tests import bucket_worker
+from tests.faultkit import cli, yaml_config
 from tests.s3server import S3Server, run_server
 from tests.test_tiling import make_pair
 
@@ -126,10 +127,23 @@ def test_temporary_credentials_with_a_session_token_run_a_stage_and_leave_no_tra
         for o in iam.s3.list_objects_v2(Bucket="p2p-creds", Prefix="ws/")["Contents"]
     ]
     assert any(b'"manifest"' in b or b'"stage"' in b for b in written)
+    # the config echo: `p2p plan --json` (a fresh process, its whole output) on this workspace
+    config = yaml_config(
+        tmp_path / "p2p.yaml",
+        {
+            "workspace": "s3://p2p-creds/ws",
+            "scenes": [{"source": [src], "target": [tgt], "nodata": 0}],
+            "tiling": bucket_worker.TILING.model_dump(),
+            "model": {"num_downs": 2, "ngf": 4, "ndf": 4},
+        },
+    )
+    plan = cli(["plan", config, "--until", "tile", "--json"])
+    assert plan.returncode == 0 and '"status":"cached"' in plan.stdout.replace(" ", ""), plan.stderr
     for secret in (creds["SecretAccessKey"], creds["SessionToken"], creds["AccessKeyId"]):
         assert not any(secret.encode() in blob for blob in written)
         assert secret not in caplog.text
         assert secret not in json.dumps(record.model_dump())
+        assert secret not in plan.stdout + plan.stderr
 
 
 def _credential_process(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
