@@ -20,14 +20,14 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pydantic import BaseModel
-from synthetic import SyntheticPairs
 
 from p2p.app.cli import main
-from p2p.core.config import PipelineConfig
+from p2p.core.config import DaskConfig, PipelineConfig
 from p2p.core.configfile import load_config
 from p2p.core.errors import ConfigError, TrainingDiverged
+from p2p.model.bundle import load_bundle
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator
-from p2p.model.training import train
+from p2p.stages import dataset, tile, train
 from tests.faultkit import write_scene, write_tiny_bundle
 
 SECTIONS = ("tiling", "dataset", "model", "train", "predict", "dask")
@@ -131,18 +131,29 @@ MODEL_SETTINGS = st.fixed_dictionaries(
 )
 
 
+@pytest.fixture(scope="module")
+def chips(scenes: dict[str, Any]) -> Any:
+    """The fuzz scenes tiled and split once: four 32 px chips for the train stage."""
+    config = PipelineConfig.model_validate(scenes["config"])
+    workspace = scenes["folder"] / "stage-ws"
+    tiles = tile.run(workspace, config.scenes[0], config.tiling, DaskConfig(n_workers=1))
+    return workspace, dataset.run(workspace, [tiles], config.dataset, config.tiling)
+
+
+@pytest.mark.slow  # ~25 s on 2 busy cores (tiling once, then five one-step train stages)
 @settings(
     max_examples=5, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(train_settings=TRAIN_SETTINGS, model_settings=MODEL_SETTINGS)
-def test_accepted_training_settings_train_a_real_step_or_stop_in_one_line(
+def test_accepted_training_settings_run_the_real_train_stage_or_stop_in_one_line(
     scenes: dict[str, Any],
-    tmp_path_factory: pytest.TempPathFactory,
+    chips: Any,
     train_settings: dict[str, Any],
     model_settings: dict[str, Any],
 ) -> None:
-    """A sample of accepted configs runs the real loop (4 chips, one step, one epoch): it ends
-    with finite weights and strict-JSON metrics, or stops in one line when the loss diverged."""
+    """A sample of accepted configs runs the real train stage (a few chips, one step): it
+    bundles finite weights with strict-JSON metrics, or stops in one line when the loss
+    diverged, leaving no bundle and no manifest."""
     config = PipelineConfig.model_validate(
         {
             **scenes["config"],
@@ -150,18 +161,20 @@ def test_accepted_training_settings_train_a_real_step_or_stop_in_one_line(
             "train": {"epochs": 1, "batch_size": 4, "device": "cpu", **train_settings},
         }
     )
-    out = tmp_path_factory.mktemp("run")
-    chips = SyntheticPairs(4, size=16, in_bands=3, out_bands=1, seed=1)
+    workspace, split = chips
     try:
-        result = train(chips, chips, config.model, config.train, out, SyntheticPairs.stats(1))
+        record = train.run(workspace, split, config.model, config.train)
     except TrainingDiverged as exc:
         assert "\n" not in str(exc) and "not finite" in str(exc)
-        assert not (out / "checkpoints").exists() or not list((out / "checkpoints").iterdir())
+        folder = Path(workspace) / "train" / train.key_parts(split, config.model, config.train).key
+        assert not (folder / "manifest.json").exists() and not (folder / "model").exists()
         return
-    weights = result.load_generator().state_dict().values()
+    bundle = load_bundle(record.summary["model"], "cpu")
+    weights = bundle.generator.state_dict().values()
     assert all(torch.isfinite(w).all() for w in weights if w.is_floating_point())
-    for line in (out / "metrics.jsonl").read_text().splitlines():
+    for line in (Path(record.path) / "metrics.jsonl").read_text().splitlines():
         json.loads(line, parse_constant=_refuse)
+    json.loads((Path(record.path) / "manifest.json").read_text(), parse_constant=_refuse)
 
 
 def _refuse(name: str) -> Any:
