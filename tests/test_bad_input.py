@@ -260,7 +260,7 @@ def test_unknown_config_key(tmp_path: Path, config_data: dict[str, object]) -> N
     config_data["train"] = {"epochs": 1, "epoch": 5}  # a typo must not be silently ignored
     config = yaml_config(tmp_path / "config.yaml", config_data)
     line = _run_fails(tmp_path, config, config, "train.epoch")
-    assert "Extra inputs are not permitted" in line
+    assert "unknown field 'epoch'; did you mean epochs" in line
 
 
 def test_negative_epoch_count(tmp_path: Path, config_data: dict[str, object]) -> None:

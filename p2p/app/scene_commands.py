@@ -36,8 +36,9 @@ _OPTION_NAMES = {
 }
 
 
-def _scene_option(spec: str) -> Any:
-    """The scene of one `--input` value (a raster, or band files joined by commas).
+def _scene_option(spec: str, bands: list[int] | None = None) -> Any:
+    """The scene of one `--input` value (a raster, or band files joined by commas), with the
+    1-based `bands` chosen from its stacked bands.
 
     Raises:
         ConfigError: the value names no file.
@@ -46,11 +47,33 @@ def _scene_option(spec: str) -> Any:
 
     from p2p.core.config import SceneConfig
     from p2p.core.errors import ConfigError
+    from p2p.core.fielderrors import first_error
 
     try:
-        return SceneConfig.model_validate({"source": spec})
+        return SceneConfig.model_validate({"source": spec, "source_bands": bands})
     except ValidationError as exc:
-        raise ConfigError("--input", f"{spec!r}: {exc.errors()[0]['msg']}") from None
+        field, msg = first_error(exc, SceneConfig)
+        if field == "source_bands":
+            raise ConfigError("--bands", msg) from None
+        raise ConfigError("--input", f"{spec!r}: {msg}") from None
+
+
+def _bands_option(text: str | None) -> list[int] | None:
+    """`--bands 1,2,3` as a list of 1-based band numbers.
+
+    Raises:
+        ConfigError: an entry is not a whole number.
+    """
+    from p2p.core.errors import ConfigError
+
+    if text is None:
+        return None
+    try:
+        return [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise ConfigError(
+            "--bands", f"{text!r} is not a list of band numbers; give e.g. --bands 1,2,3"
+        ) from None
 
 
 def _scene_progress(label: str) -> Any:
@@ -95,6 +118,12 @@ def predict(
     runtime: str = typer.Option(
         "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
     ),
+    bands: str | None = typer.Option(
+        None,
+        "--bands",
+        help="1-based source bands to use, in order, e.g. 1,2,3 (like a config's source_bands).",
+        metavar="N,N,...",
+    ),
     tta: bool | None = typer.Option(
         None,
         "--tta/--no-tta",
@@ -115,6 +144,7 @@ def predict(
 
         from p2p.core.config import MosaicConfig, PredictConfig
         from p2p.core.errors import ConfigError
+        from p2p.core.fielderrors import first_error
 
         start = time.perf_counter()
         try:
@@ -125,10 +155,10 @@ def predict(
                 | ({} if tta is None else {"tta": tta})
             )  # fmt: skip
         except ValidationError as exc:
-            err = exc.errors()[0]
-            field = str(err["loc"][0]) if err["loc"] else "predict"
-            raise ConfigError(_OPTION_NAMES.get(field, field), err["msg"]) from None
-        scenes = [_scene_option(spec) for spec in inputs]
+            field, msg = first_error(exc, PredictConfig)
+            raise ConfigError(_OPTION_NAMES.get(field, field), msg) from None
+        chosen = _bands_option(bands)
+        scenes = [_scene_option(spec, chosen) for spec in inputs]
         check_output_path(output)
         # the bad input above is refused before torch and GDAL are imported (a second saved)
         from p2p.infer.inference import resolve_window

@@ -295,16 +295,24 @@ class PipelineConfig(FrozenConfig):
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
-        multiple = 2**self.model.num_downs
-        if self.tiling.chip_size % multiple:
-            raise ValueError(
-                f"tiling.chip_size {self.tiling.chip_size} must be a multiple of "
-                f"2^model.num_downs = {multiple}"
-            )
+        chip, downs = self.tiling.chip_size, self.model.num_downs
+        if chip % 2**downs:
+            raise ValueError(f"tiling.chip_size: {chip_size_fix(chip, downs)}")
         for i, scene in enumerate(self.scenes):
             if isinstance(scene, SceneConfig) and scene.target is None:
-                raise ValueError(f"scenes[{i}] has no target; training scenes need one")
+                raise ValueError(f"scenes[{i}]: has no target; training scenes need one")
         return self
+
+
+def chip_size_fix(chip: int, num_downs: int) -> str:
+    """What to do about a chip side the U-Net cannot take: the nearest valid sides, and the
+    deepest `num_downs` (at least 2) that takes this side."""
+    multiple = 2**num_downs
+    below, above = chip // multiple * multiple, (chip // multiple + 1) * multiple
+    sides = f"{below} or {above}" if below else str(above)
+    fits = [n for n in range(num_downs - 1, 1, -1) if chip % 2**n == 0]
+    deeper = f", or set model.num_downs: {fits[0]} (2^{fits[0]} = {2 ** fits[0]})" if fits else ""
+    return f"{chip} must be a multiple of 2^model.num_downs = {multiple}; use {sides}{deeper}"
 
 
 class BatchPredictConfig(FrozenConfig):

@@ -6,6 +6,7 @@ expanded into scenes.
 from __future__ import annotations
 
 import glob
+import re
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from p2p.core.config import (
     TrainingScene,
 )
 from p2p.core.errors import ConfigError, InputError
+from p2p.core.fielderrors import first_error
 
 
 def expand_scenes(
@@ -66,26 +68,36 @@ def expand_scenes(
     return scenes
 
 
-def _first_error(exc: ValidationError) -> tuple[str, str]:
-    err = exc.errors()[0]
-    field = ".".join(str(p) for p in err["loc"]) or "config"
-    return field, err["msg"]
-
-
 def parse_config(
-    data: dict[str, Any], source: str = "config", base: Path | None = None
+    data: dict[str, Any],
+    source: str = "config",
+    base: Path | None = None,
+    overrides: Sequence[str] = (),
 ) -> PipelineConfig:
     """Validate a mapping into a `PipelineConfig`; relative STAC item paths are read against
     `base` (the current folder when None).
 
     Raises:
-        ConfigError: naming the first offending field, e.g. ``train.epochs: ...``.
+        ConfigError: naming the first offending field, e.g. ``train.epochs: ...``, after the
+            ``--set`` option that gave it, else after `source`.
     """
     try:
         return PipelineConfig.model_validate(data, context={"base": base})
     except ValidationError as exc:
-        field, msg = _first_error(exc)
-        raise ConfigError(f"{source}: {field}", msg) from None
+        field, msg = first_error(exc, PipelineConfig)
+        blamed = [o for o in overrides if _concerns(o.split("=", 1)[0].strip(), field, msg)]
+        where = f"--set {blamed[0]}" if blamed else source
+        raise ConfigError(f"{where}: {field}", msg) from None
+
+
+def _concerns(key: str, field: str, msg: str) -> bool:
+    """Whether the override of dotted `key` set `field` (or a field the message names)."""
+    return (
+        key == field
+        or field.startswith(key + ".")
+        or key.startswith(field + ".")
+        or (re.search(rf"(^|[^\w.]){re.escape(key)}\b", msg) is not None)
+    )
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -132,7 +144,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Pipelin
     if not isinstance(data, dict):
         raise ConfigError(path, "a config file must hold a mapping of sections")
     data = apply_overrides(data, overrides or [])
-    config = parse_config(data, source=str(path), base=path.parent.resolve())
+    config = parse_config(data, str(path), path.parent.resolve(), overrides or [])
     return resolve_paths(config, path.parent)
 
 

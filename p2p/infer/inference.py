@@ -102,12 +102,21 @@ def _open_source(scene: SceneConfig, bundle: BundleRef, config: PredictConfig) -
         reader = SceneReader(scene.source, scene.source_bands, bundle.meta.source_nodata)
     if reader.count != bundle.meta.in_channels:
         reader.close()
-        raise InputError(
-            scene.source[0],
-            f"has {reader.count} band(s) but the model expects {bundle.meta.in_channels} "
-            f"({', '.join(bundle.meta.source_bands)})",
-        )
+        raise InputError(scene.source[0], _band_count_problem(reader.count, bundle.meta))
     return reader
+
+
+def _band_count_problem(count: int, meta: BundleMeta) -> str:
+    """A band-count mismatch, with the way to choose bands (or to give more)."""
+    want = meta.in_channels
+    text = f"has {count} band(s) but the model expects {want} ({', '.join(meta.source_bands)})"
+    if count > want:
+        example = ",".join(str(i) for i in range(1, want + 1))
+        return (
+            f"{text}; choose {want} of its bands with `p2p predict --bands {example}` "
+            f"(source_bands: [{example.replace(',', ', ')}] in a config scene)"
+        )
+    return f"{text}; give a scene with those bands (band files join with commas: a.tif,b.tif)"
 
 
 def resolve_window(meta: BundleMeta, config: PredictConfig) -> tuple[int, int]:

@@ -28,6 +28,24 @@ def intersection(a: Grid, b: Grid) -> tuple[float, float, float, float] | None:
     return box if box[0] < box[2] and box[1] < box[3] else None
 
 
+def _no_overlap(grid: Grid, other: Grid) -> str:
+    """Why `other` (a target) and `grid` (its source) share no pixel: both extents in full,
+    and the likely cause."""
+    text = f"does not overlap the source grid ({grid.describe()}); its own grid is "
+    text += other.describe()
+    if other.crs != grid.crs:
+        box = transform_bounds(other.crs, grid.crs, *other.bounds, densify_pts=21)
+        moved = ", ".join(f"{v:.6f}".rstrip("0").rstrip(".") for v in box)
+        text += f", extent ({moved}) in the source's CRS"
+        cause = "a wrong CRS on one of the files"
+    else:
+        cause = "a wrong geotransform on one of the files"
+    return (
+        f"{text}. Likely the pair is not of one place (check the scene's source and target "
+        f"paths) or {cause} (compare `gdalinfo` of both)"
+    )
+
+
 def open_aligned(
     paths: Sequence[str | Path] | str | Path,
     grid: Grid,
@@ -62,11 +80,7 @@ def open_aligned(
             if reader.resampled:
                 raise AlignmentError(reader.paths[0], "has no CRS, so it cannot be aligned")
         elif intersection(grid, reader.file_grid) is None:
-            raise AlignmentError(
-                reader.paths[0],
-                f"does not overlap the source grid ({grid.describe()}); "
-                f"its own grid is {reader.file_grid.describe()}",
-            )
+            raise AlignmentError(reader.paths[0], _no_overlap(grid, reader.file_grid))
     except BaseException:
         reader.close()
         raise

@@ -87,12 +87,20 @@ class Grid:
         )
 
     def describe(self) -> str:
-        """Short text for error messages."""
+        """Text for error messages, with full coordinates (a northing as ``5800000``, not
+        ``5.8e+06``): ``EPSG:32633, 64x64 px of 10x10, extent (left, bottom, right, top)``."""
+        crs = self.crs.to_string() if self.crs else "no CRS"
+        extent = ", ".join(_coordinate(v) for v in self.bounds)
         return (
-            f"{self.crs.to_string() if self.crs else 'no CRS'}, {self.width}x{self.height} px "
-            f"of {self.res[0]:g}x{self.res[1]:g}, origin ({self.transform.c:g}, "
-            f"{self.transform.f:g})"
+            f"{crs}, {self.width}x{self.height} px of {_coordinate(self.res[0])}x"
+            f"{_coordinate(self.res[1])}, extent ({extent})"
         )
+
+
+def _coordinate(value: float) -> str:
+    """A coordinate or pixel size in full: at most 6 decimals, no exponent, no trailing 0s."""
+    text = f"{value:.6f}".rstrip("0").rstrip(".")
+    return "0" if text == "-0" else text
 
 
 def open_raster(path: str | Path, access: ObjectAccess | None = None) -> DatasetReader:
