@@ -117,19 +117,27 @@ class BucketLock:
     def acquire(self) -> None:
         """Wait until this process holds the lease."""
         waited = False
-        while True:
-            self._etag = self._put(IfNoneMatch="*")
-            if self._etag is None:
-                stale = self._stale_etag()
-                if stale is not None:
-                    log.warning("%s: taking over a lock whose lease ran out", self.url)
-                    self._etag = self._put(IfMatch=stale)
-            if self._etag is not None:
-                break
+        while not self.try_acquire():
             if not waited:
                 log.info("%s: another run holds this stage; waiting", self.url)
                 waited = True
             time.sleep(POLL_S)
+
+    def try_acquire(self) -> bool:
+        """Take the lease if it is free (or its holder's ran out) and say whether it was;
+        never waits (`p2p workspace prune` skips a folder a live run holds)."""
+        self._etag = self._put(IfNoneMatch="*")
+        if self._etag is None:
+            stale = self._stale_etag()
+            if stale is not None:
+                log.warning("%s: taking over a lock whose lease ran out", self.url)
+                self._etag = self._put(IfMatch=stale)
+        if self._etag is None:
+            return False
+        self._start_renewing()
+        return True
+
+    def _start_renewing(self) -> None:
         self._lost.clear()
         self._failure = ""
         self._stop.clear()

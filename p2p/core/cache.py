@@ -153,12 +153,17 @@ def stage_lock(folder: str | Path) -> FileLock:
     return FileLock(str(folder.parent / f".{folder.name}.lock"))
 
 
+def bucket_lock_url(folder: str) -> str:
+    """The lease object that locks a stage folder in a bucket: ``{stage}/.{key}.lock``."""
+    name = storage.name(folder)
+    return f"{folder.rstrip('/')[: -len(name)]}.{name}.lock"
+
+
 @contextmanager
 def _locked(folder: files.Location) -> Iterator[BucketLock | None]:
     """Hold the stage's lock: a file lock on a disk, a lease object in a bucket."""
     if storage.is_remote(folder):
-        name = storage.name(folder)
-        with BucketLock(f"{str(folder).rstrip('/')[: -len(name)]}.{name}.lock") as lease:
+        with BucketLock(bucket_lock_url(str(folder))) as lease:
             yield lease
     else:
         with stage_lock(folder):
