@@ -7,7 +7,15 @@ and evaluate scenes with a bundle, no Prefect).
 
 from __future__ import annotations
 
-from p2p.app import run_commands, scene_commands, workspace_commands
+from p2p.app import config_commands, run_commands, scene_commands, workspace_commands
 from p2p.app.typer_app import app, guard, main
 
-__all__ = ["app", "guard", "main", "run_commands", "scene_commands", "workspace_commands"]
+__all__ = [
+    "app",
+    "config_commands",
+    "guard",
+    "main",
+    "run_commands",
+    "scene_commands",
+    "workspace_commands",
+]

@@ -70,7 +70,10 @@ def plan_command(
     overrides: list[str] = typer.Option([], "--set", help="Override a config field."),
     as_json: bool = typer.Option(False, "--json", help="Print the plan as JSON."),
 ) -> None:
-    """Show, for each stage, whether it is cached or will run and why; runs nothing."""
+    """Show, for each stage, whether it is cached or will run and why; runs nothing.
+
+    Example: p2p plan config.yaml --set train.epochs=50
+    """
 
     def body() -> None:
         _, entries = _training_plan(config, overrides, until)
@@ -100,6 +103,8 @@ def run(
     """Run the training pipeline flow (tile → dataset → train → evaluate), cached per stage.
 
     When every stage is already cached, the record is printed without starting Prefect.
+
+    Example: p2p run config.yaml --set train.epochs=50 --until train
     """
 
     def body() -> None:
@@ -153,7 +158,10 @@ def train_node(
     ),
     wait: float = typer.Option(3600.0, "--wait", help="Seconds to wait for the train stage."),
 ) -> None:
-    """Join, from another machine, the multi-node train stage that `p2p run` launches."""
+    """Join, from another machine, the multi-node train stage that `p2p run` launches.
+
+    Example (on the second machine): p2p train-node config.yaml --set train.nodes=2
+    """
 
     def body() -> None:
         from p2p.core.configfile import load_config
@@ -171,7 +179,10 @@ def demo(
     workspace: str = typer.Option("demo-work", "--workspace", help="Folder for data and runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
 ) -> None:
-    """Generate sample scenes, train, predict two held-out scenes, mosaic and report (CPU)."""
+    """Generate sample scenes, train, predict two held-out scenes, mosaic and report (CPU).
+
+    Example: p2p demo --workspace demo-work
+    """
 
     def body() -> None:
         from p2p.app.console import console_progress_bars, quiet_prefect

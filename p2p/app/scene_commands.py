@@ -135,6 +135,9 @@ def predict(
 
     Runs the prediction stages of the `batch_predict` flow (same keys, same artifacts) without
     Prefect, cached in a workspace: a rerun reuses finished scenes and resumes a killed one.
+
+    Example: p2p predict --model work/train/KEY/model --input B2.tif,B3.tif,B4.tif
+    --output out.tif
     """
 
     def body() -> None:
@@ -195,7 +198,10 @@ def export(
     model: str = typer.Option(..., "--model", help="Model bundle folder."),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON record last."),
 ) -> None:
-    """Write the bundle's generator as model.onnx (for `p2p predict --runtime onnx`)."""
+    """Write the bundle's generator as model.onnx (for `p2p predict --runtime onnx`).
+
+    Example: p2p export --model work/train/KEY/model
+    """
 
     def body() -> None:
         from p2p.infer.onnxbundle import export_onnx
@@ -225,8 +231,13 @@ def evaluate(
         None, "--source", help="The source scene predicted (a raster or comma-joined bands)."
     ),
 ) -> None:
-    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band); with
-    --model and --source, also the constant-mean and linear baselines on the same pixels."""
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band).
+
+    With --model and --source, also the constant-mean and linear baselines on the same
+    pixels.
+
+    Example: p2p evaluate --prediction out.tif --target map.tif --model MODEL --source in.tif
+    """
 
     def body() -> None:
         from p2p.core.config import SceneConfig

@@ -22,10 +22,33 @@ from typing import Any, TypeVar
 
 import typer
 from typer._click import exceptions as click_errors  # Typer 0.29 vendors Click here
+from typer.core import TyperArgument, TyperOption
 
 from p2p import __version__
 from p2p.core.errors import P2PError
 from p2p.core.fsutil import json_text
+
+#: What a user types, by the Python type Typer 0.29 prints (``<bool>``, ``<list[str]>``).
+_TYPE_WORDS = {"str": "TEXT", "int": "INTEGER", "float": "NUMBER", "Path": "PATH"}
+
+
+def _user_type(self: Any, ctx: Any) -> str | None:
+    """The value column of `--help`: nothing for a flag, ``TEXT`` rather than ``<str>``,
+    ``TEXT ...`` for a repeatable option, the choices of a choice; a metavar wins."""
+    if getattr(self, "is_flag", False):
+        return None
+    if self.metavar is not None:
+        return str(self.metavar)
+    label = str(self.display_type(ctx))[1:-1]
+    repeat = label.startswith("list[")
+    label = label.removeprefix("list[").removesuffix("]") if repeat else label
+    word = _TYPE_WORDS.get(label, label if "|" in label else label.upper())
+    return f"{word} ..." if repeat else word
+
+
+# Typer renders the value column through this hook of its parameter classes.
+TyperOption.display_type_rich = _user_type  # type: ignore[method-assign]
+TyperArgument.display_type_rich = _user_type  # type: ignore[method-assign]
 
 app = typer.Typer(
     name="p2p",

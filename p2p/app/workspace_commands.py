@@ -56,8 +56,10 @@ def ls(
     overrides: list[str] = typer.Option([], "--set", help="Override a config field."),
     as_json: bool = typer.Option(False, "--json", help="Print the folders as JSON."),
 ) -> None:
-    """List every stage folder: stage, key, size, age, complete or partial, whether CONFIG
-    would use it, and the settings that made it.
+    """List every stage folder, and which ones CONFIG would use.
+
+    Each line: stage, key, size, age, complete or partial, used (by CONFIG), and the
+    settings that made the folder.
 
     Example: p2p workspace ls config.yaml
     """
@@ -95,8 +97,9 @@ def prune(
     overrides: list[str] = typer.Option([], "--set", help="Override a config field."),
     as_json: bool = typer.Option(False, "--json", help="Print what was (or would be) removed."),
 ) -> None:
-    """Remove the stage folders no given config would use, each under its stage's lock
-    (a folder a running stage holds is left). A dry run unless --yes.
+    """Remove the stage folders no given config would use; a dry run unless --yes.
+
+    Each folder is removed under its stage's lock: a folder a running stage holds is left.
 
     Example: p2p workspace prune config.yaml other.yaml --keep 1 --yes
     """
