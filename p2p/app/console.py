@@ -10,7 +10,9 @@ import contextlib
 import logging
 import os
 import sys
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
+from typing import TextIO
 
 
 def quiet_prefect(debug: bool = False) -> None:
@@ -41,17 +43,46 @@ def _drop_prefect_records(record: logging.LogRecord) -> bool:
     return not record.name.startswith("prefect")
 
 
+def plain_progress(stream: TextIO | None = None) -> Callable[[str, int, int], None]:
+    """A progress sink for logs and pipes: one plain line when a stage starts, at each tenth
+    of its work (about one a tenth of the epochs for training) and when it ends.
+
+    Args:
+        stream: Where the lines go (stdout when None: the run's log, never stderr, which
+            holds at most the one error line).
+    """
+    shown: dict[str, tuple[int, float]] = {}
+
+    def sink(label: str, done: int, total: int) -> None:
+        last, start = shown.get(label, (-1, time.monotonic()))
+        tenth = 10 * done // max(total, 1)
+        if tenth <= last:
+            return
+        shown[label] = (tenth, start)
+        out = stream if stream is not None else sys.stdout
+        elapsed = time.monotonic() - start
+        out.write(f"{label}: {done}/{total} ({100 * done // max(total, 1)}%) {elapsed:.1f} s\n")
+        out.flush()
+
+    return sink
+
+
 @contextlib.contextmanager
-def console_progress_bars() -> Iterator[None]:
-    """Show one rich progress bar per long stage (tiling a scene, training, predicting)."""
+def console_progress_bars(plain: bool = True) -> Iterator[None]:
+    """Show one rich progress bar per long stage (tiling a scene, training, predicting) on a
+    terminal; elsewhere plain progress lines on stdout (`plain_progress`) unless not `plain`
+    (a `--json` run keeps stdout to its record)."""
+    from p2p.stages.progress import use_sink
+
     if not sys.stderr.isatty():
-        # Bars are for terminals; logs and pipes get the stage table (or one error line).
-        yield
+        if plain:
+            with use_sink(plain_progress()):
+                yield
+        else:
+            yield
         return
     from rich.console import Console
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeElapsedColumn
-
-    from p2p.stages.progress import use_sink
 
     bars = Progress(
         "[progress.description]{task.description}",

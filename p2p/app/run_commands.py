@@ -18,16 +18,12 @@ from p2p.app.typer_app import app, debugging, guard, print_json
 # tests/test_layering.py holds that line.
 
 
-def _print_stages(record: dict[str, Any]) -> None:
-    from rich.console import Console
-    from rich.table import Table
+def _print_summary(record: dict[str, Any]) -> None:
+    """The end of a run: every stage, the bundle, its skill and where the report is."""
+    from p2p.app.summary import summary_lines
 
-    table = Table("stage", "cached", "seconds", "folder", title=f"workspace {record['workspace']}")
-    for name, stage in record["stages"].items():
-        table.add_row(
-            name, "yes" if stage["cached"] else "no", f"{stage['seconds']:.1f}", stage["path"]
-        )
-    Console().print(table)
+    for line in summary_lines(record):
+        typer.echo(line)
 
 
 def _print_plan(entries: Any) -> None:
@@ -131,22 +127,22 @@ def run(
             record = pipeline_record(TRAINING, cfg, records_of(entries))
         else:
             TRAINING.check(cfg)  # here too, so bad input costs no Prefect start-up
-            record = _run_flow(cfg, until)
+            record = _run_flow(cfg, until, plain=not as_json)
         if as_json:
             print_json(record)
         else:
-            _print_stages(record)
+            _print_summary(record)
 
     guard(body)
 
 
-def _run_flow(cfg: Any, until: str | None) -> dict[str, Any]:
+def _run_flow(cfg: Any, until: str | None, plain: bool = True) -> dict[str, Any]:
     from p2p.app.console import console_progress_bars, quiet_prefect
 
     quiet_prefect(debugging())
     from flows.train_pipeline import train_pipeline
 
-    with console_progress_bars():
+    with console_progress_bars(plain):
         return train_pipeline(cfg, until)  # type: ignore[arg-type]
 
 
@@ -190,12 +186,11 @@ def demo(
         quiet_prefect(debugging())
         from flows.demo import demo_flow
 
-        with console_progress_bars():
+        with console_progress_bars(plain=not as_json):
             record = demo_flow(workspace)
         if as_json:
             print_json(record)
         else:
-            _print_stages(record)
-            typer.echo(f"report: {record['report']}")
+            _print_summary(record)
 
     guard(body)

@@ -7,6 +7,7 @@ checked.
 
 from __future__ import annotations
 
+import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -164,6 +165,8 @@ def predict(
         scenes = [_scene_option(spec, chosen) for spec in inputs]
         check_output_path(output)
         # the bad input above is refused before torch and GDAL are imported (a second saved)
+        from p2p.app.console import plain_progress
+        from p2p.app.summary import summary_lines
         from p2p.infer.inference import resolve_window
         from p2p.model.meta import read_meta
         from p2p.stages.pipeline import (
@@ -180,15 +183,19 @@ def predict(
         with _scene_progress("predict") as bars:
 
             def progress(name: str) -> Callable[[int, int], None]:
+                if not sys.stderr.isatty() and not as_json:  # a log: plain lines on stdout
+                    return functools.partial(plain, name)
                 task = bars.add_task(name, total=None)
                 return lambda done, total: bars.update(task, completed=done, total=total)
 
+            plain = plain_progress()
             record = run_pipeline(PREDICTION, job, in_process(progress))
         record["seconds"] = round(time.perf_counter() - start, 3)  # the command's, checks included
         if as_json:
             print_json(record)
         else:
-            typer.echo(f"wrote {record['output']}")
+            for line in summary_lines(record):
+                typer.echo(line)
 
     guard(body)
 

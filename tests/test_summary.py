@@ -1,0 +1,61 @@
+"""Say the result: the end-of-run summary from a run record, and `p2p predict` into a log
+(stdout a pipe): plain progress lines, then the output, its size and each scene's fate."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from p2p.app.summary import summary_lines
+from p2p.core.cache import StageRecord
+from p2p.stages.pipeline import run_record
+from tests.faultkit import PREDICT_OPTS, cli, write_scene, write_tiny_bundle
+
+
+def _record(stage: str, path: str, cached: bool, **summary: object) -> StageRecord:
+    return StageRecord(
+        stage=stage, key="0" * 16, path=path, cached=cached, seconds=2.5, summary=summary
+    )
+
+
+def test_a_training_summary_names_the_bundle_the_skill_and_the_report(tmp_path: Path) -> None:
+    metrics = {
+        "overall": {"mae": 10.0},
+        "baselines": {"linear": {"mae": 20.0}, "mean": {"mae": 40.0}},
+        "skill": 0.5,
+    }
+    model = str(tmp_path / "train" / "k" / "model")
+    record = run_record(
+        str(tmp_path),
+        {
+            "tile:a": _record("tile", str(tmp_path / "tile" / "k"), True),
+            "train": _record("train", str(tmp_path / "train" / "k"), False, model=model),
+            "evaluate": _record("evaluate", str(tmp_path / "ev"), False, metrics=metrics),
+        },
+    )
+    lines = summary_lines(record)
+    assert lines[0].startswith("done in 7.5 s: 2 stage(s) ran, 1 cached")
+    assert f"  train     ran 2.5 s     {tmp_path / 'train' / 'k'}" in lines
+    assert f"model:  {model}" in lines
+    skill = next(line for line in lines if line.startswith("skill:"))
+    assert "model 10" in skill and "linear regression 20" in skill and "constant mean 40" in skill
+    assert "beats the linear baseline" in skill
+    assert lines[-1].startswith(f"report: {tmp_path / 'ev' / 'metrics.json'}")
+
+
+def test_predict_into_a_log_prints_progress_lines_and_the_result(tmp_path: Path) -> None:
+    model = write_tiny_bundle(tmp_path / "model")
+    scene = write_scene(tmp_path / "scene.tif")
+    out = tmp_path / "out.tif"
+    args = ["predict", "--model", model, "--input", scene, "--output", out, *PREDICT_OPTS]
+    first, again = cli(args), cli(args)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    lines = first.stdout.splitlines()
+    assert any(line.startswith("predict:scene: ") and "(100%)" in line for line in lines)
+    size = out.stat().st_size / 1e3
+    assert lines[-2].startswith(f"wrote {out} ({size:.1f} kB) in ")
+    assert lines[-2].endswith("1 scene(s) predicted, 0 cached")
+    assert lines[-1].startswith("  scene: predicted in ")
+    assert again.stdout.splitlines()[-2:] == [
+        again.stdout.splitlines()[-2],
+        "  scene: cached",
+    ] and again.stdout.splitlines()[-2].endswith("0 scene(s) predicted, 1 cached")
