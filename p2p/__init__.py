@@ -1,3 +1,57 @@
-"""p2p: Pix2Pix for large geospatial rasters."""
+"""p2p: Pix2Pix for large geospatial rasters.
+
+The Python API (docs/python-api.md) is imported on first use, so ``import p2p`` stays cheap::
+
+    import p2p
+
+    cfg = p2p.load_config("config.yaml", ["train.epochs=5"])
+    print(p2p.plan(cfg))
+    result = p2p.run(cfg)            # shown in Jupyter as its validation picture
+    pred = p2p.predict(result.model, "scene.tif", "out.tif")   # shown as a quicklook
+    p2p.evaluate(pred.output, "map.tif", model=result.model, source="scene.tif")
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
+
+__all__ = [
+    "Picture",
+    "Prediction",
+    "RunResult",
+    "__version__",
+    "build_config",
+    "evaluate",
+    "load_config",
+    "open_bundle",
+    "plan",
+    "predict",
+    "quicklook",
+    "run",
+]
+
+if TYPE_CHECKING:
+    from p2p.app.api import (
+        Picture,
+        Prediction,
+        RunResult,
+        build_config,
+        evaluate,
+        load_config,
+        open_bundle,
+        plan,
+        predict,
+        quicklook,
+        run,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """The API's names, imported on first use (PEP 562)."""
+    if name in __all__:
+        from p2p.app import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'p2p' has no attribute {name!r}")
