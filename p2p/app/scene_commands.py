@@ -125,6 +125,16 @@ def predict(
         help="1-based source bands to use, in order, e.g. 1,2,3 (like a config's source_bands).",
         metavar="N,N,...",
     ),
+    quicklook: bool = typer.Option(
+        False, "--quicklook", help="Also write OUTPUT.quicklook.png, read from the overviews."
+    ),
+    quicklook_bands: str | None = typer.Option(
+        None,
+        "--quicklook-bands",
+        metavar="B,B,B",
+        help="Bands of the quicklook by name or number: one (gray) or three (RGB); "
+        "default: the first three.",
+    ),
     tta: bool | None = typer.Option(
         None,
         "--tta/--no-tta",
@@ -177,7 +187,13 @@ def predict(
             run_pipeline,
         )
 
-        resolve_window(read_meta(model)[0], config)
+        meta = read_meta(model)[0]
+        resolve_window(meta, config)
+        shown = quicklook_bands.split(",") if quicklook_bands else None
+        if shown:
+            from p2p.infer.quicklook import pick_bands
+
+            pick_bands(list(meta.target_bands), shown)  # a wrong band fails before any work
         ws = str(default_workspace(output) if workspace is None else workspace_path(workspace))
         job = PredictionJob(ws, model, scenes, config, MosaicConfig(), output)
         with _scene_progress("predict") as bars:
@@ -191,6 +207,10 @@ def predict(
             plain = plain_progress()
             record = run_pipeline(PREDICTION, job, in_process(progress))
         record["seconds"] = round(time.perf_counter() - start, 3)  # the command's, checks included
+        if quicklook or quicklook_bands:
+            from p2p.infer.quicklook import write_quicklook
+
+            record["report"] = write_quicklook(str(record["output"]), bands=shown)
         if as_json:
             print_json(record)
         else:

@@ -1,0 +1,63 @@
+"""Quicklooks: bands by name or number, read from the overviews (never the full bands), and
+`p2p predict --quicklook` writing one beside its output."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+from PIL import Image
+from rasterio.enums import Resampling
+
+from p2p.core.errors import InputError
+from p2p.infer.quicklook import pick_bands, quicklook_png
+from tests.faultkit import PREDICT_OPTS, UTM, cli, write_scene, write_tiny_bundle
+
+
+def _pixels(png: bytes) -> np.ndarray:
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+
+
+def test_bands_by_name_or_number() -> None:
+    names = ["red", "green", "blue", "nir"]
+    assert pick_bands(names, None) == [1, 2, 3]
+    assert pick_bands(names, ["nir", "red", "2"]) == [4, 1, 2]
+    assert pick_bands(["t1"], None) == [1]
+    with pytest.raises(InputError, match="no band 'swir'; the bands are red, green, blue, nir"):
+        pick_bands(names, ["swir"])
+    with pytest.raises(InputError, match="give 1 band"):
+        pick_bands(names, ["1", "2"])
+
+
+def test_a_quicklook_reads_the_overviews(tmp_path: Path) -> None:
+    path = tmp_path / "big.tif"
+    ramp = np.add.outer(np.arange(512), np.arange(512)).astype(np.float32)[None]
+    profile = {"driver": "GTiff", "width": 512, "height": 512, "count": 1, "dtype": "float32",
+               "crs": "EPSG:32633", "transform": UTM, "tiled": True}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as ds:
+        ds.write(ramp)
+        ds.build_overviews([2, 4, 8], Resampling.average)
+    with rasterio.open(path, "r+") as ds:
+        ds.write(np.full_like(ramp, 7.0))  # full resolution now flat; the overviews keep the ramp
+    small, full = _pixels(quicklook_png(path, size=64)), _pixels(quicklook_png(path, size=512))
+    assert small.shape == (64, 64, 3) and full.shape == (512, 512, 3)
+    assert len(np.unique(small)) > 100  # the ramp: read from an overview
+    assert len(np.unique(full)) == 1  # the flat full-resolution band
+
+
+def test_predict_quicklook_beside_the_output(tmp_path: Path) -> None:
+    model = write_tiny_bundle(tmp_path / "model")
+    scene = write_scene(tmp_path / "scene.tif")
+    out = tmp_path / "out.tif"
+    args = ["predict", "--model", model, "--input", scene, "--output", out, *PREDICT_OPTS]
+    bad = cli([*args, "--quicklook-bands", "t9"])
+    assert bad.stderr == "error: --quicklook-bands: no band 't9'; the bands are t1\n"
+    assert not out.exists()
+    done = cli([*args, "--quicklook-bands", "t1"])
+    assert done.returncode == 0, done.stderr
+    picture = tmp_path / "out.quicklook.png"
+    assert done.stdout.splitlines()[-1] == f"quicklook: {picture}"
+    assert _pixels(picture.read_bytes()).shape == (64, 64, 3)
