@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import io
+import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from rasterio.enums import Resampling
 from p2p.core.errors import InputError
 from p2p.infer.quicklook import pick_bands, quicklook_png
 from tests.faultkit import PREDICT_OPTS, UTM, cli, write_scene, write_tiny_bundle
+from tests.rasters import write_geotiff
 
 
 def _pixels(png: bytes) -> np.ndarray:
@@ -61,3 +63,24 @@ def test_predict_quicklook_beside_the_output(tmp_path: Path) -> None:
     picture = tmp_path / "out.quicklook.png"
     assert done.stdout.splitlines()[-1] == f"quicklook: {picture}"
     assert _pixels(picture.read_bytes()).shape == (64, 64, 3)
+
+
+def test_evaluate_draws_the_largest_median_and_smallest_error(tmp_path: Path) -> None:
+    target = np.add.outer(np.arange(256), np.arange(256)).astype(np.float32)[None] + 100
+    error = np.full_like(target, 10.0)
+    error[:, 128:, :128] = 400.0  # the largest error: bottom left
+    error[:, :128, :128] = 0.0  # the smallest: top left
+    ref = write_geotiff(tmp_path / "ref.tif", target, transform=UTM, blocksize=64)
+    pred = write_geotiff(tmp_path / "pred.tif", target + error, transform=UTM, blocksize=64)
+    done = cli(["evaluate", "--prediction", pred, "--target", ref])
+    assert done.returncode == 0, done.stderr
+    picture = tmp_path / "pred.evaluate.png"
+    assert done.stdout.splitlines()[-1] == f"picture: {picture}"
+    pixels = _pixels(picture.read_bytes())
+    # 3 panels (no --source) of 128 px tiles drawn at 256 px, 3 rows under their captions
+    assert pixels.shape == (18 + 3 * (18 + 256 + 6), 3 * 256 + 2 * 6, 3)
+    error_panels = [pixels[36 + r * 280 : 36 + r * 280 + 256, 2 * 262 :] for r in range(3)]
+    brightness = [float(p.mean()) for p in error_panels]
+    assert brightness[0] > brightness[1] > brightness[2] == 0.0  # largest, median, smallest
+    again = cli(["evaluate", "--prediction", pred, "--target", ref, "--no-picture", "--json"])
+    assert json.loads(again.stdout.splitlines()[-1])["picture"] is None

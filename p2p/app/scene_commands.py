@@ -94,6 +94,13 @@ def _scene_progress(label: str) -> Any:
     )
 
 
+def _beside(path: str, suffix: str) -> str | None:
+    """A file beside a local `path` with its extension replaced by `suffix`; None for a URL."""
+    from p2p.core import storage
+
+    return None if storage.is_remote(path) else str(Path(path).with_suffix(suffix))
+
+
 @app.command()
 def predict(
     model: str = typer.Option(..., "--model", help="Model bundle folder."),
@@ -257,6 +264,13 @@ def evaluate(
     source: str | None = typer.Option(
         None, "--source", help="The source scene predicted (a raster or comma-joined bands)."
     ),
+    picture: str | None = typer.Option(
+        None,
+        "--picture",
+        help="Where to draw (source |) prediction | target | error of the windows with the "
+        "largest, median and smallest error (default: PREDICTION.evaluate.png beside it).",
+    ),
+    no_picture: bool = typer.Option(False, "--no-picture", help="Draw no picture."),
 ) -> None:
     """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band).
 
@@ -275,13 +289,16 @@ def evaluate(
 
         if error_map is not None:
             check_output_path(error_map)
+        drawn = None if no_picture else (picture or _beside(prediction, ".evaluate.png"))
+        if drawn is not None:
+            check_output_path(drawn)
         if (model is None) != (source is None):
             raise ConfigError("--model/--source", "give both to score the baselines, or neither")
         meta = read_meta(model)[0] if model else None
         files = SceneConfig.model_validate({"source": source}).source if source else None
         record = run_evaluation(
             prediction, target, error_map, target_bands=target_bands or None, model=meta,
-            source=files,
+            source=files, picture=drawn,
         )  # fmt: skip
         if as_json:
             print_json(record)
@@ -293,5 +310,7 @@ def evaluate(
             typer.echo(f"{band['name']}: " + " ".join(cells))
         if "baselines" in record:
             typer.echo(skill_line(record))
+        if record.get("picture"):
+            typer.echo(f"picture: {record['picture']}")
 
     guard(body)

@@ -22,6 +22,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
+from p2p.infer.evalpicture import TILE, TileError, pick, tile_errors, write_picture
 from p2p.infer.translator import pick_device
 from p2p.model.baselines import Baselines, BaselineScore, skill
 from p2p.model.bundle import Bundle, BundleMeta
@@ -112,6 +113,7 @@ def evaluate(
     progress: Callable[[int, int], None] | None = None,
     model: BundleMeta | None = None,
     source: Sequence[str] | None = None,
+    picture: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a prediction against a reference over the pixels valid in both.
 
@@ -133,6 +135,8 @@ def evaluate(
         progress: Called with (windows done, windows total) during scoring.
         model: The bundle's metadata (`read_meta`), to score its baselines beside the model.
         source: The source scene's files (band files stacked in order), needed with `model`.
+        picture: When given, draw (source |) prediction | target | error of the windows with
+            the largest, median and smallest error here (`p2p.infer.evalpicture`).
 
     Returns:
         ``{"prediction", "target", "pixels", "data_range", "data_range_from", "bands":
@@ -163,13 +167,16 @@ def evaluate(
                 spans = BandStats.from_dict(model.target_stats).spans()
             metrics = MetricAccumulator(spans)
             score = _baseline_score(model, source, pred)
+            tiles: list[TileError] | None = [] if picture is not None else None
             if error_map is None:
-                _score(pred, ref, metrics, window, None, progress, score)
+                _score(pred, ref, metrics, window, None, progress, score, tiles)
             else:
                 with geotiff.publishing(error_map, "gtiff") as work:
                     profile = geotiff.profile(pred.grid, pred.count, "float32", math.nan)
                     with rasterio.open(work, "w", **profile) as dst:
-                        _score(pred, ref, metrics, window, dst, progress, score)
+                        _score(pred, ref, metrics, window, dst, progress, score, tiles)
+            if picture is not None and tiles:
+                write_picture(picture, pick(tiles), pred, ref, score[1] if score else None)
     result = metrics.compute()
     if score is not None:
         score[1].close()
@@ -185,6 +192,7 @@ def evaluate(
         "data_range_from": "model target statistics" if model else "reference max - min",
         **result,
         "error_map": None if error_map is None else str(error_map),
+        "picture": str(picture) if picture is not None and Path(picture).is_file() else None,
     }
 
 
@@ -196,10 +204,12 @@ def _score(
     dst: Any,
     progress: Callable[[int, int], None] | None,
     baselines: tuple[BaselineScore, SceneReader] | None = None,
+    tiles: list[TileError] | None = None,
 ) -> None:
-    """Second pass: accumulate metrics (and the baselines' on the same pixels) and write
-    error-map windows (when `dst` is open)."""
+    """Second pass: accumulate metrics (and the baselines' on the same pixels), write
+    error-map windows (when `dst` is open) and collect tile errors (into `tiles`, if a list)."""
     windows = list(_windows(pred.grid, side))
+    tile = min(TILE, pred.grid.height, pred.grid.width)
     for n, window in enumerate(windows, start=1):
         p, t, valid = _pair(pred, ref, window)
         if baselines is not None:
@@ -215,6 +225,8 @@ def _score(
             if dst is not None:
                 error = np.where(valid[None], np.abs(p - t), np.nan).astype(np.float32)
                 dst.write(error, window=window)
+            if tiles is not None:
+                tiles += tile_errors(p, t, valid, window, tile)
         if progress:
             progress(n, len(windows))
 
