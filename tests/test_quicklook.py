@@ -10,11 +10,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+import torch
 from PIL import Image
 from rasterio.enums import Resampling
 
 from p2p.core.errors import InputError
 from p2p.infer.quicklook import pick_bands, quicklook_png
+from p2p.infer.report import train_report
+from p2p.model.preview import preview_grid, write_preview
 from tests.faultkit import PREDICT_OPTS, UTM, cli, write_scene, write_tiny_bundle
 from tests.rasters import write_geotiff
 
@@ -84,3 +87,19 @@ def test_evaluate_draws_the_largest_median_and_smallest_error(tmp_path: Path) ->
     assert brightness[0] > brightness[1] > brightness[2] == 0.0  # largest, median, smallest
     again = cli(["evaluate", "--prediction", pred, "--target", ref, "--no-picture", "--json"])
     assert json.loads(again.stdout.splitlines()[-1])["picture"] is None
+
+
+def test_previews_draw_chips_at_256_px_and_reports_name_the_bands(tmp_path: Path) -> None:
+    chips = [tuple(torch.rand(c, 32, 32) * 2 - 1 for c in (2, 1, 1, 1)) for _ in range(2)]
+    grid = preview_grid(chips)
+    assert grid.shape == (2 * (256 + 2), 4 * (256 + 2), 3)
+    first = grid[:256, :256]
+    assert (first == first[::8, ::8].repeat(8, 0).repeat(8, 1)).all()  # 8x8 squares: nearest
+    preview = tmp_path / "preview.png"
+    write_preview(preview, chips)
+    model = write_tiny_bundle(tmp_path / "model")
+    metrics = {"bands": [{"mae": 1.0, "rmse": 2.0, "psnr": 3.0, "ssim": 0.5}], "overall": {}}
+    summary = {"model": str(model), "epochs": 1, "kept_epoch": 1, "metrics": metrics}
+    report = train_report({**summary, "preview": str(preview)})
+    assert "## Last preview: source (b1, b2) | generated | target (t1) | error" in report
+    assert "| t1 | 1 | 2 | 3 | 0.5 |" in report

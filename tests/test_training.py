@@ -159,7 +159,7 @@ def test_artifacts_progress_and_rerun_of_a_finished_run(tmp_path: Path) -> None:
     from PIL import Image
 
     with Image.open(tmp_path / "previews" / "epoch_0003.png") as im:
-        assert im.size == (4 * 34, 3 * 34) and im.mode == "RGB"  # 3 chips x 4 panels + gaps
+        assert im.size == (4 * 258, 3 * 258) and im.mode == "RGB"  # 3 chips x 4 panels at 256 px
     # a finished run reruns in no time and reports the same result
     again = train(train_set, val_set, TINY, cfg, tmp_path, SyntheticPairs.stats(1))
     assert again.checkpoint == result.checkpoint and again.metrics == result.metrics

@@ -16,11 +16,14 @@ import rasterio
 from numpy.typing import NDArray
 
 from p2p.core import storage
+from p2p.core.errors import P2PError
 from p2p.core.fsutil import atomic_path
 
 METRICS = ("mae", "rmse", "psnr", "ssim")
 #: Longest side of a picture embedded in a Markdown artifact, in pixels.
 MAX_EMBED_SIDE = 512
+#: ... and of a chip preview (four panels of 256 px and their gaps).
+PREVIEW_EMBED_SIDE = 1040
 
 
 def _fmt(value: Any) -> str:
@@ -88,14 +91,18 @@ def skill_markdown(metrics: dict[str, Any]) -> str:
     return text
 
 
-def embedded_png(path: str | Path, title: str, max_side: int = MAX_EMBED_SIDE) -> str:
+def embedded_png(
+    path: str | Path, title: str, max_side: int = MAX_EMBED_SIDE, nearest: bool = False
+) -> str:
     """A PNG as a Markdown image with a ``data:`` URI, so the Prefect UI shows it wherever the
-    worker's disk is. Larger pictures are shrunk to `max_side` pixels (a few 100 kB at most)."""
+    worker's disk is. Larger pictures are shrunk to `max_side` pixels (a few 100 kB at most),
+    with nearest neighbour when `nearest` (chip previews: pixels stay sharp)."""
     from PIL import Image  # the pictures only: `p2p predict` delivers files without it
 
     with Image.open(path) as img:
         picture = img.convert("RGB")
-    picture.thumbnail((max_side, max_side))
+    resample = Image.Resampling.NEAREST if nearest else Image.Resampling.BICUBIC
+    picture.thumbnail((max_side, max_side), resample)
     buffer = io.BytesIO()
     picture.save(buffer, format="PNG", optimize=True)
     data = base64.b64encode(buffer.getvalue()).decode("ascii")
@@ -110,18 +117,47 @@ DATA_RANGE_NOTE = (
 
 
 def _picture(path: str | None, title: str) -> str:
-    return embedded_png(path, title) if path and Path(path).is_file() else "_no picture_"
+    """A chip preview, embedded at up to `PREVIEW_EMBED_SIDE` px (4 chips of >= 256 px)."""
+    if not path or not Path(path).is_file():
+        return "_no picture_"
+    return embedded_png(path, title, PREVIEW_EMBED_SIDE, nearest=True)
+
+
+def _band_caption(model: str | None, panels: str) -> str:
+    """`panels` with the bands each shows, by the bundle's names: ``source (B4, B3, B2) |
+    ...``; as given when the bundle cannot be read."""
+    from p2p.model.meta import read_meta
+
+    try:
+        meta = read_meta(model)[0] if model else None
+    except (P2PError, OSError):  # a report must not fail for its caption
+        meta = None
+    if meta is None:
+        return panels
+    source, target = ", ".join(meta.source_bands[:3]), ", ".join(meta.target_bands[:3])
+    return panels.replace("source", f"source ({source})").replace("target", f"target ({target})")
+
+
+def _target_names(model: str | None) -> list[str] | None:
+    from p2p.model.meta import read_meta
+
+    try:
+        return list(read_meta(model)[0].target_bands) if model else None
+    except (P2PError, OSError):  # a report must not fail for its band names
+        return None
 
 
 def train_report(summary: dict[str, Any]) -> str:
     """The train stage's Markdown report: skill against the baselines, metrics, preview."""
     kept = summary.get("kept_epoch")
+    caption = _band_caption(summary.get("model"), "source | generated | target | error")
+    names = _target_names(summary.get("model"))
     return (
         f"# Training\n\nBundle: `{summary['model']}`  \nEpochs: {summary['epochs']}, "
         f"bundled: epoch {kept}\n\n"
         f"## Against the baselines (validation chips)\n\n{skill_markdown(summary['metrics'])}\n\n"
-        f"## Validation metrics\n\n{metrics_markdown(summary['metrics'])}\n\n"
-        f"{DATA_RANGE_NOTE}\n\n## Last preview: source | generated | target | error\n\n"
+        f"## Validation metrics\n\n{metrics_markdown(summary['metrics'], names)}\n\n"
+        f"{DATA_RANGE_NOTE}\n\n## Last preview: {caption}\n\n"
         f"{_picture(summary.get('preview'), 'preview')}\n"
     )
 
@@ -148,9 +184,10 @@ def evaluate_report(summary: dict[str, Any], model: str) -> str:
         f"# Evaluation on the validation split\n\nModel: `{model}`  \n"
         f"Chips: {summary['n_chips']}\n\n"
         f"## Against the baselines (same pixels)\n\n{skill_markdown(metrics)}\n\n"
-        f"## Metrics\n\n{metrics_markdown(metrics)}\n\n{DATA_RANGE_NOTE}\n\n"
-        f"{seamless_markdown(metrics.get('seamless'))}\n\n"
-        "## Validation chips: source | prediction | target | error\n\n"
+        f"## Metrics\n\n{metrics_markdown(metrics, summary.get('bands'))}\n\n"
+        f"{DATA_RANGE_NOTE}\n\n{seamless_markdown(metrics.get('seamless'))}\n\n"
+        f"## Validation chips: {_band_caption(model, 'source | prediction | target | error')}"
+        "\n\n"
         f"{_picture(summary.get('picture'), 'validation chips')}\n"
     )
 

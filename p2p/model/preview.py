@@ -16,6 +16,8 @@ import torch
 from p2p.core.fsutil import atomic_write_bytes
 
 _GAP = 2  # white pixels between panels
+#: Smallest side a chip is drawn at in previews (a 32 px chip is judged at 256 px).
+MIN_SIDE = 256
 
 
 def to_rgb(x: torch.Tensor) -> np.ndarray:
@@ -32,23 +34,27 @@ def to_rgb(x: torch.Tensor) -> np.ndarray:
     return img.permute(1, 2, 0).cpu().numpy()
 
 
-def preview_grid(rows: Sequence[Sequence[torch.Tensor]]) -> np.ndarray:
-    """Tile chips into one image, one row per chip.
+def preview_grid(rows: Sequence[Sequence[torch.Tensor]], min_side: int = MIN_SIDE) -> np.ndarray:
+    """Tile chips into one image, one row per chip, each chip enlarged by a whole factor
+    (nearest neighbour: pixels stay sharp squares) to at least `min_side` pixels.
 
     Args:
         rows: Per chip the same number of panels, e.g. `(source (Cs, H, W), generated
             (Ct, H, W), target (Ct, H, W))`, all normalized to [-1, 1] and of one size.
+        min_side: Smallest side a chip is drawn at.
 
     Returns:
-        `(rows·(H+gap), panels·(W+gap), 3)` uint8 on a white background.
+        `(rows·(k·H+gap), panels·(k·W+gap), 3)` uint8 on a white background, k the factor.
     """
     h, w = rows[0][0].shape[-2:]
+    k = max(1, -(-min_side // min(h, w)))
+    h, w = h * k, w * k
     count = len(rows[0])
     grid = np.full((len(rows) * (h + _GAP), count * (w + _GAP), 3), 255, dtype=np.uint8)
     for r, panels in enumerate(rows):
         for c, panel in enumerate(panels):
             y, x = r * (h + _GAP), c * (w + _GAP)
-            grid[y : y + h, x : x + w] = to_rgb(panel)
+            grid[y : y + h, x : x + w] = to_rgb(panel).repeat(k, axis=0).repeat(k, axis=1)
     return grid
 
 
