@@ -7,7 +7,8 @@ from pathlib import Path
 
 from p2p.app.summary import summary_lines
 from p2p.core.cache import StageRecord
-from p2p.stages.pipeline import run_record
+from p2p.core.config import PipelineConfig
+from p2p.stages.pipeline import TRAINING, pipeline_record
 from tests.faultkit import PREDICT_OPTS, cli, write_scene, write_tiny_bundle
 
 
@@ -24,13 +25,15 @@ def test_a_training_summary_names_the_bundle_the_skill_and_the_report(tmp_path: 
         "skill": 0.5,
     }
     model = str(tmp_path / "train" / "k" / "model")
-    record = run_record(
-        str(tmp_path),
+    record = pipeline_record(
+        TRAINING,
+        PipelineConfig(workspace=str(tmp_path)),
         {
             "tile:a": _record("tile", str(tmp_path / "tile" / "k"), True),
             "train": _record("train", str(tmp_path / "train" / "k"), False, model=model),
             "evaluate": _record("evaluate", str(tmp_path / "ev"), False, metrics=metrics),
         },
+        seconds=7.5,
     )
     lines = summary_lines(record)
     assert lines[0].startswith("done in 7.5 s: 2 stage(s) ran, 1 cached")

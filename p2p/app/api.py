@@ -9,7 +9,6 @@ inline (`RunResult`, `Prediction` and `Picture` have ``_repr_png_``). See docs/p
 
 from __future__ import annotations
 
-import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from p2p.core.config import PipelineConfig
     from p2p.model.bundle import Bundle
-    from p2p.stages.pipeline import Records
     from p2p.stages.plan import Planned
 
 
@@ -163,20 +161,15 @@ def run(config: PipelineConfig, until: str | None = None, progress: bool = True)
         until: Stop after this stage (tile, dataset, train or evaluate).
         progress: Print one plain line per tenth of each stage's work.
     """
-    from p2p.app.run_commands import check_scenes
-    from p2p.stages.pipeline import run_record
-
-    start = time.perf_counter()
-    checked = check_scenes(config)
-    record = run_record(checked.workspace, _train(checked, until, progress))
-    return RunResult({**record, "seconds": round(time.perf_counter() - start, 3)})
+    return RunResult(_train(config, until, progress))
 
 
-def _train(config: PipelineConfig, until: str | None, progress: bool) -> Records:
-    """The one place the API runs the training pipeline's stages (the in-process runner)."""
-    from p2p.stages.pipeline import TRAINING, in_process, run_steps
+def _train(config: PipelineConfig, until: str | None, progress: bool) -> dict[str, Any]:
+    """The one place the API runs the training pipeline: checked, then its stages in this
+    process (the runner the CLI's `predict` uses), the same record as `p2p run --json`."""
+    from p2p.stages.pipeline import TRAINING, in_process, run_pipeline
 
-    return run_steps(TRAINING, config, config.workspace, in_process(_progress(progress)), until)
+    return run_pipeline(TRAINING, config, in_process(_progress(progress)), until=until)
 
 
 def _progress(show: bool) -> Any:
@@ -211,22 +204,19 @@ def predict(
     """
     from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
     from p2p.stages.pipeline import (
+        PREDICTION,
         PredictionJob,
         default_workspace,
-        predict_in_process,
-        prediction_record,
+        in_process,
+        run_pipeline,
     )
 
-    start = time.perf_counter()
     specs = [inputs] if isinstance(inputs, str | Path) else list(inputs)
     scenes = [SceneConfig.model_validate({"source": str(s), "source_bands": bands}) for s in specs]
     ws = str(workspace) if workspace is not None else str(default_workspace(output))
-    job = PredictionJob(ws, str(model), scenes, PredictConfig(**settings), MosaicConfig())
     out = str(Path(output).absolute()) if "://" not in str(output) else str(output)
-    stages = predict_in_process(job, out, _progress(progress))
-    record = prediction_record(job, out, stages)
-    seconds = round(time.perf_counter() - start, 3)
-    return Prediction({**record, "pipeline": "predict", "seconds": seconds})
+    job = PredictionJob(ws, str(model), scenes, PredictConfig(**settings), MosaicConfig(), out)
+    return Prediction(run_pipeline(PREDICTION, job, in_process(_progress(progress))))
 
 
 def evaluate(
