@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from pathlib import Path
@@ -14,10 +15,12 @@ import torch
 from PIL import Image
 from rasterio.enums import Resampling
 
+from p2p.core.config import MosaicConfig
 from p2p.core.errors import InputError
 from p2p.infer.quicklook import pick_bands, quicklook_png
 from p2p.infer.report import train_report
 from p2p.model.preview import preview_grid, write_preview
+from p2p.stages import mosaic
 from tests.faultkit import PREDICT_OPTS, UTM, cli, write_scene, write_tiny_bundle
 from tests.rasters import write_geotiff
 
@@ -103,3 +106,15 @@ def test_previews_draw_chips_at_256_px_and_reports_name_the_bands(tmp_path: Path
     report = train_report({**summary, "preview": str(preview)})
     assert "## Last preview: source (b1, b2) | generated | target (t1) | error" in report
     assert "| t1 | 1 | 2 | 3 | 0.5 |" in report
+
+
+def test_the_mosaic_stage_reports_its_quicklook(tmp_path: Path) -> None:
+    scene = write_scene(tmp_path / "pred.tif", bands=1, height=96, width=80)
+    record = mosaic.run(str(tmp_path / "ws"), [str(scene)], MosaicConfig(), "cog")
+    report = mosaic.STAGE.report
+    assert report is not None
+    shown = report(record, {})
+    assert shown is not None and shown.title == "Mosaic quicklook"
+    assert "Mosaic quicklook (80 x 96 px, EPSG:32633)" in shown.markdown
+    encoded = shown.markdown.split("data:image/png;base64,")[1].split(")")[0]
+    assert _pixels(base64.b64decode(encoded)).shape == (96, 80, 3)

@@ -111,6 +111,15 @@ def write_quicklook(
     return target
 
 
+def quicklook_markdown(raster: str | Path, title: str, size: int = 512) -> str:
+    """A Markdown report of a raster: its quicklook embedded as a ``data:`` URI (so the Prefect
+    UI shows it wherever the file is) under `title`."""
+    import base64
+
+    data = base64.b64encode(quicklook_png(raster, size=size)).decode("ascii")
+    return f"# {title}\n\n`{raster}`\n\n![quicklook](data:image/png;base64,{data})\n"
+
+
 def _beside(raster: str) -> str:
     stem = raster.rsplit(".", 1)[0] if "." in raster.rsplit("/", 1)[-1] else raster
     return f"{stem}.quicklook.png"

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.core import storage
 from p2p.core.cache import KeyParts, StageRecord, fingerprint_file, run_stage
 from p2p.core.config import MosaicConfig
-from p2p.stages.stage import Progress, Stage
+from p2p.stages.stage import Progress, Stage, StageReport
 
 if TYPE_CHECKING:
     from p2p.raster.geotiff import OutputFormat
@@ -70,4 +70,14 @@ def run(
     return run_stage(workspace, parts, build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, task="mosaic", retries=2)
+def report(record: StageRecord, _: Mapping[str, Any]) -> StageReport:
+    """The mosaic's quicklook (read from its overviews), for the batch prediction's run page."""
+    from p2p.infer.quicklook import quicklook_markdown
+
+    summary = record.summary
+    title = f"Mosaic quicklook ({summary['width']} x {summary['height']} px, {summary['crs']})"
+    text = quicklook_markdown(summary["output"], title)
+    return StageReport("p2p-mosaic-quicklook", "Mosaic quicklook", text)
+
+
+STAGE = Stage(NAME, VERSION, key_parts, run, task="mosaic", retries=2, report=report)
