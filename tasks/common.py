@@ -7,6 +7,7 @@ milliseconds, so the task simply runs again and reports itself as Cached.
 
 from __future__ import annotations
 
+import dataclasses
 import re
 import time
 from typing import Any, cast
@@ -72,6 +73,14 @@ class StageProgress:
 
 def _scalar(value: Any) -> Any:
     return value if isinstance(value, str | int | float | bool) or value is None else str(value)
+
+
+def folded(report: StageReport, record: StageRecord, label: str) -> StageReport:
+    """`report` with the stage's record (key, cached, seconds, folder) as its last section, so
+    a stage that reports publishes one card, not a report and a table beside it."""
+    state = "cached" if record.cached else f"built in {record.seconds:.1f} s"
+    section = f"\n\n## Stage {label}\n\n{state}; key `{record.key}`, folder `{record.path}`\n"
+    return dataclasses.replace(report, markdown=report.markdown.rstrip("\n") + section)
 
 
 def publish_record(record: StageRecord, label: str) -> None:

@@ -2,8 +2,8 @@
 
 `stage_task` wraps a `Stage`'s run function: the task has the run function's parameters
 (minus the progress callback and Dask client, which the task supplies or leaves out), logs,
-publishes the record as a table artifact and the stage's own report, if it declares one, and
-finishes as ``Cached`` when the stage found its manifest. No cache policy and no persisted
+publishes the stage's own report with its record folded in (one card per reporting stage, so
+the reports are what a run page shows) or else the record as a table artifact, and finishes as ``Cached`` when the stage found its manifest. No cache policy and no persisted
 result: the manifest decides, and nothing is written for Prefect to unpickle later. The task
 table is derived from the stages the pipelines declare (`p2p.stages.pipeline.stages`): the
 task's name, retries, GPU tag and report all come from the `Stage`.
@@ -26,6 +26,7 @@ from p2p.stages.stage import Stage
 from tasks.common import (
     StageProgress,
     artifact_key,
+    folded,
     publish_record,
     publish_stage_report,
     transient_failure,
@@ -51,9 +52,11 @@ def stage_task(stage: Stage) -> Task[..., StageRecord]:
         record: StageRecord = stage.run(**arguments)
         state = "cached" if record.cached else f"built in {record.seconds:.1f} s"
         get_run_logger().info("%s: %s, %s", label, state, record.path)
-        publish_record(record, label)
-        if stage.report is not None:
-            publish_stage_report(stage.report(record, arguments))
+        report = stage.report(record, arguments) if stage.report is not None else None
+        if report is None:
+            publish_record(record, label)
+        else:  # the record folded into the report: the reports are the cards a run shows
+            publish_stage_report(folded(report, record, label))
         return Completed(data=record, name="Cached") if record.cached else record
 
     call.__signature__ = signature.replace(parameters=exposed)  # type: ignore[attr-defined]

@@ -21,6 +21,7 @@ from p2p.infer.quicklook import pick_bands, quicklook_png
 from p2p.infer.report import train_report
 from p2p.model.preview import preview_grid, write_preview
 from p2p.stages import mosaic
+from tasks.common import folded
 from tests.faultkit import PREDICT_OPTS, UTM, cli, write_scene, write_tiny_bundle
 from tests.rasters import write_geotiff
 
@@ -118,3 +119,8 @@ def test_the_mosaic_stage_reports_its_quicklook(tmp_path: Path) -> None:
     assert "Mosaic quicklook (80 x 96 px, EPSG:32633)" in shown.markdown
     encoded = shown.markdown.split("data:image/png;base64,")[1].split(")")[0]
     assert _pixels(base64.b64decode(encoded)).shape == (96, 80, 3)
+    # on Prefect the record is folded into the report: one card, not a report and a table
+    card = folded(shown, record, "mosaic").markdown
+    assert card.startswith(shown.markdown.rstrip("\n"))
+    assert card.endswith(f"## Stage mosaic\n\nbuilt in {record.seconds:.1f} s; key "
+                         f"`{record.key}`, folder `{record.path}`\n")  # fmt: skip
