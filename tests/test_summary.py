@@ -3,8 +3,13 @@
 
 from __future__ import annotations
 
+import io
+import time
 from pathlib import Path
 
+import pytest
+
+from p2p.app import console
 from p2p.app.summary import summary_lines
 from p2p.core.cache import StageRecord
 from p2p.core.config import PipelineConfig
@@ -62,3 +67,17 @@ def test_predict_into_a_log_prints_progress_lines_and_the_result(tmp_path: Path)
         again.stdout.splitlines()[-2],
         "  scene: cached",
     ] and again.stdout.splitlines()[-2].endswith("0 scene(s) predicted, 1 cached")
+
+
+def test_plain_progress_prints_each_tenth_and_keeps_a_long_stage_alive(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(console, "PLAIN_EVERY_S", 0.05)
+    out = io.StringIO()
+    sink = console.plain_progress(out)
+    for done in range(101):
+        sink("train", done, 100)
+        if done == 33:
+            time.sleep(0.1)  # a slow step inside one tenth: a line anyway
+    counts = [line.split(" ")[1] for line in out.getvalue().splitlines()]
+    assert counts == [f"{n}/100" for n in (0, 10, 20, 30, 34, 40, 50, 60, 70, 80, 90, 100)]

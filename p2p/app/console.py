@@ -43,25 +43,31 @@ def _drop_prefect_records(record: logging.LogRecord) -> bool:
     return not record.name.startswith("prefect")
 
 
+#: Seconds after which a plain progress line is printed even within one tenth of a stage.
+PLAIN_EVERY_S = 30.0
+
+
 def plain_progress(stream: TextIO | None = None) -> Callable[[str, int, int], None]:
     """A progress sink for logs and pipes: one plain line when a stage starts, at each tenth
-    of its work (about one a tenth of the epochs for training) and when it ends.
+    of its work and when it ends, and at least every `PLAIN_EVERY_S` seconds in between (a
+    long training epoch shows it is alive).
 
     Args:
         stream: Where the lines go (stdout when None: the run's log, never stderr, which
             holds at most the one error line).
     """
-    shown: dict[str, tuple[int, float]] = {}
+    shown: dict[str, tuple[int, float, float]] = {}  # label → (tenth, start, last line)
 
     def sink(label: str, done: int, total: int) -> None:
-        last, start = shown.get(label, (-1, time.monotonic()))
+        now = time.monotonic()
+        last, start, printed = shown.get(label, (-1, now, now))
         tenth = 10 * done // max(total, 1)
-        if tenth <= last:
+        if tenth <= last and now - printed < PLAIN_EVERY_S:
             return
-        shown[label] = (tenth, start)
+        shown[label] = (max(tenth, last), start, now)
         out = stream if stream is not None else sys.stdout
-        elapsed = time.monotonic() - start
-        out.write(f"{label}: {done}/{total} ({100 * done // max(total, 1)}%) {elapsed:.1f} s\n")
+        percent = 100 * done // max(total, 1)
+        out.write(f"{label}: {done}/{total} ({percent}%) {now - start:.1f} s\n")
         out.flush()
 
     return sink
