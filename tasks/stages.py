@@ -3,9 +3,10 @@
 `stage_task` wraps a `Stage`'s run function: the task has the run function's parameters
 (minus the progress callback and Dask client, which the task supplies or leaves out), logs,
 publishes the stage's own report with its record folded in (one card per reporting stage, so
-the reports are what a run page shows) or else the record as a table artifact, and finishes as ``Cached`` when the stage found its manifest. No cache policy and no persisted
-result: the manifest decides, and nothing is written for Prefect to unpickle later. The task
-table is derived from the stages the pipelines declare (`p2p.stages.pipeline.stages`): the
+the reports are what a run page shows) or else the record as a table artifact, and finishes
+as ``Cached`` when the stage found its manifest. No cache policy and no persisted result: the
+manifest decides, and nothing is written for Prefect to unpickle later. The task table is
+derived from the stages the pipelines declare (`p2p.stages.pipeline.stages`): the
 task's name, retries, GPU tag and report all come from the `Stage`.
 """
 

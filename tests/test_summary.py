@@ -4,6 +4,10 @@
 from __future__ import annotations
 
 import io
+import os
+import pty
+import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -14,7 +18,7 @@ from p2p.app.summary import summary_lines
 from p2p.core.cache import StageRecord
 from p2p.core.config import PipelineConfig
 from p2p.stages.pipeline import TRAINING, pipeline_record
-from tests.faultkit import PREDICT_OPTS, cli, write_scene, write_tiny_bundle
+from tests.faultkit import P2P, PREDICT_OPTS, ROOT, cli, write_scene, write_tiny_bundle
 
 
 def _record(stage: str, path: str, cached: bool, **summary: object) -> StageRecord:
@@ -81,3 +85,35 @@ def test_plain_progress_prints_each_tenth_and_keeps_a_long_stage_alive(
             time.sleep(0.1)  # a slow step inside one tenth: a line anyway
     counts = [line.split(" ")[1] for line in out.getvalue().splitlines()]
     assert counts == [f"{n}/100" for n in (0, 10, 20, 30, 34, 40, 50, 60, 70, 80, 90, 100)]
+
+
+def test_predict_with_bars_on_a_terminal_still_logs_lines_to_a_file(tmp_path: Path) -> None:
+    # `p2p predict ... > log`: the bars go to the terminal (stderr), the log gets plain lines
+    model = write_tiny_bundle(tmp_path / "model")
+    scene = write_scene(tmp_path / "scene.tif")
+    out = tmp_path / "out.tif"
+    args = ["predict", "--model", model, "--input", scene, "--output", out, *PREDICT_OPTS]
+    terminal, stderr = pty.openpty()
+    drain = threading.Thread(target=_drain, args=(terminal,), daemon=True)  # as a terminal reads
+    drain.start()
+    try:
+        done = subprocess.run(
+            [str(P2P), *map(str, args)], stdout=subprocess.PIPE, stderr=stderr, text=True,
+            timeout=300, cwd=ROOT,
+        )  # fmt: skip
+    finally:
+        os.close(stderr)
+        drain.join(timeout=10)
+        os.close(terminal)
+    assert done.returncode == 0
+    lines = done.stdout.splitlines()
+    assert any(line.startswith("predict:scene: ") and "(100%)" in line for line in lines)
+    assert lines[-2].endswith("1 scene(s) predicted, 0 cached")
+
+
+def _drain(fd: int) -> None:
+    try:
+        while os.read(fd, 65536):
+            pass
+    except OSError:  # the other side closed
+        pass

@@ -57,6 +57,7 @@ def plain_progress(stream: TextIO | None = None) -> Callable[[str, int, int], No
             holds at most the one error line).
     """
     shown: dict[str, tuple[int, float, float]] = {}  # label → (tenth, start, last line)
+    out = stream if stream is not None else sys.stdout  # now: rich's live bars redirect it
 
     def sink(label: str, done: int, total: int) -> None:
         now = time.monotonic()
@@ -65,7 +66,6 @@ def plain_progress(stream: TextIO | None = None) -> Callable[[str, int, int], No
         if tenth <= last and now - printed < PLAIN_EVERY_S:
             return
         shown[label] = (max(tenth, last), start, now)
-        out = stream if stream is not None else sys.stdout
         percent = 100 * done // max(total, 1)
         out.write(f"{label}: {done}/{total} ({percent}%) {now - start:.1f} s\n")
         out.flush()
@@ -75,16 +75,15 @@ def plain_progress(stream: TextIO | None = None) -> Callable[[str, int, int], No
 
 @contextlib.contextmanager
 def console_progress_bars(plain: bool = True) -> Iterator[None]:
-    """Show one rich progress bar per long stage (tiling a scene, training, predicting) on a
-    terminal; elsewhere plain progress lines on stdout (`plain_progress`) unless not `plain`
-    (a `--json` run keeps stdout to its record)."""
+    """Show one rich progress bar per long stage (tiling a scene, training, predicting) when
+    stderr is a terminal, and plain progress lines on stdout (`plain_progress`) when either
+    is not (a log: ``p2p run > run.log``), unless not `plain` (``--json`` keeps stdout to its
+    record)."""
     from p2p.stages.progress import use_sink
 
+    lines = plain_progress() if plain and log_output() else None
     if not sys.stderr.isatty():
-        if plain:
-            with use_sink(plain_progress()):
-                yield
-        else:
+        with use_sink(lines) if lines else contextlib.nullcontext():
             yield
         return
     from rich.console import Console
@@ -97,6 +96,7 @@ def console_progress_bars(plain: bool = True) -> Iterator[None]:
         TimeElapsedColumn(),
         console=Console(file=sys.stderr),
         transient=False,
+        redirect_stdout=False,  # stdout is the log's: plain lines and the record
     )
     ids: dict[str, int] = {}
 
@@ -104,6 +104,14 @@ def console_progress_bars(plain: bool = True) -> Iterator[None]:
         if label not in ids:
             ids[label] = int(bars.add_task(label, total=total))
         bars.update(ids[label], completed=done, total=total)  # type: ignore[arg-type]
+        if lines is not None:
+            lines(label, done, total)
 
     with use_sink(sink), bars:
         yield
+
+
+def log_output() -> bool:
+    """Whether progress should also go to stdout as plain lines: stdout or stderr is not a
+    terminal (a file, a pipe, a CI log)."""
+    return not (sys.stdout.isatty() and sys.stderr.isatty())

@@ -7,7 +7,6 @@ checked.
 
 from __future__ import annotations
 
-import functools
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -90,6 +89,7 @@ def _scene_progress(label: str) -> Any:
         TimeRemainingColumn(),
         console=Console(stderr=True),
         transient=False,
+        redirect_stdout=False,  # stdout is the log's: plain lines and the record
         disable=not sys.stderr.isatty(),
     )
 
@@ -182,7 +182,7 @@ def predict(
         scenes = [_scene_option(spec, chosen) for spec in inputs]
         check_output_path(output)
         # the bad input above is refused before torch and GDAL are imported (a second saved)
-        from p2p.app.console import plain_progress
+        from p2p.app.console import log_output, plain_progress
         from p2p.app.summary import summary_lines
         from p2p.infer.inference import resolve_window
         from p2p.model.meta import read_meta
@@ -203,15 +203,19 @@ def predict(
             pick_bands(list(meta.target_bands), shown)  # a wrong band fails before any work
         ws = str(default_workspace(output) if workspace is None else workspace_path(workspace))
         job = PredictionJob(ws, model, scenes, config, MosaicConfig(), output)
+        lines = plain_progress() if log_output() and not as_json else None
         with _scene_progress("predict") as bars:
 
             def progress(name: str) -> Callable[[int, int], None]:
-                if not sys.stderr.isatty() and not as_json:  # a log: plain lines on stdout
-                    return functools.partial(plain, name)
                 task = bars.add_task(name, total=None)
-                return lambda done, total: bars.update(task, completed=done, total=total)
 
-            plain = plain_progress()
+                def report(done: int, total: int) -> None:
+                    bars.update(task, completed=done, total=total)
+                    if lines is not None:  # a log: plain lines on stdout too
+                        lines(name, done, total)
+
+                return report
+
             record = run_pipeline(PREDICTION, job, in_process(progress))
         record["seconds"] = round(time.perf_counter() - start, 3)  # the command's, checks included
         if quicklook or quicklook_bands:
