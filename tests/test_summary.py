@@ -117,3 +117,20 @@ def _drain(fd: int) -> None:
             pass
     except OSError:  # the other side closed
         pass
+
+
+def test_a_demo_summary_gives_the_held_out_mae_and_the_training_skill() -> None:
+    validation = {
+        "overall": {"mae": 10.0},
+        "baselines": {"linear": {"mae": 8.0}, "mean": {"mae": 40.0}},
+        "skill": 1.25,
+    }
+    record = {
+        "pipeline": "demo", "workspace": "/w", "model": "/w/train/k/model", "output": None,
+        "scenes": [], "stages": {}, "seconds": 3.0, "report": "/w/report.png",
+        "metrics": {"overall": {"mae": 12.5}, "validation": validation},
+    }  # fmt: skip
+    lines = summary_lines(record)
+    assert "held-out mosaic: MAE 12.5 against its map" in lines
+    assert any(line.startswith("skill:") and "NO BETTER THAN LINEAR" in line for line in lines)
+    assert lines[-1] == "report: /w/report.png"
