@@ -79,7 +79,7 @@ def init(
             return
         base.mkdir(parents=True, exist_ok=True)
         atomic_write_text(target, text)
-        typer.echo(f"wrote {target}; next: p2p plan {target}", err=True)
+        typer.echo(f"wrote {target}; next: p2p plan {target}")
 
     guard(body)
 
