@@ -22,6 +22,7 @@ COG) onto NAME.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -198,12 +199,36 @@ def scene_job(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> s
     return stage_key("predict-scene", JOB_VERSION, *job_parts(bundle.weights_hash, scene, config))
 
 
-def _tags(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> dict[str, str]:
+#: Tag holding a prediction's window layout (`p2p.infer.seams` finds window boundaries by it).
+LAYOUT_TAG = "P2P_WINDOW_LAYOUT"
+
+
+def layout_tag(plan: StripPlan) -> str:
+    """The window layout as JSON, ``[rows, columns]`` per entry: window ``k`` of an axis spans
+    ``[origin + k·stride - overlap, … + tile)`` and owns ``[origin + k·stride, … + stride)``;
+    ``count`` windows per axis (1: no boundary on that axis)."""
+    ly, lx = plan.ly, plan.lx
+    return json.dumps(
+        {
+            "tile": [ly.tile, lx.tile],
+            "overlap": [ly.overlap, lx.overlap],
+            "stride": [ly.stride, lx.stride],
+            "origin": [0, 0],
+            "count": [ly.count, lx.count],
+            "blend": lx.blend,
+        }
+    )
+
+
+def _tags(
+    bundle: BundleRef, scene: SceneConfig, config: PredictConfig, plan: StripPlan
+) -> dict[str, str]:
     return {
         "P2P_VERSION": __version__,
         "P2P_MODEL_SHA256": str(bundle.weights_hash),
         "P2P_SCENE": scene.scene_id,
         "P2P_SETTINGS": config.model_dump_json(),
+        LAYOUT_TAG: layout_tag(plan),
     }
 
 
@@ -269,7 +294,7 @@ def predict_scene(
                 bundle.meta.out_channels,
                 plan.dtype,
                 plan.nodata,
-                _tags(bundle, scene, config),
+                _tags(bundle, scene, config, plan),
                 names,
             )
         else:
