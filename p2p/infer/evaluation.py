@@ -23,6 +23,8 @@ from torch.utils.data import DataLoader, Dataset
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
 from p2p.infer.evalpicture import TILE, TileError, pick, tile_errors, write_picture
+from p2p.infer.seams import seam_score
+from p2p.infer.spectral import SpectralAccumulator, parse_index
 from p2p.infer.translator import pick_device
 from p2p.model.baselines import Baselines, BaselineScore, skill
 from p2p.model.bundle import Bundle, BundleMeta
@@ -114,6 +116,7 @@ def evaluate(
     model: BundleMeta | None = None,
     source: Sequence[str] | None = None,
     picture: str | Path | None = None,
+    indices: Sequence[str] = (),
 ) -> dict[str, Any]:
     """Score a prediction against a reference over the pixels valid in both.
 
@@ -137,13 +140,19 @@ def evaluate(
         source: The source scene's files (band files stacked in order), needed with `model`.
         picture: When given, draw (source |) prediction | target | error of the windows with
             the largest, median and smallest error here (`p2p.infer.evalpicture`).
+        indices: Normalized differences to score, ``NAME=A,B`` with band names or 1-based
+            numbers (`p2p.infer.spectral.parse_index`).
 
     Returns:
         ``{"prediction", "target", "pixels", "data_range", "data_range_from", "bands":
         [{"name", "mae", "rmse", "psnr", "ssim", "count"}], "overall": {"mae", "rmse", "psnr",
         "ssim"}, "error_map"}``, metrics in target units (see `MetricAccumulator`); with
         `model`, also ``"baselines": {"linear": {"mae"}, "mean": {"mae"}}`` and ``"skill"``
-        (model MAE / linear MAE).
+        (model MAE / linear MAE). Always ``"spectral"`` (``{"sam": {"mean", "p95",
+        "pixels"} (degrees; None for one band), "indices": [{"name", "bands", "mae",
+        "linear_mae", "pixels"}]}``, `p2p.infer.spectral`) and ``"seams"`` (the seam score
+        from the prediction's window layout against the reference, `p2p.infer.seams`; None
+        when the prediction carries no layout).
 
     Raises:
         InputError: a missing or unreadable file, or band counts that differ.
@@ -160,23 +169,26 @@ def evaluate(
                     paths[0],
                     f"has {ref.count} band(s) but the prediction {prediction} has {pred.count}",
                 )
+            specs = [parse_index(text, ref.band_names) for text in indices]
             spans, pixels = _data_range(pred, ref, window)
             if pixels == 0:
                 raise AlignmentError(prediction, f"shares no valid pixel with {', '.join(paths)}")
             if model is not None:
                 spans = BandStats.from_dict(model.target_stats).spans()
             metrics = MetricAccumulator(spans)
+            spectral = SpectralAccumulator(pred.count, specs)
             score = _baseline_score(model, source, pred)
             tiles: list[TileError] | None = [] if picture is not None else None
             if error_map is None:
-                _score(pred, ref, metrics, window, None, progress, score, tiles)
+                _score(pred, ref, metrics, window, None, progress, score, tiles, spectral)
             else:
                 with geotiff.publishing(error_map, "gtiff") as work:
                     profile = geotiff.profile(pred.grid, pred.count, "float32", math.nan)
                     with rasterio.open(work, "w", **profile) as dst:
-                        _score(pred, ref, metrics, window, dst, progress, score, tiles)
+                        _score(pred, ref, metrics, window, dst, progress, score, tiles, spectral)
             if picture is not None and tiles:
                 write_picture(picture, pick(tiles), pred, ref, score[1] if score else None)
+            seams = seam_score(pred, ref)
     result = metrics.compute()
     if score is not None:
         score[1].close()
@@ -184,6 +196,8 @@ def evaluate(
         result |= {"baselines": baselines, "skill": skill(result["overall"]["mae"], baselines)}
     for entry, name in zip(result["bands"], ref.band_names, strict=True):
         entry["name"] = name
+    result["spectral"] = {"sam": spectral.sam(), "indices": spectral.index_scores()}
+    result["seams"] = seams
     return {
         "prediction": str(prediction),
         "target": paths,
@@ -205,17 +219,23 @@ def _score(
     progress: Callable[[int, int], None] | None,
     baselines: tuple[BaselineScore, SceneReader] | None = None,
     tiles: list[TileError] | None = None,
+    spectral: SpectralAccumulator | None = None,
 ) -> None:
-    """Second pass: accumulate metrics (and the baselines' on the same pixels), write
-    error-map windows (when `dst` is open) and collect tile errors (into `tiles`, if a list)."""
+    """Second pass: accumulate metrics (and the baselines' and the spectral fidelity on the
+    same pixels), write error-map windows (when `dst` is open) and collect tile errors (into
+    `tiles`, if a list)."""
     windows = list(_windows(pred.grid, side))
     tile = min(TILE, pred.grid.height, pred.grid.width)
     for n, window in enumerate(windows, start=1):
         p, t, valid = _pair(pred, ref, window)
+        linear = None
         if baselines is not None:
             src, src_valid = baselines[1].read(window)
             valid &= src_valid
             baselines[0].update(src[:, valid], t[:, valid])
+            linear = baselines[0].fit.predict_pixels("linear", src[:, valid])
+        if spectral is not None:
+            spectral.update(p[:, valid], t[:, valid], linear)
         if valid.any():
             metrics.update(
                 torch.from_numpy(p)[None],

@@ -255,6 +255,10 @@ class SceneReader:
             for k, r in enumerate(self._readers)
         ]
 
+    def tags(self) -> dict[str, str]:
+        """The dataset tags (GDAL metadata) of the first file."""
+        return dict(self._files[0].tags())
+
     def _env(self) -> contextlib.AbstractContextManager[Any]:
         """GDAL's object-store settings (thread-local in worker threads) while reading URLs."""
         return self._access.env() if self._access is not None else contextlib.nullcontext()
