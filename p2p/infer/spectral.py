@@ -27,7 +27,7 @@ from p2p.core.errors import ConfigError
 
 #: Width of the SAM histogram bins, degrees (the precision of the 95th percentile).
 SAM_BIN = 0.001
-SAM_BINS = int(round(180 / SAM_BIN))
+SAM_BINS = round(180 / SAM_BIN)
 SAM_QUANTILE = 0.95
 
 
