@@ -36,6 +36,7 @@ from p2p.data import chipstore
 from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
+from p2p.infer.seams import SeamAccumulator, read_layout
 from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
 from p2p.model.checkpoint import load_checkpoint
@@ -44,6 +45,7 @@ from p2p.model.metrics import score_batches
 from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
+from p2p.raster import SceneReader
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.evaluate import run as evaluate_stage
 from p2p.stages.tile import run as tile_stage
@@ -397,8 +399,20 @@ def test_evaluate_scores_the_validation_blocks_as_predict_translates_them(
     # blending and the context of neighbouring windows change the pixels chips see alone
     assert seamless["overall"]["mae"] != pytest.approx(metrics["overall"]["mae"], rel=1e-4)
     assert json.loads((Path(scored.path) / "metrics.json").read_text())["seamless"] == seamless
+    # the seam score, strip by strip, equals that of the whole prediction on the same pairs
+    with SceneReader(out) as p:
+        layout = read_layout(p)
+    assert layout is not None
+    whole = SeamAccumulator(layout, 1)
+    whole.update(0, 0, predicted[None], mask, target[None])
+    expected = whole.compute()
+    assert seamless["seams"]["pairs"] == expected["pairs"] and expected["pairs"]["boundary"] > 0
+    for key in ("seam", "prediction_ratio", "target_ratio", "boundary", "interior"):
+        assert seamless["seams"]["bands"][0][key] == pytest.approx(expected["bands"][0][key])
+    assert seamless["spectral"] == {"sam": None, "indices": []}  # one band: no spectral angle
     report = evaluate_report(scored.summary, trained.summary["model"])
     assert "Validation blocks through the prediction engine" in report
+    assert f"seam score {seamless['seams']['seam']:.3f}" in report
     assert f"{seamless['pixels']} pixels" in report
     # the window settings key the stage: another overlap scores anew
     other = evaluate_stage(tmp_path, trained, ds, PredictConfig(overlap=0))

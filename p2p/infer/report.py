@@ -162,6 +162,57 @@ def train_report(summary: dict[str, Any]) -> str:
     )
 
 
+def seams_markdown(seams: dict[str, Any] | None) -> str:
+    """The seam score (`p2p.infer.seams`) in a sentence and a per-band table."""
+    if not seams:
+        return "_no seam score: the prediction carries no window layout_"
+    lay = seams["layout"]
+    lines = [
+        f"Window boundaries: seam score {_fmt3(seams['seam'])} (1 = boundaries look like the "
+        f"interior; above 1 = visible seams), over {seams['pairs']['boundary']} boundary and "
+        f"{seams['pairs']['interior']} interior pixel pairs; windows every "
+        f"{lay['stride'][1]} px, overlap {lay['overlap'][1]}, {lay['blend']} blending.",
+        "",
+        "| band | seam | prediction boundary / interior | target boundary / interior |",
+        "|---|---|---|---|",
+    ]
+    for band in seams["bands"]:
+        cells = (band["seam"], band["prediction_ratio"], band["target_ratio"])
+        lines.append(f"| {band['name']} | " + " | ".join(_fmt3(c) for c in cells) + " |")
+    return "\n".join(lines)
+
+
+def spectral_markdown(spectral: dict[str, Any] | None) -> str:
+    """Spectral angle and index fidelity (`p2p.infer.spectral`); empty for one band without
+    indices."""
+    if not spectral:
+        return ""
+    parts = []
+    sam = spectral.get("sam")
+    if sam and sam.get("pixels"):
+        parts.append(
+            f"Spectral angle (SAM) between predicted and reference spectra: mean "
+            f"{_fmt3(sam['mean'])}°, 95th percentile {_fmt3(sam['p95'])}° over "
+            f"{sam['pixels']} pixels."
+        )
+    indices = spectral.get("indices") or []
+    if indices:
+        rows = ["| index (a − b)/(a + b) | bands a, b | MAE | linear baseline MAE | pixels |",
+                "|---|---|---|---|---|"]  # fmt: skip
+        for ix in indices:
+            a, b = ix["bands"]
+            rows.append(
+                f"| {ix['name']} | {a}, {b} | {_fmt(ix['mae'])} | {_fmt(ix['linear_mae'])} | "
+                f"{ix['pixels']} |"
+            )
+        parts.append("\n".join(rows))
+    return "\n\n".join(parts)
+
+
+def _fmt3(value: Any) -> str:
+    return "–" if value is None else f"{value:.3f}"
+
+
 def seamless_markdown(seamless: dict[str, Any] | None) -> str:
     """The validation blocks as `p2p predict` translates them: skill and metrics tables."""
     title = "## Validation blocks through the prediction engine\n\n"
@@ -174,7 +225,17 @@ def seamless_markdown(seamless: dict[str, Any] | None) -> str:
         f"{w['tile_size']} px, overlap {w['overlap']}, {w['blend']} blending"
         f"{', test-time augmentation' if w.get('tta') else ''}, values in the target dtype."
     )
-    return f"{title}{how}\n\n{skill_markdown(seamless)}\n\n{metrics_markdown(seamless)}"
+    fidelity = "\n\n".join(
+        t
+        for t in (
+            seams_markdown(seamless.get("seams")),
+            spectral_markdown(seamless.get("spectral")),
+        )
+        if t
+    )
+    return (
+        f"{title}{how}\n\n{skill_markdown(seamless)}\n\n{metrics_markdown(seamless)}\n\n{fidelity}"
+    )
 
 
 def evaluate_report(summary: dict[str, Any], model: str) -> str:

@@ -30,6 +30,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from p2p.infer.inference import LAYOUT_TAG
+from p2p.infer.windows import AxisLayout
 from p2p.raster import SceneReader
 
 #: Side of the blocks a raster is read in.
@@ -98,6 +99,15 @@ class WindowLayout:
         }
 
 
+def layout_of(rows: AxisLayout, cols: AxisLayout) -> WindowLayout:
+    """The layout of the engine's windows along rows and columns (`p2p.infer.windows`)."""
+
+    def axis(a: AxisLayout) -> AxisSeams:
+        return AxisSeams(a.stride, a.overlap, 0, a.count)
+
+    return WindowLayout(axis(rows), axis(cols), cols.blend)
+
+
 def read_layout(reader: SceneReader) -> WindowLayout | None:
     """The layout in a prediction's tags, None when it has none (a mosaic of several scenes,
     a raster p2p did not write)."""
@@ -149,6 +159,12 @@ class SeamAccumulator:
         self.layout = layout
         self.pred = _Sums(bands)
         self.target = _Sums(bands)
+
+    def merge(self, other: SeamAccumulator) -> None:
+        """Add another accumulator's sums (e.g. another scene's, laid out alike)."""
+        for mine, theirs in ((self.pred, other.pred), (self.target, other.target)):
+            mine.abs += theirs.abs
+            mine.count += theirs.count
 
     def update(
         self,

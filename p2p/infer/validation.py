@@ -21,6 +21,9 @@ from rasterio.windows import Window
 
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer.inference import predict_rows, resolve_window
+from p2p.infer.seams import SeamAccumulator, layout_of
+from p2p.infer.spectral import SpectralAccumulator
+from p2p.infer.windows import axis_layout
 from p2p.model.baselines import Baselines, BaselineScore, with_baselines
 from p2p.model.bundle import Bundle
 from p2p.model.metrics import MetricAccumulator
@@ -67,32 +70,58 @@ def score_validation_blocks(
     Returns:
         None when no tiled scene has validation chips, else `MetricAccumulator.compute()`
         (per-band and overall MAE, RMSE, PSNR, SSIM in target units; SSIM windows inside row
-        strips) with ``baselines``, ``skill``, ``pixels`` (scored pixels), ``scenes`` (ids) and
-        ``window`` (``tile_size``, ``overlap``, ``blend``, ``tta``).
+        strips) with ``baselines``, ``skill``, ``pixels`` (scored pixels), ``scenes`` (ids),
+        ``window`` (``tile_size``, ``overlap``, ``blend``, ``tta``), ``spectral`` (SAM over
+        the validation pixels, `p2p.infer.spectral`) and ``seams`` (the seam score of the
+        predicted rows against the target, over pixel pairs inside validation chips,
+        `p2p.infer.seams`).
     """
     if not scenes:
         return None
-    metrics = MetricAccumulator(BandStats.from_dict(bundle.meta.target_stats).spans())
-    baselines = BaselineScore(Baselines.from_dict(bundle.meta.baselines))
+    sums = _Sums(
+        MetricAccumulator(BandStats.from_dict(bundle.meta.target_stats).spans()),
+        BaselineScore(Baselines.from_dict(bundle.meta.baselines)),
+        SpectralAccumulator(int(bundle.meta.out_channels)),
+        [],
+    )
     for vs in scenes:
-        _score_scene(bundle, vs, config, metrics, baselines)
-    result = with_baselines(metrics.compute(), baselines.compute())
+        _score_scene(bundle, vs, config, sums)
+    result = with_baselines(sums.metrics.compute(), sums.baselines.compute())
     tile, overlap = resolve_window(bundle.meta, config)
+    seams = sums.seams[0]
+    for other in sums.seams[1:]:
+        seams.merge(other)
+    names = [str(n) for n in bundle.meta.target_bands]
     return result | {
+        "spectral": {"sam": sums.spectral.sam(), "indices": sums.spectral.index_scores()},
+        "seams": seams.compute(names),
         "pixels": result["bands"][0]["count"],
         "scenes": [vs.scene.scene_id for vs in scenes],
         "window": {"tile_size": tile, "overlap": overlap, "blend": config.blend, "tta": config.tta},
     }
 
 
-def _score_scene(
-    bundle: Bundle,
-    vs: ValidationScene,
-    config: PredictConfig,
-    metrics: MetricAccumulator,
-    baselines: BaselineScore,
-) -> None:
-    """Add one scene's validation pixels, strip by strip, to the model's and baselines' sums."""
+@dataclass
+class _Sums:
+    """What the validation pixels add to, all scenes together (seams: one per scene)."""
+
+    metrics: MetricAccumulator
+    baselines: BaselineScore
+    spectral: SpectralAccumulator
+    seams: list[SeamAccumulator]
+
+
+def _scene_seams(bundle: Bundle, config: PredictConfig, height: int, width: int) -> SeamAccumulator:
+    """A seam accumulator with the windows `predict_rows` lays on a scene."""
+    tile, overlap = resolve_window(bundle.meta, config)
+    multiple = int(2**bundle.meta.model.num_downs)
+    ly, lx = (axis_layout(n, tile, overlap, multiple, config.blend) for n in (height, width))
+    return SeamAccumulator(layout_of(ly, lx), int(bundle.meta.out_channels))
+
+
+def _score_scene(bundle: Bundle, vs: ValidationScene, config: PredictConfig, sums: _Sums) -> None:
+    """Add one scene's validation pixels, strip by strip, to the model's and baselines' sums,
+    and its pixel pairs inside validation chips to the seam sums."""
     scene = vs.scene
     assert scene.target is not None
     with (
@@ -101,6 +130,10 @@ def _score_scene(
             scene.target, source.grid, scene.target_bands, scene.nodata, vs.resampling
         ) as target,
     ):
+        seams = _scene_seams(bundle, config, source.grid.height, source.grid.width)
+        sums.seams.append(seams)
+        last: list[tuple[int, np.ndarray, np.ndarray, np.ndarray]] = []  # the previous strip's
+        # last row: the upper partner of the vertical pairs across the strips' boundary
 
         def consume(row0: int, values: np.ndarray, valid: np.ndarray) -> None:
             window = Window(0, row0, values.shape[2], values.shape[1])
@@ -108,12 +141,21 @@ def _score_scene(
             s, s_valid = source.read(window)
             mask = valid & t_valid & s_valid & vs.mask(row0, *valid.shape)
             if mask.any():
-                metrics.update(
+                sums.metrics.update(
                     torch.from_numpy(values.astype(np.float64))[None],
                     torch.from_numpy(t.astype(np.float64))[None],
                     torch.from_numpy(mask)[None, None],
                 )
-                baselines.update(s[:, mask], t[:, mask])
+                sums.baselines.update(s[:, mask], t[:, mask])
+                sums.spectral.update(values[:, mask], t[:, mask])
+            p, m, tt = values, mask, t
+            halo = bool(last) and last[0][0] == row0 - 1
+            if halo:
+                p = np.concatenate([last[0][1], values], axis=1)
+                m = np.concatenate([last[0][2], mask], axis=0)
+                tt = np.concatenate([last[0][3], t], axis=1)
+            seams.update(row0 - halo, 0, p, m, tt, halo_top=halo)
+            last[:] = [(row0 + values.shape[1] - 1, values[:, -1:], mask[-1:], t[:, -1:])]
 
         rows = [(y0, y0 + vs.chip_size) for y0 in sorted({y for y, _ in vs.boxes})]
         predict_rows(bundle, scene, config, rows, consume)

@@ -15,8 +15,9 @@ if TYPE_CHECKING:
     from p2p.infer.validation import ValidationScene
 
 NAME = "evaluate"
-#: 2: baselines and skill beside the metrics, validation.png; 3: ``seamless``
-VERSION = 3
+#: 2: baselines and skill beside the metrics, validation.png; 3: ``seamless``; 4: its
+#: ``seams`` and ``spectral``
+VERSION = 4
 #: The picture: source | prediction | target | error of the first validation chips.
 PICTURE = "validation.png"
 PICTURE_CHIPS = 4
