@@ -12,6 +12,7 @@ import pytest
 from p2p.core.errors import ConfigError
 from p2p.infer.evaluation import evaluate
 from p2p.infer.spectral import SAM_BIN, IndexSpec, SpectralAccumulator, parse_index
+from tests.faultkit import assert_one_line_error, cli
 from tests.rasters import write_geotiff
 
 NAMES = ["nir", "red", "green"]
@@ -94,3 +95,24 @@ def test_evaluate_reports_sam_and_indices_on_rasters(tmp_path: Path) -> None:
     assert gr["mae"] == pytest.approx(np.abs(nd(pv, 2, 1) - nd(tv, 2, 1)).mean(), rel=1e-9)
     with pytest.raises(ConfigError):
         evaluate(p, t, indices=["ndvi=nir,swir"])
+
+
+def test_cli_evaluate_prints_seams_sam_and_indices(tmp_path: Path) -> None:
+    rng = np.random.default_rng(1)
+    target = rng.uniform(10, 200, (2, 20, 24)).astype(np.float32)
+    pred = (target + rng.normal(0, 5, target.shape)).astype(np.float32)
+    p = write_geotiff(tmp_path / "p.tif", pred)
+    t = write_geotiff(tmp_path / "t.tif", target, descriptions=["nir", "red"])
+    args = ["evaluate", "--prediction", p, "--target", t, "--index", "ndvi=nir,red"]
+    done = cli([*args, "--index", "rev=2,1", "--json"])
+    assert done.returncode == 0, done.stderr
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    assert [ix["name"] for ix in record["spectral"]["indices"]] == ["ndvi", "rev"]
+    assert record["spectral"]["sam"]["pixels"] == 20 * 24
+    assert record["seams"] is None  # not written by p2p predict: no window layout
+    text = cli(args)
+    assert text.returncode == 0, text.stderr
+    assert "ndvi MAE: " in text.stdout and "spectral angle: mean " in text.stdout
+    bad = cli([*args[:-1], "ndvi=nir,swir"])
+    assert bad.returncode == 1  # the reference has no such band: a data error
+    assert_one_line_error(bad.returncode, bad.stderr, "--index", "swir")

@@ -275,11 +275,18 @@ def evaluate(
         "largest, median and smallest error (default: PREDICTION.evaluate.png beside it).",
     ),
     no_picture: bool = typer.Option(False, "--no-picture", help="Draw no picture."),
+    index: list[str] | None = typer.Option(
+        None,
+        "--index",
+        help="NAME=A,B: score the normalized difference (A-B)/(A+B) of two bands (names or "
+        "1-based numbers), e.g. ndvi=nir,red (repeatable).",
+    ),
 ) -> None:
-    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band).
+    """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band, the
+    seam score of its window boundaries, the spectral angle for several bands).
 
     With --model and --source, also the constant-mean and linear baselines on the same
-    pixels.
+    pixels; --index ndvi=nir,red adds an index's MAE.
 
     Example: p2p evaluate --prediction out.tif --target map.tif --model MODEL --source in.tif
     """
@@ -288,7 +295,7 @@ def evaluate(
         from p2p.core.config import SceneConfig
         from p2p.core.errors import ConfigError
         from p2p.infer.evaluation import evaluate as run_evaluation
-        from p2p.infer.report import skill_line
+        from p2p.infer.report import fidelity_lines, skill_line
         from p2p.model.meta import read_meta
 
         if error_map is not None:
@@ -302,7 +309,7 @@ def evaluate(
         files = SceneConfig.model_validate({"source": source}).source if source else None
         record = run_evaluation(
             prediction, target, error_map, target_bands=target_bands or None, model=meta,
-            source=files, picture=drawn,
+            source=files, picture=drawn, indices=index or (),
         )  # fmt: skip
         if as_json:
             print_json(record)
@@ -316,5 +323,7 @@ def evaluate(
             typer.echo(skill_line(record))
         if record.get("picture"):
             typer.echo(f"picture: {record['picture']}")
+        for line in fidelity_lines(record):
+            typer.echo(line)
 
     guard(body)

@@ -209,6 +209,27 @@ def spectral_markdown(spectral: dict[str, Any] | None) -> str:
     return "\n\n".join(parts)
 
 
+def fidelity_lines(record: dict[str, Any]) -> list[str]:
+    """Plain-text lines of `p2p evaluate`: the seam score, SAM and indices, when present."""
+    lines = []
+    seams = record.get("seams")
+    if seams:
+        per_band = ", ".join(f"{b['name']} {_fmt3(b['seam'])}" for b in seams["bands"])
+        lines.append(f"seam score: {_fmt3(seams['seam'])} ({per_band}; 1 = no visible seam)")
+    else:
+        lines.append("seam score: - (the prediction carries no window layout)")
+    spectral = record.get("spectral") or {}
+    sam = spectral.get("sam")
+    if sam and sam.get("pixels"):
+        lines.append(f"spectral angle: mean {_fmt3(sam['mean'])} deg, p95 {_fmt3(sam['p95'])} deg")
+    for ix in spectral.get("indices") or []:
+        linear = (
+            f", linear baseline {_fmt(ix['linear_mae'])}" if ix["linear_mae"] is not None else ""
+        )
+        lines.append(f"{ix['name']} MAE: {_fmt(ix['mae'])}{linear} ({ix['pixels']} pixels)")
+    return lines
+
+
 def _fmt3(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 
