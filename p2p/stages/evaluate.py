@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from p2p.core.cache import KeyParts, StageRecord, finished_stage, read_manifest, run_stage
-from p2p.core.config import PredictConfig, SceneConfig
+from p2p.core.config import EvaluateConfig, PredictConfig, SceneConfig
 from p2p.core.fsutil import atomic_write_json
 from p2p.stages.stage import Stage, StageReport
 
@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 NAME = "evaluate"
 #: 2: baselines and skill beside the metrics, validation.png; 3: ``seamless``; 4: its
-#: ``seams`` and ``spectral``
+#: ``seams`` and ``spectral`` (and ``evaluate.indices`` in the key)
 VERSION = 4
 #: The picture: source | prediction | target | error of the first validation chips.
 PICTURE = "validation.png"
@@ -24,12 +24,19 @@ PICTURE_CHIPS = 4
 
 
 def key_parts(
-    train: StageRecord | str | Path, dataset: StageRecord | str | Path, predict: PredictConfig
+    train: StageRecord | str | Path,
+    dataset: StageRecord | str | Path,
+    predict: PredictConfig,
+    evaluate: EvaluateConfig | None = None,
 ) -> KeyParts:
-    """The split, the prediction settings that decide the seamless pixels, and the train and
-    dataset stages' keys."""
+    """The split, the prediction settings that decide the seamless pixels, the indices scored,
+    and the train and dataset stages' keys."""
     window = {"batch_size", "tile_size", "overlap", "blend", "tta"}
-    config = {"split": "val", "predict": predict.model_dump(mode="json", include=window)}
+    config = {
+        "split": "val",
+        "predict": predict.model_dump(mode="json", include=window),
+        "evaluate": (evaluate or EvaluateConfig()).model_dump(mode="json"),
+    }
     return KeyParts(NAME, VERSION, config, [finished_stage(train).key, finished_stage(dataset).key])
 
 
@@ -38,6 +45,7 @@ def run(
     train: StageRecord | str | Path,
     dataset: StageRecord | str | Path,
     predict: PredictConfig,
+    evaluate: EvaluateConfig | None = None,
 ) -> StageRecord:
     """Evaluate the model bundle on the validation chips, and on the validation blocks of the
     training scenes as `p2p predict` would translate them.
@@ -48,10 +56,12 @@ def run(
     pixels and the skill ratio (model / linear), and ``validation.png``. Its ``seamless`` entry
     holds the same metrics over the validation chips' footprints predicted by the windowed,
     blended engine with `predict`'s window settings (`p2p.infer.validation`; None when no
-    tiled scene has validation chips). The torch runtime is used: a fresh bundle has no ONNX.
+    tiled scene has validation chips), with the seam score, the spectral angle and
+    `evaluate`'s indices. The torch runtime is used: a fresh bundle has no ONNX.
     """
     tr, ds = finished_stage(train), finished_stage(dataset)
-    parts = key_parts(tr, ds, predict)
+    parts = key_parts(tr, ds, predict, evaluate)
+    indices = (evaluate or EvaluateConfig()).indices
 
     def build(folder: Path) -> dict[str, Any]:
         import torch
@@ -71,7 +81,7 @@ def run(
         )
         torch_predict = predict.model_copy(update={"runtime": "torch"})
         scenes = _validation_scenes(ds.path)
-        metrics["seamless"] = score_validation_blocks(bundle, scenes, torch_predict)
+        metrics["seamless"] = score_validation_blocks(bundle, scenes, torch_predict, indices)
         atomic_write_json(folder / "metrics.json", metrics)
         samples = [val_set[i] for i in range(min(PICTURE_CHIPS, len(val_set)))]
         if samples:

@@ -115,7 +115,12 @@ def _train(c: PipelineConfig, r: Records) -> list[Call]:
 
 
 def _evaluate(c: PipelineConfig, r: Records) -> list[Call]:
-    arguments = {"train": r[train.NAME], "dataset": r[dataset.NAME], "predict": c.predict}
+    arguments = {
+        "train": r[train.NAME],
+        "dataset": r[dataset.NAME],
+        "predict": c.predict,
+        "evaluate": c.evaluate,
+    }
     return [(evaluate.NAME, arguments)]
 
 
