@@ -300,6 +300,8 @@ def decide(table: dict[str, dict[str, dict[str, list[float]]]]) -> dict[str, str
 def print_validation(
     table: dict[str, dict[str, dict[str, list[float]]]], chosen: dict[str, str]
 ) -> None:
+    if not table:
+        return
     names = list(next(iter(next(iter(table.values())).values())))
     print("\nvalidation side (training half's validation blocks; mean ± sd over seeds)")
     print("| choice | option | all cases | " + " | ".join(names) + " | kept |")
