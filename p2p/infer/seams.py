@@ -21,7 +21,6 @@ target the seam is the prediction's ratio alone.
 from __future__ import annotations
 
 import json
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -227,10 +226,13 @@ class SeamAccumulator:
         pred, target = self.pred.ratios(), self.target.ratios()
         has_target = bool(self.target.count.any())
         boundary, interior = self.pred.means()
-        bands = []
+        bands: list[dict[str, Any]] = []
+        seams: list[float] = []
         for k, p in enumerate(pred):
             t = target[k] if has_target else None
-            seam = (p / t if t else None) if has_target else p
+            seam = p if not has_target else (p / t if p is not None and t else None)
+            if seam is not None:
+                seams.append(seam)
             bands.append(
                 {
                     "name": names[k] if names else f"band {k + 1}",
@@ -241,7 +243,6 @@ class SeamAccumulator:
                     "interior": interior[k],
                 }
             )
-        seams = [b["seam"] for b in bands if b["seam"] is not None and math.isfinite(b["seam"])]
         return {
             "seam": sum(seams) / len(seams) if seams else None,
             "bands": bands,
