@@ -110,7 +110,10 @@ def landsat_dir(data: Path) -> Path | None:
 
 
 def crop(src: Path, dst: Path, half: str) -> str:
-    """Write the west, east, north or south half of `src` (same CRS and pixel grid) to `dst`."""
+    """Write the west, east, north or south half of `src` (same CRS and pixel grid) to `dst`,
+    once: a rewrite would change the file's fingerprint and void every cached stage."""
+    if dst.is_file():
+        return str(dst)
     with rasterio.open(src) as s:
         mid_x, mid_y = s.width // 2, s.height // 2
         window = {
@@ -124,8 +127,10 @@ def crop(src: Path, dst: Path, half: str) -> str:
             "height": int(window.height),
             "transform": s.window_transform(window),
         }
-        with rasterio.open(dst, "w", **profile) as d:
+        part = dst.with_suffix(".part.tif")
+        with rasterio.open(part, "w", **profile) as d:
             d.write(s.read(window=window))
+        part.replace(dst)
     return str(dst)
 
 
