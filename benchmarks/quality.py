@@ -390,7 +390,7 @@ def heldout(
                             other = [f for f in flags if f not in BLENDS and f != "--blend"]
                             got = score_heldout(case, work, model, [*other, "--blend", blend],
                                                 f"{label}-{seed}-{blend}")  # fmt: skip
-                        row["seams"][blend] = (got["seams"] or {}).get("seam")
+                        row["seams"][blend] = seam_cells(got["seams"])
                         row.setdefault("blend_ratio", {})[blend] = got["skill"]
                 print(f"  held-out    {case.name:<24} seed {seed} {label:<8} ratio "
                       f"{scored['skill']:.4f}", flush=True)  # fmt: skip
@@ -398,14 +398,25 @@ def heldout(
     return rows
 
 
+def seam_cells(seams: dict[str, Any] | None) -> dict[str, float | None]:
+    """The seam score and the prediction's own boundary / interior ratio (mean over bands)."""
+    if not seams:
+        return {"seam": None, "prediction": None}
+    own = [b["prediction_ratio"] for b in seams["bands"] if b["prediction_ratio"] is not None]
+    return {"seam": seams["seam"], "prediction": statistics.fmean(own) if own else None}
+
+
 def print_heldout(rows: list[dict[str, Any]]) -> None:
     print("\nheld-out side (scored half; never used for a choice)")
     print("| case | settings | constant MAE | linear MAE | p2p / linear (mean ± sd) | "
-          "seam none | seam linear | seam cosine |")  # fmt: skip
+          "seam (own ratio): none | linear | cosine |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         seams = " | ".join(
-            f"{r['seams'][b]:.3f}" if r["seams"].get(b) is not None else "-" for b in BLENDS
+            f"{c['seam']:.3f} ({c['prediction']:.3f})"
+            if (c := r["seams"].get(b)) and c["seam"] is not None
+            else "-"
+            for b in BLENDS
         )
         print(f"| {r['case']} | {r['config']} | {r['constant']:.2f} | {r['linear']:.2f} | "
               f"{fmt(r['ratio'])} | {seams} |")  # fmt: skip
