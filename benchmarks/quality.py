@@ -68,6 +68,8 @@ LANDSAT_CONFIG: dict[str, Any] = {
     "dask": {"n_workers": 1, "threads_per_worker": 2},
 }
 
+#: The Meuse files carry no CRS; their coordinates are the Dutch RD New grid (sp's meuse docs).
+MEUSE_CRS = "EPSG:28992"
 #: The terrain case: 78x52 px halves, a third of them valid (the floodplain), so small chips.
 TERRAIN_CONFIG: dict[str, Any] = {
     "tiling": {"chip_size": 16, "stride": 2, "min_valid_fraction": 0.5},
@@ -109,9 +111,10 @@ def landsat_dir(data: Path) -> Path | None:
     return folder if (folder / "lsat7_2000_10.tif").is_file() else None
 
 
-def crop(src: Path, dst: Path, half: str) -> str:
+def crop(src: Path, dst: Path, half: str, crs: str | None = None) -> str:
     """Write the west, east, north or south half of `src` (same CRS and pixel grid) to `dst`,
-    once: a rewrite would change the file's fingerprint and void every cached stage."""
+    once: a rewrite would change the file's fingerprint and void every cached stage. `crs`
+    is stamped on a file that has none."""
     if dst.is_file():
         return str(dst)
     with rasterio.open(src) as s:
@@ -127,6 +130,8 @@ def crop(src: Path, dst: Path, half: str) -> str:
             "height": int(window.height),
             "transform": s.window_transform(window),
         }
+        if s.crs is None and crs is not None:
+            profile["crs"] = crs
         part = dst.with_suffix(".part.tif")
         with rasterio.open(part, "w", **profile) as d:
             d.write(s.read(window=window))
@@ -166,7 +171,7 @@ def terrain_cases(folder: Path, work: Path) -> list[Case]:
     halves = work / "meuse"
     halves.mkdir(parents=True, exist_ok=True)
     files = {
-        (name, h): crop(folder / f"{name}.tif", halves / f"{name}_{h}.tif", h)
+        (name, h): crop(folder / f"{name}.tif", halves / f"{name}_{h}.tif", h, MEUSE_CRS)
         for name in ("dem", "slope")
         for h in ("north", "south")
     }
