@@ -321,9 +321,9 @@ def evaluate(
             typer.echo(f"{band['name']}: " + " ".join(cells))
         if "baselines" in record:
             typer.echo(skill_line(record))
-        if record.get("picture"):
-            typer.echo(f"picture: {record['picture']}")
         for line in fidelity_lines(record):
             typer.echo(line)
+        if record.get("picture"):  # last: the one line naming a file
+            typer.echo(f"picture: {record['picture']}")
 
     guard(body)
