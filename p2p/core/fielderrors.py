@@ -27,10 +27,11 @@ def first_error(exc: ValidationError, model: type[BaseModel]) -> tuple[str, str]
         model: The validated model (to list the fields an unknown key could have meant).
     """
     err = exc.errors()[0]
-    loc = [p for p in err["loc"] if not (isinstance(p, str) and p[:1].isupper())]
+    members = _model_names(model)  # pydantic puts the union member it tried into the location
+    loc = [p for p in err["loc"] if not (isinstance(p, str) and p in members)]
     field = dotted(loc)
     msg = str(err["msg"])
-    if err["type"] == "extra_forbidden":
+    if err["type"] == "extra_forbidden" and loc:
         return field, unknown_field(str(loc[-1]), fields_at(model, err["loc"][:-1]))
     msg = msg.removeprefix("Value error, ").removeprefix("Assertion failed, ")
     match = _FIELD_FIRST.match(msg)
@@ -71,6 +72,18 @@ def fields_at(model: type[BaseModel], loc: tuple[Any, ...] | list[Any]) -> list[
                 found += _models_in(m.model_fields[part].annotation)
         models = found
     return sorted({name for m in models for name in m.model_fields})
+
+
+def _model_names(model: type[BaseModel]) -> set[str]:
+    """The class names of `model` and of every model its fields hold, at any depth."""
+    names: set[str] = set()
+    todo = [model]
+    while todo:
+        current = todo.pop()
+        if current.__name__ not in names:
+            names.add(current.__name__)
+            todo += [m for f in current.model_fields.values() for m in _models_in(f.annotation)]
+    return names
 
 
 def _models_in(annotation: Any) -> list[type[BaseModel]]:
