@@ -25,10 +25,15 @@ PICTURE_CHIPS = 4
 def key_parts(
     train: StageRecord | str | Path, dataset: StageRecord | str | Path, predict: PredictConfig
 ) -> KeyParts:
-    """The split, the prediction settings that decide the seamless pixels, and the train and
-    dataset stages' keys."""
-    window = {"batch_size", "tile_size", "overlap", "blend", "tta"}
-    config = {"split": "val", "predict": predict.model_dump(mode="json", include=window)}
+    """The split, every prediction setting the seamless pixels read (window, blend, TTA,
+    batch, device, nodata), and the train and dataset stages' keys.
+
+    Left out: ``runtime`` (evaluate always runs torch: a fresh bundle has no ONNX export) and
+    ``output_format`` (evaluate writes no raster). tests/test_stage_keys.py checks that every
+    other setting a stage reads is in its key.
+    """
+    unread = {"runtime", "output_format"}
+    config = {"split": "val", "predict": predict.model_dump(mode="json", exclude=unread)}
     return KeyParts(NAME, VERSION, config, [finished_stage(train).key, finished_stage(dataset).key])
 
 
