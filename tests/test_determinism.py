@@ -45,9 +45,9 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoScenes, str]:
 def _cli_predict(model: str, data: DemoScenes, out: Path, **env: str) -> dict[str, Any]:
     out.parent.mkdir(parents=True)
     scenes = [a for s in data.held_out for a in ("--input", s.source[0])]
+    options = ["--device", "cpu", "--format", "gtiff", "--json"]
     done = subprocess.run(
-        [P2P, "predict", "--model", model, *scenes, "--output", str(out), "--json"]
-        + ["--device", "cpu", "--format", "gtiff"],
+        [P2P, "predict", "--model", model, *scenes, "--output", str(out), *options],
         capture_output=True,
         text=True,
         timeout=300,
