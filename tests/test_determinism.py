@@ -24,7 +24,7 @@ from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
 from p2p.core.roots import checked_pipeline_config
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.stages import mosaic, predict
-from p2p.stages.pipeline import PredictionJob, in_process, run_steps
+from p2p.stages.pipeline import TRAINING, PredictionJob, in_process, run_steps
 from tests.rasters import assert_same_raster
 
 P2P = str(Path(sys.executable).parent / "p2p")
@@ -32,13 +32,10 @@ P2P = str(Path(sys.executable).parent / "p2p")
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory: pytest.TempPathFactory) -> tuple[DemoScenes, str]:
-    from p2p.stages import pipeline
-
     root = tmp_path_factory.mktemp("determinism")
     data = write_demo_scenes(root / "scenes", scene_size=96)
     cfg = checked_pipeline_config(demo_config(root / "ws", data.train[:2], quick=True))
-    steps = getattr(pipeline.TRAINING, "steps", pipeline.TRAINING)
-    records = run_steps(steps, cfg, cfg.workspace, in_process(), until="train")
+    records = run_steps(TRAINING, cfg, cfg.workspace, in_process(), until="train")
     return data, str(records["train"].summary["model"])
 
 
@@ -63,7 +60,9 @@ def _in_threads(model: str, data: DemoScenes, workspace: Path) -> dict[str, str]
     """The scenes predicted concurrently in threads, torch on one thread, then the mosaic."""
     config = PredictConfig(device="cpu", output_format="gtiff")
     scenes = [SceneConfig(source=s.source) for s in data.held_out]  # as the CLI makes them
-    job = PredictionJob(str(workspace), model, scenes, config, MosaicConfig())
+    job = PredictionJob(
+        str(workspace), model, scenes, config, MosaicConfig(), str(workspace / "out.tif")
+    )
     outputs: dict[str, str] = {}
 
     def one(scene: Any) -> None:
@@ -88,12 +87,11 @@ def _in_threads(model: str, data: DemoScenes, workspace: Path) -> dict[str, str]
 
 
 def _outputs(record: dict[str, Any]) -> dict[str, str]:
-    """Stage label → output file of a `p2p predict --json` record (stages: label → key)."""
-    found = {}
-    for label, key in record["stages"].items():
-        folder = Path(record["workspace"], label.split(":")[0], key)
-        found[label] = str(next(folder.glob("*.tif")))
-    return found
+    """Stage label → output file of a `p2p predict --json` record."""
+    return {
+        label: str(next(Path(stage["path"]).glob("*.tif")))
+        for label, stage in record["stages"].items()
+    }
 
 
 @pytest.mark.slow

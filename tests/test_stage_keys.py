@@ -26,14 +26,9 @@ from p2p.core.roots import checked_pipeline_config
 from p2p.core.scenes import FrozenConfig
 from p2p.demo import write_demo_scenes
 from p2p.demo.scenes import demo_config
-from p2p.stages import pipeline
-from p2p.stages.pipeline import Call, PredictionJob, in_process, run_steps
+from p2p.stages.pipeline import PREDICTION, TRAINING, Call, PredictionJob, in_process, run_steps
 from p2p.stages.plan import plan
 from p2p.stages.stage import Stage
-
-#: The steps of each pipeline (a tuple of steps, or a value with ``.steps``).
-TRAINING = getattr(pipeline.TRAINING, "steps", pipeline.TRAINING)
-PREDICTION = getattr(pipeline.PREDICTION, "steps", pipeline.PREDICTION)
 
 #: (stage, "Class.field") → why changing the field must not change the stage's key.
 NOT_IN_KEY: dict[tuple[str, str], str] = {
@@ -197,6 +192,7 @@ def pipelines(tmp_path_factory: pytest.TempPathFactory) -> tuple[Run, PipelineCo
         list(data.held_out[:1]),
         cfg.predict,
         MosaicConfig(),
+        str(root / "mosaic.tif"),
     )
     run_steps(PREDICTION, job, job.workspace, recorded.runner())
     return recorded, cfg, job
@@ -206,8 +202,8 @@ def test_every_setting_a_stage_reads_is_in_its_key(
     pipelines: tuple[Run, PipelineConfig, Any], tmp_path: Path
 ) -> None:
     recorded, cfg, job = pipelines
-    jobs = {s.stage.name: (TRAINING, cfg) for s in TRAINING} | {
-        s.stage.name: (PREDICTION, job) for s in PREDICTION
+    jobs = {s.stage.name: (TRAINING, cfg) for s in TRAINING.steps} | {
+        s.stage.name: (PREDICTION, job) for s in PREDICTION.steps
     }
     assert {"tile", "dataset", "train", "evaluate", "predict", "mosaic"} <= set(recorded.reads)
     assert "evaluate" in recorded.reads and "PredictConfig.nodata" in recorded.fields("evaluate")

@@ -15,7 +15,7 @@ from pydantic import ValidationError
 from p2p.core.cache import KeyParts, StageRecord, run_stage
 from p2p.core.config import DaskConfig, PipelineConfig
 from p2p.core.dask_client import FRAMES_DEADLOCK, dask_client
-from p2p.stages.pipeline import Step, in_process, run_steps
+from p2p.stages.pipeline import Pipeline, Step, in_process, run_steps
 from p2p.stages.stage import Progress, Stage
 from p2p.stages.watch import Interrupted, Stalled, clear_interrupt, interrupt, stall_after
 
@@ -73,9 +73,10 @@ def _parts(name: str) -> KeyParts:
     return KeyParts("stall", 1, {"name": name}, [])
 
 
-def _steps(stalling: _Stall) -> tuple[Step, ...]:
-    stage = Stage("stall", 1, _parts, stalling.run, unit="blocks")
-    return (Step(stage, lambda job, _: [("stall:scene_a", {"name": job})]),)
+def _steps(stalling: _Stall) -> Pipeline:
+    stage = Stage("stall", 1, _parts, stalling.run, task="stall", unit="blocks")
+    step = Step(stage, lambda job, _: [("stall:scene_a", {"name": job})])
+    return Pipeline("demo", (step,), check=lambda _: None, fields=lambda *_: {})
 
 
 def test_a_stalled_stage_fails_in_one_line_naming_it(tmp_path: Path) -> None:
