@@ -81,15 +81,12 @@ def run(
         from p2p.model.training import train as train_loop
         from p2p.model.world import world_size
         from p2p.stages.train_worker import datasets, linear_anchor, train_on_ranks
-        from p2p.stages.watch import Interrupted
+        from p2p.stages.watch import where
 
         def report(p: TrainProgress) -> None:
-            if progress is None:
-                return
-            try:
+            where(f"epoch {p.epoch} of {p.epochs}")  # a stall or Ctrl-C names the epoch
+            if progress is not None:
                 progress((p.epoch - 1) * p.steps_per_epoch + p.step, p.epochs * p.steps_per_epoch)
-            except Interrupted as exc:  # said in epochs: the unit a rerun resumes by
-                raise Interrupted(exc.stage, f"epoch {p.epoch} of {p.epochs}") from None
 
         n_val = int(ds.summary.get("n_val", 0))
         train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train)

@@ -37,6 +37,7 @@ _stall_s: contextvars.ContextVar[float] = contextvars.ContextVar(
     "p2p_stall_s", default=DEFAULT_STALL_S
 )
 _interrupted = threading.Event()
+_beat: contextvars.ContextVar[_Beat | None] = contextvars.ContextVar("p2p_beat", default=None)
 
 
 class Stalled(P2PError):
@@ -84,9 +85,12 @@ class _Beat:
         self.last = time.monotonic()
         self.done: int | None = None
         self.total: int | None = None
+        self.where: str | None = None
         self.abandoned = False
 
     def at(self) -> str:
+        if self.where is not None:
+            return self.where
         if self.done is None:
             return f"no {self.unit} done yet"
         return f"{self.done} of {self.total} {self.unit}"
@@ -100,6 +104,14 @@ class _Beat:
         self.done, self.total = done, total
         if self.progress is not None:
             self.progress(done, total)
+
+
+def where(text: str) -> None:
+    """Say where the running stage is, in the words a user resumes by (``epoch 3 of 6``);
+    named instead of the progress count when the stage stalls or is interrupted."""
+    beat = _beat.get()
+    if beat is not None:
+        beat.where = text
 
 
 def run_watched(
@@ -128,6 +140,7 @@ def run_watched(
     failure: list[BaseException] = []
 
     def target() -> None:
+        _beat.set(beat)
         try:
             outcome.append(call(beat))
         except BaseException as exc:  # handed to the waiting thread as it is
