@@ -1,12 +1,11 @@
 """Preview grids of validation chips: one row per chip, source | generated | target (| error).
 
-Encoded as PNG with the standard library (zlib), so training needs no imaging package.
+Encoded as PNG by Pillow (a dependency of p2p), imported only when a preview is written.
 """
 
 from __future__ import annotations
 
-import struct
-import zlib
+import io
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -59,21 +58,12 @@ def preview_grid(rows: Sequence[Sequence[torch.Tensor]], min_side: int = MIN_SID
 
 
 def encode_png(rgb: np.ndarray) -> bytes:
-    """Encode an `(H, W, 3)` uint8 image as PNG (8-bit RGB, no filtering)."""
-    h, w, _ = rgb.shape
-    raw = b"".join(b"\x00" + rgb[y].tobytes() for y in range(h))
+    """Encode an `(H, W, 3)` uint8 image as PNG (8-bit RGB)."""
+    from PIL import Image
 
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        body = kind + data
-        return struct.pack(">I", len(data)) + body + struct.pack(">I", zlib.crc32(body))
-
-    header = struct.pack(">IIBBBBB", w, h, 8, 2, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw, 6))
-        + chunk(b"IEND", b"")
-    )
+    out = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(rgb, dtype=np.uint8)).save(out, "PNG")
+    return out.getvalue()
 
 
 def error_panel(generated: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
