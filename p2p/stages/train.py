@@ -91,7 +91,7 @@ def run(
         n_val = int(ds.summary.get("n_val", 0))
         train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train)
         if world_size(train) > 1:  # torchrun; progress is per epoch in metrics.jsonl
-            result = train_on_ranks(ds.path, n_val, model, train, folder)
+            result = train_on_ranks(ds.path, n_val, model, train, folder, progress)
         else:
             anchor = linear_anchor(ds.path, source_stats, target_stats)
             result = train_loop(

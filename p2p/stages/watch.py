@@ -106,6 +106,14 @@ class _Beat:
             self.progress(done, total)
 
 
+def checkpoint() -> None:
+    """Raise `Interrupted` in a watched stage after `interrupt` (for a stage waiting on
+    something other than its own progress reports, such as training processes)."""
+    beat = _beat.get()
+    if beat is not None and _interrupted.is_set():
+        raise Interrupted(beat.label, beat.at())
+
+
 def where(text: str) -> None:
     """Say where the running stage is, in the words a user resumes by (``epoch 3 of 6``);
     named instead of the progress count when the stage stalls or is interrupted."""
