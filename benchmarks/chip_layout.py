@@ -23,6 +23,11 @@ shard index then the chunk, against one; moto also serves a range from the whole
 Python, a real bucket answers by latency). So the tile stage writes one shard per block on
 both stores: 64x fewer objects and faster writes everywhere, the same reads on a disk; on a
 bucket a random chip costs two requests instead of one.
+
+Beside zarr's own chunk-per-chip store (`--blocks 2 --reads 100 --rounds 2`, load 12.8):
+shards write 1.34x as fast on a disk and 0.81x on moto's S3 (zarr neither flushes nor renames
+and PUTs concurrently), and read a chip in about 3x the time; their gain over that baseline is
+64x fewer objects and one atomic, flushed write per block, not speed.
 """
 
 from __future__ import annotations

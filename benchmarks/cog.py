@@ -15,6 +15,11 @@ Rounds are interleaved and the best time counts. Ratios are seconds / p2p's seco
 
     python benchmarks/cog.py               # 6144² x 3 bands
     python benchmarks/cog.py --size 4096 --rounds 1
+
+Measured here (`--size 4096 --rounds 2`, 2 cores at load 15, shared): p2p 1.93 s (160 MiB
+peak), GDAL's COG driver 3.93 s = 2.04x (180 MiB), with all cores 2.08x (the cores were
+busy), rio-cogeo 5.45 s = 2.82x (371 MiB); the same output size. tests/test_cog.py checks
+that p2p's COG holds GDAL's pixels, overviews, masks and tags.
 """
 
 from __future__ import annotations
