@@ -57,7 +57,12 @@ def _interrupt_after(
     assert proc.poll() is None, proc.communicate()[1][-3000:]
     sent = time.monotonic()
     os.killpg(proc.pid, signal.SIGINT)
-    _, stderr = proc.communicate(timeout=60)
+    try:
+        _, stderr = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # leave nothing running behind a failed test
+        _, stderr = proc.communicate()
+        raise AssertionError(f"still running 60 s after Ctrl-C: {stderr[-3000:]}") from None
     return stderr, time.monotonic() - sent
 
 

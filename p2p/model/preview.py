@@ -1,11 +1,13 @@
 """Preview grids of validation chips: one row per chip, source | generated | target (| error).
 
-Encoded as PNG by Pillow (a dependency of p2p), imported only when a preview is written.
+Encoded as PNG by Pillow (a dependency of p2p), imported only when a preview is written; a
+GPU box with only torch and numpy still trains, without previews (one warning says so).
 """
 
 from __future__ import annotations
 
 import io
+import logging
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -17,6 +19,8 @@ from p2p.core.fsutil import atomic_write_bytes
 _GAP = 2  # white pixels between panels
 #: Smallest side a chip is drawn at in previews (a 32 px chip is judged at 256 px).
 MIN_SIDE = 256
+
+log = logging.getLogger(__name__)
 
 
 def to_rgb(x: torch.Tensor) -> np.ndarray:
@@ -93,5 +97,11 @@ def comparison_rows(
 
 
 def write_preview(path: Path, rows: Sequence[Sequence[torch.Tensor]]) -> None:
-    """Write the preview grid of `rows` to `path` (PNG) atomically."""
-    atomic_write_bytes(path, encode_png(preview_grid(rows)))
+    """Write the preview grid of `rows` to `path` (PNG) atomically; without Pillow, nothing
+    (training goes on: a preview is a picture for people, not an artifact anything reads)."""
+    try:
+        png = encode_png(preview_grid(rows))
+    except ModuleNotFoundError as missing:  # Pillow, on a torch-and-numpy-only machine
+        log.warning("no preview %s: %s is not installed", path.name, missing.name)
+        return
+    atomic_write_bytes(path, png)
