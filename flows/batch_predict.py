@@ -22,6 +22,7 @@ from p2p.core.roots import checked_batch_config
 from p2p.stages import predict
 from p2p.stages.pipeline import PREDICTION, Call, PredictionJob, Runner, run_pipeline
 from p2p.stages.stage import Stage
+from p2p.stages.watch import stall_after
 from tasks.cluster import reporting_runner
 from tasks.common import publish_run
 from tasks.stages import run_action, run_on_prefect
@@ -70,7 +71,7 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
     job = PredictionJob(
         config.workspace, config.model, scenes, config.predict, config.mosaic, config.output
     )
-    with _fan_out(config.dask.address) as fan_out:
+    with _fan_out(config.dask.address) as fan_out, stall_after(config.watchdog_s):
         record = run_pipeline(PREDICTION, job, _runner(fan_out), run_action)
     publish_run(record, "batch-predict")
     return record

@@ -11,6 +11,7 @@ from prefect.runtime import deployment
 from p2p.core.config import PipelineConfig
 from p2p.core.roots import checked_pipeline_config
 from p2p.stages.pipeline import TRAINING, run_pipeline
+from p2p.stages.watch import stall_after
 from tasks.common import publish_run
 from tasks.stages import run_action, run_on_prefect
 
@@ -28,6 +29,7 @@ def train_pipeline(config: PipelineConfig, until: Until | None = None) -> dict[s
         stage's key/path/cached/seconds, and the evaluation metrics (target units).
     """
     config = checked_pipeline_config(config, require_roots=deployment.id is not None)
-    record = run_pipeline(TRAINING, config, run_on_prefect, run_action, until)
+    with stall_after(config.watchdog_s):
+        record = run_pipeline(TRAINING, config, run_on_prefect, run_action, until)
     publish_run(record, "train-pipeline")
     return record

@@ -17,7 +17,7 @@ from typing import Any
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from prefect_dask.task_runners import DaskTaskRunner
 
-from p2p.core.dask_client import remote_hosts, worker_hosts
+from p2p.core.dask_client import remote_hosts, secure_workers, worker_hosts
 from p2p.core.errors import ConfigError
 
 
@@ -40,6 +40,7 @@ def reporting_runner(address: str) -> Iterator[Any]:
             machines, or it runs on no server the workers could be given.
     """
     if PREFECT_API_URL.value():
+        secure_workers(address)  # worker_hosts below does it too
         yield DaskTaskRunner(address=address)
         return
     url = temporary_server_url()

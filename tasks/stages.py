@@ -48,9 +48,8 @@ def stage_task(stage: Stage) -> Task[..., StageRecord]:
         context = TaskRunContext.get()
         label = context.task_run.name if context else stage.name
         arguments = signature.bind(*args, **kwargs).arguments
-        if takes_progress:
-            arguments["progress"] = StageProgress(label, artifact_key("p2p", label, "progress"))
-        record: StageRecord = stage.run(**arguments)
+        bar = StageProgress(label, artifact_key("p2p", label, "progress"))
+        record: StageRecord = stage.run_watched(label, arguments, bar if takes_progress else None)
         state = "cached" if record.cached else f"built in {record.seconds:.1f} s"
         get_run_logger().info("%s: %s, %s", label, state, record.path)
         report = stage.report(record, arguments) if stage.report is not None else None

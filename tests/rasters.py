@@ -66,3 +66,30 @@ def ramp(
     """A deterministic (count, height, width) test pattern: band b at (y, x) = b*1000 + y + 2x."""
     b, y, x = np.meshgrid(np.arange(count), np.arange(height), np.arange(width), indexing="ij")
     return ((b * 1000 + y + 2 * x) * scale).astype(dtype)
+
+
+#: Tags that carry no pixel meaning and may differ between two writes of the same raster.
+#: None today: p2p writes no path, host, time or thread count into a raster's tags.
+FREE_TAGS: frozenset[str] = frozenset()
+
+
+def assert_same_raster(a: str | Path, b: str | Path) -> None:
+    """Two rasters hold the same pixels, grid, nodata, band descriptions and tags.
+
+    The promise is "same model, scene and settings → same pixels", not the same file bytes:
+    where in the file GDAL puts a block and how its compressor packs it are GDAL's business
+    (block cache pressure decides when a dirty block is flushed). So bytes are not compared;
+    a difference is reported as pixel counts, which says more than a byte index.
+    """
+    with rasterio.open(a) as x, rasterio.open(b) as y:
+        assert (x.crs, x.transform, x.shape, x.dtypes) == (y.crs, y.transform, y.shape, y.dtypes)
+        assert (x.nodatavals, x.descriptions) == (y.nodatavals, y.descriptions)
+        tags = [{k: v for k, v in d.tags().items() if k not in FREE_TAGS} for d in (x, y)]
+        assert tags[0] == tags[1]
+        va, vb = x.read(masked=True), y.read(masked=True)
+    differ = np.asarray((va.data != vb.data) | (va.mask != vb.mask))
+    if differ.any():
+        worst = np.abs(va.data.astype(np.float64) - vb.data.astype(np.float64)).max()
+        raise AssertionError(
+            f"{int(differ.sum())} of {differ.size} values differ (max |diff| {worst}): {a}, {b}"
+        )

@@ -120,3 +120,46 @@ def test_bigtiff_layout(tmp_path: Path) -> None:
     with rasterio.open(tmp_path / "big.cog.tif") as ds:
         np.testing.assert_array_equal(ds.read(), data)
         assert ds.overviews(1) == [2, 4] and ds.tags()["P2P_SCENE"] == "s"
+
+
+def gdal_cog(src: Path, dst: Path) -> Path:
+    """GDAL's own COG driver on `src` with p2p's settings (DEFLATE, predictor, 256 blocks,
+    average overviews)."""
+    from rasterio.shutil import copy
+
+    with rasterio.open(src) as ds:
+        predictor = "FLOATING_POINT" if ds.dtypes[0].startswith("float") else "YES"
+    copy(src, dst, driver="COG", COMPRESS="DEFLATE", LEVEL=6, PREDICTOR=predictor,
+         BLOCKSIZE=BLOCK, OVERVIEW_RESAMPLING="AVERAGE", BIGTIFF="IF_SAFER")  # fmt: skip
+    return dst
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_assembled_cog_matches_gdals_cog_driver(tmp_path: Path, dtype: str) -> None:
+    """Pixels, overviews (count, sizes, values), masks, nodata, tags and descriptions of the
+    assembled COG are those of GDAL's COG driver on the same input."""
+    data = _pixels(dtype, (3, 700, 900))
+    src = _write_partial(tmp_path / "src.tif", data, list(range(0, 700, BLOCK)))
+    assemble_cog(src, tmp_path / "p2p.tif", BLOCK)
+    gdal_cog(src, tmp_path / "gdal.tif")
+    with rasterio.open(tmp_path / "p2p.tif") as a, rasterio.open(tmp_path / "gdal.tif") as b:
+        assert (a.crs, a.transform, a.shape, a.dtypes) == (b.crs, b.transform, b.shape, b.dtypes)
+        assert (a.block_shapes, a.compression, a.descriptions) == (
+            b.block_shapes,
+            b.compression,
+            b.descriptions,
+        )
+        np.testing.assert_array_equal(a.nodatavals, b.nodatavals)
+        assert a.tags() == b.tags()
+        assert a.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == b.tags(ns="IMAGE_STRUCTURE")["LAYOUT"]
+        np.testing.assert_array_equal(a.read(), b.read())
+        np.testing.assert_array_equal(a.dataset_mask(), b.dataset_mask())
+        assert a.overviews(1) == b.overviews(1) and a.overviews(1)
+        for level in range(len(a.overviews(1))):
+            with (
+                rasterio.open(tmp_path / "p2p.tif", overview_level=level) as oa,
+                rasterio.open(tmp_path / "gdal.tif", overview_level=level) as ob,
+            ):
+                assert oa.shape == ob.shape
+                np.testing.assert_array_equal(oa.read(), ob.read())
+                np.testing.assert_array_equal(oa.dataset_mask(), ob.dataset_mask())

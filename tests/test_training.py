@@ -263,4 +263,6 @@ def test_training_code_imports_with_only_torch_and_numpy(tmp_path: Path) -> None
     )
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "ok"
-    assert (tmp_path / "previews" / "epoch_0001.png").exists()
+    # previews are Pillow's PNGs: without it training goes on, with a warning and no picture
+    assert not (tmp_path / "previews" / "epoch_0001.png").exists()
+    assert "no preview epoch_0001.png: PIL is not installed" in out.stderr

@@ -9,7 +9,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import TextIO
@@ -115,3 +117,52 @@ def log_output() -> bool:
     """Whether progress should also go to stdout as plain lines: stdout or stderr is not a
     terminal (a file, a pipe, a CI log)."""
     return not (sys.stdout.isatty() and sys.stderr.isatty())
+
+
+@contextlib.contextmanager
+def ctrl_c_stops_stages() -> Iterator[None]:
+    """Ctrl-C stops the running stages at their next progress report (`p2p.stages.watch`).
+
+    The first Ctrl-C asks every stage to stop (training keeps the checkpoint of its last
+    finished epoch); the flow then fails with `Interrupted`, which the command prints as one
+    line. A second Ctrl-C stops the whole process group at once (SIGTERM).
+
+    SIGINT is blocked in this thread while the block runs, so every thread and process
+    started inside it inherits the block: above all Prefect's temporary server, which a
+    terminal's Ctrl-C (sent to the whole process group) used to stop first, so that every
+    later client call failed with a ConnectError traceback. The server now stops last, at
+    exit. One thread of ours takes the signal: Python's C handler, in whichever thread the
+    signal lands, writes it to a wakeup pipe that thread reads (the main thread, blocked on
+    the flow, would run a Python handler only once the flow returned).
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from p2p.stages.watch import clear_interrupt, interrupt
+
+    read_end, write_end = os.pipe()
+    os.set_blocking(write_end, False)
+
+    def waiter() -> None:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        presses = 0
+        while data := os.read(read_end, 64):
+            presses += data.count(signal.SIGINT)
+            if presses == 1:
+                interrupt()
+            elif presses > 1:
+                os.killpg(0, signal.SIGTERM)
+        os.close(read_end)
+
+    previous = signal.signal(signal.SIGINT, lambda *_: None)  # the pipe is the handler
+    previous_fd = signal.set_wakeup_fd(write_end, warn_on_full_buffer=False)
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    threading.Thread(target=waiter, name="p2p-ctrl-c", daemon=True).start()
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+        signal.set_wakeup_fd(previous_fd)
+        signal.signal(signal.SIGINT, previous)
+        os.close(write_end)  # the waiter reads end-of-file and ends
+        clear_interrupt()

@@ -137,13 +137,21 @@ def run(
 
 
 def _run_flow(cfg: Any, until: str | None, plain: bool = True) -> dict[str, Any]:
-    from p2p.app.console import console_progress_bars, quiet_prefect
+    """Run the training flow; Ctrl-C stops it with one line and exit code 130 (a rerun of the
+    same command resumes)."""
+    from p2p.app.console import console_progress_bars, ctrl_c_stops_stages, quiet_prefect
+    from p2p.stages.watch import Interrupted
 
-    quiet_prefect(debugging())
-    from flows.train_pipeline import train_pipeline
+    with ctrl_c_stops_stages():  # before Prefect starts its server or any thread
+        quiet_prefect(debugging())
+        from flows.train_pipeline import train_pipeline
 
-    with console_progress_bars(plain):
-        return train_pipeline(cfg, until)  # type: ignore[arg-type]
+        try:
+            with console_progress_bars(plain):
+                return train_pipeline(cfg, until)  # type: ignore[arg-type]
+        except Interrupted as stopped:
+            typer.echo(stopped.line(), err=True)
+            raise typer.Exit(130) from None
 
 
 @app.command("train-node")

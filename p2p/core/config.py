@@ -295,6 +295,16 @@ class DaskConfig(FrozenConfig):
     )
 
 
+#: The stall watchdog of every stage (`p2p.stages.watch`): seconds, a week at most.
+WATCHDOG_S = 1800.0
+MAX_WATCHDOG_S = 7 * 24 * 3600.0
+WATCHDOG = (
+    "Seconds a stage may go without progress (blocks, steps, strips) before it fails with one "
+    "line naming the stage and how far it got, so a scheduled run never hangs; 0 turns the "
+    "watchdog off. Stages that report no progress (dataset, evaluate) are not timed."
+)
+
+
 class PipelineConfig(FrozenConfig):
     """Everything the training pipeline needs; the one parameter of `train_pipeline`."""
 
@@ -315,6 +325,9 @@ class PipelineConfig(FrozenConfig):
         default_factory=EvaluateConfig, description="What evaluation scores beyond the metrics."
     )
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster.")
+    watchdog_s: float = Field(
+        default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -359,4 +372,7 @@ class BatchPredictConfig(FrozenConfig):
     dask: DaskConfig = Field(
         default_factory=DaskConfig,
         description="With an address, scenes are predicted on that Dask cluster.",
+    )
+    watchdog_s: float = Field(
+        default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
     )

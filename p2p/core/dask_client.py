@@ -5,9 +5,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import socket
+import sys
 from collections.abc import Iterator
+from typing import Any
 from urllib.parse import urlsplit
 
+import dask
 from distributed import Client, LocalCluster
 
 from p2p.core.config import DaskConfig
@@ -16,6 +19,48 @@ from p2p.core.errors import ConfigError
 log = logging.getLogger(__name__)
 
 CONNECT_TIMEOUT_S = 20
+
+#: CPython before 3.12 can deadlock when one thread calls ``sys._current_frames`` while an
+#: allocation in another runs the garbage collector (python/cpython#106883 and #116969, not
+#: fixed in 3.11): Dask's worker profiler calls it every 10 ms, and a tiling run hung for good
+#: with the profiler in ``sys._current_frames`` and the event loop in Dask's GC diagnosis
+#: callback (dask/distributed#8616). Where the interpreter has the bug, the clusters p2p
+#: starts run without the profiler, and workers it joins have theirs stopped; the profile
+#: pane of the dashboard stays empty, nothing else changes.
+FRAMES_DEADLOCK = sys.version_info < (3, 12)
+#: Dask settings that keep every worker clear of ``sys._current_frames`` (read when a worker
+#: starts; a Nanny hands them to its worker process).
+SAFE_CONFIG = {"distributed.worker.profile.enabled": False}
+_PROFILER_CALLBACKS = ("profile", "profile-cycle")
+
+
+def safe_config() -> contextlib.AbstractContextManager[Any]:
+    """Dask's config for clusters started inside the block, safe on this interpreter."""
+    return dask.config.set(SAFE_CONFIG) if FRAMES_DEADLOCK else contextlib.nullcontext()
+
+
+def _stop_profiler(dask_worker: Any) -> bool:
+    """Stop a running worker's profiler (run on each worker with `Client.run`).
+
+    Returns:
+        Whether a profiler was running.
+    """
+    stopped = False
+    for name in _PROFILER_CALLBACKS:
+        callback = dask_worker.periodic_callbacks.pop(name, None)
+        if callback is not None:
+            callback.stop()
+            stopped = True
+    return stopped
+
+
+def make_safe(client: Client) -> None:
+    """Stop the profiler of every worker now attached to `client`'s scheduler, where this
+    interpreter can deadlock in it (see `FRAMES_DEADLOCK`). Workers joining later keep the
+    settings they were started with (start them with ``DASK_DISTRIBUTED__WORKER__PROFILE__
+    ENABLED=False``)."""
+    if FRAMES_DEADLOCK:
+        client.run(_stop_profiler)  # type: ignore[no-untyped-call]
 
 
 @contextlib.contextmanager
@@ -41,9 +86,11 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
                 "dask.address", f"cannot reach scheduler {config.address} ({exc})"
             ) from None
         with client:
+            make_safe(client)
             yield client
         return
     with (
+        safe_config(),
         LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=config.n_workers,
             threads_per_worker=config.threads_per_worker,
@@ -54,6 +101,16 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
     ):
         log.info("dask: local cluster with %s", client.nthreads())
         yield client
+
+
+def secure_workers(address: str) -> None:
+    """Stop the profilers of the workers attached to the scheduler at `address` (`make_safe`).
+
+    Raises:
+        ConfigError: the scheduler cannot be reached.
+    """
+    with dask_client(DaskConfig(address=address)):
+        pass
 
 
 def worker_hosts(address: str) -> list[str]:

@@ -22,10 +22,13 @@ Needs only torch (the launcher runs ``python -m torch.distributed.run``).
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
+import signal
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -37,6 +40,9 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from p2p.core.errors import ConfigError, StageError
 from p2p.model.world import processes_per_node
+
+#: Seconds torchrun gets to stop its ranks after SIGTERM before they are killed.
+STOP_GRACE_S = 10.0
 
 if TYPE_CHECKING:
     from p2p.core.config import TrainConfig
@@ -77,18 +83,20 @@ def init_from_torchrun() -> Rank:
 
 def exit_rank(code: int) -> NoReturn:
     """End this rank's process: after a last barrier when it succeeded (rank 0's files are
-    complete), then without the interpreter's teardown.
+    complete), leave the process group with `destroy_process_group`, then exit normally.
 
-    At exit, gloo's threads can abort the process ("terminate called without an active
-    exception", SIGABRT) after all work is done, which torchrun would report as a failed rank.
-    Everything a rank writes is written atomically and flushed before this point, so it leaves
-    with `os._exit` once stdout and stderr are flushed.
+    Destroying the group stops gloo's (and NCCL's) threads in order; a rank that left with
+    them running could abort in the interpreter's teardown ("terminate called without an
+    active exception", SIGABRT) after all work was done, which torchrun reports as a failed
+    rank.
     """
-    if code == 0 and dist.is_initialized():
-        dist.barrier()
+    if dist.is_initialized():
+        if code == 0:
+            dist.barrier()
+        dist.destroy_process_group()
     sys.stdout.flush()
     sys.stderr.flush()
-    os._exit(code)
+    sys.exit(code)
 
 
 def wrap(run: Pix2Pix) -> None:
@@ -138,12 +146,22 @@ def barrier() -> None:
         dist.barrier()
 
 
-def launch(cfg: TrainConfig, run_id: str, module: str, args: list[str], log_path: Path) -> None:
+def launch(
+    cfg: TrainConfig,
+    run_id: str,
+    module: str,
+    args: list[str],
+    log_path: Path,
+    poll: Callable[[], None] | None = None,
+) -> None:
     """Run ``python -m module *args`` as this node's training processes under torchrun.
 
     One node: a standalone rendezvous on a free local port. Several: the c10d rendezvous at
     `cfg.rendezvous`, with `run_id` (the stage key) as its id, so every node that runs the
     same stage joins the same job.
+
+    `poll` is called about once a second while the processes run; whatever it raises (an
+    interrupt, a stall) stops torchrun and its ranks (their own process group) and goes on up.
 
     Raises:
         ConfigError: More CUDA processes per node than this machine has GPUs.
@@ -167,12 +185,37 @@ def launch(cfg: TrainConfig, run_id: str, module: str, args: list[str], log_path
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:  # earlier attempts' output stays above this one's
         start = log.tell()
-        done = subprocess.run(
-            [*cmd, "-m", module, *args], stdout=log, stderr=subprocess.STDOUT, env=env
+        done = subprocess.Popen(
+            [*cmd, "-m", module, *args],
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,  # stopped as a group, by this process
         )
+        _wait(done, poll)
     if done.returncode != 0:
         problem = _failure(log_path, start)
         raise StageError(log_path.parent, f"{problem}; see {log_path}; rerun to resume")
+
+
+def _wait(proc: subprocess.Popen[bytes], poll: Callable[[], None] | None) -> None:
+    """Wait for torchrun, calling `poll` about once a second; stop its group if that raises."""
+    try:
+        while proc.poll() is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=1.0)
+            if poll is not None and proc.returncode is None:
+                poll()
+    except BaseException:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        raise
 
 
 def _failure(log_path: Path, start: int) -> str:

@@ -29,12 +29,17 @@ def key_parts(
     predict: PredictConfig,
     evaluate: EvaluateConfig | None = None,
 ) -> KeyParts:
-    """The split, the prediction settings that decide the seamless pixels, the indices scored,
-    and the train and dataset stages' keys."""
-    window = {"batch_size", "tile_size", "overlap", "blend", "tta"}
+    """The split, every prediction setting the seamless pixels read (window, blend, TTA,
+    batch, device, nodata), the indices scored, and the train and dataset stages' keys.
+
+    Left out: ``runtime`` (evaluate always runs torch: a fresh bundle has no ONNX export) and
+    ``output_format`` (evaluate writes no raster). tests/test_stage_keys.py checks that every
+    other setting a stage reads is in its key.
+    """
+    unread = {"runtime", "output_format"}
     config = {
         "split": "val",
-        "predict": predict.model_dump(mode="json", include=window),
+        "predict": predict.model_dump(mode="json", exclude=unread),
         "evaluate": (evaluate or EvaluateConfig()).model_dump(mode="json"),
     }
     return KeyParts(NAME, VERSION, config, [finished_stage(train).key, finished_stage(dataset).key])

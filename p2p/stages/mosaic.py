@@ -80,4 +80,6 @@ def report(record: StageRecord, _: Mapping[str, Any]) -> StageReport:
     return StageReport("p2p-mosaic-quicklook", "Mosaic quicklook", text)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, task="mosaic", retries=2, report=report)
+STAGE = Stage(
+    NAME, VERSION, key_parts, run, task="mosaic", retries=2, report=report, unit="windows"
+)

@@ -15,7 +15,6 @@ these declarations list.
 
 from __future__ import annotations
 
-import inspect
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -360,12 +359,12 @@ def in_process(progress: Callable[[str], Progress | None] | None = None) -> Runn
     """
 
     def run(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
-        takes_progress = "progress" in inspect.signature(stage.run).parameters
-        records = []
-        for label, arguments in calls:
-            extra = {"progress": progress(label)} if progress and takes_progress else {}
-            records.append(stage.run(workspace, **arguments, **extra))
-        return records
+        return [
+            stage.run_watched(
+                label, {"workspace": workspace, **arguments}, progress(label) if progress else None
+            )
+            for label, arguments in calls
+        ]
 
     return run
 

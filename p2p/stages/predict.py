@@ -75,4 +75,6 @@ def run(
     return run_stage(workspace, parts, build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, task="predict-scene", gpu=True, retries=1)
+STAGE = Stage(
+    NAME, VERSION, key_parts, run, task="predict-scene", gpu=True, retries=1, unit="row strips"
+)

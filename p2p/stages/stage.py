@@ -59,6 +59,7 @@ class Stage:
         gpu: Whether the stage wants the accelerator (tags the Prefect task).
         retries: Retries of a transient (I/O) failure; bad input is never retried.
         report: The report published once the stage returned, if any.
+        unit: What its progress reports count, named when it stalls (`p2p.stages.watch`).
     """
 
     name: str
@@ -69,6 +70,23 @@ class Stage:
     gpu: bool = False
     retries: int = 0
     report: Reporter | None = None
+    unit: str = "steps"
+
+    def run_watched(
+        self, label: str, arguments: Mapping[str, Any], progress: Progress | None = None
+    ) -> StageRecord:
+        """``run(**arguments)`` under the stall watchdog and Ctrl-C (`p2p.stages.watch`).
+
+        A stage that reports progress fails after the stall limit without a report; one that
+        does not (dataset, evaluate) is only stopped by an interrupt.
+        """
+        from p2p.stages.watch import run_watched
+
+        if "progress" not in inspect.signature(self.run).parameters:
+            return run_watched(label, self.unit, lambda _: self.run(**arguments), stall=False)
+        return run_watched(
+            label, self.unit, lambda beat: self.run(**arguments, progress=beat), progress
+        )
 
     def parts(self, arguments: Mapping[str, Any]) -> KeyParts:
         """The key parts of a call with these arguments (extra arguments are ignored)."""

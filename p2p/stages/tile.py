@@ -75,4 +75,4 @@ def run(
     return run_stage(workspace, parts, build, build_in_bucket=build)
 
 
-STAGE = Stage(NAME, VERSION, key_parts, run, task="tile-scene", retries=2)
+STAGE = Stage(NAME, VERSION, key_parts, run, task="tile-scene", retries=2, unit="blocks")

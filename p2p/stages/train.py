@@ -81,15 +81,17 @@ def run(
         from p2p.model.training import train as train_loop
         from p2p.model.world import world_size
         from p2p.stages.train_worker import datasets, linear_anchor, train_on_ranks
+        from p2p.stages.watch import where
 
         def report(p: TrainProgress) -> None:
+            where(f"epoch {p.epoch} of {p.epochs}")  # a stall or Ctrl-C names the epoch
             if progress is not None:
                 progress((p.epoch - 1) * p.steps_per_epoch + p.step, p.epochs * p.steps_per_epoch)
 
         n_val = int(ds.summary.get("n_val", 0))
         train_set, val_set, source_stats, target_stats = datasets(ds.path, n_val, train)
         if world_size(train) > 1:  # torchrun; progress is per epoch in metrics.jsonl
-            result = train_on_ranks(ds.path, n_val, model, train, folder)
+            result = train_on_ranks(ds.path, n_val, model, train, folder, progress)
         else:
             anchor = linear_anchor(ds.path, source_stats, target_stats)
             result = train_loop(

@@ -15,6 +15,7 @@ with it.
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -28,6 +29,8 @@ from p2p.model import distributed
 from p2p.model.baselines import normalized_linear
 from p2p.model.normalization import BandStats
 from p2p.model.training import TrainResult, train
+from p2p.stages.stage import Progress
+from p2p.stages.watch import checkpoint, where
 
 SPEC = "ddp.json"
 RESULT = "ddp_result.json"
@@ -54,9 +57,17 @@ def linear_anchor(
 
 
 def train_on_ranks(
-    dataset_dir: str | Path, n_val: int, model_cfg: ModelConfig, cfg: TrainConfig, folder: Path
+    dataset_dir: str | Path,
+    n_val: int,
+    model_cfg: ModelConfig,
+    cfg: TrainConfig,
+    folder: Path,
+    progress: Progress | None = None,
 ) -> TrainResult:
     """Train with this node's share of `world_size(cfg)` processes under torchrun.
+
+    Progress is reported per finished epoch (the lines of ``metrics.jsonl``), so the stall
+    watchdog sees the ranks; an interrupt or a stall stops torchrun and its ranks.
 
     Raises:
         StageError: A rank failed; the message names it and the log. A rerun resumes from
@@ -72,7 +83,8 @@ def train_on_ranks(
     folder.mkdir(parents=True, exist_ok=True)
     (folder / RESULT).unlink(missing_ok=True)
     atomic_write_json(folder / SPEC, spec)
-    distributed.launch(cfg, folder.name, __name__, [str(folder / SPEC)], folder / LOG)
+    poll = _epoch_progress(folder / "metrics.jsonl", cfg.epochs + cfg.epochs_decay, progress)
+    distributed.launch(cfg, folder.name, __name__, [str(folder / SPEC)], folder / LOG, poll)
     if not (folder / RESULT).is_file():
         raise StageError(folder, f"the training processes left no {RESULT}; see {folder / LOG}")
     done = read_json(folder / RESULT)
@@ -86,6 +98,22 @@ def train_on_ranks(
         kept_epoch=int(done["kept_epoch"]),
         keep=str(done["keep"]),
     )
+
+
+def _epoch_progress(metrics: Path, epochs: int, progress: Progress | None) -> Callable[[], None]:
+    """A `launch` poll: raises on an interrupt, reports each epoch the ranks finish."""
+    seen = [-1]
+
+    def poll() -> None:
+        checkpoint()
+        done = len(metrics.read_text().splitlines()) if metrics.is_file() else 0
+        if done != seen[0]:
+            seen[0] = done
+            where(f"epoch {min(done + 1, epochs)} of {epochs}")
+            if progress is not None:
+                progress(done, epochs)
+
+    return poll
 
 
 def run_rank(spec: dict[str, Any]) -> None:
