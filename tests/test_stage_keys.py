@@ -73,6 +73,7 @@ ALTERNATIVES: dict[str, Callable[[Any, Path], Any]] = {
     "DaskConfig.n_workers": lambda v, tmp: 3,
     "DaskConfig.threads_per_worker": lambda v, tmp: 3,
     "TrainConfig.rendezvous": lambda v, tmp: "127.0.0.1:29400",
+    "EvaluateConfig.indices": lambda v, tmp: [] if v else ["nd=1,2"],
 }
 #: Fields that can only change together with another (nodes > 1 needs a rendezvous).
 TOGETHER = {"TrainConfig.nodes": {"nodes": 2, "rendezvous": "127.0.0.1:29400"}}
