@@ -246,9 +246,9 @@ def predict_scene(
         _streaming_cache(reader, bundle, config),
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
-        from p2p.infer.translator import open_translator  # torch: only when windows are run
+        from p2p.infer.translator import open_windows  # torch: only when windows are run
 
-        model = open_translator(bundle, config)
+        windows = open_windows(bundle, config)
         job = scene_job(bundle, scene, config)
         output.parent.mkdir(parents=True, exist_ok=True)
         sink = RowSink(output, job, plan.ly.size)
@@ -266,7 +266,7 @@ def predict_scene(
         else:
             log.info("%s: resuming after row %d", output, sink.rows_done)
         rows_done = sink.rows_done
-        write_strips(reader, model, plan, sink, progress)
+        write_strips(reader, windows, plan, sink, progress)
         sink.publish(config.output_format)
     return PredictResult(
         output=str(output),
@@ -318,13 +318,13 @@ def predict_rows(
                     runs.append([r])
         if not runs:
             return
-        from p2p.infer.translator import open_translator
+        from p2p.infer.translator import open_windows
 
-        model = open_translator(bundle, config)
+        windows = open_windows(bundle, config)
 
         def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
             consume(ly.centre(r)[0], strip_values(plan, acc, valid), valid)
 
         for run in runs:
             loop = StripLoop(ly.covering(*ly.centre(run[0])).start, run[0])
-            compute_strips(reader, model, plan, loop, emit, lambda _: None, run[-1] + 1)
+            compute_strips(reader, windows, plan, loop, emit, lambda *_: None, run[-1] + 1)

@@ -9,12 +9,14 @@ Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when
 from __future__ import annotations
 
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from p2p.core.errors import ConfigError
+from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
+from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import select_device
 
 if TYPE_CHECKING:
@@ -27,6 +29,18 @@ class WindowModel(Protocol):
     """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TensorModel(Protocol):
+    """A `WindowModel` that also runs batches already on its device (`run`), with no host
+    copy: `(N, C_in, h, w)` float32 normalized tensor → the same for `C_out`, on that device."""
+
+    device: torch.device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,17 +72,25 @@ class Translator:
         bf16 = not self.cuda or torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
 
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
-        x = torch.from_numpy(batch)
-        if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, C_in, h, w)` float32 normalized on `device` → `(N, C_out, h, w)` float32
+        normalized, there (no grad, ordinary tensors: the strip loop adds into them)."""
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.fast):
-            y = self.generator(x)
-        return np.ascontiguousarray(y.float().cpu().numpy())
+            y: torch.Tensor = self.generator(x)
+        return y.float()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
+        return np.ascontiguousarray(self.run(to_device(batch, self.device)).cpu().numpy())
+
+
+def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on `device` (through pinned memory on CUDA, so the copy runs async)."""
+    x = torch.from_numpy(batch)
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
 def _onnxruntime() -> Any:
@@ -120,18 +142,38 @@ class OnnxTranslator:
 
 
 class DihedralMean:
-    """Test-time augmentation: a `WindowModel` averaged over the 8 symmetries of the square.
+    """Test-time augmentation: a model averaged over the 8 symmetries of the square.
 
     Each batch is run once per symmetry (`p2p.model.augment.dihedral`, the training
-    augmentation's), each output is turned back (`undo_dihedral`) and the 8 are averaged.
-    Windows must be square (they are: `tile_size` on both axes).
+    augmentation's), each output is turned back (`undo_dihedral`) and the 8 are summed in
+    order and divided by 8. Around a `TensorModel` the batch is turned on the model's device
+    (8 forwards of the batch, no host copy in between; `run` keeps it there); around another
+    runtime (ONNX) each symmetry goes through numpy. Windows must be square (they are:
+    `tile_size` on both axes).
     """
 
     def __init__(self, model: WindowModel) -> None:
         self.model = model
+        if isinstance(model, TensorModel):  # then this is a TensorModel too
+            self.device = model.device
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, C_in, s, s)` float32 normalized on the device → `(N, C_out, s, s)` there."""
+        from p2p.model.augment import dihedral, undo_dihedral
+
+        assert isinstance(self.model, TensorModel)
+        total: torch.Tensor | None = None
+        for k in range(8):
+            y = undo_dihedral(self.model.run(dihedral(x, k).contiguous()), k)
+            total = y if total is None else total + y
+        assert total is not None
+        return total / 8
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized."""
+        if isinstance(self.model, TensorModel):
+            y = self.run(to_device(batch, self.model.device))
+            return np.ascontiguousarray(y.cpu().numpy(), dtype=np.float32)
         from p2p.model.augment import dihedral, undo_dihedral
 
         x = torch.from_numpy(batch)
@@ -159,6 +201,27 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
     else:
         model = Translator(bundle.generator, pick_device(config.device))
     return DihedralMean(model) if config.tta else model
+
+
+#: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
+#: tensors (`TorchWindows`); elsewhere numpy is faster. Tests add "cpu" to run that path here.
+TENSOR_DEVICES = ("cuda",)
+
+
+def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
+    """The strip loop's model and arrays for `config`: on a `TENSOR_DEVICES` device with the
+    torch runtime, tensors on that device; otherwise numpy around `open_translator`.
+
+    Raises:
+        ConfigError, BundleError: as `open_translator`.
+    """
+    stats = BandStats.from_dict(bundle.meta.source_stats)
+    if config.runtime == "torch":
+        device = pick_device(config.device)
+        if device.type in TENSOR_DEVICES:
+            model = Translator(bundle.generator, device)
+            return TorchWindows(DihedralMean(model) if config.tta else model, device, stats)
+    return NumpyWindows(open_translator(bundle, config), stats)
 
 
 def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
