@@ -17,7 +17,7 @@ loop's, so the bytes and the commits are too. Its arrays live where the model ru
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from functools import partial
 from typing import TYPE_CHECKING, Any
@@ -305,29 +305,50 @@ def _strips_of_window(ly: AxisLayout, j: int) -> range:
     return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
+def spread_values(plan: StripPlan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A blended strip of test-time spread as written: `(C_out, h, width)` float32 in the
+    target's units (the normalized spread scaled by half each band's span), NaN where the
+    source was invalid."""
+    half = np.asarray(plan.target_stats.spans(), dtype=np.float32)[:, None, None] / 2
+    return np.where(valid[None], acc * half, np.float32(np.nan)).astype(np.float32)
+
+
 def write_strips(
     reader: SceneReader,
     windows: Windows,
     plan: StripPlan,
-    sink: RowSink,
+    sinks: Sequence[RowSink],
     progress: Progress | None,
 ) -> None:
-    """Compute and write the strips from where an earlier run committed: its carry when it
-    left one, else the strip holding the first unwritten row."""
-    if sink.marks:
-        loop = StripLoop.restore(sink.marks, sink.carry)
-    else:
-        ly = plan.ly
-        first = min(sink.rows_done // ly.stride, ly.count)
+    """Compute and write the strips from where an earlier run committed: its carry when every
+    sink committed the same one, else the strip holding the first row a sink lacks.
+
+    Args:
+        sinks: The prediction's; with a second one, the model's outputs carry as many spread
+            channels after the prediction's (`DihedralMean(spread=True)`), written there.
+    """
+    ly, marks = plan.ly, sinks[0].marks
+    if marks and all(s.marks == marks for s in sinks):
+        loop = StripLoop.restore(marks, sinks[0].carry)
+    else:  # rows a sink took already are skipped when they come again (`RowSink.add`)
+        first = min(min(s.rows_done for s in sinks) // ly.stride, ly.count)
         loop = StripLoop(
             ly.covering(*ly.centre(first)).start if first < ly.count else ly.count, first
         )
     if progress:
-        progress(loop.strip, plan.ly.count)
+        progress(loop.strip, ly.count)
 
     def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-        sink.add(plan.ly.centre(r)[0], strip_values(plan, acc, valid))
+        row, bands = ly.centre(r)[0], acc.shape[0] // len(sinks)
+        sinks[0].add(row, strip_values(plan, acc[:bands], valid))
+        for sink in sinks[1:]:
+            sink.add(row, spread_values(plan, acc[bands:], valid))
         if progress:
-            progress(r + 1, plan.ly.count)
+            progress(r + 1, ly.count)
 
-    compute_strips(reader, windows, plan, loop, emit, sink.commit)
+    def commit(marks: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
+        sinks[0].commit(marks, arrays)
+        for sink in sinks[1:]:  # its rows short of a block row: resumed only if marks agree
+            sink.commit(marks, {})
+
+    compute_strips(reader, windows, plan, loop, emit, commit)

@@ -8,6 +8,7 @@ Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
@@ -150,40 +151,56 @@ class DihedralMean:
     (8 forwards of the batch, no host copy in between; `run` keeps it there); around another
     runtime (ONNX) each symmetry goes through numpy. Windows must be square (they are:
     `tile_size` on both axes).
+
+    Args:
+        model: The model run per symmetry.
+        spread: Also return the 8 outputs' population standard deviation, as `C_out` more
+            channels after the mean (the mean's values do not change).
     """
 
-    def __init__(self, model: WindowModel) -> None:
-        self.model = model
+    def __init__(self, model: WindowModel, spread: bool = False) -> None:
+        self.model, self.spread = model, spread
         if isinstance(model, TensorModel):  # then this is a TensorModel too
             self.device = model.device
 
+    def _combine(self, turned_back: Iterator[torch.Tensor]) -> torch.Tensor:
+        """Mean (and spread) of the 8 outputs, turned back: `(N, C_out or 2·C_out, s, s)`."""
+        outputs = list(turned_back) if self.spread else []
+        total: torch.Tensor | None = None
+        for y in outputs or turned_back:
+            total = y if total is None else total + y
+        assert total is not None
+        mean = total / 8
+        if not self.spread:
+            return mean
+        var = sum(((y - mean) ** 2 for y in outputs), torch.zeros_like(mean)) / 8
+        return torch.cat([mean, var.sqrt()], dim=1)
+
     def run(self, x: torch.Tensor) -> torch.Tensor:
-        """`(N, C_in, s, s)` float32 normalized on the device → `(N, C_out, s, s)` there."""
+        """`(N, C_in, s, s)` float32 normalized on the device → `(N, C_out, s, s)` there
+        (`2·C_out` with `spread`)."""
         from p2p.model.augment import dihedral, undo_dihedral
 
         assert isinstance(self.model, TensorModel)
-        total: torch.Tensor | None = None
-        for k in range(8):
-            y = undo_dihedral(self.model.run(dihedral(x, k).contiguous()), k)
-            total = y if total is None else total + y
-        assert total is not None
-        return total / 8
+        model = self.model
+        return self._combine(
+            undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)
+        )
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized."""
+        """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized
+        (`2·C_out` with `spread`)."""
         if isinstance(self.model, TensorModel):
             y = self.run(to_device(batch, self.model.device))
             return np.ascontiguousarray(y.cpu().numpy(), dtype=np.float32)
         from p2p.model.augment import dihedral, undo_dihedral
 
-        x = torch.from_numpy(batch)
-        total: torch.Tensor | None = None
-        for k in range(8):
-            turned = np.ascontiguousarray(dihedral(x, k).numpy())
-            y = undo_dihedral(torch.from_numpy(self.model(turned)), k)
-            total = y if total is None else total + y
-        assert total is not None
-        return np.ascontiguousarray((total / 8).numpy(), dtype=np.float32)
+        x, model = torch.from_numpy(batch), self.model
+        total = self._combine(
+            undo_dihedral(torch.from_numpy(model(np.ascontiguousarray(dihedral(x, k).numpy()))), k)
+            for k in range(8)
+        )
+        return np.ascontiguousarray(total.numpy(), dtype=np.float32)
 
 
 def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
@@ -200,7 +217,7 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
         model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
     else:
         model = Translator(bundle.generator, pick_device(config.device))
-    return DihedralMean(model) if config.tta else model
+    return DihedralMean(model, config.uncertainty) if config.tta else model
 
 
 #: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
@@ -220,7 +237,8 @@ def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
         device = pick_device(config.device)
         if device.type in TENSOR_DEVICES:
             model = Translator(bundle.generator, device)
-            return TorchWindows(DihedralMean(model) if config.tta else model, device, stats)
+            tensors = DihedralMean(model, config.uncertainty) if config.tta else model
+            return TorchWindows(tensors, device, stats)
     return NumpyWindows(open_translator(bundle, config), stats)
 
 
