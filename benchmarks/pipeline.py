@@ -20,12 +20,12 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
-from inference import write_model, write_scene  # noqa: E402  (the same scene and model)
+from inference import write_model, write_scene
 
-from p2p.core.config import PredictConfig, SceneConfig  # noqa: E402
-from p2p.infer import strips, translator  # noqa: E402
-from p2p.infer.inference import predict_scene  # noqa: E402
-from p2p.model.bundle import load_bundle  # noqa: E402
+from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer import strips, translator
+from p2p.infer.inference import predict_scene
+from p2p.model.bundle import load_bundle
 
 #: (name, pipeline depth, device types that run the torch-tensor loop).
 VARIANTS = [
@@ -64,9 +64,10 @@ def main() -> None:
                 predict_scene(bundle, SceneConfig(source=str(folder / "scene.tif")), out, config)
                 times[name].append(time.perf_counter() - start)
                 outputs[name] = out.read_bytes()
+    threads = torch.get_num_threads()
     print(f"scene {args.side}² x 3 uint16, U-Net ngf={args.ngf} num_downs={args.num_downs}, "
           f"tile {args.tile}, overlap {args.overlap}, batch {args.batch}, tta {args.tta}, "
-          f"{args.device} ({torch.get_num_threads()} torch threads); best of {args.repeat}")  # fmt: skip
+          f"{args.device} ({threads} torch threads); best of {args.repeat}")  # fmt: skip
     print("\n| engine | best s | median s | vs sequential (best) | same bytes |")
     print("|---|---|---|---|---|")
     base = min(times["sequential"])
