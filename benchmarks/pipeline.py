@@ -4,7 +4,8 @@ The same `predict_scene` of one scene, in one process, interleaved run by run (b
 `--repeat`), with `p2p.infer.strips.PIPELINE_DEPTH = 0` (everything on one thread, the
 reference), with the default depth (reader and writer threads), and with the loop's arrays as
 torch tensors (the CUDA code; on the CPU here unless `--device cuda`). Prints seconds and the
-ratio to the sequential run, and checks that every variant wrote the sequential bytes.
+ratio to the sequential run, and whether each variant wrote the sequential bytes (the
+threaded numpy loop must; the tensor loop agrees to float32 rounding, docs/inference.md).
 
     python benchmarks/pipeline.py --side 1024 --ngf 8 --repeat 5
 """

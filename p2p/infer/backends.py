@@ -10,8 +10,8 @@ input from the pixels read, allocation, the way to and from the host, and the mo
   reflect-padding, the test-time symmetries and both blends run on the device, and only
   finished strips (and the carry at commits) come back to the host.
 
-Both run the same float32 operations in the same order, so on the CPU they give the same
-values (tests/test_inference.py); on CUDA the model's autocast sets the precision
+Both run the same float32 operations in the same order, so on the CPU they agree to float32
+rounding (tests/test_engine.py); on CUDA the model's autocast sets the precision
 (docs/inference.md).
 """
 
