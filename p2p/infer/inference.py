@@ -27,6 +27,7 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -356,8 +357,9 @@ def predict_rows(
 
         windows = open_windows(bundle, config.model_copy(update={"uncertainty": False}))
 
-        def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-            consume(ly.centre(r)[0], strip_values(plan, acc, valid), valid)
+        def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> Callable[[], None]:
+            values = strip_values(plan, acc, valid)
+            return partial(consume, ly.centre(r)[0], values, valid)
 
         for run in runs:
             loop = StripLoop(ly.covering(*ly.centre(run[0])).start, run[0])

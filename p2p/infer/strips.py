@@ -198,22 +198,29 @@ PIPELINE_DEPTH = 2
 #: `commit(marks, arrays)`: the loop's counters and its carry (host arrays), to resume from.
 Commit = Callable[[dict[str, int], dict[str, np.ndarray]], None]
 
+#: `emit(index, acc, valid)`, on the model's thread, turns a complete strip (host arrays) into
+#: what it writes and returns the writing, run on the writer thread. Scene-wide buffers are
+#: made on the model's thread: glibc gives each thread a malloc arena of its own, and buffers
+#: freed in two arenas would each keep their peak (peak memory grew ~3 points more from 1x to
+#: 16x the area when the writer thread cast the strips).
+Emit = Callable[[int, np.ndarray, np.ndarray], Callable[[], None]]
+
 
 def compute_strips(
     reader: SceneReader,
     windows: Windows,
     plan: StripPlan,
     loop: StripLoop,
-    emit: Callable[[int, np.ndarray, np.ndarray], None],
+    emit: Emit,
     commit: Commit,
     stop: int | None = None,
 ) -> None:
     """Compute window rows from `loop.window` on, passing each strip, once complete, to
-    `emit(index, acc, valid)` (host arrays), and its state to `commit` after each window row
-    that completed one; with `stop`, only until strip `stop - 1` is emitted. A strip's pixels
-    do not depend on where the run starts or stops.
+    `emit(index, acc, valid)` (host arrays; what it returns runs on the writer thread), and its
+    state to `commit` after each window row that completed one; with `stop`, only until strip
+    `stop - 1` is emitted. A strip's pixels do not depend on where the run starts or stops.
 
-    Reading runs ahead on a reader thread and `emit`/`commit` behind on a writer thread
+    Reading runs ahead on a reader thread and the writing and `commit` behind on a writer thread
     (`PIPELINE_DEPTH`), in the sequential loop's order and with its sums: the same calls with
     the same values. The model waits for a commit to be written only before it next adds into
     the accumulators that commit saves.
@@ -243,7 +250,8 @@ def compute_strips(
                 loop.valid[j] = row_valid
             done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
             for r in done:
-                writer.submit(partial(_emit, windows, emit, r, loop.acc.pop(r), loop.valid.pop(r)))
+                acc, valid = windows.host(loop.acc.pop(r)), loop.valid.pop(r)
+                writer.submit(emit(r, acc, valid))
                 loop.strip = r + 1
             loop.window = j + 1
             if done:
@@ -270,16 +278,6 @@ def _add_to_strips(run: _Run, loop: StripLoop, j: int, c0: int, out: Array) -> N
             loop.acc[r] = strip = grown
         w = run.wy[j, lo - s : hi - s, None]  # `(rows, 1)`: broadcast along the columns
         strip[:, lo - a : hi - a, c0:c1] += out[:, lo - s : hi - s] * w
-
-
-def _emit(
-    windows: Windows,
-    emit: Callable[[int, np.ndarray, np.ndarray], None],
-    r: int,
-    acc: Array,
-    valid: np.ndarray,
-) -> None:
-    emit(r, windows.host(acc), valid)
 
 
 def _commit(
@@ -338,13 +336,18 @@ def write_strips(
     if progress:
         progress(loop.strip, ly.count)
 
-    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
+    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> Callable[[], None]:
         row, bands = ly.centre(r)[0], acc.shape[0] // len(sinks)
-        sinks[0].add(row, strip_values(plan, acc[:bands], valid))
-        for sink in sinks[1:]:
-            sink.add(row, spread_values(plan, acc[bands:], valid))
-        if progress:
-            progress(r + 1, ly.count)
+        layers = [strip_values(plan, acc[:bands], valid)]
+        layers += [spread_values(plan, acc[bands:], valid) for _ in sinks[1:]]
+
+        def write() -> None:
+            for sink, values in zip(sinks, layers, strict=True):
+                sink.add(row, values)
+            if progress:
+                progress(r + 1, ly.count)
+
+        return write
 
     def commit(marks: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
         sinks[0].commit(marks, arrays)
