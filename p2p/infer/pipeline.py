@@ -2,7 +2,7 @@
 
 The strip loop (`p2p.infer.strips`) runs the model on the calling thread. `Prefetch` reads and
 prepares the next windows on a thread of its own (GDAL decodes and numpy prepares without the
-GIL), and `Writer` runs the finished strips' casting, encoding and commits on another, in the
+GIL), and `Writer` runs the finished strips' encoding, writing and commits on another, in the
 order they were handed over. Both hold a bounded number of items, so memory stays flat
 whatever the scene's size; with ``depth == 0`` both run inline on the caller's thread, the
 sequential reference the threaded run must match byte for byte.

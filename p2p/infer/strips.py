@@ -9,9 +9,9 @@ dtype and handed to a `RowSink`. The loop's state (`StripLoop`) is committed wit
 after every window row that completes a strip, so a killed run resumes there exactly.
 
 The loop is a pipeline of three threads (`p2p.infer.pipeline`): a reader decodes and prepares
-the next reads while the model runs, and a writer casts, encodes and commits the finished
-strips behind it; queues are bounded and the order of every sum and commit is the sequential
-loop's, so the bytes and the commits are too. Its arrays live where the model runs
+the next reads while the model runs, and a writer encodes, writes and commits the finished
+(already cast) strips behind it; queues are bounded and the order of every sum and commit is
+the sequential loop's, so the bytes and the commits are too. Its arrays live where the model runs
 (`p2p.infer.backends`: numpy on the CPU, tensors on the GPU).
 """
 
