@@ -11,15 +11,21 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+import rasterio
 import torch
 from synthetic import SyntheticPairs
 
-from p2p.core.config import ModelConfig, TrainConfig
-from p2p.infer.translator import Translator
+from p2p.core.config import ModelConfig, PredictConfig, SceneConfig, TrainConfig
+from p2p.infer.backends import TorchWindows
+from p2p.infer.inference import predict_scene
+from p2p.infer.translator import Translator, open_windows
+from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.checkpoint import load_checkpoint
 from p2p.model.networks import UNetGenerator
+from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
 from p2p.model.training import train
+from tests.rasters import write_geotiff
 
 MODEL = ModelConfig(
     num_downs=5, ngf=16, ndf=16, n_layers_d=3, norm="batch", dropout=0.0, linear_anchor=False
@@ -90,3 +96,55 @@ def test_reduced_precision_training_runs_on_cpu(tmp_path: Path, precision: str) 
     weights = load_checkpoint(result.checkpoint)["generator"]
     floats = {t.dtype for t in weights.values() if t.is_floating_point()}
     assert floats == {torch.float32}  # master weights stay fp32 under autocast
+
+
+def _unet_bundle(model_dir: Path) -> Bundle:
+    """A 5-level U-Net bundle, 3 uint16 bands → 1 float32 band with a [0, 2] target span."""
+    torch.manual_seed(0)
+    model = {"num_downs": 5, "ngf": 16, "norm": "batch", "dropout": 0.0}
+    generator = UNetGenerator(3, 1, **model).eval()  # type: ignore[arg-type]
+    meta = BundleMeta(
+        model=model,
+        in_channels=3,
+        out_channels=1,
+        source_bands=("b1", "b2", "b3"),
+        target_bands=("t",),
+        source_stats=BandStats((2000.0,) * 3, (500.0,) * 3, (0.0,) * 3, (4000.0,) * 3).to_dict(),
+        target_stats=BandStats((1.0,), (0.5,), (0.0,), (2.0,)).to_dict(),
+        target_dtype="float32",
+        target_nodata=None,
+        source_nodata=0.0,
+        chip_size=64,
+    )
+    write_bundle(model_dir, generator, meta)
+    return load_bundle(model_dir)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("tta", [False, True])
+def test_device_resident_prediction_matches_the_cpu(tmp_path: Path, tta: bool) -> None:
+    """On CUDA, windows, symmetries and blend sums stay on the device (`TorchWindows`, bf16 or
+    fp16 autocast); the scene agrees with the CPU's numpy path within docs/inference.md's
+    precision: 0.05 of the normalized range [-1, 1], i.e. 0.05 in this target's units."""
+    bundle = _unet_bundle(tmp_path / "model")
+    rng = np.random.default_rng(0)
+    yy, xx = np.mgrid[0:300, 0:260]
+    base = 2000 + 900 * np.sin(xx / 23.0) * np.cos(yy / 31.0)
+    data = np.stack([base + 150 * b + rng.normal(0, 40, base.shape) for b in range(3)])
+    data[:, 40:60, 100:130] = 0  # a hole of nodata
+    scene = SceneConfig(source=str(write_geotiff(tmp_path / "s.tif", data.astype(np.uint16))))
+    config = PredictConfig(tile_size=64, overlap=8, batch_size=4, output_format="gtiff", tta=tta)
+    assert isinstance(open_windows(bundle, config.model_copy(update={"device": "cuda"})),
+                      TorchWindows)  # fmt: skip
+    out = {}
+    for device in ("cpu", "cuda"):
+        cfg = config.model_copy(update={"device": device})
+        out[device] = predict_scene(bundle, scene, tmp_path / f"{device}.tif", cfg).output
+    with rasterio.open(out["cpu"]) as c, rasterio.open(out["cuda"]) as g:
+        cpu, gpu = c.read(1), g.read(1)
+    np.testing.assert_array_equal(np.isnan(cpu), np.isnan(gpu))  # nodata where the source is
+    valid = ~np.isnan(cpu)
+    assert np.isnan(cpu).any() and valid.mean() > 0.95
+    diff = np.abs(gpu[valid] - cpu[valid])
+    assert diff.max() <= 0.05, diff.max()
+    assert diff.mean() <= 0.01, diff.mean()

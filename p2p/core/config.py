@@ -230,11 +230,19 @@ class PredictConfig(FrozenConfig):
         "averaged; 8x the model's compute. On by default: it lowered the unseen-pixel MAE on "
         "every case of benchmarks/quality.py; false for 8x fewer forward passes.",
     )
+    uncertainty: bool = Field(
+        default=False,
+        description="Also write the per-pixel spread of the 8 test-time symmetries (their "
+        "standard deviation in target units, blended across windows like the prediction) as a "
+        "float32 raster beside the output, NAME.uncertainty.tif; needs tta.",
+    )
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
         if self.tile_size is not None and self.overlap is not None:
             self.window(self.tile_size)
+        if self.uncertainty and not self.tta:
+            raise ValueError("uncertainty needs tta: it is the spread across the symmetries")
         return self
 
     def window(self, chip_size: int) -> tuple[int, int]:

@@ -24,9 +24,11 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -48,13 +50,19 @@ from p2p.infer.strips import (
 from p2p.infer.windows import axis_layout
 from p2p.model.meta import BundleMeta, BundleRef
 from p2p.model.normalization import BandStats
-from p2p.raster import SceneReader, geotiff
+from p2p.raster import Grid, SceneReader, geotiff
 from p2p.raster.partial import RowSink
 
 if TYPE_CHECKING:  # the runtime (and torch) is imported only when windows are computed
     from p2p.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
+
+#: What the uncertainty raster holds (its `P2P_UNCERTAINTY` tag).
+UNCERTAINTY = (
+    "per-pixel population standard deviation of the 8 test-time symmetries' outputs, in target "
+    "units, blended across windows with the prediction's weights"
+)
 
 #: Version of the predict stage's artifacts and of the partial-output state format.
 #: Format of a resumable partial output (the row-strip state); bump it when that changes.
@@ -76,6 +84,7 @@ class PredictResult:
         strips: Row strips in the scene.
         resumed_rows: Rows already written by an earlier, interrupted run (0 when fresh).
         seconds: Wall time.
+        uncertainty: The uncertainty raster (``config.uncertainty``), else None.
     """
 
     output: str
@@ -88,6 +97,7 @@ class PredictResult:
     strips: int
     resumed_rows: int
     seconds: float
+    uncertainty: str | None = None
 
 
 def _model_multiple(meta: BundleMeta) -> int:
@@ -259,7 +269,9 @@ def predict_scene(
     Args:
         bundle: The model bundle (its generator is moved to the chosen device).
         scene: The source scene (`source`, `source_bands`, `nodata`); its target is ignored.
-        output: The raster to write (GeoTIFF, or COG when ``config.output_format == "cog"``).
+        output: The raster to write (GeoTIFF, or COG when ``config.output_format == "cog"``);
+            with ``config.uncertainty`` the test-time spread goes beside it
+            (`uncertainty_path`), on the same grid, float32, NaN where the output is nodata.
         config: Window, batch, blend, device and format settings.
         progress: Called with (strips done, strips in the scene) after each strip.
 
@@ -280,28 +292,15 @@ def predict_scene(
         _streaming_cache(reader, bundle, config),
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
-        from p2p.infer.translator import open_translator  # torch: only when windows are run
+        from p2p.infer.translator import open_windows  # torch: only when windows are run
 
-        model = open_translator(bundle, config)
-        job = scene_job(bundle, scene, config)
+        windows = open_windows(bundle, config)
         output.parent.mkdir(parents=True, exist_ok=True)
-        sink = RowSink(output, job, plan.ly.size)
-        if not sink.resumed:
-            names = [str(n) for n in bundle.meta.target_bands]
-            geotiff.create(
-                sink.partial,
-                reader.grid,
-                bundle.meta.out_channels,
-                plan.dtype,
-                plan.nodata,
-                _tags(bundle, scene, config, plan),
-                names,
-            )
-        else:
-            log.info("%s: resuming after row %d", output, sink.rows_done)
-        rows_done = sink.rows_done
-        write_strips(reader, model, plan, sink, progress)
-        sink.publish(config.output_format)
+        sinks = _open_sinks(bundle, scene, config, output, reader.grid, plan)
+        rows_done = sinks[0].rows_done
+        write_strips(reader, windows, plan, sinks, progress)
+        for sink in reversed(sinks):  # the prediction last: once it exists, both do
+            sink.publish(config.output_format)
     return PredictResult(
         output=str(output),
         scene=scene.scene_id,
@@ -313,7 +312,43 @@ def predict_scene(
         strips=plan.ly.count,
         resumed_rows=rows_done,
         seconds=round(time.perf_counter() - start, 3),
+        uncertainty=str(uncertainty_path(output)) if config.uncertainty else None,
     )
+
+
+def uncertainty_path(output: Path) -> Path:
+    """Where the uncertainty raster of a prediction goes: ``NAME.uncertainty.tif`` beside it."""
+    return output.with_name(f"{output.stem}.uncertainty{output.suffix}")
+
+
+def _open_sinks(
+    bundle: Bundle,
+    scene: SceneConfig,
+    config: PredictConfig,
+    output: Path,
+    grid: Grid,
+    plan: StripPlan,
+) -> list[RowSink]:
+    """The prediction's resumable output and, with ``config.uncertainty``, the spread's
+    (float32, NaN nodata, tagged `P2P_LAYER=uncertainty`); created unless resumed."""
+    job = scene_job(bundle, scene, config)
+    names = [str(n) for n in bundle.meta.target_bands]
+    tags = _tags(bundle, scene, config, plan)
+    layers = [(output, plan.dtype, plan.nodata, names, tags)]
+    if config.uncertainty:
+        spread_tags = tags | {"P2P_LAYER": "uncertainty", "P2P_UNCERTAINTY": UNCERTAINTY}
+        spread_names = [f"{n}_spread" for n in names]
+        layers.append((uncertainty_path(output), "float32", math.nan, spread_names, spread_tags))
+    sinks = []
+    for path, dtype, nodata, band_names, layer_tags in layers:
+        sink = RowSink(path, job, plan.ly.size)
+        if sink.resumed:
+            log.info("%s: resuming after row %d", path, sink.rows_done)
+        else:
+            bands = bundle.meta.out_channels
+            geotiff.create(sink.partial, grid, bands, dtype, nodata, layer_tags, band_names)
+        sinks.append(sink)
+    return sinks
 
 
 def predict_rows(
@@ -352,13 +387,14 @@ def predict_rows(
                     runs.append([r])
         if not runs:
             return
-        from p2p.infer.translator import open_translator
+        from p2p.infer.translator import open_windows
 
-        model = open_translator(bundle, config)
+        windows = open_windows(bundle, config.model_copy(update={"uncertainty": False}))
 
-        def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-            consume(ly.centre(r)[0], strip_values(plan, acc, valid), valid)
+        def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> Callable[[], None]:
+            values = strip_values(plan, acc, valid)
+            return partial(consume, ly.centre(r)[0], values, valid)
 
         for run in runs:
             loop = StripLoop(ly.covering(*ly.centre(run[0])).start, run[0])
-            compute_strips(reader, model, plan, loop, emit, lambda _: None, run[-1] + 1)
+            compute_strips(reader, windows, plan, loop, emit, lambda *_: None, run[-1] + 1)

@@ -7,24 +7,32 @@ row holds only the columns of one read. A strip is complete once the
 window rows below it that reach into it are done; it is then denormalized, cast to the target
 dtype and handed to a `RowSink`. The loop's state (`StripLoop`) is committed with the rows
 after every window row that completes a strip, so a killed run resumes there exactly.
+
+The loop is a pipeline of three threads (`p2p.infer.pipeline`): a reader decodes and prepares
+the next reads while the model runs, and a writer encodes, writes and commits the finished
+(already cast) strips behind it; queues are bounded and the order of every sum and commit is
+the sequential loop's, so the bytes and the commits are too. Its arrays live where the model runs
+(`p2p.infer.backends`: numpy on the CPU, tensors on the GPU).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from functools import partial
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from rasterio.windows import Window
 
+from p2p.infer.pipeline import Prefetch, Writer
 from p2p.infer.windows import AxisLayout, reflect_index
-from p2p.model.normalization import BandStats, denormalize, prepare_window
+from p2p.model.normalization import BandStats, denormalize
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
 
 if TYPE_CHECKING:
-    from p2p.infer.translator import WindowModel
+    from p2p.infer.backends import Array, Windows
 
 Progress = Callable[[int, int], None]
 
@@ -50,15 +58,42 @@ class StripPlan:
     batch_size: int
 
 
+@dataclass(frozen=True)
+class _Run:
+    """One run of the strip loop: the model and arrays (`Windows`), the plan, and both axes'
+    blend weights as float32 tables where the loop's arrays live."""
+
+    windows: Windows
+    plan: StripPlan
+    wy: Array
+    wx: Array
+
+    @classmethod
+    def of(cls, windows: Windows, plan: StripPlan) -> _Run:
+        wy, wx = (windows.array(a.weights.astype(np.float32)) for a in (plan.ly, plan.lx))
+        return cls(windows, plan, wy, wx)
+
+
+#: What the reader hands over per read: (staged input, valid `(h, w)` bool, top, left).
+Read = tuple[Any, np.ndarray, int, int]
+
+
+def _reads_of_row(plan: StripPlan) -> list[range]:
+    """The windows of a row read at once, left to right (the same for every row)."""
+    per_read = windows_per_read(plan.lx.stride, plan.batch_size)
+    return [range(k, min(k + per_read, plan.lx.count)) for k in range(0, plan.lx.count, per_read)]
+
+
 def _read_windows(
-    reader: SceneReader, plan: StripPlan, j: int, ks: range
-) -> tuple[np.ndarray, np.ndarray, int, int]:
+    reader: SceneReader, windows: Windows, plan: StripPlan, j: int, ks: range
+) -> Read:
     """Model input for windows `ks` of window row j: their pixels, parts outside the scene
-    mirrored about the edge (reflection), prepared as training chips are (`prepare_window`).
+    mirrored about the edge (reflection), staged by `windows` (numpy: prepared as training
+    chips are, `prepare_window`; `Windows.rows` finishes it on the model's thread).
 
     Returns:
-        rows: `(C_in, tile_y, (len(ks) - 1)·stride_x + tile_x)` float32 in [-1, 1]; window k
-            starts at column `(k - ks.start)·stride_x`.
+        staged: becomes `(C_in, tile_y, (len(ks) - 1)·stride_x + tile_x)` float32 in [-1, 1];
+            window k starts at column `(k - ks.start)·stride_x`.
         valid: `(h, w)` bool for the scene pixels read, whose top-left is (`top`, `left`).
         top, left: Scene row and column of `valid[0, 0]`.
     """
@@ -68,24 +103,29 @@ def _read_windows(
     top, left = int(ys.min()), int(xs.min())
     window = Window(left, top, int(xs.max()) + 1 - left, int(ys.max()) + 1 - top)
     data, valid = reader.read(window)
-    x = prepare_window(data, valid, plan.source_stats)
-    return x[:, (ys - top)[:, None], xs - left], valid, top, left  # one gather, one copy
+    return windows.stage(data, valid, ys - top, xs - left), valid, top, left
+
+
+def _reads(reader: SceneReader, run: _Run, rows: range) -> Iterator[Read]:
+    """Every read of window rows `rows`, in the order the loop consumes them."""
+    for j in rows:
+        for ks in _reads_of_row(run.plan):
+            yield _read_windows(reader, run.windows, run.plan, j, ks)
 
 
 def _predict_window_row(
-    reader: SceneReader,
-    model: WindowModel,
-    plan: StripPlan,
+    reads: Iterator[Read],
+    run: _Run,
     j: int,
-    add: Callable[[int, np.ndarray], None],
+    add: Callable[[int, Array], None],
 ) -> np.ndarray:
     """Run the windows of row j and blend them across columns, handing each run of finished
     columns, left to right, to `add(first column, values)`.
 
-    The windows are read a few batches at a time (`READ_COLUMNS`); after each read the columns
-    no later window reaches are finished and handed on, and only the columns the next read
-    still adds to are kept: what the row holds does not grow with the scene's width. Each
-    column sums the same windows in the same order as a whole row at once would.
+    The windows come a few batches at a time (`READ_COLUMNS`, from `reads`); after each read
+    the columns no later window reaches are finished and handed on, and only the columns the
+    next read still adds to are kept: what the row holds does not grow with the scene's width.
+    Each column sums the same windows in the same order as a whole row at once would.
 
     Args:
         add: Called with the first scene column and `(C_out, tile_y, n)` float32 values,
@@ -94,31 +134,29 @@ def _predict_window_row(
     Returns:
         `(b - a, width)` bool, valid pixels of scene rows `[a, b) = centre(j)`.
     """
+    windows, plan = run.windows, run.plan
     lx, (a, b) = plan.lx, plan.ly.centre(j)
-    per_read = windows_per_read(lx.stride, plan.batch_size)
     row_valid = np.zeros((b - a, lx.size), dtype=bool)
     base, kept = 0, None  # columns [base, ...) that the next read still adds to
-    for k0 in range(0, lx.count, per_read):
-        ks = range(k0, min(k0 + per_read, lx.count))
-        rows, valid, top, left = _read_windows(reader, plan, j, ks)
+    for ks in _reads_of_row(plan):
+        staged, valid, top, left = next(reads)
+        rows = windows.rows(staged)
         c0, c1 = lx.centre(ks.start)[0], lx.centre(ks[-1])[1]
         row_valid[:, c0:c1] = valid[a - top : b - top, c0 - left : c1 - left]
         end = min(lx.size, lx.start(ks[-1]) + lx.tile)  # the last column these windows reach
-        out: np.ndarray | None = None
+        out: Array = None
         for b0 in range(ks.start, ks.stop, plan.batch_size):
             batch_ks = range(b0, min(b0 + plan.batch_size, ks.stop))
-            cols = [(k - k0) * lx.stride for k in batch_ks]
-            y = model(np.stack([rows[:, :, c : c + lx.tile] for c in cols]))
+            cols = [(k - ks.start) * lx.stride for k in batch_ks]
+            y = windows(windows.stack([rows[:, :, c : c + lx.tile] for c in cols]))
             if out is None:
-                out = np.zeros((y.shape[1], y.shape[2], end - base), dtype=np.float32)
+                out = windows.zeros((y.shape[1], y.shape[2], end - base))
                 if kept is not None:
                     out[:, :, : kept.shape[2]] = kept
             for n, k in enumerate(batch_ks):
                 s = lx.start(k)
                 lo, hi = max(0, -s), min(lx.tile, lx.size - s)
-                w = lx.weights[k, lo:hi].astype(np.float32)
-                out[:, :, s + lo - base : s + hi - base] += y[n, :, :, lo:hi] * w
-        assert out is not None
+                out[:, :, s + lo - base : s + hi - base] += y[n, :, :, lo:hi] * run.wx[k, lo:hi]
         done = lx.size if ks.stop == lx.count else max(base, lx.start(ks.stop))
         add(base, out[:, :, : done - base])
         base, kept = done, out[:, :, done - base :]
@@ -129,18 +167,18 @@ def _predict_window_row(
 class StripLoop:
     """Where the strip loop stands: the next window row to compute, the next strip to emit,
     and the strips in flight (`acc` `(C_out, h, width)` float32 normalized, the top h rows of
-    the strip reached so far; `valid` `(rows, width)` bool by strip). Saved with every commit, so
-    a killed run resumes exactly here."""
+    the strip reached so far, where the loop's arrays live; `valid` `(rows, width)` bool by
+    strip, on the host). Saved with every commit, so a killed run resumes exactly here."""
 
     window: int
     strip: int
-    acc: dict[int, np.ndarray] = field(default_factory=dict)
+    acc: dict[int, Array] = field(default_factory=dict)
     valid: dict[int, np.ndarray] = field(default_factory=dict)
 
     def marks(self) -> dict[str, int]:
         return {"window": self.window, "strip": self.strip}
 
-    def arrays(self) -> dict[str, np.ndarray]:
+    def arrays(self) -> dict[str, Array]:
         return {f"acc_{r}": a for r, a in self.acc.items()} | {
             f"valid_{r}": v for r, v in self.valid.items()
         }
@@ -153,53 +191,99 @@ class StripLoop:
         return cls(marks["window"], marks["strip"], strips("acc_"), strips("valid_"))
 
 
+#: Reads prepared ahead of the model, and scale of the writer's queue (`p2p.infer.pipeline`);
+#: 0 runs the loop sequentially on one thread (the reference the threaded run must match).
+PIPELINE_DEPTH = 2
+
+#: `commit(marks, arrays)`: the loop's counters and its carry (host arrays), to resume from.
+Commit = Callable[[dict[str, int], dict[str, np.ndarray]], None]
+
+#: `emit(index, acc, valid)`, on the model's thread, turns a complete strip (host arrays) into
+#: what it writes and returns the writing, run on the writer thread. Scene-wide buffers are
+#: made on the model's thread: glibc gives each thread a malloc arena of its own, and buffers
+#: freed in two arenas would each keep their peak (peak memory grew ~3 points more from 1x to
+#: 16x the area when the writer thread cast the strips).
+Emit = Callable[[int, np.ndarray, np.ndarray], Callable[[], None]]
+
+
 def compute_strips(
     reader: SceneReader,
-    model: WindowModel,
+    windows: Windows,
     plan: StripPlan,
     loop: StripLoop,
-    emit: Callable[[int, np.ndarray, np.ndarray], None],
-    commit: Callable[[StripLoop], None],
+    emit: Emit,
+    commit: Commit,
     stop: int | None = None,
 ) -> None:
     """Compute window rows from `loop.window` on, passing each strip, once complete, to
-    `emit(index, acc, valid)`, and `commit(loop)` after each window row that completed one;
-    with `stop`, only until strip `stop - 1` is emitted. A strip's pixels do not depend on
-    where the run starts or stops."""
+    `emit(index, acc, valid)` (host arrays; what it returns runs on the writer thread), and its
+    state to `commit` after each window row that completed one; with `stop`, only until strip
+    `stop - 1` is emitted. A strip's pixels do not depend on where the run starts or stops.
+
+    Reading runs ahead on a reader thread and the writing and `commit` behind on a writer thread
+    (`PIPELINE_DEPTH`), in the sequential loop's order and with its sums: the same calls with
+    the same values. The model waits for a commit to be written only before it next adds into
+    the accumulators that commit saves.
+    """
     ly = plan.ly
     last = ly.count if stop is None else ly.covering(*ly.centre(stop - 1)).stop
-    for j in range(loop.window, last):
-        s = ly.start(j)
+    run = _Run.of(windows, plan)
+    for key, acc in loop.acc.items():  # a restored carry: onto the device
+        loop.acc[key] = windows.array(acc)
+    depth = PIPELINE_DEPTH
+    with (
+        Prefetch(_reads(reader, run, range(loop.window, last)), depth) as reads,
+        Writer(depth) as writer,
+    ):
+        committing = False  # a commit of the accumulators is queued, maybe not yet written
+        for j in range(loop.window, last):
 
-        def add(c0: int, out: np.ndarray, j: int = j, s: int = s) -> None:
-            """Add finished columns of window row j into the strips it overlaps."""
-            c1 = c0 + out.shape[2]
-            for r in _strips_of_window(ly, j):
-                if r < loop.strip:
-                    continue
-                a, b = ly.centre(r)
-                lo, hi = max(a, s), min(b, s + ly.tile)
-                w = ly.weights[j, lo - s : hi - s].astype(np.float32)[None, :, None]
-                strip = loop.acc.get(r)
-                if strip is None or strip.shape[1] < hi - a:
-                    # a strip holds the rows reached so far (the window row above reaches only
-                    # its top `overlap` rows), so one strip fewer is held in full at a time
-                    grown = np.zeros((out.shape[0], hi - a, plan.lx.size), np.float32)
-                    if strip is not None:
-                        grown[:, : strip.shape[1]] = strip
-                    loop.acc[r] = strip = grown
-                strip[:, lo - a : hi - a, c0:c1] += out[:, lo - s : hi - s] * w
+            def add(c0: int, out: Array, j: int = j) -> None:
+                nonlocal committing
+                if committing:
+                    writer.wait()
+                    committing = False
+                _add_to_strips(run, loop, j, c0, out)
 
-        row_valid = _predict_window_row(reader, model, plan, j, add)
-        if j >= loop.strip:
-            loop.valid[j] = row_valid
-        done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
-        for r in done:
-            emit(r, loop.acc.pop(r), loop.valid.pop(r))
-            loop.strip = r + 1
-        loop.window = j + 1
-        if done:
-            commit(loop)
+            row_valid = _predict_window_row(reads, run, j, add)
+            if j >= loop.strip:
+                loop.valid[j] = row_valid
+            done = [r for r in sorted(loop.acc) if ly.covering(*ly.centre(r)).stop - 1 <= j]
+            for r in done:
+                acc, valid = windows.host(loop.acc.pop(r)), loop.valid.pop(r)
+                writer.submit(emit(r, acc, valid))
+                loop.strip = r + 1
+            loop.window = j + 1
+            if done:
+                writer.submit(partial(_commit, windows, commit, loop.marks(), loop.arrays()))
+                committing = True
+
+
+def _add_to_strips(run: _Run, loop: StripLoop, j: int, c0: int, out: Array) -> None:
+    """Add finished columns `[c0, c0 + n)` of window row j (`(C_out, tile_y, n)`) into the
+    strips it overlaps, with the vertical blend weights."""
+    ly, c1, s = run.plan.ly, c0 + out.shape[2], run.plan.ly.start(j)
+    for r in _strips_of_window(ly, j):
+        if r < loop.strip:
+            continue
+        a, b = ly.centre(r)
+        lo, hi = max(a, s), min(b, s + ly.tile)
+        strip = loop.acc.get(r)
+        if strip is None or strip.shape[1] < hi - a:
+            # a strip holds the rows reached so far (the window row above reaches only its
+            # top `overlap` rows), so one strip fewer is held in full at a time
+            grown = run.windows.zeros((out.shape[0], hi - a, run.plan.lx.size))
+            if strip is not None:
+                grown[:, : strip.shape[1]] = strip
+            loop.acc[r] = strip = grown
+        w = run.wy[j, lo - s : hi - s, None]  # `(rows, 1)`: broadcast along the columns
+        strip[:, lo - a : hi - a, c0:c1] += out[:, lo - s : hi - s] * w
+
+
+def _commit(
+    windows: Windows, commit: Commit, marks: dict[str, int], arrays: dict[str, Array]
+) -> None:
+    commit(marks, {key: windows.host(a) for key, a in arrays.items()})
 
 
 def strip_values(plan: StripPlan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
@@ -219,31 +303,55 @@ def _strips_of_window(ly: AxisLayout, j: int) -> range:
     return range(max(0, s // ly.stride), min(ly.count, (s + ly.tile - 1) // ly.stride + 1))
 
 
+def spread_values(plan: StripPlan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
+    """A blended strip of test-time spread as written: `(C_out, h, width)` float32 in the
+    target's units (the normalized spread scaled by half each band's span), NaN where the
+    source was invalid."""
+    half = np.asarray(plan.target_stats.spans(), dtype=np.float32)[:, None, None] / 2
+    return np.where(valid[None], acc * half, np.float32(np.nan)).astype(np.float32)
+
+
 def write_strips(
     reader: SceneReader,
-    model: WindowModel,
+    windows: Windows,
     plan: StripPlan,
-    sink: RowSink,
+    sinks: Sequence[RowSink],
     progress: Progress | None,
 ) -> None:
-    """Compute and write the strips from where an earlier run committed: its carry when it
-    left one, else the strip holding the first unwritten row."""
-    if sink.marks:
-        loop = StripLoop.restore(sink.marks, sink.carry)
-    else:
-        ly = plan.ly
-        first = min(sink.rows_done // ly.stride, ly.count)
+    """Compute and write the strips from where an earlier run committed: its carry when every
+    sink committed the same one, else the strip holding the first row a sink lacks.
+
+    Args:
+        sinks: The prediction's; with a second one, the model's outputs carry as many spread
+            channels after the prediction's (`DihedralMean(spread=True)`), written there.
+    """
+    ly, marks = plan.ly, sinks[0].marks
+    if marks and all(s.marks == marks for s in sinks):
+        loop = StripLoop.restore(marks, sinks[0].carry)
+    else:  # rows a sink took already are skipped when they come again (`RowSink.add`)
+        first = min(min(s.rows_done for s in sinks) // ly.stride, ly.count)
         loop = StripLoop(
             ly.covering(*ly.centre(first)).start if first < ly.count else ly.count, first
         )
     if progress:
-        progress(loop.strip, plan.ly.count)
+        progress(loop.strip, ly.count)
 
-    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> None:
-        sink.add(plan.ly.centre(r)[0], strip_values(plan, acc, valid))
-        if progress:
-            progress(r + 1, plan.ly.count)
+    def emit(r: int, acc: np.ndarray, valid: np.ndarray) -> Callable[[], None]:
+        row, bands = ly.centre(r)[0], acc.shape[0] // len(sinks)
+        layers = [strip_values(plan, acc[:bands], valid)]
+        layers += [spread_values(plan, acc[bands:], valid) for _ in sinks[1:]]
 
-    compute_strips(
-        reader, model, plan, loop, emit, lambda done: sink.commit(done.marks(), done.arrays())
-    )
+        def write() -> None:
+            for sink, values in zip(sinks, layers, strict=True):
+                sink.add(row, values)
+            if progress:
+                progress(r + 1, ly.count)
+
+        return write
+
+    def commit(marks: dict[str, int], arrays: dict[str, np.ndarray]) -> None:
+        sinks[0].commit(marks, arrays)
+        for sink in sinks[1:]:  # its rows short of a block row: resumed only if marks agree
+            sink.commit(marks, {})
+
+    compute_strips(reader, windows, plan, loop, emit, commit)

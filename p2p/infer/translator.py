@@ -8,13 +8,16 @@ Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
 from p2p.core.errors import ConfigError
+from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
+from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import select_device
 
 if TYPE_CHECKING:
@@ -27,6 +30,18 @@ class WindowModel(Protocol):
     """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
 
     def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TensorModel(Protocol):
+    """A `WindowModel` that also runs batches already on its device (`run`), with no host
+    copy: `(N, C_in, h, w)` float32 normalized tensor → the same for `C_out`, on that device."""
+
+    device: torch.device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 def pick_device(name: str) -> torch.device:
@@ -58,17 +73,25 @@ class Translator:
         bf16 = not self.cuda or torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
 
-    @torch.inference_mode()
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
-        x = torch.from_numpy(batch)
-        if self.cuda:
-            x = x.pin_memory().to(self.device, non_blocking=True)
+    @torch.no_grad()
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, C_in, h, w)` float32 normalized on `device` → `(N, C_out, h, w)` float32
+        normalized, there (no grad, ordinary tensors: the strip loop adds into them)."""
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.fast):
-            y = self.generator(x)
-        return np.ascontiguousarray(y.float().cpu().numpy())
+            y: torch.Tensor = self.generator(x)
+        return y.float()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
+        return np.ascontiguousarray(self.run(to_device(batch, self.device)).cpu().numpy())
+
+
+def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
+    """A host batch on `device` (through pinned memory on CUDA, so the copy runs async)."""
+    x = torch.from_numpy(batch)
+    return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
 
 
 def _onnxruntime() -> Any:
@@ -120,28 +143,64 @@ class OnnxTranslator:
 
 
 class DihedralMean:
-    """Test-time augmentation: a `WindowModel` averaged over the 8 symmetries of the square.
+    """Test-time augmentation: a model averaged over the 8 symmetries of the square.
 
     Each batch is run once per symmetry (`p2p.model.augment.dihedral`, the training
-    augmentation's), each output is turned back (`undo_dihedral`) and the 8 are averaged.
-    Windows must be square (they are: `tile_size` on both axes).
+    augmentation's), each output is turned back (`undo_dihedral`) and the 8 are summed in
+    order and divided by 8. Around a `TensorModel` the batch is turned on the model's device
+    (8 forwards of the batch, no host copy in between; `run` keeps it there); around another
+    runtime (ONNX) each symmetry goes through numpy. Windows must be square (they are:
+    `tile_size` on both axes).
+
+    Args:
+        model: The model run per symmetry.
+        spread: Also return the 8 outputs' population standard deviation, as `C_out` more
+            channels after the mean (the mean's values do not change).
     """
 
-    def __init__(self, model: WindowModel) -> None:
-        self.model = model
+    def __init__(self, model: WindowModel, spread: bool = False) -> None:
+        self.model, self.spread = model, spread
+        if isinstance(model, TensorModel):  # then this is a TensorModel too
+            self.device = model.device
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized."""
-        from p2p.model.augment import dihedral, undo_dihedral
-
-        x = torch.from_numpy(batch)
+    def _combine(self, turned_back: Iterator[torch.Tensor]) -> torch.Tensor:
+        """Mean (and spread) of the 8 outputs, turned back: `(N, C_out or 2·C_out, s, s)`."""
+        outputs = list(turned_back) if self.spread else []
         total: torch.Tensor | None = None
-        for k in range(8):
-            turned = np.ascontiguousarray(dihedral(x, k).numpy())
-            y = undo_dihedral(torch.from_numpy(self.model(turned)), k)
+        for y in outputs or turned_back:
             total = y if total is None else total + y
         assert total is not None
-        return np.ascontiguousarray((total / 8).numpy(), dtype=np.float32)
+        mean = total / 8
+        if not self.spread:
+            return mean
+        var = sum(((y - mean) ** 2 for y in outputs), torch.zeros_like(mean)) / 8
+        return torch.cat([mean, var.sqrt()], dim=1)
+
+    def run(self, x: torch.Tensor) -> torch.Tensor:
+        """`(N, C_in, s, s)` float32 normalized on the device → `(N, C_out, s, s)` there
+        (`2·C_out` with `spread`)."""
+        from p2p.model.augment import dihedral, undo_dihedral
+
+        assert isinstance(self.model, TensorModel)
+        model = self.model
+        return self._combine(
+            undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)
+        )
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized
+        (`2·C_out` with `spread`)."""
+        if isinstance(self.model, TensorModel):
+            y = self.run(to_device(batch, self.model.device))
+            return np.ascontiguousarray(y.cpu().numpy(), dtype=np.float32)
+        from p2p.model.augment import dihedral, undo_dihedral
+
+        x, model = torch.from_numpy(batch), self.model
+        total = self._combine(
+            undo_dihedral(torch.from_numpy(model(np.ascontiguousarray(dihedral(x, k).numpy()))), k)
+            for k in range(8)
+        )
+        return np.ascontiguousarray(total.numpy(), dtype=np.float32)
 
 
 def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
@@ -158,7 +217,29 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
         model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
     else:
         model = Translator(bundle.generator, pick_device(config.device))
-    return DihedralMean(model) if config.tta else model
+    return DihedralMean(model, config.uncertainty) if config.tta else model
+
+
+#: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
+#: tensors (`TorchWindows`); elsewhere numpy is faster. Tests add "cpu" to run that path here.
+TENSOR_DEVICES = ("cuda",)
+
+
+def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
+    """The strip loop's model and arrays for `config`: on a `TENSOR_DEVICES` device with the
+    torch runtime, tensors on that device; otherwise numpy around `open_translator`.
+
+    Raises:
+        ConfigError, BundleError: as `open_translator`.
+    """
+    stats = BandStats.from_dict(bundle.meta.source_stats)
+    if config.runtime == "torch":
+        device = pick_device(config.device)
+        if device.type in TENSOR_DEVICES:
+            model = Translator(bundle.generator, device)
+            tensors = DihedralMean(model, config.uncertainty) if config.tta else model
+            return TorchWindows(tensors, device, stats)
+    return NumpyWindows(open_translator(bundle, config), stats)
 
 
 def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
