@@ -19,6 +19,7 @@ from prefect.runtime import deployment
 from p2p.core.cache import StageRecord
 from p2p.core.config import BatchPredictConfig
 from p2p.core.roots import checked_batch_config
+from p2p.core.threads import use_threads
 from p2p.stages import predict
 from p2p.stages.pipeline import PREDICTION, Call, PredictionJob, Runner, run_pipeline
 from p2p.stages.stage import Stage
@@ -68,6 +69,7 @@ def batch_predict(config: BatchPredictConfig) -> dict[str, Any]:
         stage's key/path/cached/seconds.
     """
     config, scenes = checked_batch_config(config, require_roots=deployment.id is not None)
+    use_threads(config.threads)  # this process and its tasks (P2P_THREADS when set)
     job = PredictionJob(
         config.workspace, config.model, scenes, config.predict, config.mosaic, config.output
     )

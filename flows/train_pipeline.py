@@ -10,6 +10,7 @@ from prefect.runtime import deployment
 
 from p2p.core.config import PipelineConfig
 from p2p.core.roots import checked_pipeline_config
+from p2p.core.threads import use_threads
 from p2p.stages.pipeline import TRAINING, run_pipeline
 from p2p.stages.watch import stall_after
 from tasks.common import publish_run
@@ -29,6 +30,7 @@ def train_pipeline(config: PipelineConfig, until: Until | None = None) -> dict[s
         stage's key/path/cached/seconds, and the evaluation metrics (target units).
     """
     config = checked_pipeline_config(config, require_roots=deployment.id is not None)
+    use_threads(config.threads)  # this process and its tasks (P2P_THREADS when set)
     with stall_after(config.watchdog_s):
         record = run_pipeline(TRAINING, config, run_on_prefect, run_action, until)
     publish_run(record, "train-pipeline")

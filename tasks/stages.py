@@ -1,7 +1,8 @@
 """Prefect tasks made from stages by one factory, and the runner the flows use.
 
 `stage_task` wraps a `Stage`'s run function: the task has the run function's parameters
-(minus the progress callback and Dask client, which the task supplies or leaves out), logs,
+(minus the progress callback and Dask client, which the task supplies or leaves out), sizes
+its threads (`p2p.core.threads.task_budget`: a share of a Dask worker's cores), logs,
 publishes the stage's own report with its record folded in (one card per reporting stage, so
 the reports are what a run page shows) or else the record as a table artifact, and finishes
 as ``Cached`` when the stage found its manifest. No cache policy and no persisted result: the
@@ -22,6 +23,7 @@ from prefect.context import TaskRunContext
 from prefect.states import Completed
 
 from p2p.core.cache import StageRecord
+from p2p.core.threads import apply_budget, task_budget
 from p2p.stages.pipeline import Call, stages
 from p2p.stages.stage import Stage
 from tasks.common import (
@@ -48,6 +50,7 @@ def stage_task(stage: Stage) -> Task[..., StageRecord]:
         context = TaskRunContext.get()
         label = context.task_run.name if context else stage.name
         arguments = signature.bind(*args, **kwargs).arguments
+        apply_budget(task_budget())  # on a Dask worker: its cores over its task slots
         bar = StageProgress(label, artifact_key("p2p", label, "progress"))
         record: StageRecord = stage.run_watched(label, arguments, bar if takes_progress else None)
         state = "cached" if record.cached else f"built in {record.seconds:.1f} s"

@@ -336,6 +336,14 @@ class PipelineConfig(FrozenConfig):
     watchdog_s: float = Field(
         default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
     )
+    threads: int | None = Field(
+        default=None,
+        gt=0,
+        le=1024,
+        description="Threads each task computes with (torch intra-op, GDAL, OpenMP); None: "
+        "the cores this process may use (CPU affinity, cgroup quota) divided among the tasks "
+        "that run at once (p2p.core.threads). Speed only: no key depends on it.",
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -383,4 +391,12 @@ class BatchPredictConfig(FrozenConfig):
     )
     watchdog_s: float = Field(
         default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
+    )
+    threads: int | None = Field(
+        default=None,
+        gt=0,
+        le=1024,
+        description="Threads each task computes with (torch intra-op, GDAL, OpenMP); None: "
+        "the cores this process may use (CPU affinity, cgroup quota) divided among the tasks "
+        "that run at once (p2p.core.threads). Speed only: no key depends on it.",
     )

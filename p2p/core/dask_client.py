@@ -15,6 +15,7 @@ from distributed import Client, LocalCluster
 
 from p2p.core.config import DaskConfig
 from p2p.core.errors import ConfigError
+from p2p.core.threads import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,9 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
 
     Args:
         config: `address` connects to a running scheduler (its workers must see the workspace
-            and input paths); otherwise a LocalCluster with `n_workers` x `threads_per_worker`.
+            and input paths); otherwise a LocalCluster with `n_workers` x `threads_per_worker`,
+            by default one worker with a thread per core this process may use
+            (`local_shape`).
         processes: Local workers as processes (default: isolates Python-heavy work from the
             GIL) or as threads in this process, which start in a fraction of a second and
             share memory; threads suit work that releases the GIL (GDAL decoding, compression,
@@ -89,11 +92,12 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
             make_safe(client)
             yield client
         return
+    n_workers, threads_per_worker = local_shape(config)
     with (
         safe_config(),
         LocalCluster(  # type: ignore[no-untyped-call]
-            n_workers=config.n_workers,
-            threads_per_worker=config.threads_per_worker,
+            n_workers=n_workers,
+            threads_per_worker=threads_per_worker,
             processes=processes,
             dashboard_address=":0",  # any free port: never collide with a running cluster
         ) as cluster,
@@ -111,6 +115,18 @@ def secure_workers(address: str) -> None:
     """
     with dask_client(DaskConfig(address=address)):
         pass
+
+
+def local_shape(config: DaskConfig, cores: int | None = None) -> tuple[int, int]:
+    """(workers, threads per worker) of a LocalCluster for `config`: the settings, and what
+    they leave open from the cores this process may use (`p2p.core.threads.available_cores`:
+    its affinity and cgroup quota, not the machine's count), split evenly; neither set: one
+    worker with a thread per core."""
+    cores = available_cores() if cores is None else cores
+    if config.n_workers is None:
+        threads = config.threads_per_worker or cores
+        return max(1, cores // threads), threads
+    return config.n_workers, config.threads_per_worker or max(1, cores // config.n_workers)
 
 
 def worker_hosts(address: str) -> list[str]:

@@ -39,6 +39,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import Dataset, DistributedSampler
 
 from p2p.core.errors import ConfigError, StageError
+from p2p.core.threads import apply_budget, decide_budget
 from p2p.model.world import processes_per_node
 
 #: Seconds torchrun gets to stop its ranks after SIGTERM before they are killed.
@@ -72,9 +73,11 @@ def current() -> Rank:
 
 def init_from_torchrun() -> Rank:
     """Join the process group torchrun describes in the environment (NCCL when CUDA is
-    present and asked for by ``P2P_DDP_BACKEND``, else gloo); select this rank's GPU."""
+    present and asked for by ``P2P_DDP_BACKEND``, else gloo); select this rank's GPU; compute
+    with this rank's share of the node's cores (`p2p.core.threads`)."""
     backend = os.environ.get("P2P_DDP_BACKEND", "gloo")
     local = int(os.environ.get("LOCAL_RANK", 0))
+    apply_budget(decide_budget(slots=int(os.environ.get("LOCAL_WORLD_SIZE", 1))))
     if backend == "nccl":
         torch.cuda.set_device(local)
     dist.init_process_group(backend=backend)
@@ -180,8 +183,9 @@ def launch(
         cmd += [f"--nnodes={cfg.nodes}", "--rdzv-backend=c10d"]
         cmd += [f"--rdzv-endpoint={cfg.rendezvous}", f"--rdzv-id={run_id[:32]}"]
     env = {**os.environ, "P2P_DDP_BACKEND": "nccl" if cuda else "gloo"}
-    if not cuda:  # share the cores instead of oversubscribing them
-        env["OMP_NUM_THREADS"] = str(max(1, (os.cpu_count() or 1) // nproc))
+    # share the cores this process may use instead of oversubscribing them (each rank applies
+    # the same budget at init; this sizes the pools torchrun itself starts with)
+    env["OMP_NUM_THREADS"] = str(decide_budget(slots=nproc).torch)
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as log:  # earlier attempts' output stays above this one's
         start = log.tell()

@@ -23,6 +23,7 @@ from torch.utils.data import DataLoader, Dataset
 
 import p2p.model.distributed as distributed
 from p2p.core.errors import TrainingDiverged
+from p2p.core.threads import apply_budget, loader_worker_budget
 from p2p.model.metrics import score_batches
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, StepOptions, train_step
@@ -104,7 +105,9 @@ def seed_epoch(seed: int, epoch: int, loader_gen: torch.Generator) -> None:
 
 
 def seed_worker(worker_id: int) -> None:
-    """DataLoader workers: seed numpy and random from torch's per-worker seed."""
+    """DataLoader workers: seed numpy and random from torch's per-worker seed; compute with
+    one thread (torch's and GDAL's), the training process keeps the budget."""
+    apply_budget(loader_worker_budget(), hand_down=False)
     s = torch.initial_seed() % 2**32
     np.random.seed(s)
     random.seed(s)

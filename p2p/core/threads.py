@@ -1,0 +1,192 @@
+"""The thread budget: how many threads each p2p process and task computes with.
+
+A process may use the cores of its CPU affinity, capped by its cgroup's CPU quota (a container
+limited to 2 CPUs on a 64-core host may use 2, not 64); never the machine's core count. Those
+cores are divided among what runs at once in the process or on the machine: a Dask worker's
+task slots, DDP ranks on one node. DataLoader workers compute with one thread each (they only
+read and augment chips), and the training process keeps the budget.
+
+`apply_budget` sets the result where each library reads it: torch's intra-op threads (when
+torch is loaded; otherwise ``OMP_NUM_THREADS`` makes torch start with it, so a process that
+never needs torch does not import it), GDAL's ``GDAL_NUM_THREADS`` (its multi-threaded
+encoders and decoders; GDAL reads config options from the environment at each use), and
+``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` / ``OPENBLAS_NUM_THREADS`` for child processes.
+OpenMP threads that wait at a barrier sleep instead of spinning (``OMP_WAIT_POLICY=PASSIVE``,
+set when `p2p` is imported, before torch can load): on cores shared with other busy
+processes, a spinning thread steals the time the thread it waits for needs (the pathology
+that made `p2p predict` 10x slower beside other work).
+
+A setting overrides the auto budget: ``threads:`` in a config file, ``--threads`` on the CLI,
+or ``P2P_THREADS`` in the environment (what the first two hand down to child processes).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+#: The environment variable carrying an explicit thread count to child processes.
+ENV = "P2P_THREADS"
+#: Where the cgroup (v2 unified, or v1 cpu controller) of this process is mounted.
+CGROUP_ROOT = Path("/sys/fs/cgroup")
+#: Environment variables that size OpenMP, MKL and OpenBLAS pools in child processes.
+_POOL_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+
+
+def affinity_cores() -> int:
+    """Cores in this process's CPU affinity mask (all online cores where none is set)."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.process_cpu_count() or 1) if hasattr(os, "process_cpu_count") else 1
+
+
+def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
+    """The CPU quota of the cgroup mounted at `root`, in cores (None: unlimited or unknown).
+
+    cgroup v2 writes ``<quota> <period>`` (or ``max <period>``) in ``cpu.max``; v1 writes the
+    quota (-1: none) and the period in ``cpu.cfs_quota_us`` and ``cpu.cfs_period_us``.
+    """
+    try:
+        quota, period = (root / "cpu.max").read_text().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    for folder in (root / "cpu", root / "cpu,cpuacct", root):
+        try:
+            quota_us = int((folder / "cpu.cfs_quota_us").read_text())
+            period_us = int((folder / "cpu.cfs_period_us").read_text())
+        except (OSError, ValueError):
+            continue
+        return None if quota_us <= 0 or period_us <= 0 else quota_us / period_us
+    return None
+
+
+def available_cores(root: Path = CGROUP_ROOT) -> int:
+    """Cores this process may use: its affinity, capped by its cgroup quota (rounded up, at
+    least 1)."""
+    cores = affinity_cores()
+    quota = cgroup_quota(root)
+    if quota is not None:
+        cores = min(cores, max(1, math.ceil(quota)))
+    return cores
+
+
+@dataclass(frozen=True)
+class ThreadBudget:
+    """Threads one task of this process computes with.
+
+    Attributes:
+        cores: Cores the process may use (`available_cores`), or the setting.
+        slots: Tasks or processes sharing those cores at once.
+        torch: torch intra-op threads (and OpenMP/MKL pools) per task.
+        gdal: GDAL threads (compression, decoding) per task.
+        explicit: Whether a setting (not the auto budget) chose `torch`.
+    """
+
+    cores: int
+    slots: int
+    torch: int
+    gdal: int
+    explicit: bool
+
+
+def setting_from_env() -> int | None:
+    """The explicit thread count handed down in ``P2P_THREADS`` (None when unset or bad)."""
+    value = os.environ.get(ENV, "").strip()
+    return int(value) if value.isdigit() and int(value) > 0 else None
+
+
+def decide_budget(
+    threads: int | None = None, slots: int = 1, cores: int | None = None
+) -> ThreadBudget:
+    """The budget of one task among `slots` sharing this process's cores.
+
+    Args:
+        threads: Explicit threads per task (the ``threads`` setting); None: ``P2P_THREADS``,
+            else the auto budget, cores // slots (at least 1).
+        slots: Tasks or processes computing at once on these cores.
+        cores: Cores to share (default: `available_cores`).
+    """
+    cores = available_cores() if cores is None else max(1, cores)
+    slots = max(1, slots)
+    setting = threads if threads is not None else setting_from_env()
+    if setting is not None:
+        return ThreadBudget(cores, slots, setting, setting, explicit=True)
+    share = max(1, cores // slots)
+    return ThreadBudget(cores, slots, share, share, explicit=False)
+
+
+def apply_budget(budget: ThreadBudget, hand_down: bool = True) -> ThreadBudget:
+    """Make `budget` this process's thread counts (see the module docstring).
+
+    Args:
+        budget: The budget to apply.
+        hand_down: Also write ``P2P_THREADS`` for child processes when the budget is explicit.
+
+    Returns:
+        `budget`, for chaining.
+    """
+    for name in _POOL_VARS:
+        os.environ[name] = str(budget.torch)
+    os.environ["GDAL_NUM_THREADS"] = str(budget.gdal)
+    if hand_down and budget.explicit:
+        os.environ[ENV] = str(budget.torch)
+    torch = sys.modules.get("torch")
+    if torch is not None:  # loaded already: OMP_NUM_THREADS was read; set the pool itself
+        torch.set_num_threads(budget.torch)
+        _set_interop_once(torch, budget.torch)
+    log.debug(
+        "threads: %d torch, %d GDAL per task (%s; %d cores, %d at once)",
+        budget.torch,
+        budget.gdal,
+        "setting" if budget.explicit else "auto",
+        budget.cores,
+        budget.slots,
+    )
+    return budget
+
+
+def _set_interop_once(torch: object, threads: int) -> None:
+    """torch's inter-op pool can be sized once, before any inter-op work; later calls raise."""
+    with contextlib.suppress(RuntimeError):
+        torch.set_num_interop_threads(max(1, threads))  # type: ignore[attr-defined]
+
+
+def use_threads(threads: int | None = None) -> ThreadBudget:
+    """Apply this process's budget: `threads` when set (a config's ``threads``, ``--threads``),
+    else ``P2P_THREADS``, else its cores; an explicit count is handed down to children."""
+    return apply_budget(decide_budget(threads))
+
+
+def dask_task_budget(threads: int | None = None) -> ThreadBudget | None:
+    """The budget of a task running on a Dask worker: the worker's cores divided by its task
+    slots (None outside a worker)."""
+    if "distributed" not in sys.modules:
+        return None
+    from distributed import get_worker
+
+    try:
+        worker = get_worker()
+    except ValueError:
+        return None
+    return decide_budget(threads, slots=int(worker.state.nthreads))
+
+
+def task_budget(threads: int | None = None) -> ThreadBudget:
+    """The budget of a task in this process: on a Dask worker its share of the worker's
+    cores; elsewhere the process's cores."""
+    on_worker = dask_task_budget(threads)
+    return on_worker if on_worker is not None else decide_budget(threads)
+
+
+def loader_worker_budget() -> ThreadBudget:
+    """A DataLoader worker's budget: one thread (it reads and augments chips while the
+    training process computes with the budget)."""
+    return ThreadBudget(available_cores(), 1, 1, 1, explicit=False)
