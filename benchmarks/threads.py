@@ -55,6 +55,7 @@ def stop_hogs(hogs: list[subprocess.Popen[bytes]]) -> None:
 
 def write_pair(folder: Path, side: int) -> tuple[Path, Path]:
     """A source scene and a 1-band target that depends on it (something to learn)."""
+    folder.mkdir(parents=True, exist_ok=True)
     source, target = folder / "src.tif", folder / "tgt.tif"
     write_scene(source, side, seed=2)
     with rasterio.open(source) as src:

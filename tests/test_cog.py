@@ -31,14 +31,17 @@ def _pixels(dtype: str, shape: tuple[int, int, int], seed: int = 0) -> np.ndarra
     return data
 
 
-def _write_partial(path: Path, data: np.ndarray, row_order: list[int]) -> Path:
+def _write_partial(
+    path: Path, data: np.ndarray, row_order: list[int], compress: geotiff.Compression = "deflate"
+) -> Path:
     """A GeoTIFF as `predict_scene` writes it: `geotiff.create`, then block rows in any order
     (a row may come twice, as after a resume)."""
     c, h, w = data.shape
     nodata = math.nan if data.dtype.kind == "f" else 0.0
     tags = {"P2P_SCENE": "s", "P2P_SETTINGS": '{"a": 1}'}
     grid = Grid(CRS.from_epsg(32633), UTM, w, h)
-    geotiff.create(path, grid, c, str(data.dtype), nodata, tags, [f"b{i}" for i in range(c)])
+    names = [f"b{i}" for i in range(c)]
+    geotiff.create(path, grid, c, str(data.dtype), nodata, tags, names, compress)
     for row in row_order:
         geotiff.write_rows(path, data[:, row : row + BLOCK], row)
     return path
@@ -163,3 +166,25 @@ def test_assembled_cog_matches_gdals_cog_driver(tmp_path: Path, dtype: str) -> N
                 assert oa.shape == ob.shape
                 np.testing.assert_array_equal(oa.read(), ob.read())
                 np.testing.assert_array_equal(oa.dataset_mask(), ob.dataset_mask())
+
+
+@pytest.mark.parametrize("compress", ["zstd", "lzw", "none"])
+@pytest.mark.parametrize("dtype", ["uint16", "float32"])
+def test_every_codec_gives_a_valid_cog_with_the_same_pixels(
+    tmp_path: Path, compress: geotiff.Compression, dtype: str
+) -> None:
+    data = _pixels(dtype, (2, 600, 520))
+    src = _write_partial(tmp_path / "src.tif", data, [256, 0, 512], compress)
+    assemble_cog(src, tmp_path / "cog.tif", BLOCK)
+    valid, errors, warnings = cog_validate(str(tmp_path / "cog.tif"), strict=True, quiet=True)
+    assert valid, errors + warnings
+    with rasterio.open(tmp_path / "cog.tif") as cog:
+        codec = "none" if cog.compression is None else cog.compression.value.lower()
+        assert codec == compress
+        predictor = cog.tags(ns="IMAGE_STRUCTURE").get("PREDICTOR")
+        assert predictor == (None if compress == "none" else "3" if dtype == "float32" else "2")
+        np.testing.assert_array_equal(cog.read(), data)
+        assert cog.overviews(1) == [2, 4]
+    with rasterio.open(tmp_path / "cog.tif", OVERVIEW_LEVEL=0) as ovr:
+        codec = "none" if ovr.compression is None else ovr.compression.value.lower()
+        assert codec == compress  # the overviews use the tiles' codec

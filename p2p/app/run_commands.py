@@ -10,7 +10,7 @@ from typing import Any
 
 import typer
 
-from p2p.app.typer_app import app, debugging, guard, print_json
+from p2p.app.typer_app import THREADS_HELP, app, debugging, guard, print_json
 
 # --- run / demo: the Prefect flows --------------------------------------------------------
 # These two commands are the CLI's only way up into `flows/`; they import it inside the
@@ -95,6 +95,9 @@ def run(
         [], "--force", help="Rebuild this stage and what depends on it (repeatable)."
     ),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    threads: int | None = typer.Option(
+        None, "--threads", min=1, help=THREADS_HELP + " Overrides the config's threads."
+    ),
 ) -> None:
     """Run the training pipeline flow (tile → dataset → train → evaluate), cached per stage.
 
@@ -105,11 +108,15 @@ def run(
 
     def body() -> None:
         from p2p.core.errors import ConfigError
+        from p2p.core.threads import use_threads
         from p2p.stages.pipeline import TRAINING, pipeline_record
         from p2p.stages.plan import force as force_stage
         from p2p.stages.plan import plan, records_of
 
         cfg, entries = _training_plan(config, overrides, until)
+        if threads is not None:
+            cfg = cfg.model_copy(update={"threads": threads})
+        use_threads(cfg.threads)
         if dry_run:
             if as_json:
                 print_json(_plan_json(entries))
@@ -182,6 +189,7 @@ def train_node(
 def demo(
     workspace: str = typer.Option("demo-work", "--workspace", help="Folder for data and runs."),
     as_json: bool = typer.Option(False, "--json", help="Print the run record as JSON."),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """Generate sample scenes, train, predict two held-out scenes, mosaic and report (CPU).
 
@@ -190,7 +198,9 @@ def demo(
 
     def body() -> None:
         from p2p.app.console import console_progress_bars, quiet_prefect
+        from p2p.core.threads import use_threads
 
+        use_threads(threads)  # handed to the flow's tasks as P2P_THREADS when set
         quiet_prefect(debugging())
         from flows.demo import demo_flow
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import typer
 
-from p2p.app.typer_app import app, check_output_path, guard, print_json
+from p2p.app.typer_app import THREADS_HELP, app, check_output_path, guard, print_json
 
 
 def workspace_path(path: str) -> str:
@@ -32,6 +32,7 @@ _OPTION_NAMES = {
     "device": "--device",
     "blend": "--blend",
     "output_format": "--format",
+    "compress": "--compress",
     "nodata": "--nodata",
 }
 
@@ -123,6 +124,9 @@ def predict(
     device: str = typer.Option("auto", "--device", help="auto, cpu or cuda."),
     blend: str = typer.Option("cosine", "--blend", help="cosine, linear or none."),
     output_format: str = typer.Option("cog", "--format", help="gtiff or cog."),
+    compress: str | None = typer.Option(
+        None, "--compress", help="deflate, zstd, lzw or none (default: predict.compress's)."
+    ),
     runtime: str = typer.Option(
         "torch", "--runtime", help="torch, or onnx (the bundle's model.onnx; see p2p export)."
     ),
@@ -148,6 +152,7 @@ def predict(
         help="Average each window over its 8 flips and quarter turns (8x the compute; "
         "default: predict.tta's default).",
     ),
+    threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle.
 
@@ -166,14 +171,17 @@ def predict(
         from p2p.core.config import MosaicConfig, PredictConfig
         from p2p.core.errors import ConfigError
         from p2p.core.fielderrors import first_error
+        from p2p.core.threads import use_threads
 
         start = time.perf_counter()
+        use_threads(threads)  # logged with --debug
         try:
             config = PredictConfig.model_validate(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
                  "nodata": nodata, "runtime": runtime}
                 | ({} if tta is None else {"tta": tta})
+                | ({} if compress is None else {"compress": compress})
             )  # fmt: skip
         except ValidationError as exc:
             field, msg = first_error(exc, PredictConfig)

@@ -84,6 +84,15 @@ def options(
     if not debug:
         for handler in logging.getLogger().handlers:
             handler.addFilter(_drop_gdal_errors)
+    from p2p.core.threads import use_threads
+
+    use_threads()  # the cores this process may use; a command's --threads overrides it
+
+
+THREADS_HELP = (
+    "Threads to compute with (torch, GDAL, OpenMP); default: the cores this process may use "
+    "(CPU affinity, cgroup quota) shared among what runs at once."
+)
 
 
 def _drop_gdal_errors(record: logging.LogRecord) -> bool:

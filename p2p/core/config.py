@@ -135,6 +135,12 @@ class TrainConfig(FrozenConfig):
     )
     augment: bool = Field(default=True, description="Paired flips and rot90 of train chips.")
     num_workers: int = Field(default=0, ge=0, le=256, description="DataLoader worker processes.")
+    compile: bool = Field(
+        default=False,
+        description="Run the generator's and discriminator's training steps through "
+        "torch.compile (minutes of compiling first; pays on a GPU at large batches, see "
+        "docs/training.md). Changes float rounding, so it is part of the train key.",
+    )
     preview_chips: int = Field(
         default=4, ge=0, le=64, description="Validation chips drawn in each epoch's preview PNG."
     )
@@ -212,6 +218,12 @@ class PredictConfig(FrozenConfig):
     )
     output_format: Literal["gtiff", "cog"] = Field(
         default="cog", description="Tiled GeoTIFF, or a Cloud Optimized GeoTIFF with overviews."
+    )
+    compress: Literal["deflate", "zstd", "lzw", "none"] = Field(
+        default="deflate",
+        description="Codec of the predictions and the mosaic, with the predictor that pays "
+        "(2 for integers, 3 for floats), encoded on the thread budget's cores. deflate: "
+        "read everywhere; see docs/measurements.md (Output codec) for size and speed.",
     )
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="auto picks CUDA when present."

@@ -346,7 +346,9 @@ def _open_sinks(
             log.info("%s: resuming after row %d", path, sink.rows_done)
         else:
             bands = bundle.meta.out_channels
-            geotiff.create(sink.partial, grid, bands, dtype, nodata, layer_tags, band_names)
+            geotiff.create(
+                sink.partial, grid, bands, dtype, nodata, layer_tags, band_names, config.compress
+            )
         sinks.append(sink)
     return sinks
 

@@ -219,6 +219,7 @@ def mosaic_scenes(
     feather: int = 64,
     resampling: str = "bilinear",
     progress: Callable[[int, int], None] | None = None,
+    compress: geotiff.Compression = "deflate",
 ) -> MosaicResult:
     """Mosaic predicted rasters onto one grid, feathering their overlaps.
 
@@ -237,6 +238,7 @@ def mosaic_scenes(
         feather: Width in output pixels over which a scene fades out towards its edge.
         resampling: How inputs are warped onto the output grid.
         progress: Called with (windows done, windows total).
+        compress: Codec of the output (`p2p.raster.geotiff.codec_options`).
 
     Raises:
         InputError: no inputs, an unreadable or truncated input, or inputs that differ in
@@ -249,12 +251,13 @@ def mosaic_scenes(
     if feather < 1:
         raise ConfigError("feather", f"must be at least 1 pixel, got {feather}")
     bands, dtype, grid, out_nodata = _plan(inputs, config, nodata)
-    copy = len(inputs) == 1 and copyable(inputs[0], grid, out_nodata)
+    copy = len(inputs) == 1 and copyable(inputs[0], grid, out_nodata, compress)
     job = stage_key(
         "mosaic-scenes",
         MOSAIC_FORMAT,
         {"mosaic": config.model_dump(mode="json"), "nodata": out_nodata, "feather": feather,
-         "resampling": resampling, "format": output_format, "copy": copy},
+         "resampling": resampling, "format": output_format, "copy": copy}
+        | ({"compress": compress} if compress != "deflate" else {}),
         [fingerprint_file(p) for p in inputs],
     )  # fmt: skip
     Path(output).parent.mkdir(parents=True, exist_ok=True)
@@ -270,8 +273,8 @@ def mosaic_scenes(
             if progress:
                 progress(1, 1)
         else:
-            _blend(sink, inputs, grid, (bands, dtype, out_nodata), tags, feather, resampling,
-                   progress)  # fmt: skip
+            _blend(sink, inputs, grid, (bands, dtype, out_nodata, compress), tags, feather,
+                   resampling, progress)  # fmt: skip
         sink.publish(output_format)
     return MosaicResult(
         output=str(output),
@@ -307,18 +310,19 @@ def _blend(
     sink: RowSink,
     inputs: Sequence[str | Path],
     grid: Grid,
-    out: tuple[int, str, float],
+    out: tuple[int, str, float, geotiff.Compression],
     tags: dict[str, str],
     feather: int,
     resampling: str,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Blend the inputs, warped onto `grid`, into `sink` (created with `tags` unless resumed)."""
+    """Blend the inputs, warped onto `grid`, into `sink` (created with `tags` unless resumed;
+    `out` is its bands, dtype, nodata and codec)."""
     aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
     try:
         if not sink.resumed:
-            geotiff.create(sink.partial, grid, out[0], out[1], out[2], tags)
-        _write(sink, aligned, grid, out, feather, progress)
+            geotiff.create(sink.partial, grid, out[0], out[1], out[2], tags, compress=out[3])
+        _write(sink, aligned, grid, out[:3], feather, progress)
     finally:
         for r in aligned:
             r.close()

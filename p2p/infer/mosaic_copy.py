@@ -9,9 +9,10 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import Any
 
 import numpy as np
-from rasterio.enums import ColorInterp, Compression, Interleaving, MaskFlags
+from rasterio.enums import ColorInterp, Interleaving, MaskFlags
 from rasterio.windows import Window
 
 from p2p.core import storage
@@ -22,15 +23,17 @@ from p2p.raster import Grid, SceneReader, geotiff, open_raster
 SCAN_COLUMNS = 8 * geotiff.BLOCK
 
 
-def copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
+def copyable(
+    path: str | Path, grid: Grid, nodata: float, compress: geotiff.Compression = "deflate"
+) -> bool:
     """Whether the mosaic of this one input may be a copy of its file.
 
     It may when blending it onto `grid` would give back its very pixels — the grid is its own
     (CRS, transform, shape; so no warp), `nodata` is its own (NaN equal to NaN), no mask or
     alpha band adds to nodata, and `_blend_keeps` its values — and its file is laid out as the
     blend would write it: a local, plain (not cloud optimized) GeoTIFF tiled in `geotiff.BLOCK`
-    squares, DEFLATE, pixel interleaved, without overviews. (The blend would then copy each
-    value unchanged: its share is exactly 1.0 where valid, see `_blend_window`.)
+    squares, encoded with `compress`, pixel interleaved, without overviews. (The blend would
+    then copy each value unchanged: its share is exactly 1.0 where valid, see `_blend_window`.)
 
     Raises:
         InputError: a tile of the file ends past its end (a truncated input).
@@ -45,7 +48,7 @@ def copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
             and ds.nodata is not None
             and (ds.nodata == nodata or (math.isnan(ds.nodata) and math.isnan(nodata)))
             and ds.block_shapes[0] == (geotiff.BLOCK, geotiff.BLOCK)
-            and ds.compression == Compression.deflate
+            and _codec(ds) == compress
             and (ds.count == 1 or ds.interleaving == Interleaving.pixel)
             and not ds.overviews(1)
             and ColorInterp.alpha not in ds.colorinterp
@@ -58,6 +61,11 @@ def copyable(path: str | Path, grid: Grid, nodata: float) -> bool:
         except OutputError:
             raise InputError(path, "is truncated (a tile ends past the end of the file)") from None
     return _blend_keeps(path, nodata)
+
+
+def _codec(ds: Any) -> str:
+    """The codec of an open GeoTIFF by its `PredictConfig.compress` name."""
+    return "none" if ds.compression is None else str(ds.compression.value).lower()
 
 
 def _blend_keeps(path: str | Path, nodata: float) -> bool:

@@ -166,9 +166,9 @@ def _copy_tiles(sources: list[Path], ifds: list[_Ifd], out: BinaryIO) -> None:
                     out.write(struct.pack("<I", count) + data + data[-4:])
 
 
-def build_overviews(src: Path, block: int, predictor: int) -> Path | None:
-    """Average overviews of `src` in a sidecar ``.ovr`` (DEFLATE, tiled like `src`), or None
-    when `src` fits in one block. The source file is not modified."""
+def build_overviews(src: Path, block: int, predictor: int, codec: str = "DEFLATE") -> Path | None:
+    """Average overviews of `src` in a sidecar ``.ovr`` (`codec`, as `src`'s tiles; tiled like
+    `src`), or None when `src` fits in one block. The source file is not modified."""
     ovr = src.with_name(src.name + ".ovr")
     ovr.unlink(missing_ok=True)  # a killed run's leftover
     with rasterio.open(src) as ds:
@@ -176,8 +176,9 @@ def build_overviews(src: Path, block: int, predictor: int) -> Path | None:
     if not factors:
         return None
     options = {
-        "TIFF_USE_OVR": True, "COMPRESS_OVERVIEW": "DEFLATE", "ZLEVEL_OVERVIEW": 6,
-        "PREDICTOR_OVERVIEW": predictor, "GDAL_TIFF_OVR_BLOCKSIZE": block,
+        "TIFF_USE_OVR": True, "COMPRESS_OVERVIEW": codec, "ZLEVEL_OVERVIEW": 6,
+        "GDAL_TIFF_OVR_BLOCKSIZE": block,
+        **({"PREDICTOR_OVERVIEW": predictor} if codec != "NONE" else {}),
         "INTERLEAVE_OVERVIEW": "PIXEL", "BIGTIFF_OVERVIEW": "IF_SAFER",
     }  # fmt: skip
     with rasterio.Env(**options), rasterio.open(src, "r+") as ds:
@@ -196,7 +197,8 @@ def assemble_cog(src: Path, dst: Path, block: int, bigtiff: bool | None = None) 
     """
     with rasterio.open(src) as ds:
         floats = np.issubdtype(np.dtype(ds.dtypes[0]), np.floating)
-    ovr = build_overviews(src, block, 3 if floats else 2)
+        codec = ds.compression.value if ds.compression is not None else "NONE"
+    ovr = build_overviews(src, block, 3 if floats else 2, codec)
     try:
         order, (main, *_) = _read_ifds(src)
         sources, ifds = [src], [main]

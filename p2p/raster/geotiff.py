@@ -1,7 +1,8 @@
 """Writing predicted rasters: tiled, compressed GeoTIFFs written in row bands, COG conversion.
 
 Outputs are first written under a temporary name beside the final one (a sparse, tiled,
-DEFLATE-compressed GeoTIFF that is written block row by block row), and only renamed, or
+compressed GeoTIFF that is written block row by block row, GDAL encoding the tiles of a row on
+the process's thread budget), and only renamed, or
 assembled into a Cloud Optimized GeoTIFF from its tiles (`p2p.raster.cog`), when complete.
 Values are rounded and clipped into the target dtype here, so every writer agrees on units and
 nodata.
@@ -38,6 +39,9 @@ log = logging.getLogger(__name__)
 #: Internal tile side of every GeoTIFF p2p writes (and the row unit of resumable writes).
 BLOCK = 256
 OutputFormat = Literal["gtiff", "cog"]
+#: Output codecs (`PredictConfig.compress`).
+Compression = Literal["deflate", "zstd", "lzw", "none"]
+COMPRESSIONS: tuple[Compression, ...] = ("deflate", "zstd", "lzw", "none")
 INCOMPLETE = "was not written completely (disk full or I/O error); free space and rerun"
 #: Floor of the GDAL block cache while streaming (bytes).
 MIN_CACHE = 16 << 20
@@ -103,9 +107,37 @@ def to_dtype(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: float) -
     return out
 
 
-def profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any]:
-    """Creation options of a tiled, compressed GeoTIFF on `grid`."""
+def codec_options(compress: Compression, dtype: str) -> dict[str, Any]:
+    """GDAL creation options of `compress` for `dtype`: the codec, its level, and the
+    predictor that pays (horizontal differencing for integers, floating-point for floats;
+    none without compression)."""
+    if compress == "none":
+        return {"compress": "none"}
     predictor = 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2
+    levels = {"deflate": {"zlevel": 6}, "zstd": {"zstd_level": 9}, "lzw": {}}
+    return {"compress": compress, "predictor": predictor, **levels[compress]}
+
+
+def profile(
+    grid: Grid,
+    count: int,
+    dtype: str,
+    nodata: float,
+    compress: Compression = "deflate",
+    threads: int | None = None,
+) -> dict[str, Any]:
+    """Creation options of a tiled, compressed GeoTIFF on `grid`.
+
+    Args:
+        grid: The raster's grid.
+        count: Bands.
+        dtype: Sample type.
+        nodata: Nodata value.
+        compress: Codec (`codec_options`).
+        threads: GDAL's encoder threads; None: ``GDAL_NUM_THREADS`` (the process's thread
+            budget, `p2p.core.threads`), else all CPUs. Writes reopened in update mode
+            (`write_rows`) read ``GDAL_NUM_THREADS`` too.
+    """
     return {
         "driver": "GTiff",
         "crs": grid.crs,
@@ -118,9 +150,8 @@ def profile(grid: Grid, count: int, dtype: str, nodata: float) -> dict[str, Any]
         "tiled": True,
         "blockxsize": BLOCK,
         "blockysize": BLOCK,
-        "compress": "deflate",
-        "predictor": predictor,
-        "zlevel": 6,
+        **codec_options(compress, dtype),
+        "num_threads": str(threads or os.environ.get("GDAL_NUM_THREADS", "ALL_CPUS")),
         "interleave": "pixel",
         "bigtiff": "if_safer",
         "sparse_ok": True,
@@ -135,9 +166,11 @@ def create(
     nodata: float,
     tags: dict[str, str],
     descriptions: list[str] | None = None,
+    compress: Compression = "deflate",
 ) -> None:
-    """Create an empty (sparse) tiled GeoTIFF carrying `tags` and band descriptions."""
-    with rasterio.open(path, "w", **profile(grid, count, dtype, nodata)) as dst:
+    """Create an empty (sparse) tiled GeoTIFF carrying `tags` and band descriptions, its
+    blocks encoded with `compress`."""
+    with rasterio.open(path, "w", **profile(grid, count, dtype, nodata, compress)) as dst:
         dst.update_tags(**tags)
         for i, name in enumerate(descriptions or [], start=1):
             dst.set_band_description(i, name)

@@ -12,7 +12,7 @@ from p2p.core.config import MosaicConfig
 from p2p.stages.stage import Progress, Stage, StageReport
 
 if TYPE_CHECKING:
-    from p2p.raster.geotiff import OutputFormat
+    from p2p.raster.geotiff import Compression, OutputFormat
 
 NAME = "mosaic"
 #: 2: a one-scene mosaic on the scene's grid is its prediction's file, tags and all.
@@ -20,10 +20,14 @@ VERSION = 2
 
 
 def key_parts(
-    predictions: Sequence[str], config: MosaicConfig, output_format: OutputFormat
+    predictions: Sequence[str],
+    config: MosaicConfig,
+    output_format: OutputFormat,
+    compress: Compression = "deflate",
 ) -> KeyParts:
-    """The grid settings and format, and the predictions' fingerprints (their paths carry the
-    predict keys).
+    """The grid settings, format and codec (named only when not deflate, so mosaics made
+    before the codec was a setting keep their keys), and the predictions' fingerprints
+    (their paths carry the predict keys).
 
     Raises:
         InputError: a prediction is missing.
@@ -31,6 +35,8 @@ def key_parts(
     for path in predictions:
         storage.require_file(path)
     settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
+    if compress != "deflate":
+        settings["compress"] = compress
     return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
 
 
@@ -39,6 +45,7 @@ def run(
     predictions: Sequence[str],
     config: MosaicConfig,
     output_format: OutputFormat = "cog",
+    compress: Compression = "deflate",
     progress: Progress | None = None,
 ) -> StageRecord:
     """Mosaic the predictions (union of extents, distance-to-edge blending of overlaps; see
@@ -49,7 +56,7 @@ def run(
     """
     from p2p.infer.mosaic import mosaic_scenes
 
-    parts = key_parts(predictions, config, output_format)
+    parts = key_parts(predictions, config, output_format, compress)
 
     def build(folder: Path) -> dict[str, Any]:
         result = mosaic_scenes(
@@ -57,6 +64,7 @@ def run(
             folder / "mosaic.tif",
             config,
             output_format=output_format,
+            compress=compress,
             progress=progress,
         )
         return {

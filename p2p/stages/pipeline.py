@@ -136,6 +136,7 @@ def _mosaic(j: PredictionJob, r: Records) -> list[Call]:
         "predictions": outputs,
         "config": j.mosaic,
         "output_format": j.predict.output_format,
+        "compress": j.predict.compress,
     }
     return [(mosaic.NAME, arguments)]
 

@@ -34,6 +34,8 @@ def key_parts(
     from p2p.model.world import world_size
 
     launch = {"num_workers", "device", "devices", "nodes", "rendezvous"}
+    if not train.compile:  # named only when on: keys made before the setting existed hold
+        launch.add("compile")
     world = world_size(train)
     config = {
         "model": model.model_dump(mode="json"),

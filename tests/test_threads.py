@@ -1,0 +1,138 @@
+"""The thread budget: cores from affinity and cgroup quota, shared among what runs at once,
+and what p2p processes actually compute with (p2p.core.threads)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from distributed import Client, LocalCluster
+
+from p2p.core.config import DaskConfig, PipelineConfig
+from p2p.core.dask_client import local_shape
+from p2p.core.threads import available_cores, cgroup_quota, decide_budget, task_budget
+from tests.faultkit import PREDICT_OPTS, cli, write_scene, write_tiny_bundle
+
+ROOT = Path(__file__).resolve().parents[1]
+ONE_CORE = sorted(os.sched_getaffinity(0))[:1]
+
+
+def _in_child(code: str, cores: list[int], **env: str) -> str:
+    """Run `code` in a fresh interpreter pinned to `cores`; its last stdout line."""
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("THREADS")}
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=ROOT,
+        env=clean | env,
+        preexec_fn=lambda: os.sched_setaffinity(0, cores),
+        timeout=120,
+    )
+    return done.stdout.strip().splitlines()[-1]
+
+
+def test_a_process_pinned_to_one_core_budgets_one_torch_thread() -> None:
+    code = (
+        "from p2p.core.threads import available_cores, use_threads\n"
+        "b = use_threads()\n"
+        "import torch\n"  # loaded after the budget: torch starts with OMP_NUM_THREADS
+        "print(available_cores(), b.torch, torch.get_num_threads())"
+    )
+    assert _in_child(code, ONE_CORE) == "1 1 1"
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_torch_loaded_before_the_budget_is_resized_and_a_setting_wins() -> None:
+    code = (
+        "import torch\n"
+        "from p2p.core.threads import use_threads\n"
+        "before = torch.get_num_threads(); use_threads(3)\n"
+        "import os; print(before, torch.get_num_threads(), os.environ['P2P_THREADS'])"
+    )
+    assert _in_child(code, sorted(os.sched_getaffinity(0))[:2]) == "2 3 3"
+
+
+def test_cgroup_v2_quota_caps_the_cores(tmp_path: Path) -> None:
+    (tmp_path / "cpu.max").write_text("150000 100000\n")
+    assert cgroup_quota(tmp_path) == 1.5
+    assert available_cores(tmp_path) == min(2, len(os.sched_getaffinity(0)))
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert cgroup_quota(tmp_path) is None
+    assert available_cores(tmp_path) == len(os.sched_getaffinity(0))
+
+
+def test_cgroup_v1_quota_caps_the_cores(tmp_path: Path) -> None:
+    v1 = tmp_path / "cpu,cpuacct"
+    v1.mkdir()
+    (v1 / "cpu.cfs_quota_us").write_text("50000\n")
+    (v1 / "cpu.cfs_period_us").write_text("100000\n")
+    assert cgroup_quota(tmp_path) == 0.5
+    assert available_cores(tmp_path) == 1
+    (v1 / "cpu.cfs_quota_us").write_text("-1\n")
+    assert cgroup_quota(tmp_path) is None
+
+
+def test_cores_are_shared_among_what_runs_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("P2P_THREADS", raising=False)
+    assert (decide_budget(slots=3, cores=8).torch, decide_budget(slots=16, cores=8).torch) == (2, 1)
+    assert not decide_budget(cores=8).explicit
+    assert decide_budget(5, slots=4, cores=8).torch == 5  # a setting is per task
+    monkeypatch.setenv("P2P_THREADS", "6")  # what a parent with a setting hands down
+    assert decide_budget(slots=4, cores=8).torch == 6
+
+
+def test_local_cluster_threads_default_to_the_cores() -> None:
+    assert local_shape(DaskConfig(), cores=4) == (1, 4)
+    assert local_shape(DaskConfig(n_workers=2), cores=5) == (2, 2)
+    assert local_shape(DaskConfig(threads_per_worker=1), cores=4) == (4, 1)
+    assert local_shape(DaskConfig(n_workers=3, threads_per_worker=2), cores=4) == (3, 2)
+
+
+def test_a_task_on_a_dask_worker_gets_its_share_of_the_worker(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.delenv("P2P_THREADS", raising=False)
+    with (
+        LocalCluster(
+            n_workers=1, threads_per_worker=2, processes=False, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        budget = client.submit(task_budget, pure=False).result()
+    assert (budget.slots, budget.torch) == (2, max(1, available_cores() // 2))
+
+
+def test_threads_setting_is_bounded_and_optional() -> None:
+    assert PipelineConfig().threads is None
+    assert PipelineConfig(threads=4).threads == 4
+    with pytest.raises(ValueError, match="threads"):
+        PipelineConfig(threads=0)
+
+
+def test_p2p_predict_takes_its_threads_from_its_affinity_or_the_option(tmp_path: Path) -> None:
+    model = write_tiny_bundle(tmp_path / "model")
+    scene = write_scene(tmp_path / "scene.tif")
+
+    def predict(out: str, *extra: str) -> int:
+        args = ["predict", "--model", model, "--input", scene, "--output", tmp_path / out]
+        done = subprocess.run(
+            [str(Path(sys.executable).with_name("p2p")), *map(str, args), *PREDICT_OPTS,
+             "--json", *extra],
+            capture_output=True, text=True, timeout=300, cwd=ROOT,
+            env={k: v for k, v in os.environ.items() if not k.endswith("THREADS")},
+            preexec_fn=lambda: os.sched_setaffinity(0, ONE_CORE),
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr[-2000:]
+        return int(json.loads(done.stdout.strip().splitlines()[-1])["threads"])
+
+    assert predict("auto.tif") == 1
+    assert predict("set.tif", "--threads", "3") == 3
+    refused = cli(["predict", "--model", model, "--input", scene, "--output", tmp_path / "x.tif",
+                   "--threads", "0"])  # fmt: skip
+    assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
