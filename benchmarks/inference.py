@@ -9,7 +9,15 @@ at overlap 0 and at `--overlap`:
 
 as windows/s and scene megapixels/s (best of `--repeat` interleaved runs), and the ratio
 end-to-end / bare (goal <= 1.10: the
-windows already include the overlap factor 1/(1 - 2·overlap/tile)²). Then the peak memory of
+windows already include the overlap factor 1/(1 - 2·overlap/tile)²).
+
+With `--floor-side`, the pipeline against the I/O floor: GDAL (through rasterio, all cores)
+reading the source whole and writing a same-size output with the same codec, beside the
+installed `p2p predict --no-tta --format gtiff` of the same scene end to end (process start-up
+included) with a near-null model (ngf 1, num_downs 2), so the pipeline's own cost shows on any
+machine; ratio end-to-end / floor (goal <= 2.0 on CPU).
+
+Then the peak memory of
 predicting scenes of 1x, 4x and 16x the area of `--rss-side`², as GeoTIFF and as COG, each in
 its own subprocess that reads its own high-water mark (VmHWM; goal: flat within +10%), and
 of `p2p predict` itself (run in such a subprocess through its console-script entry point).
@@ -17,13 +25,16 @@ of `p2p predict` itself (run in such a subprocess through its console-script ent
     python benchmarks/inference.py          # the paper's U-Net, 256² tiles: minutes on 2 cores
     python benchmarks/inference.py --side 8192 --tile 512 --overlap 64 --batch 8   # on a GPU
     python benchmarks/inference.py --ngf 8 --skip-throughput --rss-side 768   # memory only
+    python benchmarks/inference.py --skip-throughput --skip-rss --floor-side 12288  # the floor
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -36,12 +47,15 @@ import torch
 from affine import Affine
 
 from p2p.core.config import PredictConfig, SceneConfig
+from p2p.core.threads import available_cores
 from p2p.infer.inference import predict_scene
 from p2p.infer.translator import DihedralMean, Translator, WindowModel, pick_device
 from p2p.infer.windows import AxisLayout, axis_layout
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats, normalize
+from p2p.raster import Grid
+from p2p.raster.geotiff import profile
 
 BANDS = 3
 
@@ -134,6 +148,52 @@ def compare(model_dir: Path, scene: Path, side: int, args: argparse.Namespace) -
     return rows
 
 
+def io_floor(scene: Path, out: Path, compress: str) -> float:
+    """Seconds for GDAL, on every core, to read `scene` whole and write a same-size 1-band
+    output (the model's) from it with `compress`, as p2p lays outputs out."""
+    start = time.perf_counter()
+    with rasterio.Env(GDAL_NUM_THREADS="ALL_CPUS"), rasterio.open(scene) as src:
+        data = src.read()
+        opts = profile(Grid.of(src), 1, "uint16", 0, compress, available_cores())  # type: ignore[arg-type]
+        with rasterio.open(out, "w", **opts) as dst:
+            dst.write(data[:1])
+    seconds = time.perf_counter() - start
+    out.unlink()
+    return seconds
+
+
+def cli_predict(model_dir: Path, scene: Path, out: Path, args: argparse.Namespace) -> float:
+    """Seconds for the installed `p2p predict --no-tta` of `scene`, start-up included."""
+    p2p = Path(sys.executable).with_name("p2p")
+    cmd = [str(p2p), "predict", "--model", str(model_dir), "--input", str(scene), "--output",
+           str(out), "--workspace", str(out.parent / "ws"), "--format", "gtiff", "--no-tta",
+           "--tile-size", str(args.tile), "--overlap", str(args.overlap), "--batch-size",
+           str(args.batch), "--device", args.device, "--compress", args.compress]  # fmt: skip
+    start = time.perf_counter()
+    subprocess.run(cmd, check=True, capture_output=True)
+    seconds = time.perf_counter() - start
+    shutil.rmtree(out.parent / "ws")
+    out.unlink()
+    return seconds
+
+
+def floor_rows(folder: Path, args: argparse.Namespace) -> list[str]:
+    """The I/O floor and `p2p predict` end to end (near-null model), best of `--repeat`
+    interleaved runs, at `--floor-side`."""
+    side = args.floor_side
+    write_model(folder / "null", 1, 2)
+    scene = folder / f"floor_{side}.tif"
+    write_scene(scene, side, seed=3)
+    floors, e2es = [], []
+    for _ in range(args.repeat):
+        floors.append(io_floor(scene, folder / "floor_out.tif", args.compress))
+        e2es.append(cli_predict(folder / "null", scene, folder / "e2e" / "out.tif", args))
+    floor, e2e = min(floors), min(e2es)
+    mp = side * side / 1e6
+    return [f"| {side}² | {args.compress} | {floor:.1f} | {e2e:.1f} | {mp / e2e:.1f} "
+            f"| {e2e / floor:.2f} |"]  # fmt: skip
+
+
 def rss_child(model_dir: str, scene: str, fmt: str, tile: int, overlap: int, batch: int,
               dev: str) -> None:  # fmt: skip
     out = Path(scene).with_name(f"rss_pred_{fmt}.tif")
@@ -193,6 +253,13 @@ def main() -> None:
     parser.add_argument("--tta", action="store_true", help="Throughput with 8 forwards a window.")
     parser.add_argument("--skip-throughput", action="store_true", help="Peak memory only.")
     parser.add_argument("--skip-rss", action="store_true", help="Throughput only.")
+    parser.add_argument(
+        "--floor-side",
+        type=int,
+        default=0,
+        help="Scene side of the I/O-floor comparison (0: skip it).",
+    )
+    parser.add_argument("--compress", default="deflate", help="Codec of the floor rows.")
     modes = ["gtiff", "cog", "cli"]
     parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
                         help="What the RSS rows measure (cli: p2p predict).")  # fmt: skip
@@ -220,6 +287,15 @@ def main() -> None:
             )
             print("|---|---|---|---|---|---|---|")
             for row in compare(folder / "model", folder / "scene.tif", args.side, args):
+                print(row)
+        if args.floor_side:
+            print(f"\nI/O floor (GDAL read + write, all {available_cores()} cores) vs `p2p "
+                  f"predict --no-tta` end to end, near-null U-Net (ngf 1, num_downs 2), tile "
+                  f"{args.tile}, overlap {args.overlap}, best of {args.repeat}; load average "
+                  f"{os.getloadavg()[0]:.1f}:")  # fmt: skip
+            print("| scene | codec | floor s | p2p predict s | MP/s | e2e / floor |")
+            print("|---|---|---|---|---|---|")
+            for row in floor_rows(folder, args):
                 print(row)
         if args.skip_rss:
             return

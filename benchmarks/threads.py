@@ -66,13 +66,13 @@ def write_pair(folder: Path, side: int) -> tuple[Path, Path]:
     return source, target
 
 
-def make_dataset(folder: Path, side: int) -> Path:
-    """Tile the pair into 64² chips and assemble the dataset stage; its folder."""
+def make_dataset(folder: Path, side: int, chip: int = 64) -> Path:
+    """Tile the pair into `chip`² chips and assemble the dataset stage; its folder."""
     from p2p.core.config import DaskConfig, DatasetConfig, SceneConfig, TilingConfig
     from p2p.stages import dataset, tile
 
     source, target = write_pair(folder, side)
-    tiling = TilingConfig(chip_size=64, stride=64)
+    tiling = TilingConfig(chip_size=chip, stride=chip)
     scene = SceneConfig(source=str(source), target=str(target))
     tiles = tile.run(folder / "ws", scene, tiling, DaskConfig(n_workers=1, threads_per_worker=1))
     return Path(dataset.run(folder / "ws", [tiles], DatasetConfig(), tiling).path)
