@@ -174,6 +174,7 @@ def test_model_code_needs_only_torch_and_numpy() -> None:
     assert {m for m in training if m.startswith("p2p.")} <= {
         "p2p.core.errors",
         "p2p.core.fsutil",
+        "p2p.core.threads",  # the thread budget of loader workers: the standard library only
         "p2p.core.config",  # under TYPE_CHECKING only
         *(f"p2p.model.{n}" for n in ("checkpoint", "metrics", "networks", "normalization")),
         *(f"p2p.model.{n}" for n in ("pix2pix", "preview", "augment", "distributed", "epoch")),
