@@ -110,7 +110,8 @@ def to_dtype(values: np.ndarray, valid: np.ndarray, dtype: str, nodata: float) -
 def codec_options(compress: Compression, dtype: str) -> dict[str, Any]:
     """GDAL creation options of `compress` for `dtype`: the codec, its level, and the
     predictor that pays (horizontal differencing for integers, floating-point for floats;
-    none without compression)."""
+    none without compression). The levels are GDAL's defaults, the ones it encodes with when
+    `write_rows` reopens a file in update mode (where no level option reaches the encoder)."""
     if compress == "none":
         return {"compress": "none"}
     predictor = 3 if np.issubdtype(np.dtype(dtype), np.floating) else 2

@@ -34,7 +34,8 @@ def key_parts(
     """
     for path in predictions:
         storage.require_file(path)
-    settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
+    settings: dict[str, Any] = {"mosaic": config.model_dump(mode="json")}
+    settings["output_format"] = output_format
     if compress != "deflate":
         settings["compress"] = compress
     return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
