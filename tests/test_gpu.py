@@ -24,7 +24,7 @@ from p2p.model.checkpoint import load_checkpoint
 from p2p.model.networks import UNetGenerator
 from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
-from p2p.model.training import train
+from p2p.model.training import _warn_small_batch, train
 from tests.rasters import write_geotiff
 
 MODEL = ModelConfig(
@@ -148,3 +148,16 @@ def test_device_resident_prediction_matches_the_cpu(tmp_path: Path, tta: bool) -
     diff = np.abs(gpu[valid] - cpu[valid])
     assert diff.max() <= 0.05, diff.max()
     assert diff.mean() <= 0.01, diff.mean()
+
+
+@pytest.mark.gpu
+def test_batch_one_on_cuda_warns_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    data = SyntheticPairs(4, size=32, in_bands=2, out_bands=1, seed=0)
+    cfg = TrainConfig(epochs=1, batch_size=1, device="cuda", seed=0, preview_chips=0)
+    model = ModelConfig(num_downs=4, ngf=8, ndf=8)
+    _warn_small_batch.cache_clear()  # as in a fresh process
+    with caplog.at_level("WARNING", logger="p2p.model.training"):
+        train(data, data, model, cfg, tmp_path / "a", SyntheticPairs.stats(1))
+        train(data, data, model, cfg, tmp_path / "b", SyntheticPairs.stats(1))
+    warned = [r for r in caplog.records if "batch_size 1 on CUDA" in r.getMessage()]
+    assert len(warned) == 1
