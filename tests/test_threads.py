@@ -3,8 +3,8 @@ and what p2p processes actually compute with (p2p.core.threads)."""
 
 from __future__ import annotations
 
-import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -119,20 +119,21 @@ def test_p2p_predict_takes_its_threads_from_its_affinity_or_the_option(tmp_path:
     model = write_tiny_bundle(tmp_path / "model")
     scene = write_scene(tmp_path / "scene.tif")
 
-    def predict(out: str, *extra: str) -> int:
-        args = ["predict", "--model", model, "--input", scene, "--output", tmp_path / out]
+    def predict(out: str, *extra: str) -> str:
+        """The last budget `p2p --debug predict` applied, pinned to one core."""
+        args = ["--debug", "predict", "--model", model, "--input", scene, "--output",
+                tmp_path / out, *PREDICT_OPTS, *extra]  # fmt: skip
         done = subprocess.run(
-            [str(Path(sys.executable).with_name("p2p")), *map(str, args), *PREDICT_OPTS,
-             "--json", *extra],
+            [str(Path(sys.executable).with_name("p2p")), *map(str, args)],
             capture_output=True, text=True, timeout=300, cwd=ROOT,
             env={k: v for k, v in os.environ.items() if not k.endswith("THREADS")},
             preexec_fn=lambda: os.sched_setaffinity(0, ONE_CORE),
         )  # fmt: skip
         assert done.returncode == 0, done.stderr[-2000:]
-        return int(json.loads(done.stdout.strip().splitlines()[-1])["threads"])
+        return re.findall(r"threads: (\d+ torch, \d+ GDAL per task \(\w+)", done.stderr)[-1]
 
-    assert predict("auto.tif") == 1
-    assert predict("set.tif", "--threads", "3") == 3
+    assert predict("auto.tif") == "1 torch, 1 GDAL per task (auto"
+    assert predict("set.tif", "--threads", "3") == "3 torch, 3 GDAL per task (setting"
     refused = cli(["predict", "--model", model, "--input", scene, "--output", tmp_path / "x.tif",
                    "--threads", "0"])  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
