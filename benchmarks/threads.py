@@ -135,6 +135,8 @@ def main() -> None:
     parser.add_argument("--train-side", type=int, default=512, help="Training scene side.")
     parser.add_argument("--ngf", type=int, default=16, help="Predicting U-Net's ngf.")
     parser.add_argument("--repeat", type=int, default=3, help="Timed runs (median kept).")
+    parser.add_argument("--work", nargs="+", default=["predict", "train"],
+                        choices=["predict", "train"], help="What to time.")  # fmt: skip
     parser.add_argument("--train-child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.train_child:

@@ -14,7 +14,14 @@ from distributed import Client, LocalCluster
 
 from p2p.core.config import DaskConfig, PipelineConfig
 from p2p.core.dask_client import local_shape
-from p2p.core.threads import available_cores, cgroup_quota, decide_budget, task_budget
+from p2p.core.threads import (
+    available_cores,
+    busy_elsewhere,
+    cgroup_quota,
+    decide_budget,
+    free_cores,
+    task_budget,
+)
 from tests.faultkit import PREDICT_OPTS, cli, write_scene, write_tiny_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +144,18 @@ def test_p2p_predict_takes_its_threads_from_its_affinity_or_the_option(tmp_path:
     refused = cli(["predict", "--model", model, "--input", scene, "--output", tmp_path / "x.tif",
                    "--threads", "0"])  # fmt: skip
     assert refused.returncode == 2 and refused.stderr.startswith("error: "), refused.stderr
+
+
+def test_a_lone_process_leaves_the_cores_other_work_holds(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("P2P_THREADS", raising=False)
+    assert free_cores(4, others=0, machine=8) == 4
+    assert free_cores(4, others=6, machine=8) == 2
+    assert free_cores(2, others=12, machine=2) == 1  # never fewer than one
+    (tmp_path / "loadavg").write_text("3.10 2.00 1.50 3/812 4242\n")
+    assert busy_elsewhere(samples=2, root=tmp_path) == 2  # the reader itself is not "other"
+    lone = decide_budget(others=8)
+    assert lone.torch == free_cores(available_cores(), 8)
+    assert decide_budget(slots=2, others=8).torch == max(1, available_cores() // 2)
+    assert decide_budget(3, others=8).torch == 3  # a setting is never capped

@@ -1,10 +1,14 @@
 """The thread budget: how many threads each p2p process and task computes with.
 
 A process may use the cores of its CPU affinity, capped by its cgroup's CPU quota (a container
-limited to 2 CPUs on a 64-core host may use 2, not 64); never the machine's core count. Those
-cores are divided among what runs at once in the process or on the machine: a Dask worker's
-task slots, DDP ranks on one node. DataLoader workers compute with one thread each (they only
-read and augment chips), and the training process keeps the budget.
+limited to 2 CPUs on a 64-core host may use 2, not 64); never the machine's core count. A
+process alone (one slot) takes only the cores other running work leaves free (the runnable
+threads of ``/proc/loadavg`` right now, beyond its own; at least 1): two threads that must
+meet at every barrier on cores held by other busy processes wait for each other's time slices
+(a training epoch beside two busy processes on 2 cores: 141 s with 2 threads, 27 s with 1).
+Those cores are divided among what runs at once in the process or on the machine: a Dask
+worker's task slots, DDP ranks on one node. DataLoader workers compute with one thread each
+(they only read and augment chips), and the training process keeps the budget.
 
 `apply_budget` sets the result where each library reads it: torch's intra-op threads (when
 torch is loaded; otherwise ``OMP_NUM_THREADS`` makes torch start with it, so a process that
@@ -27,6 +31,7 @@ import logging
 import math
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,8 +108,37 @@ def setting_from_env() -> int | None:
     return int(value) if value.isdigit() and int(value) > 0 else None
 
 
+def busy_elsewhere(samples: int = 5, root: Path = Path("/proc")) -> int:
+    """Threads running on the machine besides this one, now: the fewest runnable threads
+    (``/proc/loadavg``'s 4th field) over `samples` reads 10 ms apart, minus this one.
+
+    The instantaneous count, not the load average: the average lags a minute and still holds
+    the load of a p2p process that just ended. 0 where it cannot be read.
+    """
+    counts = []
+    for i in range(samples):
+        try:
+            counts.append(int((root / "loadavg").read_text().split()[3].split("/")[0]))
+        except (OSError, ValueError, IndexError):
+            return 0
+        if i + 1 < samples:
+            time.sleep(0.01)
+    return max(0, min(counts) - 1)
+
+
+def free_cores(cores: int, others: int, machine: int | None = None) -> int:
+    """Of `cores` this process may use, those the machine's other running threads (`others`)
+    leave free: ``machine - others``, between 1 and `cores`. `machine`: the machine's cores
+    (the load is counted machine-wide), default `os.cpu_count`."""
+    machine = machine or os.cpu_count() or cores
+    return max(1, min(cores, machine - others))
+
+
 def decide_budget(
-    threads: int | None = None, slots: int = 1, cores: int | None = None
+    threads: int | None = None,
+    slots: int = 1,
+    cores: int | None = None,
+    others: int | None = None,
 ) -> ThreadBudget:
     """The budget of one task among `slots` sharing this process's cores.
 
@@ -112,10 +146,17 @@ def decide_budget(
         threads: Explicit threads per task (the ``threads`` setting); None: ``P2P_THREADS``,
             else the auto budget, cores // slots (at least 1).
         slots: Tasks or processes computing at once on these cores.
-        cores: Cores to share (default: `available_cores`).
+        cores: Cores to share (default: `available_cores`, less those other busy work on the
+            machine holds, `free_cores`, when this is the only slot: with several slots the
+            siblings are the busy work, and the division already counts them).
+        others: Threads running elsewhere (default: `busy_elsewhere`, read only when needed).
     """
-    cores = available_cores() if cores is None else max(1, cores)
     slots = max(1, slots)
+    if cores is None:
+        cores = available_cores()
+        if slots == 1 and threads is None and setting_from_env() is None:
+            cores = free_cores(cores, busy_elsewhere() if others is None else others)
+    cores = max(1, cores)
     setting = threads if threads is not None else setting_from_env()
     if setting is not None:
         return ThreadBudget(cores, slots, setting, setting, explicit=True)
