@@ -13,9 +13,8 @@ The Python API (docs/python-api.md) is imported on first use, so ``import p2p`` 
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
-
 import os
+from typing import TYPE_CHECKING, Any
 
 # OpenMP threads (torch's intra-op pool) that wait at a barrier sleep instead of spinning. GNU
 # OpenMP reads this once, when torch loads, so it is set here, before any p2p module can load
