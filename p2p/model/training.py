@@ -340,7 +340,7 @@ def train(
             _warn_small_batch()
     run = build_pix2pix(model_cfg, cfg, in_ch, out_ch, device, linear_init=linear_init)
     distributed.wrap(run)  # data-parallel when launched as one of several ranks
-    if cfg.compile:
+    if getattr(cfg, "compile", False):  # a duck-typed config without it: off
         compile_steps(run)
     out_dir.mkdir(parents=True, exist_ok=True)
     start, metrics, ckpt, best = _resume(run, out_dir)
