@@ -46,6 +46,7 @@ import rasterio
 import torch
 from affine import Affine
 
+from p2p.bands.normalization import BandStats, normalize
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.threads import available_cores
 from p2p.infer.inference import predict_scene
@@ -53,7 +54,6 @@ from p2p.infer.translator import DihedralMean, Translator, WindowModel, pick_dev
 from p2p.infer.windows import AxisLayout, axis_layout
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats, normalize
 from p2p.raster import Grid
 from p2p.raster.geotiff import profile
 

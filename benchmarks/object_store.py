@@ -117,9 +117,9 @@ def write_model(folder: Path, bands: int) -> None:
     """A small random U-Net bundle for `bands` source bands."""
     import torch
 
+    from p2p.bands.normalization import BandStats
     from p2p.model.bundle import BundleMeta, write_bundle
     from p2p.model.networks import UNetGenerator
-    from p2p.model.normalization import BandStats
 
     torch.manual_seed(0)
     stats = BandStats(mean=(1000.0,) * bands, std=(500.0,) * bands, low=(0.0,) * bands,

@@ -28,13 +28,13 @@ import torch
 # the scene, model and window recipes of the inference benchmark (this folder is on sys.path)
 from inference import scene_windows, write_model, write_scene
 
+from p2p.bands.normalization import BandStats
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx
 from p2p.infer.translator import WindowModel, open_translator
 from p2p.infer.windows import axis_layout
 from p2p.model.bundle import load_bundle
-from p2p.model.normalization import BandStats
 
 RUNTIMES = ("torch", "onnx")
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
+from p2p.bands.normalization import BandStats
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.model import distributed
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
 from p2p.model.training import train
 

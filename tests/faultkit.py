@@ -21,9 +21,9 @@ from affine import Affine
 from typer.testing import CliRunner, Result
 
 from p2p.app.cli import app
+from p2p.bands.normalization import BandStats
 from p2p.model.bundle import BundleMeta, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats
 from tests.rasters import ramp, write_geotiff
 
 ROOT = Path(__file__).resolve().parents[1]

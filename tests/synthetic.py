@@ -15,8 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from p2p.model.augment import augment_pair
-from p2p.model.normalization import BandStats
+from p2p.bands.augment import augment_pair
+from p2p.bands.normalization import BandStats
 
 Sample = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 

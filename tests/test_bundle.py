@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from p2p.bands.normalization import BandStats
 from p2p.core.errors import BundleError
 from p2p.model.bundle import FORMAT_VERSION, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator, init_weights
-from p2p.model.normalization import BandStats
 
 MODEL = {"num_downs": 4, "ngf": 8, "ndf": 8, "n_layers_d": 3, "norm": "batch", "dropout": 0.5}
 

@@ -12,12 +12,12 @@ from distributed import Client
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from p2p.bands.normalization import normalize
 from p2p.core.config import DaskConfig, DatasetConfig, SceneConfig, TilingConfig
 from p2p.core.errors import StageError
 from p2p.data import chipstore
 from p2p.data.bandstats import FLOAT_BINS, StatsAccumulator
 from p2p.data.dataset import ChipDataset, load_stats, spatial_split
-from p2p.model.normalization import normalize
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.tile import run as tile_stage
 from tests.rasters import write_geotiff

@@ -16,6 +16,7 @@ import pytest
 import torch
 from pydantic import ValidationError
 
+from p2p.bands.normalization import BandStats
 from p2p.core.cache import StageRecord
 from p2p.core.config import DaskConfig, ModelConfig, PipelineConfig, TrainConfig
 from p2p.core.errors import StageError
@@ -23,7 +24,6 @@ from p2p.demo import demo_config, write_demo_scenes
 from p2p.model import distributed
 from p2p.model.checkpoint import list_checkpoints, load_checkpoint, save_checkpoint
 from p2p.model.networks import PatchGANDiscriminator, UNetGenerator, build_generator
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
 from p2p.stages.dataset import run as dataset_stage

@@ -11,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from p2p.bands.normalization import BandStats
 from p2p.core.cache import write_manifest
 from p2p.core.config import MosaicConfig, PredictConfig, SceneConfig
 from p2p.core.errors import OutputError
@@ -19,7 +20,6 @@ from p2p.infer.inference import predict_scene
 from p2p.infer.mosaic import mosaic_scenes
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats
 from p2p.raster.geotiff import publishing, write_rows
 from tests.rasters import ramp, write_geotiff
 

@@ -15,6 +15,7 @@ import rasterio
 import torch
 from synthetic import SyntheticPairs
 
+from p2p.bands.normalization import BandStats
 from p2p.core.config import ModelConfig, PredictConfig, SceneConfig, TrainConfig
 from p2p.infer.backends import TorchWindows
 from p2p.infer.inference import predict_scene
@@ -22,7 +23,6 @@ from p2p.infer.translator import Translator, open_windows
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.checkpoint import load_checkpoint
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import StepOptions, build_pix2pix, train_step
 from p2p.model.training import _warn_small_batch, train
 from tests.rasters import write_geotiff

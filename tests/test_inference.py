@@ -18,13 +18,13 @@ import rasterio
 import torch
 from rio_cogeo.cogeo import cog_validate
 
+from p2p.bands.normalization import BandStats, denormalize, normalize
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
 from p2p.infer import strips
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats, denormalize, normalize
 from p2p.stages.predict import run as predict_stage
 from p2p.stages.record import RunRecord
 from tests.faultkit import assert_one_line_error, cli

@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p.model.normalization import BandStats, denormalize, normalize
+from p2p.bands.normalization import BandStats, denormalize, normalize
 
 STATS = BandStats(mean=(100.0, 5.0), std=(10.0, 1.0), low=(50.0, 0.0), high=(150.0, 10.0))
 

@@ -12,6 +12,7 @@ import pytest
 import rasterio
 import torch
 
+from p2p.bands.normalization import BandStats, normalize
 from p2p.core.config import DaskConfig, PredictConfig, SceneConfig
 from p2p.core.errors import BundleError
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
@@ -20,7 +21,6 @@ from p2p.infer.onnxbundle import export_onnx, onnx_model
 from p2p.infer.translator import open_translator
 from p2p.model.bundle import ONNX, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
-from p2p.model.normalization import BandStats, normalize
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.tile import run as tile_stage
 from p2p.stages.train import run as train_stage

@@ -22,6 +22,8 @@ import rasterio
 import torch
 from distributed import Client
 
+from p2p.bands.augment import dihedral, undo_dihedral
+from p2p.bands.normalization import denormalize
 from p2p.core.cache import StageRecord
 from p2p.core.config import (
     DaskConfig,
@@ -37,12 +39,10 @@ from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.infer.inference import predict_scene
 from p2p.infer.report import evaluate_report, skill_markdown, train_report
 from p2p.infer.seams import SeamAccumulator, read_layout
-from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import load_bundle
 from p2p.model.checkpoint import load_checkpoint
 from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import score_batches
-from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import build_pix2pix
 from p2p.model.training import train
 from p2p.raster import SceneReader

@@ -16,13 +16,13 @@ import pytest
 import torch
 from synthetic import SyntheticPairs, target_function
 
+from p2p.bands.augment import augment_pair, dihedral
+from p2p.bands.normalization import denormalize
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import CheckpointError, InputError
-from p2p.model.augment import augment_pair, dihedral
 from p2p.model.checkpoint import load_checkpoint
 from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import MetricAccumulator
-from p2p.model.normalization import denormalize
 from p2p.model.pix2pix import lr_factor
 from p2p.model.training import load_generator, train
 

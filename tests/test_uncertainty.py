@@ -15,12 +15,12 @@ import rasterio
 import torch
 from pydantic import ValidationError
 
+from p2p.bands.augment import dihedral, undo_dihedral
+from p2p.bands.normalization import BandStats, prepare_window
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer import translator
 from p2p.infer.inference import predict_scene, uncertainty_path
-from p2p.model.augment import dihedral, undo_dihedral
 from p2p.model.bundle import Bundle, load_bundle
-from p2p.model.normalization import BandStats, prepare_window
 from tests.faultkit import write_scene, write_tiny_bundle
 
 CFG = PredictConfig(

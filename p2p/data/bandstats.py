@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from p2p.bands.normalization import BandStats
 from p2p.core.errors import StageError
-from p2p.model.normalization import BandStats
 
 FLOAT_BINS = 1 << 16
 PERCENTILES = (0.5, 99.5)

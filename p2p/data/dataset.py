@@ -22,6 +22,9 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
+from p2p.bands.augment import dihedral_pair
+from p2p.bands.baselines import BaselineFit, Baselines, BaselineScore, chip_pixels
+from p2p.bands.normalization import BandStats, prepare_window
 from p2p.core import files, storage
 from p2p.core.cache import read_manifest
 from p2p.core.config import DatasetConfig, TilingConfig
@@ -29,9 +32,6 @@ from p2p.core.errors import StageError
 from p2p.core.fsutil import atomic_write_json
 from p2p.data import chipstore
 from p2p.data.bandstats import StatsAccumulator
-from p2p.model.augment import dihedral_pair
-from p2p.model.baselines import BaselineFit, Baselines, BaselineScore, chip_pixels
-from p2p.model.normalization import BandStats, prepare_window
 
 log = logging.getLogger(__name__)
 

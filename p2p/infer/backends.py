@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from p2p.model.normalization import BandStats, normalize, prepare_window
+from p2p.bands.normalization import BandStats, normalize, prepare_window
 
 if TYPE_CHECKING:
     import torch

@@ -20,16 +20,16 @@ import torch
 from rasterio.windows import Window
 from torch.utils.data import DataLoader, Dataset
 
+from p2p.bands.baselines import Baselines, BaselineScore, skill
+from p2p.bands.normalization import BandStats
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
 from p2p.infer.evalpicture import TILE, TileError, pick, tile_errors, write_picture
 from p2p.infer.seams import seam_score
 from p2p.infer.spectral import SpectralAccumulator, parse_index
 from p2p.infer.translator import pick_device
-from p2p.model.baselines import Baselines, BaselineScore, skill
 from p2p.model.bundle import Bundle, BundleMeta
 from p2p.model.metrics import MetricAccumulator, score_batches
-from p2p.model.normalization import BandStats
 from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 
 log = logging.getLogger(__name__)

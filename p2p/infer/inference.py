@@ -35,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from p2p import __version__
+from p2p.bands.normalization import BandStats
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
@@ -49,7 +50,6 @@ from p2p.infer.strips import (
 )
 from p2p.infer.windows import axis_layout
 from p2p.model.meta import BundleMeta, BundleRef
-from p2p.model.normalization import BandStats
 from p2p.raster import Grid, SceneReader, geotiff
 from p2p.raster.partial import RowSink
 

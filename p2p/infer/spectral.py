@@ -9,7 +9,7 @@
 - Index fidelity: a normalized difference ``(a - b) / (a + b)`` of two bands (NDVI from NIR
   and red, NDWI, ...), computed from the prediction and from the reference, and its mean
   absolute error; beside it, the same index from the per-pixel linear baseline's bands on the
-  same pixels (`p2p.model.baselines`), when the baseline is given. Pixels where a denominator
+  same pixels (`p2p.bands.baselines`), when the baseline is given. Pixels where a denominator
   is zero are left out.
 
 Numpy only; accumulators keep sums, so windows add up to the whole scene.

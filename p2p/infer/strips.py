@@ -25,9 +25,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from rasterio.windows import Window
 
+from p2p.bands.normalization import BandStats, denormalize
 from p2p.infer.pipeline import Prefetch, Writer
 from p2p.infer.windows import AxisLayout, reflect_index
-from p2p.model.normalization import BandStats, denormalize
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
 

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 import numpy as np
 import torch
 
+from p2p.bands.normalization import BandStats
 from p2p.core.errors import ConfigError
 from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import select_device
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class OnnxTranslator:
 class DihedralMean:
     """Test-time augmentation: a model averaged over the 8 symmetries of the square.
 
-    Each batch is run once per symmetry (`p2p.model.augment.dihedral`, the training
+    Each batch is run once per symmetry (`p2p.bands.augment.dihedral`, the training
     augmentation's), each output is turned back (`undo_dihedral`) and the 8 are summed in
     order and divided by 8. Around a `TensorModel` the batch is turned on the model's device
     (8 forwards of the batch, no host copy in between; `run` keeps it there); around another
@@ -179,7 +179,7 @@ class DihedralMean:
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C_in, s, s)` float32 normalized on the device → `(N, C_out, s, s)` there
         (`2·C_out` with `spread`)."""
-        from p2p.model.augment import dihedral, undo_dihedral
+        from p2p.bands.augment import dihedral, undo_dihedral
 
         assert isinstance(self.model, TensorModel)
         model = self.model
@@ -193,7 +193,7 @@ class DihedralMean:
         if isinstance(self.model, TensorModel):
             y = self.run(to_device(batch, self.model.device))
             return np.ascontiguousarray(y.cpu().numpy(), dtype=np.float32)
-        from p2p.model.augment import dihedral, undo_dihedral
+        from p2p.bands.augment import dihedral, undo_dihedral
 
         x, model = torch.from_numpy(batch), self.model
         total = self._combine(

@@ -19,15 +19,15 @@ import numpy as np
 import torch
 from rasterio.windows import Window
 
+from p2p.bands.baselines import Baselines, BaselineScore, with_baselines
+from p2p.bands.normalization import BandStats
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer.inference import predict_rows, resolve_window
 from p2p.infer.seams import SeamAccumulator, layout_of
 from p2p.infer.spectral import SpectralAccumulator, parse_index
 from p2p.infer.windows import axis_layout
-from p2p.model.baselines import Baselines, BaselineScore, with_baselines
 from p2p.model.bundle import Bundle
 from p2p.model.metrics import MetricAccumulator
-from p2p.model.normalization import BandStats
 from p2p.raster import SceneReader, open_aligned
 
 

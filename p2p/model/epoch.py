@@ -22,10 +22,10 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 import p2p.model.distributed as distributed
+from p2p.bands.normalization import BandStats
 from p2p.core.errors import TrainingDiverged
 from p2p.core.threads import apply_budget, loader_worker_budget
 from p2p.model.metrics import score_batches
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import LOSS_NAMES, Pix2Pix, StepOptions, train_step
 from p2p.model.preview import comparison_rows, write_preview
 

@@ -15,7 +15,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from p2p.model.normalization import BandStats, denormalize
+from p2p.bands.normalization import BandStats, denormalize
 
 #: Side of the SSIM Gaussian window and its standard deviation (Wang et al., 2004).
 SSIM_WINDOW = 11

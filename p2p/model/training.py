@@ -31,6 +31,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
 import p2p.model.distributed as distributed
+from p2p.bands.normalization import BandStats
 from p2p.core.errors import CheckpointError, InputError
 from p2p.core.fsutil import atomic_write_text, json_text
 from p2p.model.checkpoint import (
@@ -53,7 +54,6 @@ from p2p.model.epoch import (
     write_epoch_preview,
 )
 from p2p.model.networks import UNetGenerator, build_generator
-from p2p.model.normalization import BandStats
 from p2p.model.pix2pix import Pix2Pix, build_pix2pix, select_device
 
 if TYPE_CHECKING:

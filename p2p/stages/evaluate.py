@@ -71,10 +71,10 @@ def run(
     def build(folder: Path) -> dict[str, Any]:
         import torch
 
+        from p2p.bands.baselines import with_baselines
         from p2p.data.dataset import ChipDataset
         from p2p.infer.evaluation import evaluate_chips
         from p2p.infer.validation import score_validation_blocks
-        from p2p.model.baselines import with_baselines
         from p2p.model.bundle import load_bundle
         from p2p.model.preview import comparison_rows, write_preview
 

@@ -12,7 +12,7 @@ from p2p.core.errors import StageError
 from p2p.stages.stage import Progress, Stage, StageReport
 
 if TYPE_CHECKING:
-    from p2p.model.normalization import BandStats
+    from p2p.bands.normalization import BandStats
     from p2p.model.training import TrainResult
 
 NAME = "train"
@@ -78,7 +78,7 @@ def run(
     parts = key_parts(ds, model, train)
 
     def build(folder: Path) -> dict[str, Any]:
-        from p2p.model.baselines import with_baselines
+        from p2p.bands.baselines import with_baselines
         from p2p.model.epoch import TrainProgress
         from p2p.model.training import train as train_loop
         from p2p.model.world import world_size

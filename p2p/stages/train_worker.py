@@ -21,13 +21,13 @@ from typing import Any, NoReturn
 
 import torch
 
+from p2p.bands.baselines import normalized_linear
+from p2p.bands.normalization import BandStats
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import P2PError, StageError
 from p2p.core.fsutil import atomic_write_json, read_json
 from p2p.data.dataset import ChipDataset, load_baselines, load_stats
 from p2p.model import distributed
-from p2p.model.baselines import normalized_linear
-from p2p.model.normalization import BandStats
 from p2p.model.training import TrainResult, train
 from p2p.stages.stage import Progress
 from p2p.stages.watch import checkpoint, where
@@ -52,7 +52,7 @@ def linear_anchor(
     dataset_dir: str | Path, source_stats: BandStats, target_stats: BandStats
 ) -> tuple[torch.Tensor, torch.Tensor] | None:
     """The start of a `linear_anchor` generator's linear path: the dataset's least-squares fit
-    in normalized units (`p2p.model.baselines.normalized_linear`)."""
+    in normalized units (`p2p.bands.baselines.normalized_linear`)."""
     return normalized_linear(load_baselines(dataset_dir), source_stats, target_stats)
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from p2p.model.normalization import BandStats
+from p2p.bands.normalization import BandStats
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ class BaselineFit:
 def normalized_linear(
     fit: Baselines, source: BandStats, target: BandStats
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """The linear baseline expressed on normalized inputs and outputs (`p2p.model.normalization`).
+    """The linear baseline expressed on normalized inputs and outputs (`p2p.bands.normalization`).
 
     With ``x = (x̂ + 1)/2 · sx + lx`` and ``ŷ = 2 (y − ly)/sy − 1`` (s = high − low), the fit
     ``y = W x + b`` becomes ``ŷ = W' x̂ + b'`` with ``W'[o, i] = W[o, i] · sx[i] / sy[o]``.
