@@ -249,3 +249,22 @@ def test_killed_threaded_run_resumes_to_the_sequential_bytes(
     fresh = predict_scene(bundle, SceneConfig(source=str(scene)), tmp_path / "fresh.tif", CFG)
     assert out.read_bytes() == Path(fresh.output).read_bytes()
     assert sorted(p.name for p in out.parent.iterdir()) == ["pred.tif"]
+
+
+def test_a_thread_that_fails_to_start_its_gdal_options_is_an_error_not_a_hang(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # rasterio refuses AWS keys as options; the reader and the writer must hand that failure
+    # over instead of leaving the model thread waiting for them forever
+    from rasterio.errors import EnvError
+
+    from p2p.infer import pipeline
+
+    monkeypatch.setattr(pipeline, "_gdal_options", lambda: {"AWS_ACCESS_KEY_ID": "x"})
+    with pytest.raises(EnvError), Prefetch(iter(range(10)), 2) as items:
+        next(items)
+    with pytest.raises(EnvError), Writer(2) as writer:
+        for _ in range(10):  # more than the queue holds: none of these may block
+            writer.submit(lambda: None)
+        writer.wait()
+    assert not engine_threads()

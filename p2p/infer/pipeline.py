@@ -34,21 +34,35 @@ T = TypeVar("T")
 _POLL = 0.1
 
 
+#: Options not copied to a worker thread: GDAL_CACHEMAX is process-wide already (a thread's Env
+#: would reset it when it ends); AWS credentials come from a rasterio session, which refuses
+#: them as options — a `SceneReader` enters its object-store session itself for each read.
+_NOT_COPIED = {"GDAL_CACHEMAX", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN"}
+
+
 def _gdal_options() -> dict[str, Any]:
-    """The caller's rasterio options, to set again on a worker thread. GDAL_CACHEMAX is left
-    out: it is process-wide already, and a thread's Env would reset it when it ends."""
+    """The caller's rasterio options, to set again on a worker thread."""
     if not rasterio.env.hasenv():
         return {}
-    return {k: v for k, v in rasterio.env.getenv().items() if k != "GDAL_CACHEMAX"}
+    return {k: v for k, v in rasterio.env.getenv().items() if k not in _NOT_COPIED}
 
 
-def _start(target: Callable[[], None], name: str) -> threading.Thread:
-    """Start `target` on a thread in a copy of this thread's context and GDAL options."""
+def _start(
+    target: Callable[[], None], name: str, failed: Callable[[BaseException], None]
+) -> threading.Thread:
+    """Start `target` on a thread in a copy of this thread's context and GDAL options.
+
+    `failed` is handed whatever escapes (setting the GDAL options up included), so the other
+    side of a hand-over always learns that this thread is gone instead of waiting for it.
+    """
     context, options = contextvars.copy_context(), _gdal_options()
 
     def run() -> None:
-        with rasterio.Env(**options) if options else contextlib.nullcontext():
-            target()
+        try:
+            with rasterio.Env(**options) if options else contextlib.nullcontext():
+                target()
+        except BaseException as exc:
+            failed(exc)
 
     thread = threading.Thread(target=context.run, args=(run,), name=name)
     thread.start()
@@ -69,7 +83,10 @@ class Prefetch(Generic[T]):
         self._queue: queue.Queue[tuple[bool, Any]] = queue.Queue(maxsize=max(depth, 1))
         self._stop = threading.Event()
         self._ended = False
-        self._thread = _start(self._produce, name) if depth > 0 else None
+        self._thread = _start(self._produce, name, self._failed) if depth > 0 else None
+
+    def _failed(self, exc: BaseException) -> None:
+        self._put((False, exc))
 
     def _produce(self) -> None:
         try:
@@ -128,7 +145,13 @@ class Writer:
     def __init__(self, depth: int, name: str = "p2p-writer") -> None:
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(maxsize=2 * depth)
         self._error: BaseException | None = None
-        self._thread = _start(self._consume, name) if depth > 0 else None
+        self._thread = _start(self._consume, name, self._failed) if depth > 0 else None
+
+    def _failed(self, exc: BaseException) -> None:
+        """The thread failed outside a task (its GDAL options): record it, then keep taking
+        tasks off the queue (discarded) so that no `submit` or `wait` blocks."""
+        self._error = self._error or exc
+        self._consume()
 
     def _consume(self) -> None:
         while True:
