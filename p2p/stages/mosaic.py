@@ -20,18 +20,28 @@ VERSION = 2
 
 
 def key_parts(
-    predictions: Sequence[str], config: MosaicConfig, output_format: OutputFormat
+    predictions: Sequence[str],
+    config: MosaicConfig,
+    output_format: OutputFormat,
+    uncertainty: Sequence[str] | None = None,
 ) -> KeyParts:
     """The grid settings and format, and the predictions' fingerprints (their paths carry the
-    predict keys).
+    predict keys); with `uncertainty`, that it is mosaicked too and its rasters' fingerprints
+    (a mosaic without it keeps the key it had before the option existed).
 
     Raises:
-        InputError: a prediction is missing.
+        InputError: a prediction or uncertainty raster is missing.
     """
-    for path in predictions:
+    files = [*predictions, *(uncertainty or ())]
+    for path in files:
         storage.require_file(path)
-    settings = {"mosaic": config.model_dump(mode="json"), "output_format": output_format}
-    return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
+    settings: dict[str, Any] = {
+        "mosaic": config.model_dump(mode="json"),
+        "output_format": output_format,
+    }
+    if uncertainty:
+        settings["uncertainty"] = True
+    return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in files])
 
 
 def run(
@@ -40,16 +50,23 @@ def run(
     config: MosaicConfig,
     output_format: OutputFormat = "cog",
     progress: Progress | None = None,
+    uncertainty: Sequence[str] | None = None,
 ) -> StageRecord:
     """Mosaic the predictions (union of extents, distance-to-edge blending of overlaps; see
     `p2p.infer.mosaic`); a finished mosaic is returned from the cache.
 
+    Args:
+        uncertainty: The predictions' uncertainty rasters, in the same order: mosaicked the
+            same way onto the same grid as ``mosaic.uncertainty.tif`` (a copy for one scene
+            on its own grid, like the prediction's).
+
     Returns:
-        The record; summary holds output, crs, width, height and the number of inputs.
+        The record; summary holds output, crs, width, height, the number of inputs and
+        uncertainty (the uncertainty mosaic, or None).
     """
     from p2p.infer.mosaic import mosaic_scenes
 
-    parts = key_parts(predictions, config, output_format)
+    parts = key_parts(predictions, config, output_format, uncertainty)
 
     def build(folder: Path) -> dict[str, Any]:
         result = mosaic_scenes(
@@ -59,12 +76,18 @@ def run(
             output_format=output_format,
             progress=progress,
         )
+        spread = None
+        if uncertainty:
+            spread = mosaic_scenes(
+                uncertainty, folder / "mosaic.uncertainty.tif", config, output_format=output_format
+            ).output
         return {
             "output": result.output,
             "crs": result.crs,
             "width": result.width,
             "height": result.height,
             "inputs": result.inputs,
+            "uncertainty": spread,
         }
 
     return run_stage(workspace, parts, build)
