@@ -51,7 +51,7 @@ def test_one_scene_delivers_its_uncertainty_beside_the_output(tmp_path: Path, mo
     spread_path = tmp_path / "out.uncertainty.tif"
     assert record["uncertainty"] == str(spread_path) and record["written"]
     assert record["output"] == str(tmp_path / "out.tif")
-    pred, grid, meta = _read(tmp_path / "out.tif")
+    _, grid, meta = _read(tmp_path / "out.tif")
     spread, spread_grid, spread_meta = _read(spread_path)
     assert spread_grid == grid and spread.dtype == np.float32
     assert meta["layout"] == spread_meta["layout"] == "COG"
@@ -74,7 +74,7 @@ def test_several_scenes_blend_their_uncertainty_onto_the_mosaic_grid(
     left = write_scene(tmp_path / "left.tif", height=40, width=50)
     right = write_scene(tmp_path / "right.tif", height=40, width=50, transform=east)
     record = _predict(tmp_path, model, [left, right], CFG)
-    pred, grid, _ = _read(tmp_path / "out.tif")
+    _, grid, _ = _read(tmp_path / "out.tif")
     spread, spread_grid, meta = _read(record["uncertainty"])
     assert spread_grid == grid == (grid[0], UTM, 80, 40) and meta["layout"] == "COG"
     own = [
