@@ -76,6 +76,8 @@ def test_several_scenes_blend_their_uncertainty_onto_the_mosaic_grid(
     record = _predict(tmp_path, model, [left, right], CFG)
     _, grid, _ = _read(tmp_path / "out.tif")
     spread, spread_grid, meta = _read(record["uncertainty"])
+    with rasterio.open(record["uncertainty"]) as ds:
+        assert ds.tags()["P2P_LAYER"] == "uncertainty" and "P2P_UNCERTAINTY" in ds.tags()
     assert spread_grid == grid == (grid[0], UTM, 80, 40) and meta["layout"] == "COG"
     own = [
         _read(Path(record["stages"][f"predict:{name}"]["path"]) / f"{name}.uncertainty.tif")[0]

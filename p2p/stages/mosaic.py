@@ -79,7 +79,11 @@ def run(
         spread = None
         if uncertainty:
             spread = mosaic_scenes(
-                uncertainty, folder / "mosaic.uncertainty.tif", config, output_format=output_format
+                uncertainty,
+                folder / "mosaic.uncertainty.tif",
+                config,
+                output_format=output_format,
+                extra_tags=_layer_tags(uncertainty[0]),
             ).output
         return {
             "output": result.output,
@@ -91,6 +95,15 @@ def run(
         }
 
     return run_stage(workspace, parts, build)
+
+
+def _layer_tags(path: str) -> dict[str, str]:
+    """The tags that say what an uncertainty raster holds (kept by a blended mosaic of it)."""
+    from p2p.raster import open_raster
+
+    with open_raster(path) as ds:
+        tags = ds.tags()
+    return {k: v for k, v in tags.items() if k in ("P2P_LAYER", "P2P_UNCERTAINTY")}
 
 
 def report(record: StageRecord, _: Mapping[str, Any]) -> StageReport:
