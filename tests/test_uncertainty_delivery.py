@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import subprocess
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +33,17 @@ def _read(path: str | Path) -> tuple[np.ndarray, tuple[object, ...], dict[str, s
         return ds.read(), (ds.crs, ds.transform, ds.width, ds.height), {"layout": str(layout)}
 
 
-def _predict(tmp_path: Path, model: Path, scenes: list[Path], config: PredictConfig) -> dict:
+def _predict(
+    tmp_path: Path,
+    model: Path,
+    scenes: list[Path],
+    config: PredictConfig,
+    reports: list[tuple[int, int]] | None = None,
+) -> dict:
+    def progress(label: str) -> Callable[[int, int], None] | None:
+        return (lambda done, total: reports.append((done, total))) if (
+            reports is not None and label == "mosaic") else None  # fmt: skip
+
     job = PredictionJob(
         str(tmp_path / "ws"),
         str(model),
@@ -41,7 +52,7 @@ def _predict(tmp_path: Path, model: Path, scenes: list[Path], config: PredictCon
         MosaicConfig(),
         str(tmp_path / "out.tif"),
     )
-    return run_pipeline(PREDICTION, job, in_process())
+    return run_pipeline(PREDICTION, job, in_process(progress))
 
 
 def test_one_scene_delivers_its_uncertainty_beside_the_output(tmp_path: Path, model: Path) -> None:
@@ -73,7 +84,10 @@ def test_several_scenes_blend_their_uncertainty_onto_the_mosaic_grid(
     east = UTM @ Affine.translation(30, 0)  # 30 columns east: 20 columns overlap
     left = write_scene(tmp_path / "left.tif", height=40, width=50)
     right = write_scene(tmp_path / "right.tif", height=40, width=50, transform=east)
-    record = _predict(tmp_path, model, [left, right], CFG)
+    reports: list[tuple[int, int]] = []
+    record = _predict(tmp_path, model, [left, right], CFG, reports)
+    # both mosaics report as one of twice the windows (the stall watchdog hears from both)
+    assert reports[-1] == (2, 2) and reports[0] == (1, 2)
     _, grid, _ = _read(tmp_path / "out.tif")
     spread, spread_grid, meta = _read(record["uncertainty"])
     with rasterio.open(record["uncertainty"]) as ds:

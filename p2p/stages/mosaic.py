@@ -69,12 +69,15 @@ def run(
     parts = key_parts(predictions, config, output_format, uncertainty)
 
     def build(folder: Path) -> dict[str, Any]:
+        # with the uncertainty, both mosaics (the same windows) report as one of twice the
+        # windows, so the stall watchdog keeps hearing from the second
+        first, second = _halves(progress) if uncertainty else (progress, None)
         result = mosaic_scenes(
             predictions,
             folder / "mosaic.tif",
             config,
             output_format=output_format,
-            progress=progress,
+            progress=first,
         )
         spread = None
         if uncertainty:
@@ -83,6 +86,7 @@ def run(
                 folder / "mosaic.uncertainty.tif",
                 config,
                 output_format=output_format,
+                progress=second,
                 extra_tags=_layer_tags(uncertainty[0]),
             ).output
         return {
@@ -95,6 +99,21 @@ def run(
         }
 
     return run_stage(workspace, parts, build)
+
+
+def _halves(progress: Progress | None) -> tuple[Progress | None, Progress | None]:
+    """Progress callbacks of two runs of `total` steps each, reported as one of 2 * total."""
+    if progress is None:
+        return None, None
+    report = progress
+
+    def first(done: int, total: int) -> None:
+        report(done, 2 * total)
+
+    def second(done: int, total: int) -> None:
+        report(total + done, 2 * total)
+
+    return first, second
 
 
 def _layer_tags(path: str) -> dict[str, str]:
