@@ -166,7 +166,7 @@ def test_batch_predict_on_a_local_cluster(
         model=record["model"],
         scenes=[pattern],
         output=str(tmp_path / "out" / "mosaic.tif"),
-        predict=config.predict,
+        predict=config.predict.model_copy(update={"uncertainty": True}),
     )
     with LocalCluster(n_workers=1, threads_per_worker=1, dashboard_address=None) as cluster:
         dask = DaskConfig(address=cluster.scheduler_address)
@@ -179,6 +179,11 @@ def test_batch_predict_on_a_local_cluster(
     with rasterio.open(result["output"]) as out, rasterio.open(data.union_target) as ref:
         assert (out.crs, out.transform, out.shape) == (ref.crs, ref.transform, ref.shape)
         assert out.dtypes[0] == "uint8" and np.ptp(out.read(1)) > 0
+    # predict.uncertainty: the spread is mosaicked onto the same grid and delivered beside it
+    assert result["uncertainty"] == str(tmp_path / "out" / "mosaic.uncertainty.tif")
+    with rasterio.open(result["uncertainty"]) as spread, rasterio.open(result["output"]) as out:
+        assert (spread.crs, spread.transform, spread.shape) == (out.crs, out.transform, out.shape)
+        assert spread.dtypes[0] == "float32" and spread.tags()["P2P_LAYER"] == "uncertainty"
 
     # a new scene in the batch: only it is predicted, the mosaic is rebuilt
     more = batch.model_copy(update={"scenes": [pattern, data.train[0].source[0]]})

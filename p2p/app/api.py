@@ -94,6 +94,11 @@ class Prediction:
         """The predicted raster (or mosaic)."""
         return str(self.record["output"])
 
+    @property
+    def uncertainty(self) -> str | None:
+        """The uncertainty raster beside the output (``uncertainty=True``), else None."""
+        return self.record.get("uncertainty")
+
     def quicklook(self, bands: Sequence[str | int] | None = None, size: int = 512) -> Picture:
         """A percentile-stretched picture of the output; bands by name or number."""
         from p2p.infer.quicklook import quicklook_png
@@ -226,16 +231,25 @@ def evaluate(
     model: str | Path | None = None,
     source: str | Path | None = None,
     target_bands: Sequence[int] | None = None,
+    uncertainty: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a prediction against a reference (MAE, RMSE, PSNR, SSIM per band and overall);
-    with the `model` and its `source` scene, also the mean and linear baselines."""
+    with the `model` and its `source` scene, also the mean and linear baselines; with its
+    `uncertainty` raster, how well that ranks the errors (`p2p.infer.calibration`)."""
     from p2p.core.config import SceneConfig
     from p2p.infer.evaluation import evaluate as score
     from p2p.model.meta import read_meta
 
     meta = read_meta(model)[0] if model is not None else None
     files = SceneConfig.model_validate({"source": str(source)}).source if source else None
-    return score(prediction, str(target), target_bands=target_bands, model=meta, source=files)
+    return score(
+        prediction,
+        str(target),
+        target_bands=target_bands,
+        model=meta,
+        source=files,
+        uncertainty=uncertainty,
+    )
 
 
 def open_bundle(path: str | Path, device: str = "cpu") -> Bundle:

@@ -34,6 +34,7 @@ _OPTION_NAMES = {
     "output_format": "--format",
     "compress": "--compress",
     "nodata": "--nodata",
+    "uncertainty": "--uncertainty",
 }
 
 
@@ -153,6 +154,12 @@ def predict(
         "default: predict.tta's default).",
     ),
     threads: int | None = typer.Option(None, "--threads", min=1, help=THREADS_HELP),
+    uncertainty: bool = typer.Option(
+        False,
+        "--uncertainty",
+        help="Also write OUTPUT.uncertainty.tif: the per-pixel spread across the 8 symmetries "
+        "(float32, target units, same grid; needs tta).",
+    ),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle.
 
@@ -179,7 +186,7 @@ def predict(
             config = PredictConfig.model_validate(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
-                 "nodata": nodata, "runtime": runtime}
+                 "nodata": nodata, "runtime": runtime, "uncertainty": uncertainty}
                 | ({} if tta is None else {"tta": tta})
                 | ({} if compress is None else {"compress": compress})
             )  # fmt: skip
@@ -289,6 +296,14 @@ def evaluate(
         help="NAME=A,B: score the normalized difference (A-B)/(A+B) of two bands (names or "
         "1-based numbers), e.g. ndvi=nir,red (repeatable).",
     ),
+    uncertainty: str | None = typer.Option(
+        None,
+        "--uncertainty",
+        help="The prediction's uncertainty raster (p2p predict --uncertainty): the rank "
+        "correlation between it and the absolute error, and the error of its most and least "
+        "uncertain deciles.",
+        metavar="U.tif",
+    ),
 ) -> None:
     """Score a prediction against a reference raster (MAE, RMSE, PSNR, SSIM per band, the
     seam score of its window boundaries, the spectral angle for several bands).
@@ -303,7 +318,7 @@ def evaluate(
         from p2p.core.config import SceneConfig
         from p2p.core.errors import ConfigError
         from p2p.infer.evaluation import evaluate as run_evaluation
-        from p2p.infer.report import fidelity_lines, skill_line
+        from p2p.infer.report import fidelity_lines, skill_line, uncertainty_lines
         from p2p.model.meta import read_meta
 
         if error_map is not None:
@@ -317,7 +332,7 @@ def evaluate(
         files = SceneConfig.model_validate({"source": source}).source if source else None
         record = run_evaluation(
             prediction, target, error_map, target_bands=target_bands or None, model=meta,
-            source=files, picture=drawn, indices=index or (),
+            source=files, picture=drawn, indices=index or (), uncertainty=uncertainty,
         )  # fmt: skip
         if as_json:
             print_json(record)
@@ -329,7 +344,7 @@ def evaluate(
             typer.echo(f"{band['name']}: " + " ".join(cells))
         if "baselines" in record:
             typer.echo(skill_line(record))
-        for line in fidelity_lines(record):
+        for line in [*fidelity_lines(record), *uncertainty_lines(record)]:
             typer.echo(line)
         if record.get("picture"):  # last: the one line naming a file
             typer.echo(f"picture: {record['picture']}")

@@ -89,6 +89,8 @@ def predict_lines(record: dict[str, Any]) -> list[str]:
         if isinstance(s, dict):
             state = "cached" if s.get("cached") else f"predicted in {s.get('seconds', 0.0):.1f} s"
             lines.append(f"  {scene}: {state}")
+    if record.get("uncertainty"):  # with --uncertainty
+        lines.append(f"uncertainty: {record['uncertainty']}")
     if record.get("report"):  # the quicklook, with --quicklook
         lines.append(f"quicklook: {record['report']}")
     return lines

@@ -24,6 +24,7 @@ from p2p.bands.baselines import Baselines, BaselineScore, skill
 from p2p.bands.normalization import BandStats
 from p2p.core.config import SceneConfig
 from p2p.core.errors import AlignmentError, InputError
+from p2p.infer.calibration import UncertaintyAccumulator
 from p2p.infer.evalpicture import TILE, TileError, pick, tile_errors, write_picture
 from p2p.infer.seams import seam_score
 from p2p.infer.spectral import SpectralAccumulator, parse_index
@@ -104,6 +105,19 @@ def _baseline_score(
     return BaselineScore(Baselines.from_dict(model.baselines)), reader
 
 
+def _spread_reader(
+    path: str | Path | None, pred: SceneReader, pixels: int
+) -> tuple[UncertaintyAccumulator, SceneReader] | None:
+    """The uncertainty scorer and the uncertainty raster read on the prediction's grid."""
+    if path is None:
+        return None
+    reader = open_aligned([str(path)], pred.grid, None, None, "nearest")
+    if reader.count != pred.count:
+        reader.close()
+        raise InputError(path, f"has {reader.count} band(s), the prediction {pred.count}")
+    return UncertaintyAccumulator(pred.count, pixels), reader
+
+
 def evaluate(
     prediction: str | Path,
     target: Target,
@@ -117,6 +131,7 @@ def evaluate(
     source: Sequence[str] | None = None,
     picture: str | Path | None = None,
     indices: Sequence[str] = (),
+    uncertainty: str | Path | None = None,
 ) -> dict[str, Any]:
     """Score a prediction against a reference over the pixels valid in both.
 
@@ -142,6 +157,9 @@ def evaluate(
             the largest, median and smallest error here (`p2p.infer.evalpicture`).
         indices: Normalized differences to score, ``NAME=A,B`` with band names or 1-based
             numbers (`p2p.infer.spectral.parse_index`).
+        uncertainty: An uncertainty raster of the prediction (`p2p predict --uncertainty`), one
+            band per predicted band: how well it ranks the absolute errors
+            (`p2p.infer.calibration`), over the pixels valid in all three.
 
     Returns:
         ``{"prediction", "target", "pixels", "data_range", "data_range_from", "bands":
@@ -152,7 +170,9 @@ def evaluate(
         "pixels"} (degrees; None for one band), "indices": [{"name", "bands", "mae",
         "linear_mae", "pixels"}]}``, `p2p.infer.spectral`) and ``"seams"`` (the seam score
         from the prediction's window layout against the reference, `p2p.infer.seams`; None
-        when the prediction carries no layout).
+        when the prediction carries no layout). With `uncertainty`, ``"uncertainty": {"path",
+        "method", "bands": [{"name", "spearman", "mae_most_uncertain", "mae_least_uncertain",
+        "pixels", "sampled"}]}``.
 
     Raises:
         InputError: a missing or unreadable file, or band counts that differ.
@@ -178,14 +198,16 @@ def evaluate(
             metrics = MetricAccumulator(spans)
             spectral = SpectralAccumulator(pred.count, specs)
             score = _baseline_score(model, source, pred)
+            spread = _spread_reader(uncertainty, pred, pixels)
             tiles: list[TileError] | None = [] if picture is not None else None
+            extra = (score, tiles, spectral, spread)
             if error_map is None:
-                _score(pred, ref, metrics, window, None, progress, score, tiles, spectral)
+                _score(pred, ref, metrics, window, None, progress, *extra)
             else:
                 with geotiff.publishing(error_map, "gtiff") as work:
                     profile = geotiff.profile(pred.grid, pred.count, "float32", math.nan)
                     with rasterio.open(work, "w", **profile) as dst:
-                        _score(pred, ref, metrics, window, dst, progress, score, tiles, spectral)
+                        _score(pred, ref, metrics, window, dst, progress, *extra)
             if picture is not None and tiles:
                 write_picture(picture, pick(tiles), pred, ref, score[1] if score else None)
             seams = seam_score(pred, ref)
@@ -198,6 +220,10 @@ def evaluate(
         entry["name"] = name
     result["spectral"] = {"sam": spectral.sam(), "indices": spectral.index_scores()}
     result["seams"] = seams
+    if spread is not None:
+        spread[1].close()
+        names = list(ref.band_names)
+        result["uncertainty"] = {"path": str(uncertainty), **spread[0].compute(names)}
     return {
         "prediction": str(prediction),
         "target": paths,
@@ -220,10 +246,11 @@ def _score(
     baselines: tuple[BaselineScore, SceneReader] | None = None,
     tiles: list[TileError] | None = None,
     spectral: SpectralAccumulator | None = None,
+    spread: tuple[UncertaintyAccumulator, SceneReader] | None = None,
 ) -> None:
-    """Second pass: accumulate metrics (and the baselines' and the spectral fidelity on the
-    same pixels), write error-map windows (when `dst` is open) and collect tile errors (into
-    `tiles`, if a list)."""
+    """Second pass: accumulate metrics (and the baselines', the spectral fidelity and the
+    uncertainty's ranking on the same pixels), write error-map windows (when `dst` is open)
+    and collect tile errors (into `tiles`, if a list)."""
     windows = list(_windows(pred.grid, side))
     tile = min(TILE, pred.grid.height, pred.grid.width)
     for n, window in enumerate(windows, start=1):
@@ -234,6 +261,10 @@ def _score(
             valid &= src_valid
             baselines[0].update(src[:, valid], t[:, valid])
             linear = baselines[0].fit.predict_pixels("linear", src[:, valid])
+        if spread is not None:
+            u, u_valid = spread[1].read(window)
+            both = valid & u_valid  # the other scores keep their pixels
+            spread[0].update(u[:, both], np.abs(p - t)[:, both])
         if spectral is not None:
             spectral.update(p[:, valid], t[:, valid], linear)
         if valid.any():

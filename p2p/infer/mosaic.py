@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -220,6 +220,7 @@ def mosaic_scenes(
     resampling: str = "bilinear",
     progress: Callable[[int, int], None] | None = None,
     compress: geotiff.Compression = "deflate",
+    extra_tags: Mapping[str, str] | None = None,
 ) -> MosaicResult:
     """Mosaic predicted rasters onto one grid, feathering their overlaps.
 
@@ -239,6 +240,7 @@ def mosaic_scenes(
         resampling: How inputs are warped onto the output grid.
         progress: Called with (windows done, windows total).
         compress: Codec of the output (`p2p.raster.geotiff.codec_options`).
+        extra_tags: Tags the mosaic carries besides its own (e.g. what layer it is).
 
     Raises:
         InputError: no inputs, an unreadable or truncated input, or inputs that differ in
@@ -257,11 +259,13 @@ def mosaic_scenes(
         MOSAIC_FORMAT,
         {"mosaic": config.model_dump(mode="json"), "nodata": out_nodata, "feather": feather,
          "resampling": resampling, "format": output_format, "copy": copy}
-        | ({"compress": compress} if compress != "deflate" else {}),
+        | ({"compress": compress} if compress != "deflate" else {})
+        | ({"tags": dict(extra_tags)} if extra_tags else {}),
         [fingerprint_file(p) for p in inputs],
     )  # fmt: skip
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     tags = {"P2P_MOSAIC_INPUTS": str(len(inputs)), "P2P_FEATHER": str(feather)}
+    tags |= dict(extra_tags or {})
     pixel_bytes = bands * np.dtype(dtype).itemsize * (len(inputs) + 1)
     # the cache holds a few windows of a row, not the row: flat in the mosaic's width
     columns = min(grid.width, 4 * WINDOW)

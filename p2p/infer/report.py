@@ -230,6 +230,22 @@ def fidelity_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
+def uncertainty_lines(record: dict[str, Any]) -> list[str]:
+    """Plain-text lines of `p2p evaluate --uncertainty`: per band, the rank correlation of the
+    uncertainty with the absolute error and the error of its most and least uncertain deciles."""
+    scored = record.get("uncertainty")
+    if not scored:
+        return []
+    lines = []
+    for b in scored["bands"]:
+        lines.append(
+            f"uncertainty {b['name']}: spearman {_fmt3(b['spearman'])} with |error|, MAE "
+            f"{_fmt(b['mae_most_uncertain'])} in the most / {_fmt(b['mae_least_uncertain'])} in "
+            f"the least uncertain decile ({b['sampled']} of {b['pixels']} pixels)"
+        )
+    return lines
+
+
 def _fmt3(value: Any) -> str:
     return "–" if value is None else f"{value:.3f}"
 

@@ -24,21 +24,26 @@ def key_parts(
     config: MosaicConfig,
     output_format: OutputFormat,
     compress: Compression = "deflate",
+    uncertainty: Sequence[str] | None = None,
 ) -> KeyParts:
-    """The grid settings, format and codec (named only when not deflate, so mosaics made
-    before the codec was a setting keep their keys), and the predictions' fingerprints
-    (their paths carry the predict keys).
+    """The grid settings, format and codec (named only when not deflate), and the predictions'
+    fingerprints (their paths carry the predict keys); with `uncertainty`, that it is
+    mosaicked too and its rasters' fingerprints (mosaics made before the codec or the
+    uncertainty were settings keep their keys).
 
     Raises:
-        InputError: a prediction is missing.
+        InputError: a prediction or uncertainty raster is missing.
     """
-    for path in predictions:
+    files = [*predictions, *(uncertainty or ())]
+    for path in files:
         storage.require_file(path)
     settings: dict[str, Any] = {"mosaic": config.model_dump(mode="json")}
     settings["output_format"] = output_format
     if compress != "deflate":
         settings["compress"] = compress
-    return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in predictions])
+    if uncertainty:
+        settings["uncertainty"] = True
+    return KeyParts(NAME, VERSION, settings, [fingerprint_file(p) for p in files])
 
 
 def run(
@@ -48,35 +53,81 @@ def run(
     output_format: OutputFormat = "cog",
     compress: Compression = "deflate",
     progress: Progress | None = None,
+    uncertainty: Sequence[str] | None = None,
 ) -> StageRecord:
     """Mosaic the predictions (union of extents, distance-to-edge blending of overlaps; see
     `p2p.infer.mosaic`); a finished mosaic is returned from the cache.
 
+    Args:
+        uncertainty: The predictions' uncertainty rasters, in the same order: mosaicked the
+            same way onto the same grid as ``mosaic.uncertainty.tif`` (a copy for one scene
+            on its own grid, like the prediction's).
+
     Returns:
-        The record; summary holds output, crs, width, height and the number of inputs.
+        The record; summary holds output, crs, width, height, the number of inputs and
+        uncertainty (the uncertainty mosaic, or None).
     """
     from p2p.infer.mosaic import mosaic_scenes
 
-    parts = key_parts(predictions, config, output_format, compress)
+    parts = key_parts(predictions, config, output_format, compress, uncertainty)
 
     def build(folder: Path) -> dict[str, Any]:
+        # with the uncertainty, both mosaics (the same windows) report as one of twice the
+        # windows, so the stall watchdog keeps hearing from the second
+        first, second = _halves(progress) if uncertainty else (progress, None)
         result = mosaic_scenes(
             predictions,
             folder / "mosaic.tif",
             config,
             output_format=output_format,
             compress=compress,
-            progress=progress,
+            progress=first,
         )
+        spread = None
+        if uncertainty:
+            spread = mosaic_scenes(
+                uncertainty,
+                folder / "mosaic.uncertainty.tif",
+                config,
+                output_format=output_format,
+                compress=compress,
+                progress=second,
+                extra_tags=_layer_tags(uncertainty[0]),
+            ).output
         return {
             "output": result.output,
             "crs": result.crs,
             "width": result.width,
             "height": result.height,
             "inputs": result.inputs,
+            "uncertainty": spread,
         }
 
     return run_stage(workspace, parts, build)
+
+
+def _halves(progress: Progress | None) -> tuple[Progress | None, Progress | None]:
+    """Progress callbacks of two runs of `total` steps each, reported as one of 2 * total."""
+    if progress is None:
+        return None, None
+    report = progress
+
+    def first(done: int, total: int) -> None:
+        report(done, 2 * total)
+
+    def second(done: int, total: int) -> None:
+        report(total + done, 2 * total)
+
+    return first, second
+
+
+def _layer_tags(path: str) -> dict[str, str]:
+    """The tags that say what an uncertainty raster holds (kept by a blended mosaic of it)."""
+    from p2p.raster import open_raster
+
+    with open_raster(path) as ds:
+        tags = ds.tags()
+    return {k: v for k, v in tags.items() if k in ("P2P_LAYER", "P2P_UNCERTAINTY")}
 
 
 def report(record: StageRecord, _: Mapping[str, Any]) -> StageReport:

@@ -137,8 +137,16 @@ def _mosaic(j: PredictionJob, r: Records) -> list[Call]:
         "config": j.mosaic,
         "output_format": j.predict.output_format,
         "compress": j.predict.compress,
+        "uncertainty": [uncertainty_output(o) for o in outputs] if j.predict.uncertainty else None,
     }
     return [(mosaic.NAME, arguments)]
+
+
+def uncertainty_output(output: str) -> str:
+    """Where the uncertainty raster of a prediction or mosaic at `output` (a path or ``s3://``
+    URL) lies: ``NAME.uncertainty.tif`` beside it (`p2p.infer.inference.uncertainty_path`)."""
+    stem, dot, suffix = output.rpartition(".")
+    return f"{stem}.uncertainty.{suffix}" if dot and "/" not in suffix else f"{output}.uncertainty"
 
 
 @dataclass(frozen=True)
@@ -180,14 +188,19 @@ def check_prediction(job: PredictionJob) -> None:
 
 
 def deliver_mosaic(job: PredictionJob, records: Records) -> bool:
-    """Copy the mosaic to the job's output (atomically; left as is when unchanged).
+    """Copy the mosaic to the job's output (atomically; left as is when unchanged), and its
+    uncertainty mosaic, where one was made, beside it (`uncertainty_output`).
 
     Returns:
-        True when the output was (re)written.
+        True when the output or its uncertainty raster was (re)written.
     """
     from p2p.infer.report import deliver_file
 
-    return deliver_file(records[mosaic.NAME].summary["output"], job.output)
+    summary = records[mosaic.NAME].summary
+    written = deliver_file(summary["output"], job.output)
+    if summary.get("uncertainty"):
+        written = deliver_file(summary["uncertainty"], uncertainty_output(job.output)) or written
+    return written
 
 
 def _training_fields(c: PipelineConfig, r: Records) -> dict[str, Any]:
@@ -203,7 +216,14 @@ def _training_fields(c: PipelineConfig, r: Records) -> dict[str, Any]:
 def _prediction_fields(j: PredictionJob, _: Records) -> dict[str, Any]:
     output = j.output if storage.is_remote(j.output) else str(Path(j.output).absolute())
     scenes = [s.scene_id for s in j.scenes]
-    return {"model": j.model, "output": output, "scenes": scenes, "metrics": {}}
+    spread = uncertainty_output(output) if j.predict.uncertainty else None
+    return {
+        "model": j.model,
+        "output": output,
+        "uncertainty": spread,
+        "scenes": scenes,
+        "metrics": {},
+    }
 
 
 def _report_fields(j: ReportJob, r: Records) -> dict[str, Any]:

@@ -49,7 +49,8 @@ def run(
         progress: Called with (strips done, strips in the scene).
 
     Returns:
-        The record; summary holds output, scene, width, height, bands, dtype and nodata.
+        The record; summary holds output, scene, width, height, bands, dtype, nodata and
+        uncertainty (its raster with ``config.uncertainty``, else None).
     """
     from p2p.infer.inference import predict_scene
     from p2p.model.meta import read_ref
@@ -70,6 +71,7 @@ def run(
             "bands": result.bands,
             "dtype": result.dtype,
             "nodata": None if math.isnan(result.nodata) else result.nodata,
+            "uncertainty": result.uncertainty,
         }
 
     return run_stage(workspace, parts, build)

@@ -41,6 +41,11 @@ class RunRecord(BaseModel):
     output: str | None = Field(
         description="Where the product was delivered (the mosaic of `predict`); null for train."
     )
+    uncertainty: str | None = Field(
+        default=None,
+        description="Where the per-pixel uncertainty raster was delivered beside `output` "
+        "(`predict.uncertainty`: the spread across the test-time symmetries); null otherwise.",
+    )
     written: bool | None = Field(
         description="True when `output` was (re)written, false when it already held the same "
         "bytes; null when nothing is delivered."
