@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import dask
 import pytest
 from distributed import Client, LocalCluster
 from pydantic import ValidationError
@@ -36,12 +37,18 @@ def test_clusters_p2p_starts_run_no_profiler(processes: bool) -> None:
 
 @pytest.mark.skipif(not FRAMES_DEADLOCK, reason="the interpreter has no frames deadlock")
 def test_workers_p2p_joins_stop_their_profiler() -> None:
+    # a cluster someone else started, with Dask's default profiler on (said explicitly: a
+    # full run's earlier tests must not decide it), which p2p then joins
     with (
+        dask.config.set({"distributed.worker.profile.enabled": True}),
         LocalCluster(
             n_workers=1, threads_per_worker=1, processes=False, dashboard_address=None
         ) as cluster,
         Client(cluster) as own,
     ):
+        deadline = time.monotonic() + 10
+        while not all(own.run(_profiling).values()) and time.monotonic() < deadline:
+            time.sleep(0.1)  # the worker starts its periodic callbacks once it runs
         assert all(own.run(_profiling).values())  # Dask's default: profiling every 10 ms
         with dask_client(DaskConfig(address=cluster.scheduler_address)):
             pass
