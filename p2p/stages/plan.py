@@ -100,10 +100,11 @@ def records_of(entries: Sequence[Planned]) -> Records:
     return {e.label: e.record for e in entries}
 
 
-def _flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+def flatten(value: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """A stage's settings as (``train.epochs``, value) pairs, nested mappings joined by dots."""
     if isinstance(value, dict) and value:
         for k, v in value.items():
-            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
+            yield from flatten(v, f"{prefix}.{k}" if prefix else str(k))
     else:
         yield prefix, value
 
@@ -125,8 +126,8 @@ def changes(old: Mapping[str, Any], new: KeyParts, labels: Mapping[str, str]) ->
     found = []
     if old.get("version") != new.version:
         found.append(f"format version {old.get('version')} → {new.version}")
-    before = dict(_flatten(old.get("config")))
-    after = dict(_flatten(canonical(new.config)))
+    before = dict(flatten(old.get("config")))
+    after = dict(flatten(canonical(new.config)))
     for name in sorted(before.keys() | after.keys()):
         if before.get(name, "—") != after.get(name, "—"):
             found.append(f"{name or 'config'}: {before.get(name, '—')} → {after.get(name, '—')}")

@@ -30,6 +30,7 @@ from p2p.core.cache import MANIFEST, bucket_lock_url, read_manifest
 from p2p.core.config import PipelineConfig
 from p2p.core.errors import InputError
 from p2p.stages import dataset, evaluate, import_tiles, mosaic, predict, report, tile, train
+from p2p.stages.plan import flatten
 
 #: Stage folders p2p makes; any other folder in a workspace is not p2p's to list or remove.
 STAGES = tuple(m.NAME for m in (import_tiles, tile, dataset, train, evaluate, predict, mosaic))
@@ -161,7 +162,7 @@ def _remote_sizes(workspace: str) -> dict[str, tuple[str, int, float]]:
 def _settings_lines(manifests: dict[str, dict[str, Any] | None]) -> dict[str, str]:
     """One line per finished folder: the settings in which it differs from the other folders
     of its stage (all of them for a stage's only folder), as ``name=value``."""
-    flat = {p: dict(_flatten(m.get("config"))) for p, m in manifests.items() if m is not None}
+    flat = {p: dict(flatten(m.get("config"))) for p, m in manifests.items() if m is not None}
     by_stage: dict[str, list[str]] = {}
     for path in flat:
         by_stage.setdefault(Path(path).parent.name, []).append(path)
@@ -173,14 +174,6 @@ def _settings_lines(manifests: dict[str, dict[str, Any] | None]) -> dict[str, st
             shown = varying or [n for n in names if flat[path].get(n) is not None]
             lines[path] = ", ".join(f"{n}={_short(flat[path].get(n))}" for n in shown)
     return lines
-
-
-def _flatten(value: Any, prefix: str = "") -> Iterable[tuple[str, Any]]:
-    if isinstance(value, dict) and value:
-        for k, v in value.items():
-            yield from _flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    else:
-        yield prefix, value
 
 
 def _short(value: Any) -> str:
