@@ -8,7 +8,7 @@ here, before any work starts.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     Field,
@@ -323,6 +323,20 @@ WATCHDOG = (
     "line naming the stage and how far it got, so a scheduled run never hangs; 0 turns the "
     "watchdog off. Stages that report no progress (dataset, evaluate) are not timed."
 )
+#: The run settings both pipeline configs share (the stall watchdog, the thread budget).
+WatchdogSeconds = Annotated[
+    float, Field(ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG)
+]
+Threads = Annotated[
+    int | None,
+    Field(
+        gt=0,
+        le=1024,
+        description="Threads each task computes with (torch intra-op, GDAL, OpenMP); None: "
+        "the cores this process may use (CPU affinity, cgroup quota) divided among the tasks "
+        "that run at once (p2p.core.threads). Speed only: no key depends on it.",
+    ),
+]
 
 
 class PipelineConfig(FrozenConfig):
@@ -345,17 +359,8 @@ class PipelineConfig(FrozenConfig):
         default_factory=EvaluateConfig, description="What evaluation scores beyond the metrics."
     )
     dask: DaskConfig = Field(default_factory=DaskConfig, description="Dask cluster.")
-    watchdog_s: float = Field(
-        default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
-    )
-    threads: int | None = Field(
-        default=None,
-        gt=0,
-        le=1024,
-        description="Threads each task computes with (torch intra-op, GDAL, OpenMP); None: "
-        "the cores this process may use (CPU affinity, cgroup quota) divided among the tasks "
-        "that run at once (p2p.core.threads). Speed only: no key depends on it.",
-    )
+    watchdog_s: WatchdogSeconds = WATCHDOG_S
+    threads: Threads = None
 
     @model_validator(mode="after")
     def _consistent(self) -> PipelineConfig:
@@ -401,14 +406,5 @@ class BatchPredictConfig(FrozenConfig):
         default_factory=DaskConfig,
         description="With an address, scenes are predicted on that Dask cluster.",
     )
-    watchdog_s: float = Field(
-        default=WATCHDOG_S, ge=0, le=MAX_WATCHDOG_S, allow_inf_nan=False, description=WATCHDOG
-    )
-    threads: int | None = Field(
-        default=None,
-        gt=0,
-        le=1024,
-        description="Threads each task computes with (torch intra-op, GDAL, OpenMP); None: "
-        "the cores this process may use (CPU affinity, cgroup quota) divided among the tasks "
-        "that run at once (p2p.core.threads). Speed only: no key depends on it.",
-    )
+    watchdog_s: WatchdogSeconds = WATCHDOG_S
+    threads: Threads = None
