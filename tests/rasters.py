@@ -14,7 +14,7 @@ from rasterio.crs import CRS
 def write_geotiff(
     path: str | Path,
     array: np.ndarray,
-    crs: str | CRS = "EPSG:32633",
+    crs: str | CRS | None = "EPSG:32633",
     transform: Affine | None = None,
     nodata: float | None = None,
     dtype: str | None = None,
@@ -27,7 +27,7 @@ def write_geotiff(
     Args:
         path: Output file.
         array: Pixel values, bands first.
-        crs: Coordinate reference system.
+        crs: Coordinate reference system (None: none).
         transform: Pixel-to-map transform; defaults to 10 m pixels at (500000, 1000000).
         nodata: Nodata value stored in the file (None leaves it unset).
         dtype: Output dtype; the array's dtype by default.
@@ -45,7 +45,7 @@ def write_geotiff(
         "height": height,
         "count": count,
         "dtype": dtype or str(data.dtype),
-        "crs": CRS.from_user_input(crs),
+        "crs": None if crs is None else CRS.from_user_input(crs),
         "transform": transform or Affine(10.0, 0.0, 500000.0, 0.0, -10.0, 1000000.0),
         "nodata": nodata,
     }

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import rasterio
 from affine import Affine
 
 from p2p.model.bundle import META, WEIGHTS
@@ -28,6 +29,7 @@ from tests.faultkit import (
     write_tiny_bundle,
     yaml_config,
 )
+from tests.rasters import ramp, write_geotiff
 
 
 @pytest.fixture(scope="module")
@@ -61,6 +63,31 @@ def test_text_file_named_tif(tmp_path: Path, model: Path) -> None:
     line = assert_failed_cleanly(cli([*_predict(model, fake, out), *PREDICT_OPTS]), fake)
     assert "not a raster" in line
     _assert_no_prediction(out)
+
+
+def test_scenes_without_a_crs(tmp_path: Path, model: Path) -> None:
+    """One scene without a CRS is predicted on its own grid; two cannot be placed side by side
+    (this raised rasterio's CRSError from the mosaic, after predicting every scene)."""
+
+    def step(i: int) -> Affine:
+        return Affine(1.0, 0, 64.0 * i, 0, -1.0, 64.0)
+
+    bare = [
+        write_geotiff(tmp_path / f"{n}.tif", ramp(2, 64, 64) + 1, crs=None, transform=step(i))
+        for i, n in enumerate(("a", "b"))
+    ]
+    alone = tmp_path / "alone" / "pred.tif"
+    done = cli([*_predict(model, bare[0], alone), *PREDICT_OPTS])
+    assert done.returncode == 0, done.stderr
+    with rasterio.open(alone) as out, rasterio.open(bare[0]) as src:
+        assert out.crs is None and out.transform == src.transform and out.shape == src.shape
+    out = tmp_path / "both" / "pred.tif"
+    line = assert_failed_cleanly(
+        cli([*_predict(model, bare[0], out), "--input", str(bare[1]), *PREDICT_OPTS]), bare[0]
+    )
+    assert "has no CRS" in line and "gdal_edit.py -a_srs" in line
+    _assert_no_prediction(out)
+    assert not (out.parent / ".p2p-work" / "predict").exists()  # refused before predicting
 
 
 def test_truncated_geotiff(tmp_path: Path, model: Path) -> None:

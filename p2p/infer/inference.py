@@ -178,15 +178,20 @@ def _plan(reader: SceneReader, bundle: BundleRef, config: PredictConfig, where: 
     )
 
 
-def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> None:
+def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> Grid:
     """Raise what `predict_scene` would raise about the inputs, without doing any work (nor
-    loading the weights or torch, unless the runtime or a CUDA device has to be checked)."""
+    loading the weights or torch, unless the runtime or a CUDA device has to be checked).
+
+    Returns:
+        The scene's grid (the prediction's).
+    """
     if config.runtime != "torch" or config.device == "cuda":  # `auto` and `cpu` cannot fail
         from p2p.infer.translator import check_runtime
 
         check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
         _plan(reader, bundle, config, scene.source[0])
+        return reader.grid
 
 
 def job_parts(

@@ -116,8 +116,46 @@ def _crs(config: MosaicConfig, first: Grid) -> CRS:
         raise ConfigError("mosaic.crs", f"unknown CRS {config.crs!r}") from None
 
 
-def mosaic_grid(grids: Sequence[Grid], config: MosaicConfig) -> Grid:
-    """The output grid: union of the grids' extents (see the module docstring)."""
+def check_crs(named: Sequence[tuple[str, CRS | None]], config: MosaicConfig) -> None:
+    """Inputs `(name, CRS)` can share a mosaic: a CRS on each, or one input alone without a
+    CRS (kept on its own grid) and no ``mosaic.crs`` to reproject it to.
+
+    Raises:
+        InputError: Naming the first input without a CRS, and why it needs one.
+    """
+    bare = [name for name, crs in named if crs is None]
+    if not bare:
+        return
+    fix = "set one with `gdal_edit.py -a_srs EPSG:<code> FILE` (or `rio edit-info --crs`)"
+    if config.crs is not None:
+        why = f"it cannot be reprojected to mosaic.crs {config.crs}"
+    elif len(named) > 1:
+        why = f"it cannot be placed beside the other {len(named) - 1} input(s) of the mosaic"
+    else:
+        return
+    raise InputError(bare[0], f"has no CRS, so {why}; {fix}")
+
+
+def _box(grid: Grid, crs: CRS | None) -> tuple[float, float, float, float]:
+    """`grid`'s bounds in `crs` (as they are without a CRS: one input alone, `check_crs`)."""
+    if grid.crs is None or crs is None:
+        return tuple(grid.bounds)  # type: ignore[return-value]
+    box: tuple[float, float, float, float] = transform_bounds(
+        grid.crs, crs, *grid.bounds, densify_pts=21
+    )
+    return box
+
+
+def mosaic_grid(grids: Sequence[Grid], config: MosaicConfig, names: Sequence[str] = ()) -> Grid:
+    """The output grid: union of the grids' extents (see the module docstring).
+
+    Raises:
+        InputError: A grid without a CRS beside others, or with ``mosaic.crs`` set
+            (`check_crs`; `names` name the grids, default their numbers).
+        ConfigError: ``mosaic.crs`` is not a CRS.
+    """
+    names = names or [f"input {i + 1}" for i in range(len(grids))]
+    check_crs([(name, g.crs) for name, g in zip(names, grids, strict=True)], config)
     first = grids[0]
     crs = _crs(config, first)
     if config.resolution is not None:
@@ -129,7 +167,7 @@ def mosaic_grid(grids: Sequence[Grid], config: MosaicConfig) -> Grid:
             first.crs, crs, first.width, first.height, *first.bounds
         )
         rx = ry = min(abs(t.a), abs(t.e))
-    boxes = [transform_bounds(g.crs, crs, *g.bounds, densify_pts=21) for g in grids]
+    boxes = [_box(g, crs) for g in grids]
     left, bottom = min(b[0] for b in boxes), min(b[1] for b in boxes)
     right, top = max(b[2] for b in boxes), max(b[3] for b in boxes)
     if crs == first.crs and (rx, ry) == first.res:
@@ -158,7 +196,7 @@ def _check_inputs(readers: Sequence[SceneReader]) -> tuple[int, str]:
 
 def _footprint(grid: Grid, reader: SceneReader) -> tuple[int, int, int, int]:
     """Pixel box (row0, col0, row1, col1) of the output grid that an input may cover."""
-    box = transform_bounds(reader.file_grid.crs, grid.crs, *reader.file_grid.bounds, 21)
+    box = _box(reader.file_grid, grid.crs)
     inv = ~grid.transform
     cols, rows = zip(
         *(inv @ (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True
@@ -282,7 +320,7 @@ def mosaic_scenes(
         sink.publish(output_format)
     return MosaicResult(
         output=str(output),
-        crs=grid.crs.to_string(),
+        crs=grid.crs.to_string() if grid.crs else "",
         width=grid.width,
         height=grid.height,
         bands=bands,
@@ -301,7 +339,7 @@ def _plan(
     natives = [SceneReader(p) for p in inputs]
     try:
         bands, dtype = _check_inputs(natives)
-        grid = mosaic_grid([r.grid for r in natives], config)
+        grid = mosaic_grid([r.grid for r in natives], config, [str(p) for p in inputs])
         out_nodata = nodata if nodata is not None else natives[0].nodata
     finally:
         for r in natives:

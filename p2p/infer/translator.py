@@ -18,6 +18,7 @@ import torch
 from p2p.bands.normalization import BandStats
 from p2p.core.errors import ConfigError
 from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
+from p2p.infer.cpuforward import WindowParallel, intra_op_budget
 from p2p.model.pix2pix import select_device
 
 if TYPE_CHECKING:
@@ -72,11 +73,20 @@ class Translator:
             self.generator = self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         bf16 = not self.cuda or torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
+        #: On CPU (without the GPU's code path) each window runs alone on one intra-op
+        #: thread, so its pixels do not depend on the thread count (`p2p.infer.cpuforward`).
+        self.parallel = (
+            None
+            if self.fast or device.type != "cpu"
+            else WindowParallel(self.generator, intra_op_budget())
+        )
 
     @torch.no_grad()
     def run(self, x: torch.Tensor) -> torch.Tensor:
         """`(N, C_in, h, w)` float32 normalized on `device` → `(N, C_out, h, w)` float32
         normalized, there (no grad, ordinary tensors: the strip loop adds into them)."""
+        if self.parallel is not None:
+            return self.parallel(x).float()
         if self.fast:
             x = x.contiguous(memory_format=torch.channels_last)
         with torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.fast):

@@ -178,13 +178,15 @@ def check_training(config: PipelineConfig) -> None:
 
 
 def check_prediction(job: PredictionJob) -> None:
-    """The bundle's metadata and every scene against it (bands, window, runtime)."""
+    """The bundle's metadata and every scene against it (bands, window, runtime), and the
+    scenes' CRSs against the mosaic (`p2p.infer.mosaic.check_crs`)."""
     from p2p.infer.inference import check_scene
+    from p2p.infer.mosaic import check_crs
     from p2p.model.meta import read_ref
 
     ref = read_ref(job.model)  # the predict stage checks the weights; torch loads where one runs
-    for scene in job.scenes:
-        check_scene(ref, scene, job.per_scene)
+    grids = [check_scene(ref, scene, job.per_scene) for scene in job.scenes]
+    check_crs([(s.source[0], g.crs) for s, g in zip(job.scenes, grids, strict=True)], job.mosaic)
 
 
 def deliver_mosaic(job: PredictionJob, records: Records) -> bool:

@@ -12,7 +12,9 @@ from p2p.core.config import PredictConfig, SceneConfig
 from p2p.stages.stage import Progress, Stage
 
 NAME = "predict"
-VERSION = 1
+#: 2: the CPU forward runs on one intra-op thread (`p2p.infer.cpuforward`); predictions made
+#: on several of torch's threads may differ from it by one unit in rare pixels.
+VERSION = 2
 
 
 def key_parts(model: str | Path, scene: SceneConfig, config: PredictConfig) -> KeyParts:
