@@ -99,7 +99,7 @@ def _outputs(record: dict[str, Any]) -> dict[str, str]:
 def test_cpu_forward_does_not_depend_on_the_thread_count() -> None:
     """oneDNN's transposed convolutions on 3 intra-op threads sum in another order than on 1
     (2.4e-7 apart for this generator before the window-parallel forward); the translator's
-    pixels are the same on any count, in any batch, in a pool thread or not."""
+    pixels are the same on any count, in any batch, in any memory layout."""
     torch.manual_seed(0)
     generator = UNetGenerator(3, 3, num_downs=5, ngf=8, linear_anchor=True)
     for module in generator.modules():
@@ -115,6 +115,9 @@ def test_cpu_forward_does_not_depend_on_the_thread_count() -> None:
             translator = Translator(generator, torch.device("cpu"))
             outputs.append(translator.run(x))
             outputs.append(translator.run(x[1:4]))
+            # a batch gathered by numpy at a scene's edge comes channels-last in memory
+            channels_last = translator.run(x.contiguous(memory_format=torch.channels_last))
+            assert torch.equal(channels_last, outputs[-2])
             assert torch.get_num_threads() == threads  # the budget's count comes back
     finally:
         torch.set_num_threads(before)

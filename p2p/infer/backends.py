@@ -64,6 +64,11 @@ class Windows(Protocol):
         """The model: `(N, C_in, h, w)` → `(N, C_out, h, w)` float32, normalized."""
 
 
+def _whole(index: np.ndarray, size: int) -> bool:
+    """`index` is 0, 1, …, size - 1: taking it is the identity."""
+    return len(index) == size and int(index[0]) == 0 and bool((np.diff(index) == 1).all())
+
+
 @dataclass(frozen=True)
 class NumpyWindows:
     """The strip loop in numpy around a `WindowModel` (numpy batches in and out)."""
@@ -73,7 +78,9 @@ class NumpyWindows:
 
     def stage(self, data: np.ndarray, valid: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> Any:
         x = prepare_window(data, valid, self.stats)
-        return x[:, iy[:, None], ix]  # one gather, one copy
+        if _whole(iy, x.shape[1]) and _whole(ix, x.shape[2]):
+            return x  # inside the scene: the read is the windows' pixels already
+        return x[:, iy[:, None], ix]  # mirrored at an edge: one gather, one copy
 
     def rows(self, staged: Any) -> Array:
         return staged

@@ -90,7 +90,13 @@ class WindowParallel:
         return y
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        """`(N, C_in, h, w)` → `(N, C_out, h, w)`."""
+        """`(N, C_in, h, w)` → `(N, C_out, h, w)`.
+
+        The batch is made C-contiguous first: oneDNN takes another code path (and sums in
+        another order) for a channels-last batch, which numpy hands over where windows were
+        gathered at a scene's edge; contiguous is also faster (1.2x for a U-Net ngf 64).
+        """
+        x = x.contiguous()
         parts = x.tensor_split(min(self.workers, len(x)))
         with one_intra_op_thread():
             if len(parts) == 1:
