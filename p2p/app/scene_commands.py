@@ -35,6 +35,7 @@ _OPTION_NAMES = {
     "compress": "--compress",
     "nodata": "--nodata",
     "uncertainty": "--uncertainty",
+    "samples": "--samples",
 }
 
 
@@ -160,6 +161,13 @@ def predict(
         help="Also write OUTPUT.uncertainty.tif: the per-pixel spread across the 8 symmetries "
         "(float32, target units, same grid; needs tta).",
     ),
+    samples: int = typer.Option(
+        0,
+        "--samples",
+        metavar="N",
+        help="With --uncertainty: the spread across N dropout-on samples of each symmetry "
+        "instead (8N more forward passes; a model with dropout, num_downs >= 6).",
+    ),
 ) -> None:
     """Translate one scene, or several scenes into one mosaic, with a model bundle.
 
@@ -186,7 +194,8 @@ def predict(
             config = PredictConfig.model_validate(
                 {"tile_size": tile_size, "overlap": overlap, "batch_size": batch_size,
                  "device": device, "blend": blend, "output_format": output_format,
-                 "nodata": nodata, "runtime": runtime, "uncertainty": uncertainty}
+                 "nodata": nodata, "runtime": runtime, "uncertainty": uncertainty,
+                 "samples": samples}
                 | ({} if tta is None else {"tta": tta})
                 | ({} if compress is None else {"compress": compress})
             )  # fmt: skip

@@ -248,6 +248,14 @@ class PredictConfig(FrozenConfig):
         "standard deviation in target units, blended across windows like the prediction) as a "
         "float32 raster beside the output, NAME.uncertainty.tif; needs tta.",
     )
+    samples: int = Field(
+        default=0,
+        ge=0,
+        le=64,
+        description="With uncertainty: the spread across N dropout-on samples of each of the 8 "
+        "symmetries instead (8N more forward passes; reproducible per window). Needs a model "
+        "with dropout (num_downs >= 6) and runtime torch; the prediction is unchanged.",
+    )
 
     @model_validator(mode="after")
     def _overlap_fits(self) -> PredictConfig:
@@ -255,6 +263,10 @@ class PredictConfig(FrozenConfig):
             self.window(self.tile_size)
         if self.uncertainty and not self.tta:
             raise ValueError("uncertainty needs tta: it is the spread across the symmetries")
+        if self.samples and not self.uncertainty:
+            raise ValueError("samples needs uncertainty: they make the uncertainty raster")
+        if self.samples and self.runtime != "torch":
+            raise ValueError("samples needs runtime torch: an ONNX graph has no dropout to turn on")
         return self
 
     def window(self, chip_size: int) -> tuple[int, int]:

@@ -63,6 +63,12 @@ UNCERTAINTY = (
     "per-pixel population standard deviation of the 8 test-time symmetries' outputs, in target "
     "units, blended across windows with the prediction's weights"
 )
+#: The same with ``predict.samples`` (`p2p.infer.sampling`).
+UNCERTAINTY_SAMPLED = (
+    "per-pixel population standard deviation of {} dropout-on samples of each of the 8 "
+    "test-time symmetries' outputs, in target units, blended across windows with the "
+    "prediction's weights"
+)
 
 #: Version of the predict stage's artifacts and of the partial-output state format.
 #: Format of a resumable partial output (the row-strip state); bump it when that changes.
@@ -185,7 +191,7 @@ def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) ->
     Returns:
         The scene's grid (the prediction's).
     """
-    if config.runtime != "torch" or config.device == "cuda":  # `auto` and `cpu` cannot fail
+    if config.runtime != "torch" or config.device == "cuda" or config.samples:
         from p2p.infer.translator import check_runtime
 
         check_runtime(bundle, config)
@@ -341,7 +347,8 @@ def _open_sinks(
     tags = _tags(bundle, scene, config, plan)
     layers = [(output, plan.dtype, plan.nodata, names, tags)]
     if config.uncertainty:
-        spread_tags = tags | {"P2P_LAYER": "uncertainty", "P2P_UNCERTAINTY": UNCERTAINTY}
+        meaning = UNCERTAINTY if not config.samples else UNCERTAINTY_SAMPLED.format(config.samples)
+        spread_tags = tags | {"P2P_LAYER": "uncertainty", "P2P_UNCERTAINTY": meaning}
         spread_names = [f"{n}_spread" for n in names]
         layers.append((uncertainty_path(output), "float32", math.nan, spread_names, spread_tags))
     sinks = []

@@ -66,6 +66,9 @@ class Translator:
         self, generator: torch.nn.Module, device: torch.device, fast: bool | None = None
     ) -> None:
         self.device = device
+        self.module = generator
+        #: Dropout-on samples per symmetry when this runs a `p2p.infer.sampling` copy.
+        self.samples = 0
         self.cuda = device.type == "cuda"
         self.fast = self.cuda if fast is None else fast
         self.generator = generator.to(device).eval()
@@ -168,10 +171,38 @@ class DihedralMean:
             channels after the mean (the mean's values do not change).
     """
 
-    def __init__(self, model: WindowModel, spread: bool = False) -> None:
-        self.model, self.spread = model, spread
+    def __init__(
+        self, model: WindowModel, spread: bool = False, sampler: Translator | None = None
+    ) -> None:
+        self.model, self.spread, self.sampler = model, spread, sampler
         if isinstance(model, TensorModel):  # then this is a TensorModel too
             self.device = model.device
+
+    def _sampled_spread(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """Standard deviation across the 8 symmetries x `samples` dropout-on samples of each
+        window (`p2p.infer.sampling`), accumulated one output at a time (Welford)."""
+        from p2p.bands.augment import dihedral, undo_dihedral
+        from p2p.infer.sampling import SampledGenerator
+
+        assert self.sampler is not None
+        module = self.sampler.module
+        assert isinstance(module, SampledGenerator)
+        mean: torch.Tensor | None = None
+        m2: torch.Tensor | None = None
+        n = 0
+        for sample in range(samples):
+            module.sample = sample
+            for k in range(8):
+                y = undo_dihedral(self.sampler.run(dihedral(x, k).contiguous()), k)
+                n += 1
+                if mean is None or m2 is None:
+                    mean, m2 = y.clone(), torch.zeros_like(y)
+                    continue
+                delta = y - mean
+                mean += delta / n
+                m2 += delta * (y - mean)
+        assert m2 is not None
+        return (m2 / n).sqrt()
 
     def _combine(self, turned_back: Iterator[torch.Tensor]) -> torch.Tensor:
         """Mean (and spread) of the 8 outputs, turned back: `(N, C_out or 2·C_out, s, s)`."""
@@ -193,9 +224,13 @@ class DihedralMean:
 
         assert isinstance(self.model, TensorModel)
         model = self.model
-        return self._combine(
+        out = self._combine(
             undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)
         )
+        if self.spread and self.sampler is not None:
+            c = out.shape[1] // 2
+            out[:, c:] = self._sampled_spread(x, self.sampler.samples)
+        return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """`(N, C_in, s, s)` float32 normalized → `(N, C_out, s, s)` float32 normalized
@@ -225,9 +260,27 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
         from p2p.infer.onnxbundle import onnx_model
 
         model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
-    else:
-        model = Translator(bundle.generator, pick_device(config.device))
-    return DihedralMean(model, config.uncertainty) if config.tta else model
+        return DihedralMean(model, config.uncertainty) if config.tta else model
+    model = Translator(bundle.generator, pick_device(config.device))
+    return _averaged(model, bundle, config)
+
+
+#: The shallowest U-Net with dropout layers (`UNetGenerator`: levels 4 … num_downs - 2).
+DROPOUT_DEPTH = 6
+
+
+def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> WindowModel:
+    """`model` averaged over the symmetries (with ``tta``), with the spread across them or,
+    with ``samples``, across dropout-on samples of each symmetry."""
+    if not config.tta:
+        return model
+    sampler = None
+    if config.uncertainty and config.samples:
+        from p2p.infer.sampling import sampling_generator
+
+        sampler = Translator(sampling_generator(bundle.generator), model.device)
+        sampler.samples = config.samples
+    return DihedralMean(model, config.uncertainty, sampler)
 
 
 #: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
@@ -246,14 +299,22 @@ def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
     if config.runtime == "torch":
         device = pick_device(config.device)
         if device.type in TENSOR_DEVICES:
-            model = Translator(bundle.generator, device)
-            tensors = DihedralMean(model, config.uncertainty) if config.tta else model
+            tensors = _averaged(Translator(bundle.generator, device), bundle, config)
+            assert isinstance(tensors, TensorModel)
             return TorchWindows(tensors, device, stats)
     return NumpyWindows(open_translator(bundle, config), stats)
 
 
 def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
     """Raise what `open_translator` would raise, without loading a session."""
+    model = bundle.meta.model
+    if config.samples and (model.dropout <= 0 or model.num_downs < DROPOUT_DEPTH):
+        raise ConfigError(
+            "predict.samples",
+            f"the model has no dropout layer (dropout {model.dropout}, num_downs "
+            f"{model.num_downs}; U-Nets of num_downs >= {DROPOUT_DEPTH} have them), so its "
+            "samples would all be the same; leave samples at 0",
+        )
     if config.runtime == "onnx":
         from p2p.infer.onnxbundle import onnx_model
 
