@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
+from rasterio.windows import Window
 
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import InputError
@@ -26,6 +27,7 @@ from p2p.infer import strips, translator
 from p2p.infer.inference import predict_scene
 from p2p.infer.pipeline import Prefetch, Writer
 from p2p.model.bundle import Bundle, load_bundle
+from p2p.raster import SceneReader
 from p2p.raster.partial import RowSink
 from tests.faultkit import (
     PREDICT_OPTS,
@@ -273,3 +275,29 @@ def test_a_thread_that_fails_to_start_its_gdal_options_is_an_error_not_a_hang(
             writer.submit(lambda: None)
         writer.wait()
     assert not engine_threads()
+
+
+def test_shared_rows_of_window_rows_are_read_once_and_are_the_same(tmp_path: Path) -> None:
+    """Window rows overlap by tile - stride rows: the next row takes them from the previous
+    read (`strips._read_rows`) and reads only the rows below; values and validity equal one
+    read of the whole window (a nodata hole crosses the shared rows)."""
+    values = ramp(3, 300, 90) + 1
+    values[:, 100:130, 20:40] = 0
+    path = write_geotiff(tmp_path / "scene.tif", values, nodata=0, blocksize=16)
+    tile, stride = 64, 48
+    with SceneReader(path) as reader:
+        whole = reader.read
+        asked: list[Window] = []
+
+        def spy(window: Window) -> tuple[np.ndarray, np.ndarray]:
+            asked.append(window)
+            return whole(window)
+
+        reader.read = spy  # type: ignore[method-assign]
+        carry: strips.Carry = {}
+        for top in range(0, 300 - tile + 1, stride):
+            window = Window(10, top, 50, tile)
+            data, valid = strips._read_rows(reader, window, carry, 0, tile - stride)
+            want, want_valid = whole(window)
+            assert np.array_equal(data, want) and np.array_equal(valid, want_valid)
+    assert asked[0].height == tile and {w.height for w in asked[1:]} == {stride}

@@ -84,12 +84,42 @@ def _reads_of_row(plan: StripPlan) -> list[range]:
     return [range(k, min(k + per_read, plan.lx.count)) for k in range(0, plan.lx.count, per_read)]
 
 
+#: Rows of one read that the next window row reads again, per read of a row: (first scene
+#: row, raw values, valid), the bottom ``tile - stride`` rows (`_read_rows`).
+Carry = dict[int, tuple[int, np.ndarray, np.ndarray]]
+
+
+def _read_rows(
+    reader: SceneReader, window: Window, carry: Carry, n: int, keep: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """`reader.read(window)`, taking the rows that read `n` of the previous window row already
+    read from `carry` (only the rows below them come from the file), and keeping the bottom
+    `keep` rows for the next. Pixels are the same as one read: values and validity are per
+    pixel, and a resampled (warped) reader always reads whole (GDAL's warper may chunk
+    differently)."""
+    top, height = int(window.row_off), int(window.height)
+    kept = carry.pop(n, None)
+    if kept is not None and not reader.resampled and kept[0] == top and len(kept[2]) < height:
+        _, old, old_valid = kept
+        rest = Window(window.col_off, top + len(old_valid), window.width, height - len(old_valid))
+        new, new_valid = reader.read(rest)
+        data, valid = np.concatenate([old, new], axis=1), np.concatenate([old_valid, new_valid])
+    else:
+        data, valid = reader.read(window)
+    if 0 < keep < height:
+        carry[n] = (top + height - keep, data[:, -keep:].copy(), valid[-keep:].copy())
+    return data, valid
+
+
 def _read_windows(
-    reader: SceneReader, windows: Windows, plan: StripPlan, j: int, ks: range
+    reader: SceneReader, windows: Windows, plan: StripPlan, j: int, ks: range, carry: Carry
 ) -> Read:
     """Model input for windows `ks` of window row j: their pixels, parts outside the scene
     mirrored about the edge (reflection), staged by `windows` (numpy: prepared as training
     chips are, `prepare_window`; `Windows.rows` finishes it on the model's thread).
+
+    Window rows overlap by ``tile - stride`` rows: inside the scene those rows come from the
+    previous row's read (`carry`, keyed by the read's place in the row), not from the file.
 
     Returns:
         staged: becomes `(C_in, tile_y, (len(ks) - 1)·stride_x + tile_x)` float32 in [-1, 1];
@@ -102,15 +132,18 @@ def _read_windows(
     xs = reflect_index(np.arange(lx.start(ks.start), lx.start(ks[-1]) + lx.tile), lx.size)
     top, left = int(ys.min()), int(xs.min())
     window = Window(left, top, int(xs.max()) + 1 - left, int(ys.max()) + 1 - top)
-    data, valid = reader.read(window)
+    plain = int(ys[0]) == top and len(ys) == window.height  # rows in order, none mirrored
+    keep = ly.tile - ly.stride if plain else 0
+    data, valid = _read_rows(reader, window, carry if plain else {}, ks.start, keep)
     return windows.stage(data, valid, ys - top, xs - left), valid, top, left
 
 
 def _reads(reader: SceneReader, run: _Run, rows: range) -> Iterator[Read]:
     """Every read of window rows `rows`, in the order the loop consumes them."""
+    carry: Carry = {}
     for j in rows:
         for ks in _reads_of_row(run.plan):
-            yield _read_windows(reader, run.windows, run.plan, j, ks)
+            yield _read_windows(reader, run.windows, run.plan, j, ks, carry)
 
 
 def _predict_window_row(
