@@ -40,8 +40,8 @@ def _forward_pool(workers: int) -> ThreadPoolExecutor:
     global _pool, _pool_size
     with _lock:
         if _pool is None or _pool_size < workers:
-            if _pool is not None:
-                _pool.shutdown(wait=False)  # work already given to it still finishes
+            # not shut down: a scene may be about to hand it work; its threads end when the
+            # last reference to it goes (ThreadPoolExecutor wakes them on collection)
             _pool = ThreadPoolExecutor(workers, thread_name_prefix="p2p-forward")
             _pool_size = workers
         return _pool
