@@ -1,0 +1,266 @@
+"""Benchmark: many scenes through the `batch-predict` flow and `p2p predict`, and the mosaic.
+
+Writes a near-null model bundle (ngf 1, num_downs 2: the pipeline's own cost shows on any
+machine) and, for each N of `--sizes`, N adjacent `--side`² 3-band uint16 scenes on one grid
+(EPSG:32633, a near-square grid of rows and columns, neighbours overlapping by `--overlap`
+pixels), then times, in one run:
+
+- flow: the `batch_predict` flow in a child process on a temporary Prefect server, its scenes
+  predicted on a Dask LocalCluster of `--workers` worker processes (one thread each) given as
+  `dask.address`; wall = the flow call (server and cluster start-up excluded: a deployment
+  finds both running);
+- CLI: the installed `p2p predict --input S1 ... --input SN --json`, a subprocess (wall
+  includes its start-up);
+- mosaic: `p2p.stages.mosaic.run` alone over the N predictions the CLI made, in a fresh
+  workspace in its own child process; its peak memory is that process's VmHWM (and, beside
+  it, the VmHWM after the imports, before the mosaic);
+- GDAL: `rasterio.merge.merge` of the same predictions onto the same grid (GDAL's windowed
+  reads, `method="first"`), written as the same tiled DEFLATE GeoTIFF (p2p's codec options,
+  256² tiles, GDAL encoding on all cores), in its own child process with its VmHWM.
+
+Per scene, orchestration overhead = (wall - sum of the predict stages' seconds - the mosaic
+stage's seconds) / N, from the run record (`stages.*.seconds`); with one worker the
+predictions run one after another, so this is exactly the issue's "wall minus the sum of the
+predictions" (less the mosaic, which is work, not orchestration). With W > 1 workers the
+predictions overlap and the figure turns negative: read wall / N then. Goals: overhead <= 0.5 s
+per scene at N = 64, mosaic time and peak memory per scene flat from N = 4 to 64 (+10 %),
+mosaic <= 1.5 x GDAL's. Nothing here asserts timing.
+
+    python benchmarks/batch.py                              # N = 4, 16, 64 of 1024²: ~12 min
+    python benchmarks/batch.py --sizes 4 16 --side 512      # quick
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import rasterio
+from affine import Affine
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+P2P = shutil.which("p2p") or str(Path(sys.executable).with_name("p2p"))
+PIXEL = 10.0  # metres, write_scene's
+SETTINGS = {"tile_size": 256, "overlap": 32, "tta": False, "output_format": "gtiff"}
+
+
+def vm_hwm_mb() -> float:
+    """This process's own peak resident memory (VmHWM), MB: not ru_maxrss, which Linux keeps
+    across fork + exec."""
+    status = Path("/proc/self/status").read_text()
+    return int(re.search(r"VmHWM:\s+(\d+) kB", status).group(1)) / 1024  # type: ignore[union-attr]
+
+
+def layout(n: int) -> tuple[int, int]:
+    """Rows and columns of a near-square grid of `n` scenes."""
+    cols = math.ceil(math.sqrt(n))
+    return math.ceil(n / cols), cols
+
+
+def write_scenes(folder: Path, n: int, side: int, overlap: int, bases: list[Path]) -> list[str]:
+    """`n` scenes on one grid: copies of the `bases` (cycled) moved to their place."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _, cols = layout(n)
+    step = (side - overlap) * PIXEL
+    paths = []
+    for k in range(n):
+        row, col = divmod(k, cols)
+        path = folder / f"scene_{row:02d}_{col:02d}.tif"
+        shutil.copyfile(bases[k % len(bases)], path)
+        with rasterio.open(path, "r+") as ds:
+            ds.transform = Affine(PIXEL, 0, 500000 + col * step, 0, -PIXEL, 1000000 - row * step)
+        paths.append(str(path))
+    return paths
+
+
+def split(record: dict[str, Any], wall: float) -> dict[str, float]:
+    """Wall, summed predict seconds, mosaic seconds and the overhead per scene of a run."""
+    stages = record["stages"]
+    n = len(record["scenes"])
+    predicted = sum(s["seconds"] for k, s in stages.items() if k.startswith("predict:"))
+    mosaic = stages["mosaic"]["seconds"]
+    return {"wall": wall, "predict": predicted, "mosaic": mosaic,
+            "overhead": (wall - predicted - mosaic) / n, "per_scene": wall / n}  # fmt: skip
+
+
+def flow_child(spec: str) -> None:
+    """Run the flow once per batch of `spec` (JSON: model, workers, batches) on one server and
+    one cluster; print each run's split as a JSON line."""
+    from distributed import LocalCluster
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.batch_predict import batch_predict
+    from p2p.core.config import BatchPredictConfig, DaskConfig, PredictConfig
+
+    job = json.loads(spec)
+    cluster = LocalCluster(
+        n_workers=job["workers"], threads_per_worker=1, dashboard_address=None
+    )
+    with prefect_test_harness(server_startup_timeout=120), cluster:
+        for batch in job["batches"]:
+            config = BatchPredictConfig(
+                workspace=batch["workspace"], model=job["model"], scenes=batch["scenes"],
+                output=batch["output"], predict=PredictConfig(**SETTINGS),
+                dask=DaskConfig(address=cluster.scheduler_address),
+            )  # fmt: skip
+            start = time.perf_counter()
+            record = batch_predict(config)
+            print(json.dumps(split(record, time.perf_counter() - start)), flush=True)
+
+
+def run_flows(folder: Path, batches: dict[int, list[str]], workers: int) -> dict[int, Any]:
+    spec = {"model": str(folder / "model"), "workers": workers, "batches": [
+        {"workspace": str(folder / f"flow{n}"), "scenes": scenes,
+         "output": str(folder / f"flow{n}" / "mosaic.tif")} for n, scenes in batches.items()
+    ]}  # fmt: skip
+    cmd = [sys.executable, __file__, "--flow-child", json.dumps(spec)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"wall"')]
+    return dict(zip(batches, lines, strict=True))
+
+
+def run_cli(folder: Path, n: int, scenes: list[str]) -> tuple[dict[str, float], list[str]]:
+    """`p2p predict` of the scenes into a fresh workspace: its split and its predictions."""
+    ws = folder / f"cli{n}"
+    cmd = [P2P, "predict", "--model", str(folder / "model"), "--output", str(ws / "mosaic.tif"),
+           "--workspace", str(ws), "--json", "--tile-size", "256", "--overlap", "32",
+           "--no-tta", "--format", "gtiff"]  # fmt: skip
+    for scene in scenes:
+        cmd += ["--input", scene]
+    start = time.perf_counter()
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    wall = time.perf_counter() - start
+    record = json.loads(done.stdout.strip().splitlines()[-1])
+    predictions = [
+        str(Path(record["stages"][f"predict:{Path(s).stem}"]["path"]) / Path(s).name)
+        for s in scenes
+    ]
+    return split(record, wall), predictions
+
+
+def mosaic_child(out: str, predictions: str) -> None:
+    """The mosaic stage alone over the predictions (JSON list) into a fresh workspace `out`,
+    with the thread budget `p2p predict` applies; prints seconds, VmHWM after the imports and
+    at the end (MB)."""
+    from p2p.core.config import MosaicConfig
+    from p2p.core.threads import use_threads
+    from p2p.stages import mosaic
+
+    use_threads(None)
+    imported = vm_hwm_mb()
+    start = time.perf_counter()
+    mosaic.run(out, json.loads(predictions), MosaicConfig(), output_format="gtiff")
+    print(json.dumps({"seconds": time.perf_counter() - start, "base": imported,
+                      "hwm": vm_hwm_mb()}))  # fmt: skip
+
+
+def gdal_child(out: str, predictions: str) -> None:
+    """GDAL's mosaic of the predictions (rasterio.merge: windowed reads, `first` where they
+    overlap) into a tiled GeoTIFF with p2p's codec options; prints as `mosaic_child`."""
+    from rasterio.merge import merge
+
+    from p2p.raster.geotiff import BLOCK, codec_options
+
+    imported = vm_hwm_mb()
+    start = time.perf_counter()
+    options = {"driver": "GTiff", "tiled": True, "blockxsize": BLOCK, "blockysize": BLOCK,
+               "num_threads": "ALL_CPUS", **codec_options("deflate", "uint16")}  # fmt: skip
+    merge(json.loads(predictions), dst_path=out, dst_kwds=options)
+    print(json.dumps({"seconds": time.perf_counter() - start, "base": imported,
+                      "hwm": vm_hwm_mb()}))  # fmt: skip
+
+
+def child(kind: str, out: Path, predictions: list[str]) -> dict[str, float]:
+    cmd = [sys.executable, __file__, f"--{kind}-child", str(out), json.dumps(predictions)]
+    done = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
+    return result
+
+
+def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[int, Any]:
+    from inference import write_scene  # torch: not in the children that measure memory
+
+    bases = [folder / f"base{k}.tif" for k in range(4)]
+    for k, base in enumerate(bases):
+        write_scene(base, args.side, seed=k)
+    batches = {n: write_scenes(folder / f"s{n}", n, args.side, args.overlap, bases) for n in sizes}
+    flows = run_flows(folder, batches, args.workers)
+    rows = {}
+    for n, scenes in batches.items():
+        cli, predictions = run_cli(folder, n, scenes)
+        p2p = child("mosaic", folder / f"mosaic{n}", predictions)
+        gdal = child("gdal", folder / f"gdal{n}.tif", predictions)
+        with rasterio.open(folder / f"gdal{n}.tif") as ds:
+            pixels = ds.width * ds.height
+        rows[n] = {"flow": flows[n], "cli": cli, "mosaic": p2p, "gdal": gdal, "px": pixels,
+                   "load": os.getloadavg()[0]}  # fmt: skip
+    return rows
+
+
+def print_tables(rows: dict[int, Any], args: argparse.Namespace, load_before: float) -> None:
+    print(
+        f"{os.cpu_count()} CPUs, load average {load_before:.1f} before; {args.side}² x 3-band "
+        f"uint16 scenes overlapping by {args.overlap} px, near-null U-Net (ngf 1, num_downs 2), "
+        f"tile 256, overlap 32, no TTA, GeoTIFF DEFLATE; flow on a LocalCluster of "
+        f"{args.workers} worker(s) x 1 thread"
+    )
+    print("\n| N | flow wall s | flow Σpredict s | flow mosaic s | flow overhead/scene s "
+          "| flow wall/N s | CLI wall s | CLI Σpredict s | CLI mosaic s "
+          "| CLI overhead/scene s | CLI wall/N s | load |")  # fmt: skip
+    print("|---" * 12 + "|")
+    for n, r in rows.items():
+        f, c = r["flow"], r["cli"]
+        print(f"| {n} | {f['wall']:.1f} | {f['predict']:.1f} | {f['mosaic']:.1f} "
+              f"| {f['overhead']:.2f} | {f['per_scene']:.2f} | {c['wall']:.1f} "
+              f"| {c['predict']:.1f} | {c['mosaic']:.1f} | {c['overhead']:.2f} "
+              f"| {c['per_scene']:.2f} | {r['load']:.1f} |")  # fmt: skip
+    print("\n| N | mosaic MP | p2p mosaic s | s/MP | VmHWM MB (after imports) "
+          "| GDAL merge s | GDAL VmHWM MB (after imports) | p2p / GDAL |")  # fmt: skip
+    print("|---" * 8 + "|")
+    for n, r in rows.items():
+        m, g, mp = r["mosaic"], r["gdal"], r["px"] / 1e6
+        print(f"| {n} | {mp:.1f} | {m['seconds']:.1f} | {m['seconds'] / mp:.3f} "
+              f"| {m['hwm']:.0f} ({m['base']:.0f}) | {g['seconds']:.1f} "
+              f"| {g['hwm']:.0f} ({g['base']:.0f}) | {m['seconds'] / g['seconds']:.2f} |")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64], help="Batches.")
+    parser.add_argument("--side", type=int, default=1024, help="Scene side, pixels.")
+    parser.add_argument("--overlap", type=int, default=64, help="Neighbours' overlap, pixels.")
+    parser.add_argument("--workers", type=int, default=1, help="LocalCluster workers.")
+    parser.add_argument("--flow-child", help=argparse.SUPPRESS)
+    parser.add_argument("--mosaic-child", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--gdal-child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.flow_child:
+        return flow_child(args.flow_child)
+    if args.mosaic_child:
+        return mosaic_child(*args.mosaic_child)
+    if args.gdal_child:
+        return gdal_child(*args.gdal_child)
+    load_before = os.getloadavg()[0]
+    from inference import write_model
+
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        write_model(folder / "model", 1, 2)
+        rows = measure(folder, args.sizes, args)
+    print_tables(rows, args, load_before)
+
+
+if __name__ == "__main__":
+    main()
