@@ -105,9 +105,7 @@ def flow_child(spec: str) -> None:
     from p2p.core.config import BatchPredictConfig, DaskConfig, PredictConfig
 
     job = json.loads(spec)
-    cluster = LocalCluster(
-        n_workers=job["workers"], threads_per_worker=1, dashboard_address=None
-    )
+    cluster = LocalCluster(n_workers=job["workers"], threads_per_worker=1, dashboard_address=None)
     with prefect_test_harness(server_startup_timeout=120), cluster:
         for batch in job["batches"]:
             config = BatchPredictConfig(
@@ -231,9 +229,10 @@ def print_tables(rows: dict[int, Any], args: argparse.Namespace, load_before: fl
     print("|---" * 8 + "|")
     for n, r in rows.items():
         m, g, mp = r["mosaic"], r["gdal"], r["px"] / 1e6
+        ratio = m["seconds"] / g["seconds"]
         print(f"| {n} | {mp:.1f} | {m['seconds']:.1f} | {m['seconds'] / mp:.3f} "
               f"| {m['hwm']:.0f} ({m['base']:.0f}) | {g['seconds']:.1f} "
-              f"| {g['hwm']:.0f} ({g['base']:.0f}) | {m['seconds'] / g['seconds']:.2f} |")  # fmt: skip
+              f"| {g['hwm']:.0f} ({g['base']:.0f}) | {ratio:.2f} |")  # fmt: skip
 
 
 def main() -> None:

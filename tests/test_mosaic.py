@@ -22,7 +22,8 @@ from rio_cogeo.cogeo import cog_validate
 from p2p.core.cache import read_manifest
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
-from p2p.infer.mosaic import edge_distance, mosaic_scenes
+from p2p.infer.mosaic import mosaic_scenes
+from p2p.infer.mosaic_blend import edge_distance
 from p2p.raster import Grid, geotiff
 from p2p.stages.mosaic import run as mosaic_stage
 from tests.faultkit import UTM, cli, unshare_works, write_tiny_bundle

@@ -10,8 +10,10 @@ weighted by its Euclidean distance to the nearest invalid pixel (its footprint's
 nodata hole), capped at `feather`. The distance is exact within the cap because the halo holds
 every pixel that close. Where inputs overlap, values are averaged with these weights, so each
 scene fades out over `feather` pixels towards its edge and no seam appears; where one input is
-valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input.
-A single input that this would give back unchanged is copied as a file instead
+valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input
+that meets it, and one strip of the output; inputs are read only where they lie and opened
+only while the strips need them (`p2p.infer.mosaic_blend`: one window's blend). A single input
+that this would give back unchanged is copied as a file instead
 (`p2p.infer.mosaic_copy.copyable`).
 """
 
@@ -34,8 +36,9 @@ from rasterio.windows import Window
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
 from p2p.core.errors import ConfigError, InputError
+from p2p.infer.mosaic_blend import Inputs, blend_window
 from p2p.infer.mosaic_copy import copyable
-from p2p.raster import Grid, SceneReader, geotiff, open_aligned
+from p2p.raster import Grid, SceneReader, geotiff
 from p2p.raster.partial import RowSink
 
 log = logging.getLogger(__name__)
@@ -44,7 +47,9 @@ log = logging.getLogger(__name__)
 WINDOW = 2 * geotiff.BLOCK
 #: Version of the partial-mosaic state format (part of a resumable mosaic's job key). 2: the
 #: partial of a one-input mosaic may be a tagged copy of its input (the job's ``copy`` says so).
-MOSAIC_FORMAT = 2
+#: 3: inputs are read over their footprints only (a reprojected input's values may differ
+#: within GDAL's approximate warp from rows an older run left), so those rows are not resumed.
+MOSAIC_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -75,36 +80,6 @@ class MosaicResult:
     inputs: int
     seconds: float
     copied: bool = False
-
-
-def edge_distance(valid: np.ndarray, cap: int) -> np.ndarray:
-    """Euclidean distance from each valid pixel to the nearest invalid one, capped at `cap`.
-
-    Pixels beyond the array's edge do not count as invalid. A row pass finds the horizontal
-    distance; a column pass over offsets up to `cap` combines them (exact for distances up to
-    `cap`, which is all that is kept).
-
-    Args:
-        valid: `(h, w)` bool.
-        cap: Largest distance of interest, in pixels.
-
-    Returns:
-        `(h, w)` float64: 0 where invalid, in [1, cap] where valid.
-    """
-    if valid.all():
-        return np.full(valid.shape, float(cap))
-    h, w = valid.shape
-    far = 1 << 30
-    idx = np.broadcast_to(np.arange(w), (h, w))
-    left = np.maximum.accumulate(np.where(valid, -far, idx), axis=1)
-    right = np.minimum.accumulate(np.where(valid, far, idx)[:, ::-1], axis=1)[:, ::-1]
-    horizontal = np.minimum(np.minimum(idx - left, right - idx), cap + 1).astype(np.float64)
-    g2 = horizontal**2
-    d2 = g2.copy()
-    for dy in range(1, min(cap, h - 1) + 1):
-        np.minimum(d2[dy:], g2[:-dy] + dy * dy, out=d2[dy:])
-        np.minimum(d2[:-dy], g2[dy:] + dy * dy, out=d2[:-dy])
-    return np.minimum(np.sqrt(d2), cap)
 
 
 def _crs(config: MosaicConfig, first: Grid) -> CRS:
@@ -181,73 +156,6 @@ def mosaic_grid(grids: Sequence[Grid], config: MosaicConfig, names: Sequence[str
     return Grid(crs, Affine(rx, 0.0, left, 0.0, -ry, top), width, height)
 
 
-def _check_inputs(readers: Sequence[SceneReader]) -> tuple[int, str]:
-    """All inputs must share band count and dtype; returns them."""
-    first = readers[0]
-    for r in readers[1:]:
-        if r.count != first.count or r.dtype != first.dtype:
-            raise InputError(
-                r.paths[0],
-                f"has {r.count} band(s) of {r.dtype} but {first.paths[0]} has "
-                f"{first.count} of {first.dtype}; mosaic inputs must match",
-            )
-    return first.count, first.dtype
-
-
-def _footprint(grid: Grid, reader: SceneReader) -> tuple[int, int, int, int]:
-    """Pixel box (row0, col0, row1, col1) of the output grid that an input may cover."""
-    box = _box(reader.file_grid, grid.crs)
-    inv = ~grid.transform
-    cols, rows = zip(
-        *(inv @ (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True
-    )
-    return (
-        max(0, math.floor(min(rows)) - 1),
-        max(0, math.floor(min(cols)) - 1),
-        min(grid.height, math.ceil(max(rows)) + 1),
-        min(grid.width, math.ceil(max(cols)) + 1),
-    )
-
-
-def _blend_window(
-    aligned: Sequence[tuple[SceneReader, tuple[int, int, int, int]]],
-    grid: Grid,
-    core: Window,
-    feather: int,
-    bands: int,
-) -> tuple[np.ndarray, np.ndarray]:
-    """Blend the inputs over one output window.
-
-    Returns:
-        values: `(bands, h, w)` float64 in the inputs' units.
-        valid: `(h, w)` bool, true where any input is valid.
-    """
-    r0, c0 = int(core.row_off), int(core.col_off)
-    h, w = int(core.height), int(core.width)
-    hr0, hc0 = max(0, r0 - feather), max(0, c0 - feather)
-    hr1, hc1 = min(grid.height, r0 + h + feather), min(grid.width, c0 + w + feather)
-    halo = Window(hc0, hr0, hc1 - hc0, hr1 - hr0)
-    inner = (slice(r0 - hr0, r0 - hr0 + h), slice(c0 - hc0, c0 - hc0 + w))
-    weighted = np.zeros((bands, h, w))
-    total = np.zeros((h, w))
-    parts: list[tuple[np.ndarray, np.ndarray]] = []
-    for reader, (fr0, fc0, fr1, fc1) in aligned:
-        if fr1 <= hr0 or fr0 >= hr1 or fc1 <= hc0 or fc0 >= hc1:
-            continue
-        data, valid = reader.read(halo)
-        if not valid[inner].any():
-            continue
-        weight = edge_distance(valid, feather)[inner]
-        parts.append((data[:, inner[0], inner[1]].astype(np.float64), weight))
-        total += weight
-    covered = total > 0
-    safe = np.where(covered, total, 1.0)
-    for data, weight in parts:
-        share = weight / safe  # exactly 1.0 where this input is alone, so values copy unchanged
-        weighted += np.where(share > 0, data * share, 0.0)
-    return weighted, covered
-
-
 def mosaic_scenes(
     inputs: Sequence[str | Path],
     output: str | Path,
@@ -290,7 +198,7 @@ def mosaic_scenes(
         raise InputError(output, "no rasters to mosaic")
     if feather < 1:
         raise ConfigError("feather", f"must be at least 1 pixel, got {feather}")
-    bands, dtype, grid, out_nodata = _plan(inputs, config, nodata)
+    bands, dtype, grid, out_nodata, grids = _plan(inputs, config, nodata)
     copy = len(inputs) == 1 and copyable(inputs[0], grid, out_nodata, compress)
     job = stage_key(
         "mosaic-scenes",
@@ -304,9 +212,12 @@ def mosaic_scenes(
     Path(output).parent.mkdir(parents=True, exist_ok=True)
     tags = {"P2P_MOSAIC_INPUTS": str(len(inputs)), "P2P_FEATHER": str(feather)}
     tags |= dict(extra_tags or {})
-    pixel_bytes = bands * np.dtype(dtype).itemsize * (len(inputs) + 1)
-    # the cache holds a few windows of a row, not the row: flat in the mosaic's width
-    columns = min(grid.width, 4 * WINDOW)
+    readers = Inputs(inputs, grids, grid, resampling)
+    # the cache holds the blocks of one window and its halo (the next window of the strip
+    # reads their last column again) of each input that meets it, and the output's: flat in
+    # the number of inputs and in the mosaic's width
+    pixel_bytes = bands * np.dtype(dtype).itemsize * (readers.depth(WINDOW, feather) + 1)
+    columns = min(grid.width, WINDOW + 2 * geotiff.BLOCK)
     with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
         sink = RowSink(Path(output), job, grid.height)
         if copy:
@@ -315,8 +226,7 @@ def mosaic_scenes(
             if progress:
                 progress(1, 1)
         else:
-            _blend(sink, inputs, grid, (bands, dtype, out_nodata, compress), tags, feather,
-                   resampling, progress)  # fmt: skip
+            _blend(sink, readers, (bands, dtype, out_nodata, compress), tags, feather, progress)
         sink.publish(output_format)
     return MosaicResult(
         output=str(output),
@@ -334,46 +244,52 @@ def mosaic_scenes(
 
 def _plan(
     inputs: Sequence[str | Path], config: MosaicConfig, nodata: float | None
-) -> tuple[int, str, Grid, float]:
-    """Band count, dtype, grid and nodata of the mosaic (checking the inputs agree)."""
-    natives = [SceneReader(p) for p in inputs]
-    try:
-        bands, dtype = _check_inputs(natives)
-        grid = mosaic_grid([r.grid for r in natives], config, [str(p) for p in inputs])
-        out_nodata = nodata if nodata is not None else natives[0].nodata
-    finally:
-        for r in natives:
-            r.close()
+) -> tuple[int, str, Grid, float, list[Grid]]:
+    """Band count, dtype, grid and nodata of the mosaic, and the inputs' own grids; the inputs
+    are opened one at a time (there may be more than the files a process may hold open).
+
+    Raises:
+        InputError: an input's bands or dtype differ from the first input's.
+    """
+    grids: list[Grid] = []
+    for path in inputs:
+        with SceneReader(path) as r:
+            if not grids:
+                first, bands, dtype, out_nodata = r.paths[0], r.count, r.dtype, r.nodata
+            elif (r.count, r.dtype) != (bands, dtype):
+                raise InputError(
+                    r.paths[0],
+                    f"has {r.count} band(s) of {r.dtype} but {first} has "
+                    f"{bands} of {dtype}; mosaic inputs must match",
+                )
+            grids.append(r.grid)
+    grid = mosaic_grid(grids, config, [str(p) for p in inputs])
+    out_nodata = nodata if nodata is not None else out_nodata
     out_nodata = geotiff.default_nodata(dtype) if out_nodata is None else out_nodata
-    return bands, dtype, grid, float(out_nodata)
+    return bands, dtype, grid, float(out_nodata), grids
 
 
 def _blend(
     sink: RowSink,
-    inputs: Sequence[str | Path],
-    grid: Grid,
+    inputs: Inputs,
     out: tuple[int, str, float, geotiff.Compression],
     tags: dict[str, str],
     feather: int,
-    resampling: str,
     progress: Callable[[int, int], None] | None,
 ) -> None:
-    """Blend the inputs, warped onto `grid`, into `sink` (created with `tags` unless resumed;
-    `out` is its bands, dtype, nodata and codec)."""
-    aligned = [open_aligned(p, grid, resampling=resampling) for p in inputs]
+    """Blend the inputs, warped onto their grid, into `sink` (created with `tags` unless
+    resumed; `out` is its bands, dtype, nodata and codec)."""
     try:
         if not sink.resumed:
-            geotiff.create(sink.partial, grid, out[0], out[1], out[2], tags, compress=out[3])
-        _write(sink, aligned, grid, out[:3], feather, progress)
+            geotiff.create(sink.partial, inputs.grid, out[0], out[1], out[2], tags, compress=out[3])
+        _write(sink, inputs, out[:3], feather, progress)
     finally:
-        for r in aligned:
-            r.close()
+        inputs.close()
 
 
 def _write(
     sink: RowSink,
-    aligned: Sequence[SceneReader],
-    grid: Grid,
+    inputs: Inputs,
     out: tuple[int, str, float],
     feather: int,
     progress: Callable[[int, int], None] | None,
@@ -381,7 +297,7 @@ def _write(
     """Blend the mosaic strip by strip (WINDOW rows, full width) into `sink`, from the strip
     holding its first unwritten row: a killed run resumes there, bit-identical."""
     bands, dtype, nodata = out
-    boxes = [(r, _footprint(grid, r)) for r in aligned]
+    grid = inputs.grid
     per_row = math.ceil(grid.width / WINDOW)
     total = per_row * math.ceil(grid.height / WINDOW)
     for row in range(sink.rows_done // WINDOW * WINDOW, grid.height, WINDOW):
@@ -389,10 +305,11 @@ def _write(
         strip = np.full((bands, h, grid.width), nodata, dtype=dtype)
         for col in range(0, grid.width, WINDOW):
             core = Window(col, row, min(WINDOW, grid.width - col), h)
-            values, valid = _blend_window(boxes, grid, core, feather, bands)
+            values, valid = blend_window(inputs, core, feather, bands)
             if valid.any():
                 strip[:, :, col : col + core.width] = geotiff.to_dtype(values, valid, dtype, nodata)
         sink.add(row, strip)
         sink.commit()
+        inputs.release(row + h - feather)  # the next strip's halo starts there
         if progress:
             progress(min(total, (row // WINDOW + 1) * per_row), total)

@@ -33,7 +33,8 @@ def copyable(
     alpha band adds to nodata, and `_blend_keeps` its values — and its file is laid out as the
     blend would write it: a local, plain (not cloud optimized) GeoTIFF tiled in `geotiff.BLOCK`
     squares, encoded with `compress`, pixel interleaved, without overviews. (The blend would
-    then copy each value unchanged: its share is exactly 1.0 where valid, see `_blend_window`.)
+    then copy each value unchanged: its share is exactly 1.0 where valid, see
+    `p2p.infer.mosaic_blend.blend_window`.)
 
     Raises:
         InputError: a tile of the file ends past its end (a truncated input).
