@@ -108,3 +108,22 @@ def test_a_mosaic_of_more_scenes_than_files_it_may_open(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     with rasterio.open(out) as ds:
         np.testing.assert_array_equal(ds.read(), column)  # side by side: each pixel copied
+
+
+def test_a_scene_on_the_grids_lattice_reads_its_pixels_shifted(tmp_path: Path) -> None:
+    from rasterio.crs import CRS
+    from rasterio.windows import Window
+
+    from p2p.raster import Grid, open_aligned
+
+    data = np.arange(1, 1 + 2 * 30 * 40, dtype=np.uint16).reshape(2, 30, 40)
+    data[:, 5, 7] = 0  # a nodata pixel
+    t = Affine(10, 0, 500000 + 10 * 13, 0, -10, 1000000 - 10 * 6)
+    path = write_geotiff(tmp_path / "s.tif", data, transform=t, nodata=0)
+    grid = Grid(CRS.from_epsg(32633), Affine(10, 0, 500000, 0, -10, 1000000), 50, 30)
+    with open_aligned(path, grid) as reader:  # the scene sits at row 6, col 13 of the grid
+        got, valid = reader.read(Window(-5, -4, 70, 45))  # past the grid's edges and the file's
+    expected = np.zeros((2, 45, 70), np.uint16)
+    expected[:, 10:34, 18:55] = data[:, :24, :37]  # the grid ends at row 30, col 50
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(valid, expected[0] != 0)

@@ -5,8 +5,10 @@ numbers exist) and then reads any window, also windows that reach past the scene
 ``(data, valid)``: data in the file dtype, and a valid mask that combines nodata (from the files
 or a per-scene override), NaN, and the files' internal masks or alpha bands. Given a `grid`, it
 warps each file onto that grid window by window (`rasterio.vrt.WarpedVRT`), so memory stays
-bounded by the window whatever the scene size. Reader objects hold open GDAL handles and are not
-thread-safe: open one per thread or Dask task (opening costs milliseconds).
+bounded by the window whatever the scene size; files on the grid's pixel lattice (same CRS and
+pixel size, origins whole pixels apart: scenes of one mosaic) are read directly, shifted.
+Reader objects hold open GDAL handles and are not thread-safe: open one per thread or Dask task
+(opening costs milliseconds).
 """
 
 from __future__ import annotations
@@ -85,6 +87,16 @@ class Grid:
             and self.crs == other.crs
             and self.transform.almost_equals(other.transform, precision=GRID_TOLERANCE)
         )
+
+    def offset_on(self, other: Grid) -> tuple[int, int] | None:
+        """(row, col) of this grid's first pixel on `other` when both share the CRS and the
+        pixel lattice (same pixel size, origins whole pixels apart), else None."""
+        t, o = self.transform, other.transform
+        if self.crs != other.crs or o.a == 0 or o.e == 0:
+            return None
+        col, row = round((t.c - o.c) / o.a), round((t.f - o.f) / o.e)
+        shifted = o * Affine.translation(col, row)
+        return (row, col) if t.almost_equals(shifted, precision=GRID_TOLERANCE) else None
 
     def describe(self) -> str:
         """Text for error messages, with full coordinates (a northing as ``5800000``, not
@@ -244,8 +256,10 @@ class SceneReader:
         self.file_grid = file_grid
         self.resampled = grid is not None and not grid.matches(file_grid)
         self.grid: Grid = grid if grid is not None else file_grid
+        # files on the grid's pixel lattice (a scene in a mosaic) are read directly, shifted
+        self._shift = file_grid.offset_on(self.grid) if self.resampled else (0, 0)
         self._readers = [
-            self._warp(ds, resampling, nodata) if self.resampled else ds for ds in self._files
+            self._warp(ds, resampling, nodata) if self._shift is None else ds for ds in self._files
         ]
         self._masked = [self._has_mask(k) for k in range(len(self._readers))]
         # The alpha band a warp added (1-based index in the warped view), read as the mask
@@ -323,17 +337,25 @@ class SceneReader:
         """
         col, row = round(window.col_off), round(window.row_off)
         h, w = round(window.height), round(window.width)
-        c0, r0 = max(col, 0), max(row, 0)
-        c1, r1 = min(col + w, self.grid.width), min(row + h, self.grid.height)
+        dr, dc = self._shift or (0, 0)  # where the readers' first pixel lies on the grid
+        top, left = max(0, dr), max(0, dc)
+        bottom, right = self.grid.height, self.grid.width
+        if self._shift is not None:
+            bottom, right = (
+                min(bottom, dr + self.file_grid.height),
+                min(right, dc + self.file_grid.width),
+            )
+        c0, r0 = max(col, left), max(row, top)
+        c1, r1 = min(col + w, right), min(row + h, bottom)
         if (c0, r0, c1, r1) == (col, row, col + w, row + h) and h > 0 and w > 0:
             # wholly inside (most windows): no fill and no second copy of the pixels
             with self._env():
-                return self._read_inner(Window(col, row, w, h))
+                return self._read_inner(Window(col - dc, row - dr, w, h))
         data = np.full((self.count, h, w), self.fill_value, dtype=self.dtype)
         valid = np.zeros((h, w), dtype=bool)
         if c1 <= c0 or r1 <= r0:
             return data, valid
-        inner = Window(c0, r0, c1 - c0, r1 - r0)
+        inner = Window(c0 - dc, r0 - dr, c1 - c0, r1 - r0)
         ys, xs = slice(r0 - row, r1 - row), slice(c0 - col, c1 - col)
         with self._env():
             data[:, ys, xs], valid[ys, xs] = self._read_inner(inner)
