@@ -152,6 +152,7 @@ def mosaic_child(out: str, predictions: str) -> None:
     """The mosaic stage alone over the predictions (JSON list) into a fresh workspace `out`,
     with the thread budget `p2p predict` applies; prints seconds, VmHWM after the imports and
     at the end (MB)."""
+    import p2p.infer.mosaic  # noqa: F401  (rasterio and GDAL loaded, as in p2p predict)
     from p2p.core.config import MosaicConfig
     from p2p.core.threads import use_threads
     from p2p.stages import mosaic
