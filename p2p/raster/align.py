@@ -1,8 +1,9 @@
 """Bring a target raster onto a source grid, window by window.
 
 `open_aligned` returns a `SceneReader` whose windows refer to the given grid. When the files
-already lie on that grid nothing is resampled; otherwise each file is wrapped in a
-`rasterio.vrt.WarpedVRT`, so only the pixels a window needs are warped (unlike
+already lie on that grid, or on its pixel lattice (same CRS and pixel size, origins whole pixels
+apart), nothing is resampled: windows are read from the files, shifted; otherwise each file is
+wrapped in a `rasterio.vrt.WarpedVRT`, so only the pixels a window needs are warped (unlike
 ``rio.reproject_match``, which loads whole arrays). Only the intersection carries data: pixels
 of the grid outside the target come back invalid.
 """
