@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from distributed import Client, LocalCluster
 from p2p.core.config import DaskConfig, PipelineConfig
 from p2p.core.dask_client import local_shape
 from p2p.core.threads import (
+    _runnable_at_priority,
     available_cores,
     busy_elsewhere,
     cgroup_quota,
@@ -159,3 +161,39 @@ def test_a_lone_process_leaves_the_cores_other_work_holds(
     assert lone.torch == free_cores(available_cores(), 8)
     assert decide_budget(slots=2, others=8).torch == max(1, available_cores() // 2)
     assert decide_budget(3, others=8).torch == 3  # a setting is never capped
+
+
+def _stat(root: Path, pid: int, tid: int, state: str, nice: int) -> None:
+    """A /proc/PID/task/TID/stat line as Linux writes it (a comm with spaces and brackets)."""
+    fields = [state, "1", str(pid), str(pid), "0", "-1", "4194560", *["0"] * 8, "20", str(nice)]
+    folder = root / str(pid) / "task" / str(tid)
+    folder.mkdir(parents=True)
+    (folder / "stat").write_text(f"{tid} (python (x) y) {' '.join(fields)} 1 0 0\n")
+
+
+def test_work_at_a_lower_priority_leaves_its_cores_to_a_lone_process(tmp_path: Path) -> None:
+    """Runnable threads count as busy only at this process's priority or above: a niced
+    background job yields its cores (the cap read /proc/loadavg alone and counted it)."""
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    me = os.getpid()
+    (tmp_path / str(me)).mkdir()
+    (tmp_path / str(me) / "stat").write_text("x")
+    _stat(tmp_path, me, me, "R", mine)  # this process: never "other"
+    _stat(tmp_path, 101, 101, "R", mine)  # busy at our priority
+    _stat(tmp_path, 101, 102, "R", mine - 1)  # ... and above
+    _stat(tmp_path, 101, 103, "S", mine)  # asleep
+    _stat(tmp_path, 202, 202, "R", mine + 5)  # niced background work
+    (tmp_path / "loadavg").write_text("4.00 4.00 4.00 5/300 999\n")
+    assert _runnable_at_priority(tmp_path) == 2
+    assert busy_elsewhere(samples=2, root=tmp_path) == 2  # loadavg alone said 4
+    assert _runnable_at_priority(tmp_path / "elsewhere") is None  # not a /proc: loadavg rules
+
+
+def test_the_scan_reads_the_real_proc_and_sees_a_busy_process() -> None:
+    spin = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert max(_runnable_at_priority(Path("/proc")) or 0 for _ in range(20)) >= 1
+    finally:
+        spin.kill()
+        spin.wait()

@@ -110,7 +110,9 @@ def setting_from_env() -> int | None:
 
 def busy_elsewhere(samples: int = 5, root: Path = Path("/proc")) -> int:
     """Threads running on the machine besides this one, now: the fewest runnable threads
-    (``/proc/loadavg``'s 4th field) over `samples` reads 10 ms apart, minus this one.
+    (``/proc/loadavg``'s 4th field) over `samples` reads 10 ms apart, minus this one; where
+    some run, only those at this process's priority or above count (`_runnable_at_priority`:
+    niced background work yields its cores to us).
 
     The instantaneous count, not the load average: the average lags a minute and still holds
     the load of a p2p process that just ended. 0 where it cannot be read.
@@ -123,7 +125,31 @@ def busy_elsewhere(samples: int = 5, root: Path = Path("/proc")) -> int:
             return 0
         if i + 1 < samples:
             time.sleep(0.01)
-    return max(0, min(counts) - 1)
+    others = max(0, min(counts) - 1)
+    if others == 0:
+        return 0
+    scans = [_runnable_at_priority(root) for _ in range(min(samples, 3))]
+    known = [n for n in scans if n is not None]
+    return min(others, *known) if known else others
+
+
+def _runnable_at_priority(root: Path) -> int | None:
+    """Runnable threads (state R) of other processes whose nice value is at most this
+    process's; None where ``root`` has no entry for this process (not a readable /proc)."""
+    own = str(os.getpid())
+    if not (root / own / "stat").exists():
+        return None
+    mine = os.getpriority(os.PRIO_PROCESS, 0)
+    count = 0
+    for stat in root.glob("[0-9]*/task/[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # the thread ended meanwhile
+            continue
+        fields = text[text.rfind(")") + 2 :].split()  # after "pid (comm) ": state is first
+        if len(fields) > 16 and fields[0] == "R" and stat.parts[-4] != own:
+            count += int(fields[16]) <= mine  # field 19 of stat: nice
+    return count
 
 
 def free_cores(cores: int, others: int, machine: int | None = None) -> int:
