@@ -21,6 +21,10 @@ from pydantic import (
     model_validator,
 )
 
+#: Upper bound of a side in pixels (a chip, a window, a step): far above any real run, low
+#: enough that a typo (1e9) is refused before it allocates anything.
+MAX_SIDE = 16384
+
 
 class FrozenConfig(BaseModel):
     """Every config model: immutable, unknown keys refused, and no float that is not finite
