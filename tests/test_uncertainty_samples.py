@@ -19,7 +19,7 @@ from p2p.infer.sampling import dropout_layers, sampling_generator
 from p2p.infer.translator import DihedralMean, Translator
 from p2p.model.bundle import Bundle, load_bundle, write_bundle
 from p2p.model.meta import BundleMeta
-from p2p.model.networks.unet import UNetGenerator
+from p2p.model.networks.unet import UNetGenerator, has_dropout
 from tests.faultkit import assert_failed_cleanly, cli, write_scene, write_tiny_bundle
 
 DEEP = ModelConfig(num_downs=6, ngf=4, ndf=4, norm="batch", dropout=0.5, linear_anchor=False)
@@ -77,8 +77,7 @@ def test_spread_across_samples_keeps_the_mean() -> None:
     model = Translator(generator, torch.device("cpu"))
     symmetries = DihedralMean(model, spread=True).run(x)
     sampler = Translator(sampling_generator(generator), torch.device("cpu"))
-    sampler.samples = 3
-    sampled = DihedralMean(model, spread=True, sampler=sampler).run(x)
+    sampled = DihedralMean(model, spread=True, sampler=sampler, samples=3).run(x)
     assert torch.equal(sampled[:, :1], symmetries[:, :1])  # the prediction does not change
     assert (sampled[:, 1:] > 0).float().mean() > 0.99
     assert not torch.allclose(sampled[:, 1:], symmetries[:, 1:])
@@ -120,3 +119,11 @@ def test_cli_refuses_samples_of_a_model_without_dropout(tmp_path: Path) -> None:
     line = assert_failed_cleanly(cli(args, timeout=120), "predict.samples")
     assert "no dropout layer" in line
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+@pytest.mark.parametrize("num_downs", range(2, 9))
+def test_the_check_knows_which_u_nets_have_dropout(num_downs: int) -> None:
+    """`has_dropout` (the check, from model.json alone) agrees with the built network."""
+    built = UNetGenerator(2, 1, num_downs=num_downs, ngf=2, dropout=0.5)
+    assert has_dropout(num_downs, 0.5) == (dropout_layers(built) > 0)
+    assert not has_dropout(num_downs, 0.0)

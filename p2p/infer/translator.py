@@ -19,6 +19,7 @@ from p2p.bands.normalization import BandStats
 from p2p.core.errors import ConfigError
 from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
 from p2p.infer.cpuforward import WindowParallel, intra_op_budget
+from p2p.model.networks.unet import DROPOUT_LEVEL, has_dropout
 from p2p.model.pix2pix import select_device
 
 if TYPE_CHECKING:
@@ -67,8 +68,6 @@ class Translator:
     ) -> None:
         self.device = device
         self.module = generator
-        #: Dropout-on samples per symmetry when this runs a `p2p.infer.sampling` copy.
-        self.samples = 0
         self.cuda = device.type == "cuda"
         self.fast = self.cuda if fast is None else fast
         self.generator = generator.to(device).eval()
@@ -76,8 +75,8 @@ class Translator:
             self.generator = self.generator.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
         bf16 = not self.cuda or torch.cuda.is_bf16_supported()
         self.amp_dtype = torch.bfloat16 if bf16 else torch.float16
-        #: On CPU (without the GPU's code path) each window runs alone on one intra-op
-        #: thread, so its pixels do not depend on the thread count (`p2p.infer.cpuforward`).
+        #: On CPU (without the GPU's code path) the batch runs on one intra-op thread, in
+        #: parts side by side, so pixels do not depend on the thread count (`cpuforward`).
         self.parallel = (
             None
             if self.fast or device.type != "cpu"
@@ -172,9 +171,14 @@ class DihedralMean:
     """
 
     def __init__(
-        self, model: WindowModel, spread: bool = False, sampler: Translator | None = None
+        self,
+        model: WindowModel,
+        spread: bool = False,
+        sampler: Translator | None = None,
+        samples: int = 0,
     ) -> None:
-        self.model, self.spread, self.sampler = model, spread, sampler
+        self.model, self.spread = model, spread
+        self.sampler, self.samples = sampler, samples
         if isinstance(model, TensorModel):  # then this is a TensorModel too
             self.device = model.device
 
@@ -227,9 +231,9 @@ class DihedralMean:
         out = self._combine(
             undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)
         )
-        if self.spread and self.sampler is not None:
+        if self.spread and self.sampler is not None and self.samples:
             c = out.shape[1] // 2
-            out[:, c:] = self._sampled_spread(x, self.sampler.samples)
+            out[:, c:] = self._sampled_spread(x, self.samples)
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -265,10 +269,6 @@ def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
     return _averaged(model, bundle, config)
 
 
-#: The shallowest U-Net with dropout layers (`UNetGenerator`: levels 4 … num_downs - 2).
-DROPOUT_DEPTH = 6
-
-
 def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> WindowModel:
     """`model` averaged over the symmetries (with ``tta``), with the spread across them or,
     with ``samples``, across dropout-on samples of each symmetry."""
@@ -279,8 +279,7 @@ def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> Windo
         from p2p.infer.sampling import sampling_generator
 
         sampler = Translator(sampling_generator(bundle.generator), model.device)
-        sampler.samples = config.samples
-    return DihedralMean(model, config.uncertainty, sampler)
+    return DihedralMean(model, config.uncertainty, sampler, config.samples)
 
 
 #: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
@@ -308,12 +307,12 @@ def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
 def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
     """Raise what `open_translator` would raise, without loading a session."""
     model = bundle.meta.model
-    if config.samples and (model.dropout <= 0 or model.num_downs < DROPOUT_DEPTH):
+    if config.samples and not has_dropout(model.num_downs, model.dropout):
         raise ConfigError(
             "predict.samples",
             f"the model has no dropout layer (dropout {model.dropout}, num_downs "
-            f"{model.num_downs}; U-Nets of num_downs >= {DROPOUT_DEPTH} have them), so its "
-            "samples would all be the same; leave samples at 0",
+            f"{model.num_downs}; U-Nets of num_downs >= {DROPOUT_LEVEL + 2} have them), so "
+            "its samples would all be the same; leave samples at 0",
         )
     if config.runtime == "onnx":
         from p2p.infer.onnxbundle import onnx_model

@@ -15,6 +15,14 @@ from torch import nn
 from p2p.core.errors import InputError
 from p2p.model.networks.common import conv_bias, make_norm
 
+#: The first level whose decoder block applies dropout (levels DROPOUT_LEVEL … num_downs − 2).
+DROPOUT_LEVEL = 4
+
+
+def has_dropout(num_downs: int, dropout: float) -> bool:
+    """Whether a U-Net of `num_downs` levels built with `dropout` has a dropout layer."""
+    return dropout > 0 and num_downs - 2 >= DROPOUT_LEVEL
+
 
 def _mult(level: int) -> int:
     """Filter multiplier of a level's inner side: 1, 2, 4, 8, 8, ..."""
@@ -117,7 +125,7 @@ class UNetGenerator(nn.Module):
         )
         for level in range(last - 1, 0, -1):
             outer = ngf * _mult(level - 1)
-            drop = dropout if level >= 4 else 0.0
+            drop = dropout if level >= DROPOUT_LEVEL else 0.0
             block = UNetSkipBlock(outer, ngf * _mult(level), outer, block, norm=norm, dropout=drop)
         self.model = UNetSkipBlock(out_channels, ngf, in_channels, block, outermost=True, norm=norm)
         self.linear = nn.Conv2d(in_channels, out_channels, 1) if linear_anchor else None
