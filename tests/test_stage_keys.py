@@ -76,7 +76,10 @@ ALTERNATIVES: dict[str, Callable[[Any, Path], Any]] = {
     "EvaluateConfig.indices": lambda v, tmp: [] if v else ["nd=1,2"],
 }
 #: Fields that can only change together with another (nodes > 1 needs a rendezvous).
-TOGETHER = {"TrainConfig.nodes": {"nodes": 2, "rendezvous": "127.0.0.1:29400"}}
+TOGETHER = {
+    "TrainConfig.nodes": {"nodes": 2, "rendezvous": "127.0.0.1:29400"},
+    "PredictConfig.samples": {"samples": 1, "uncertainty": True},  # samples need uncertainty
+}
 
 
 @contextlib.contextmanager

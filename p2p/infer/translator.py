@@ -274,12 +274,12 @@ def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> Windo
     with ``samples``, across dropout-on samples of each symmetry."""
     if not config.tta:
         return model
-    sampler = None
-    if config.uncertainty and config.samples:
-        from p2p.infer.sampling import sampling_generator
+    if not (config.uncertainty and config.samples):
+        return DihedralMean(model, config.uncertainty)
+    from p2p.infer.sampling import sampling_generator
 
-        sampler = Translator(sampling_generator(bundle.generator), model.device)
-    return DihedralMean(model, config.uncertainty, sampler, config.samples)
+    sampler = Translator(sampling_generator(bundle.generator), model.device)
+    return DihedralMean(model, True, sampler, config.samples)
 
 
 #: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
