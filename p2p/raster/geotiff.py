@@ -59,7 +59,12 @@ def streaming_cache(width: int, rows: int, pixel_bytes: int) -> rasterio.Env:
         rows: Rows one band of work reads or writes at once, block alignment included.
         pixel_bytes: Bytes per pixel over every raster read and written together.
     """
-    return rasterio.Env(GDAL_CACHEMAX=max(MIN_CACHE, rows * width * pixel_bytes))
+    return block_cache(rows * width * pixel_bytes)
+
+
+def block_cache(nbytes: int) -> rasterio.Env:
+    """GDAL settings with a block cache of `nbytes` (at least `MIN_CACHE`)."""
+    return rasterio.Env(GDAL_CACHEMAX=max(MIN_CACHE, nbytes))
 
 
 def default_nodata(dtype: str) -> float:
