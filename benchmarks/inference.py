@@ -15,7 +15,9 @@ With `--floor-side`, the pipeline against the I/O floor: GDAL (through rasterio,
 reading the source whole and writing a same-size output with the same codec, beside the
 installed `p2p predict --no-tta --format gtiff` of the same scene end to end (process start-up
 included) with a near-null model (ngf 1, num_downs 2), so the pipeline's own cost shows on any
-machine; ratio end-to-end / floor (goal <= 2.0 on CPU).
+machine; ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the near-null model
+alone over as many windows (random input, p2p's CPU path), and end-to-end / (floor + model):
+what the pipeline costs beyond reading, writing and the model it has to run.
 
 Then the peak memory of
 predicting scenes of 1x, 4x and 16x the area of `--rss-side`², as GeoTIFF and as COG, each in
@@ -184,14 +186,31 @@ def floor_rows(folder: Path, args: argparse.Namespace) -> list[str]:
     write_model(folder / "null", 1, 2)
     scene = folder / f"floor_{side}.tif"
     write_scene(scene, side, seed=3)
-    floors, e2es = [], []
+    floors, models, e2es = [], [], []
     for _ in range(args.repeat):
         floors.append(io_floor(scene, folder / "floor_out.tif", args.compress))
+        models.append(null_forward(folder / "null", side, args))
         e2es.append(cli_predict(folder / "null", scene, folder / "e2e" / "out.tif", args))
-    floor, e2e = min(floors), min(e2es)
+    floor, model, e2e = min(floors), min(models), min(e2es)
     mp = side * side / 1e6
-    return [f"| {side}² | {args.compress} | {floor:.1f} | {e2e:.1f} | {mp / e2e:.1f} "
-            f"| {e2e / floor:.2f} |"]  # fmt: skip
+    return [f"| {side}² | {args.compress} | {floor:.1f} | {model:.1f} | {e2e:.1f} | {mp / e2e:.1f} "
+            f"| {e2e / floor:.2f} | {e2e / (floor + model):.2f} |"]  # fmt: skip
+
+
+def null_forward(model_dir: Path, side: int, args: argparse.Namespace) -> float:
+    """Seconds the near-null model alone takes over as many windows as a `side`² scene has
+    (its batches on p2p's CPU path, all cores; the windows' content does not change the time),
+    so the floor rows can say what the pipeline costs beyond reading, writing and the model."""
+    layout = axis_layout(side, args.tile, args.overlap, 4, "cosine")
+    model = Translator(load_bundle(model_dir).generator, pick_device(args.device))
+    batch = np.random.default_rng(0).uniform(-1, 1, (args.batch, BANDS, args.tile, args.tile))
+    batch = batch.astype(np.float32)
+    start = time.perf_counter()
+    for _ in range(0, layout.count**2, args.batch):
+        model(batch)
+    if torch.cuda.is_initialized():
+        torch.cuda.synchronize()
+    return time.perf_counter() - start
 
 
 def rss_child(model_dir: str, scene: str, fmt: str, tile: int, overlap: int, batch: int,
@@ -293,8 +312,9 @@ def main() -> None:
                   f"predict --no-tta` end to end, near-null U-Net (ngf 1, num_downs 2), tile "
                   f"{args.tile}, overlap {args.overlap}, best of {args.repeat}; load average "
                   f"{os.getloadavg()[0]:.1f}:")  # fmt: skip
-            print("| scene | codec | floor s | p2p predict s | MP/s | e2e / floor |")
-            print("|---|---|---|---|---|---|")
+            print("| scene | codec | floor s | model alone s | p2p predict s | MP/s | e2e / floor "
+                  "| e2e / (floor + model) |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|")
             for row in floor_rows(folder, args):
                 print(row)
         if args.skip_rss:
