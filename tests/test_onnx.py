@@ -18,7 +18,7 @@ from p2p.core.errors import BundleError
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx, onnx_model
-from p2p.infer.translator import open_translator
+from p2p.infer.translator import OnnxTranslator, open_translator
 from p2p.model.bundle import ONNX, BundleMeta, load_bundle, write_bundle
 from p2p.model.networks import UNetGenerator
 from p2p.stages.dataset import run as dataset_stage
@@ -79,6 +79,30 @@ def test_export_takes_any_batch_and_multiple_of_the_input_size(tmp_path: Path, n
         with torch.no_grad():
             expected = bundle.generator(torch.from_numpy(x)).numpy()
         np.testing.assert_allclose(onnx(x), expected, atol=1e-5)
+
+
+def test_onnx_runs_on_the_thread_budget_with_the_same_pixels_on_any_count(tmp_path: Path) -> None:
+    """onnxruntime's intra-op threads follow the process's budget, which sets torch's count
+    (`apply_budget`), as the torch path does (its default is every physical core), and its
+    pixels do not depend on the count or the batch."""
+    model = _tiny_bundle(tmp_path / "model")
+    export_onnx(model)
+    bundle = load_bundle(model)
+    config = PredictConfig(runtime="onnx", device="cpu", tta=False)
+    x = np.random.default_rng(0).uniform(-1, 1, (5, 2, 64, 64)).astype(np.float32)
+    before = torch.get_num_threads()
+    outputs = []
+    try:
+        for threads in (1, 3):
+            torch.set_num_threads(threads)
+            onnx = open_translator(bundle, config)
+            assert isinstance(onnx, OnnxTranslator)
+            assert onnx.session.get_session_options().intra_op_num_threads == threads
+            outputs += [onnx(x), np.concatenate([onnx(x[:2]), onnx(x[2:])])]
+    finally:
+        torch.set_num_threads(before)
+    for y in outputs[1:]:
+        assert np.array_equal(y, outputs[0])
 
 
 def test_stale_missing_or_altered_onnx_is_refused(tmp_path: Path) -> None:

@@ -144,7 +144,15 @@ class OnnxTranslator:
 
     def __init__(self, path: Path, device: str) -> None:
         ort = _onnxruntime()
-        self.session = ort.InferenceSession(str(path), providers=onnx_providers(device))
+        options = ort.SessionOptions()
+        # the thread budget's count (the torch path's), not onnxruntime's default (every
+        # physical core, which oversubscribes a Dask worker's task slots); pixels do not
+        # depend on the count (tests/test_onnx.py). Idle workers would spin after each run
+        # by default, on the cores the strip loop's reader and writer decode and encode on.
+        options.intra_op_num_threads = intra_op_budget()
+        options.inter_op_num_threads = 1
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
         self.input = self.session.get_inputs()[0].name
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
