@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import time
 from pathlib import Path
 
 import pytest
@@ -12,7 +14,9 @@ import torch
 
 from p2p.bands.normalization import BandStats
 from p2p.core.errors import BundleError
+from p2p.model import meta
 from p2p.model.bundle import FORMAT_VERSION, BundleMeta, load_bundle, write_bundle
+from p2p.model.meta import WEIGHTS, read_ref
 from p2p.model.networks import UNetGenerator, init_weights
 
 MODEL = {"num_downs": 4, "ngf": 8, "ndf": 8, "n_layers_d": 3, "norm": "batch", "dropout": 0.5}
@@ -130,3 +134,32 @@ def test_meta_must_match_the_generator(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="generator maps 2→1 bands"):
         write_bundle(tmp_path / "m", _generator(), _meta(out_channels=2, target_bands=["a", "b"]))
     assert not (tmp_path / "m").exists()
+
+
+def test_sound_weights_are_hashed_once_and_a_rewritten_file_again(
+    bundle_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Predicting N scenes checks the weights before each scene and again when loading them:
+    a file this process found sound is not read again until it changes (then a corrupt copy
+    is refused as before); one just written is always hashed (its time may not have moved)."""
+    hashed: list[Path] = []
+    real = meta.sha256_file
+    monkeypatch.setattr(meta, "sha256_file", lambda p: hashed.append(p) or real(p))
+    monkeypatch.setattr(meta, "_sound", {})
+    weights = bundle_dir / WEIGHTS
+    read_ref(bundle_dir, verify=True)
+    load_bundle(bundle_dir)
+    assert len(hashed) == 2  # written moments ago: not remembered
+    hour_ago = time.time_ns() - 3600 * 10**9
+    os.utime(weights, ns=(hour_ago, hour_ago))
+    for _ in range(3):
+        read_ref(bundle_dir, verify=True)
+        load_bundle(bundle_dir)
+    assert len(hashed) == 3
+    data = bytearray(weights.read_bytes())
+    data[-10] ^= 0xFF  # same size, same file: only the modification time tells
+    weights.write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        read_ref(bundle_dir, verify=True)
+    with pytest.raises(BundleError, match="does not match the checksum"):
+        load_bundle(bundle_dir)
