@@ -135,7 +135,7 @@ class Writer:
     """Run submitted tasks in order on a background thread, at most `2·depth` waiting.
 
     A task that raises stops the writer: later tasks are discarded, and the error is raised on
-    the submitting thread by the next `submit` or `wait`, or when the ``with`` block ends.
+    the submitting thread by the next `submit`, or when the ``with`` block ends.
 
     Args:
         depth: Scale of the queue; 0 runs each task inline in `submit`.
@@ -149,7 +149,7 @@ class Writer:
 
     def _failed(self, exc: BaseException) -> None:
         """The thread failed outside a task (its GDAL options): record it, then keep taking
-        tasks off the queue (discarded) so that no `submit` or `wait` blocks."""
+        tasks off the queue (discarded) so that no `submit` blocks."""
         self._error = self._error or exc
         self._consume()
 
@@ -177,12 +177,6 @@ class Writer:
             return
         self._check()
         self._queue.put(task)  # the writer consumes even after a failure: never stuck
-
-    def wait(self) -> None:
-        """Block until every submitted task has run; raise the writer's error, if any."""
-        if self._thread is not None:
-            self._queue.join()
-            self._check()
 
     def __enter__(self) -> Writer:
         return self
