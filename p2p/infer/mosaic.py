@@ -31,7 +31,6 @@ from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
 from rasterio.warp import calculate_default_transform, transform_bounds
-from rasterio.windows import Window
 
 from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import MosaicConfig
@@ -304,10 +303,8 @@ def _write(
         h = min(WINDOW, grid.height - row)
         strip = np.full((bands, h, grid.width), nodata, dtype=dtype)
         for col in range(0, grid.width, WINDOW):
-            core = Window(col, row, min(WINDOW, grid.width - col), h)
-            values, valid = blend_window(inputs, core, feather, bands)
-            if valid.any():
-                strip[:, :, col : col + core.width] = geotiff.to_dtype(values, valid, dtype, nodata)
+            end = min(grid.width, col + WINDOW)
+            blend_window(inputs, (row, col, row + h, end), feather, strip[:, :, col:end], nodata)
         sink.add(row, strip)
         sink.commit()
         inputs.release(row + h - feather)  # the next strip's halo starts there

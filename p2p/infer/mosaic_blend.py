@@ -8,8 +8,11 @@ scenes costs what its pixels cost:
 
 - an input is read over its footprint within the halo only (outside it every pixel is invalid,
   and the row or column of slack the footprint keeps is invalid too, so distances are exact);
-- a window that one input's footprint alone meets is that input's pixels, read without a halo
-  and without weights (its share is exactly 1.0 where it is valid);
+- a window that one input's footprint alone meets is read without a halo;
+- a window is cut along the edges of its inputs' footprints into cells that the same inputs
+  cover; a cell one input alone covers is its pixels, copied without weights (its share would
+  be exactly 1.0 where it is valid), so weights are found only where scenes overlap, each over
+  its cell grown by `feather` (the halo's distances, over less);
 - the distance of a footprint that is one axis-aligned box (a scene on the mosaic's own pixel
   grid without holes) is the smaller axis distance, found in one pass;
 - inputs are opened when a strip first needs them and closed once the strips are past them,
@@ -18,15 +21,17 @@ scenes costs what its pixels cost:
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 from rasterio.warp import transform_bounds
 from rasterio.windows import Window
 
-from p2p.raster import Grid, SceneReader, open_aligned
+from p2p.raster import Grid, SceneReader, geotiff, open_aligned
 
 #: (row0, col0, row1, col1) on the output grid, the ends exclusive.
 Box = tuple[int, int, int, int]
@@ -98,10 +103,10 @@ def _axis_distance(n: int, first: int, last: int, cap: int) -> np.ndarray:
     return d
 
 
-def footprint(grid: Grid, file_grid: Grid) -> Box:
-    """The box of `grid` that a raster on `file_grid` may cover, with a row and column of slack
-    on each side (wholly outside the raster, so invalid) where the grid goes on. Without a CRS
-    (one input alone, `p2p.infer.mosaic.check_crs`) its bounds are taken as they are."""
+def _extent(grid: Grid, file_grid: Grid) -> tuple[float, float, float, float]:
+    """`(row0, col0, row1, col1)`: the bounds of a raster on `file_grid` in `grid`'s pixel
+    coordinates (fractional). Without a CRS (one input alone,
+    `p2p.infer.mosaic.check_crs`) its bounds are taken as they are."""
     box = tuple(file_grid.bounds)
     if file_grid.crs is not None and grid.crs is not None:
         box = transform_bounds(file_grid.crs, grid.crs, *file_grid.bounds, densify_pts=21)
@@ -109,11 +114,29 @@ def footprint(grid: Grid, file_grid: Grid) -> Box:
     cols, rows = zip(
         *(inv @ (x, y) for x in (box[0], box[2]) for y in (box[1], box[3])), strict=True
     )
+    return min(rows), min(cols), max(rows), max(cols)
+
+
+def footprint(grid: Grid, file_grid: Grid) -> Box:
+    """The box of `grid` that a raster on `file_grid` may cover, with a row and column of slack
+    on each side (wholly outside the raster, so invalid) where the grid goes on."""
+    r0, c0, r1, c1 = _extent(grid, file_grid)
     return (
-        max(0, math.floor(min(rows)) - 1),
-        max(0, math.floor(min(cols)) - 1),
-        min(grid.height, math.ceil(max(rows)) + 1),
-        min(grid.width, math.ceil(max(cols)) + 1),
+        max(0, math.floor(r0) - 1),
+        max(0, math.floor(c0) - 1),
+        min(grid.height, math.ceil(r1) + 1),
+        min(grid.width, math.ceil(c1) + 1),
+    )
+
+
+def _shrink(box: Box, grid: Grid) -> Box:
+    """A `footprint` without its slack: the pixels the raster may cover (possibly none)."""
+    r0, c0, r1, c1 = box
+    return (
+        r0 + 1 if r0 > 0 else 0,
+        c0 + 1 if c0 > 0 else 0,
+        r1 - 1 if r1 < grid.height else r1,
+        c1 - 1 if c1 < grid.width else c1,
     )
 
 
@@ -123,13 +146,30 @@ def _clip(a: Box, b: Box) -> Box | None:
     return box if box[2] > box[0] and box[3] > box[1] else None
 
 
+def _grow(box: Box, by: int, grid: Grid) -> Box:
+    """`box` grown by `by` pixels on each side, within `grid`."""
+    return (max(0, box[0] - by), max(0, box[1] - by),
+            min(grid.height, box[2] + by), min(grid.width, box[3] + by))  # fmt: skip
+
+
+def _at(box: Box, origin: Box) -> tuple[slice, slice]:
+    """The slices of `box` in an array covering `origin` (which holds it)."""
+    r, c = origin[0], origin[1]
+    return slice(box[0] - r, box[2] - r), slice(box[1] - c, box[3] - c)
+
+
 def _window(box: Box) -> Window:
     return Window(box[1], box[0], box[3] - box[1], box[2] - box[0])
 
 
 class Inputs:
     """The mosaic's inputs on its grid: their footprints, and readers (warped onto the grid)
-    opened on first use and closed by `release` once the strips are past them."""
+    opened on first use and closed by `release` once the strips are past them.
+
+    Attributes:
+        boxes: Each input's `footprint` (with its invalid slack).
+        cores: The same without the slack: where the input may be valid.
+    """
 
     def __init__(
         self, paths: Sequence[str | Path], grids: Sequence[Grid], grid: Grid, resampling: str
@@ -137,6 +177,7 @@ class Inputs:
         self.paths = list(paths)
         self.grid = grid
         self.boxes = [footprint(grid, g) for g in grids]
+        self.cores = [_shrink(b, grid) for b in self.boxes]
         self._array = np.array(self.boxes, dtype=np.int64).reshape(-1, 4)
         self._resampling = resampling
         self._open: dict[int, SceneReader] = {}
@@ -173,60 +214,111 @@ class Inputs:
         return int(count.max(initial=0))
 
 
-def blend_window(
-    inputs: Inputs, core: Window, feather: int, bands: int
+@dataclass(frozen=True)
+class _Patch:
+    """One input read over `box` of the output grid: `data` `(C, h, w)`, `valid` `(h, w)`."""
+
+    box: Box
+    data: np.ndarray
+    valid: np.ndarray
+
+
+def blend_window(inputs: Inputs, box: Box, feather: int, out: np.ndarray, nodata: float) -> None:
+    """Blend the inputs over one output window into `out` (see the module docstring).
+
+    Args:
+        inputs: The mosaic's inputs.
+        box: The window on the output grid.
+        feather: Cap of the distance weights, in pixels.
+        out: `(bands, h, w)` of the output's dtype over `box`, holding `nodata`: the pixels
+            any input covers are written (`p2p.raster.geotiff.to_dtype`), the rest kept.
+        nodata: The output's nodata.
+    """
+    near = inputs.meeting(box)
+    # a window one footprint alone meets is read without a halo; otherwise each input is read
+    # over its footprint within the halo (the same reads whatever the cells, so a warped input
+    # gives the same values)
+    halo = box if len(near) == 1 else _grow(box, feather, inputs.grid)
+    patches = {}
+    for i in near:
+        sub = _clip(inputs.boxes[i], halo)
+        if sub is not None:
+            patches[i] = _Patch(sub, *inputs.reader(i).read(_window(sub)))
+    for cell, cover in _cells(inputs, near, box):
+        dst = out[(slice(None), *_at(cell, box))]
+        if len(cover) == 1:
+            patch = patches[cover[0]]
+            at = _at(cell, patch.box)
+            _fill(dst, patch.data[(slice(None), *at)], patch.valid[at], nodata)
+        else:
+            values, covered = _blend_cell(inputs, [patches[i] for i in cover], cell, feather)
+            dst[...] = geotiff.to_dtype(values, covered, str(dst.dtype), nodata)
+
+
+def _cells(inputs: Inputs, near: Sequence[int], box: Box) -> list[tuple[Box, list[int]]]:
+    """`box` cut along the edges of the `near` inputs' cores into cells each of which the same
+    inputs may cover (in input order), side by side cells of one cover merged; cells no input
+    covers are left out."""
+    cores = [(i, c) for i in near if (c := _clip(inputs.cores[i], box)) is not None]
+    ys = sorted({box[0], box[2], *(c[0] for _, c in cores), *(c[2] for _, c in cores)})
+    xs = sorted({box[1], box[3], *(c[1] for _, c in cores), *(c[3] for _, c in cores)})
+    cells: list[tuple[Box, list[int]]] = []
+    for y0, y1 in itertools.pairwise(ys):
+        last: tuple[Box, list[int]] | None = None
+        for x0, x1 in itertools.pairwise(xs):
+            cover = [i for i, c in cores if c[0] <= y0 and y1 <= c[2] and c[1] <= x0 and x1 <= c[3]]
+            if last is not None and last[1] == cover:
+                last = ((y0, last[0][1], y1, x1), cover)
+                cells[-1] = last
+            elif cover:
+                last = ((y0, x0, y1, x1), cover)
+                cells.append(last)
+            else:
+                last = None
+    return cells
+
+
+def _blend_cell(
+    inputs: Inputs, patches: Sequence[_Patch], cell: Box, feather: int
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Blend the inputs over one output window (see the module docstring).
+    """The distance-weighted blend of the patches over `cell`, which their cores all cover.
+
+    Each weight is the input's capped distance to its nearest invalid pixel, found over the
+    cell grown by `feather` (every pixel that close; beyond the footprint all are invalid and
+    its slack is in it): the distances of the whole window's halo, over less.
 
     Returns:
         values: `(bands, h, w)` float64 in the inputs' units.
-        valid: `(h, w)` bool, true where any input is valid.
+        covered: `(h, w)` bool, true where any input is valid.
     """
-    grid = inputs.grid
-    r0, c0 = int(core.row_off), int(core.col_off)
-    h, w = int(core.height), int(core.width)
-    box = (r0, c0, r0 + h, c0 + w)
-    values = np.zeros((bands, h, w))
-    near = inputs.meeting(box)
-    if len(near) == 1:  # alone: its pixels, no halo, no weights
-        return _alone(inputs, near[0], box, values)
-    halo = (max(0, r0 - feather), max(0, c0 - feather),
-            min(grid.height, r0 + h + feather), min(grid.width, c0 + w + feather))  # fmt: skip
-    total = np.zeros((h, w))
-    parts: list[tuple[np.ndarray, np.ndarray, tuple[slice, slice]]] = []
-    for i in near:
-        sub = _clip(inputs.boxes[i], halo)
-        inner = _clip(inputs.boxes[i], box)
-        if sub is None or inner is None:
-            continue
-        data, valid = inputs.reader(i).read(_window(sub))
-        here = (slice(inner[0] - sub[0], inner[2] - sub[0]),
-                slice(inner[1] - sub[1], inner[3] - sub[1]))  # fmt: skip
-        if not valid[here].any():
-            continue
-        weight = edge_distance(valid, feather)[here]
-        region = (slice(inner[0] - r0, inner[2] - r0), slice(inner[1] - c0, inner[3] - c0))
-        parts.append((data[:, here[0], here[1]].astype(np.float64), weight, region))
-        total[region] += weight
+    grown = _grow(cell, feather, inputs.grid)
+    shape = (cell[2] - cell[0], cell[3] - cell[1])
+    total = np.zeros(shape)
+    parts = []
+    for patch in patches:
+        crop = _clip(grown, patch.box)
+        assert crop is not None  # the patch holds the cell
+        weight = edge_distance(patch.valid[_at(crop, patch.box)], feather)[_at(cell, crop)]
+        parts.append((patch.data[(slice(None), *_at(cell, patch.box))], weight))
+        total += weight
     covered = total > 0
     safe = np.where(covered, total, 1.0)
-    for data, weight, region in parts:
-        share = weight / safe[region]  # exactly 1.0 where this input is alone: values copy
-        values[:, region[0], region[1]] += np.where(share > 0, data * share, 0.0)
+    values = np.zeros((patches[0].data.shape[0], *shape))
+    for data, weight in parts:
+        share = weight / safe  # exactly 1.0 where this input alone is valid: values copy
+        values += np.where(share > 0, data * share, 0.0)
     return values, covered
 
 
-def _alone(inputs: Inputs, i: int, box: Box, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """The window `box` that input `i` alone meets: its valid pixels into `values`."""
-    covered = np.zeros(values.shape[1:], dtype=bool)
-    inner = _clip(inputs.boxes[i], box)
-    if inner is None:
-        return values, covered
-    data, valid = inputs.reader(i).read(_window(inner))
-    region = (
-        slice(inner[0] - box[0], inner[2] - box[0]),
-        slice(inner[1] - box[1], inner[3] - box[1]),
-    )
-    values[:, region[0], region[1]] = np.where(valid, data, 0)
-    covered[region] = valid
-    return values, covered
+def _fill(dst: np.ndarray, data: np.ndarray, valid: np.ndarray, nodata: float) -> None:
+    """Write one input's valid pixels into `dst` (which holds `nodata`) as
+    `p2p.raster.geotiff.to_dtype` casts them; integers up to 32 bits (exact in the blend's
+    float64) are copied as they are, nodata moved one step inward where a valid pixel has it."""
+    dt = dst.dtype
+    if dt.kind not in "iu" or dt.itemsize > 4 or data.dtype != dt:
+        dst[...] = geotiff.to_dtype(data, valid, str(dt), nodata)
+        return
+    np.copyto(dst, data, where=valid)
+    clash = valid & (data == nodata)
+    if clash.any():
+        dst[clash] = nodata + (1 if nodata < np.iinfo(dt).max else -1)
