@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import rasterio
 from affine import Affine
 from rasterio.crs import CRS
 from rasterio.errors import CRSError
@@ -212,12 +213,9 @@ def mosaic_scenes(
     tags = {"P2P_MOSAIC_INPUTS": str(len(inputs)), "P2P_FEATHER": str(feather)}
     tags |= dict(extra_tags or {})
     readers = Inputs(inputs, grids, grid, resampling)
-    # the cache holds the blocks of one window and its halo (the next window of the strip
-    # reads their last column again) of each input that meets it, and the output's: flat in
-    # the number of inputs and in the mosaic's width
-    pixel_bytes = bands * np.dtype(dtype).itemsize * (readers.depth(WINDOW, feather) + 1)
-    columns = min(grid.width, WINDOW + 2 * geotiff.BLOCK)
-    with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
+    pixel_bytes = bands * np.dtype(dtype).itemsize
+    columns = min(grid.width, WINDOW + 2 * geotiff.BLOCK)  # copying, publishing: GDAL's reads
+    with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, 2 * pixel_bytes):
         sink = RowSink(Path(output), job, grid.height)
         if copy:
             src = Path(inputs[0])
@@ -239,6 +237,22 @@ def mosaic_scenes(
         seconds=round(time.perf_counter() - start, 3),
         copied=copy,
     )
+
+
+def _cache_bytes(inputs: Inputs, pixel_bytes: int, feather: int) -> int:
+    """GDAL's block cache for the blend: the blocks one window (a block row by `WINDOW`
+    columns) and its halo meet — up to 3 block rows by `WINDOW` + 2 blocks, of each input
+    that meets it (the next window of the block row reads their last column again) and of the
+    output. Not `geotiff.MIN_CACHE`'s floor: a cache that outgrows these blocks fills with the
+    block rows the mosaic's width spans, so the peak memory would grow with the mosaic.
+
+    Args:
+        pixel_bytes: Bytes of one pixel of one input (bands x itemsize).
+    """
+    columns = min(inputs.grid.width, WINDOW + 2 * geotiff.BLOCK)
+    depth = inputs.depth(WINDOW, feather) + 1
+    nbytes = 3 * geotiff.BLOCK * columns * pixel_bytes * depth
+    return max(1 << 20, nbytes)  # GDAL reads a number under 100000 as megabytes
 
 
 def _plan(
@@ -281,7 +295,9 @@ def _blend(
     try:
         if not sink.resumed:
             geotiff.create(sink.partial, inputs.grid, out[0], out[1], out[2], tags, compress=out[3])
-        _write(sink, inputs, out[:3], feather, progress)
+        cache = _cache_bytes(inputs, out[0] * np.dtype(out[1]).itemsize, feather)
+        with rasterio.Env(GDAL_CACHEMAX=cache):
+            _write(sink, inputs, out[:3], feather, progress)
     finally:
         inputs.close()
 
@@ -294,19 +310,26 @@ def _write(
     progress: Callable[[int, int], None] | None,
 ) -> None:
     """Blend the mosaic strip by strip (WINDOW rows, full width) into `sink`, from the strip
-    holding its first unwritten row: a killed run resumes there, bit-identical."""
+    holding its first unwritten row: a killed run resumes there, bit-identical.
+
+    A strip is blended one block row at a time (windows `BLOCK` rows by `WINDOW` columns) into
+    one block row's buffer, so the rows held grow with the mosaic's width by one block row
+    besides the sink's; the values do not depend on the windows (`blend_window`)."""
     bands, dtype, nodata = out
     grid = inputs.grid
     per_row = math.ceil(grid.width / WINDOW)
     total = per_row * math.ceil(grid.height / WINDOW)
-    for row in range(sink.rows_done // WINDOW * WINDOW, grid.height, WINDOW):
-        h = min(WINDOW, grid.height - row)
-        strip = np.full((bands, h, grid.width), nodata, dtype=dtype)
+    rows = np.empty((bands, geotiff.BLOCK, grid.width), dtype=dtype)
+    for row in range(sink.rows_done // WINDOW * WINDOW, grid.height, geotiff.BLOCK):
+        h = min(geotiff.BLOCK, grid.height - row)
+        rows[:, :h] = nodata
         for col in range(0, grid.width, WINDOW):
             end = min(grid.width, col + WINDOW)
-            blend_window(inputs, (row, col, row + h, end), feather, strip[:, :, col:end], nodata)
-        sink.add(row, strip)
+            blend_window(inputs, (row, col, row + h, end), feather, rows[:, :h, col:end], nodata)
+        sink.add(row, rows[:, :h])
+        inputs.release(row + h - feather)  # the next block row's halo starts there
+        if (row + h) % WINDOW and row + h < grid.height:
+            continue
         sink.commit()
-        inputs.release(row + h - feather)  # the next strip's halo starts there
         if progress:
-            progress(min(total, (row // WINDOW + 1) * per_row), total)
+            progress(min(total, math.ceil((row + h) / WINDOW) * per_row), total)
