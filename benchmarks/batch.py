@@ -154,6 +154,8 @@ def mosaic_child(out: str, predictions: str) -> None:
     """The mosaic stage alone over the predictions (JSON list) into a fresh workspace `out`,
     with the thread budget `p2p predict` applies; prints seconds, VmHWM after the imports and
     at the end (MB)."""
+    import numpy.ma  # noqa: F401  (rasterio's first write imports it; p2p predict's have)
+
     import p2p.infer.mosaic  # noqa: F401  (rasterio and GDAL loaded, as in p2p predict)
     from p2p.core.config import MosaicConfig
     from p2p.core.threads import use_threads

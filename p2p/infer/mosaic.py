@@ -330,6 +330,7 @@ def _write(
         inputs.release(row + h - feather)  # the next block row's halo starts there
         if (row + h) % WINDOW and row + h < grid.height:
             continue
-        sink.commit()
+        if row + h < grid.height:  # the last rows are not recorded: publishing follows
+            sink.commit()
         if progress:
             progress(min(total, math.ceil((row + h) / WINDOW) * per_row), total)

@@ -169,6 +169,7 @@ class Inputs:
     Attributes:
         boxes: Each input's `footprint` (with its invalid slack).
         cores: The same without the slack: where the input may be valid.
+        direct: Whether each input is read without warping (`_reads`).
     """
 
     def __init__(
@@ -178,6 +179,8 @@ class Inputs:
         self.grid = grid
         self.boxes = [footprint(grid, g) for g in grids]
         self.cores = [_shrink(b, grid) for b in self.boxes]
+        # read directly, not warped (`SceneReader`): on the grid or on its pixel lattice
+        self.direct = [g.matches(grid) or g.offset_on(grid) is not None for g in grids]
         self._array = np.array(self.boxes, dtype=np.int64).reshape(-1, 4)
         self._resampling = resampling
         self._open: dict[int, SceneReader] = {}
@@ -235,16 +238,10 @@ def blend_window(inputs: Inputs, box: Box, feather: int, out: np.ndarray, nodata
         nodata: The output's nodata.
     """
     near = inputs.meeting(box)
-    # a window one footprint alone meets is read without a halo; otherwise each input is read
-    # over its footprint within the halo (the same reads whatever the cells, so a warped input
-    # gives the same values)
-    halo = box if len(near) == 1 else _grow(box, feather, inputs.grid)
-    patches = {}
-    for i in near:
-        sub = _clip(inputs.boxes[i], halo)
-        if sub is not None:
-            patches[i] = _Patch(sub, *inputs.reader(i).read(_window(sub)))
-    for cell, cover in _cells(inputs, near, box):
+    cells = _cells(inputs, near, box)
+    patches = {i: _Patch(sub, *inputs.reader(i).read(_window(sub)))
+               for i, sub in _reads(inputs, near, cells, box, feather).items()}  # fmt: skip
+    for cell, cover in cells:
         dst = out[(slice(None), *_at(cell, box))]
         if len(cover) == 1:
             patch = patches[cover[0]]
@@ -253,6 +250,46 @@ def blend_window(inputs: Inputs, box: Box, feather: int, out: np.ndarray, nodata
         else:
             values, covered = _blend_cell(inputs, [patches[i] for i in cover], cell, feather)
             dst[...] = geotiff.to_dtype(values, covered, str(dst.dtype), nodata)
+
+
+def _reads(
+    inputs: Inputs,
+    near: Sequence[int],
+    cells: Sequence[tuple[Box, list[int]]],
+    box: Box,
+    feather: int,
+) -> dict[int, Box]:
+    """The box each input of a window is read over.
+
+    An input read directly (on the grid's pixel lattice) is read over its core within the
+    window, and over the halo only as far as the overlap cells it blends need it (the cells
+    grown by `feather`); one that no cell needs is not read. A warped input is read over its
+    footprint within the window's halo (without the halo where it alone meets the window), as
+    `MOSAIC_FORMAT` 3 read it: GDAL's approximate warp gives values that depend on the window
+    read, so the reads keep its values.
+    """
+    halo = box if len(near) == 1 else _grow(box, feather, inputs.grid)
+    used = {i for _, cover in cells for i in cover}
+    reads: dict[int, Box] = {}
+    for i in near:
+        if not inputs.direct[i]:
+            sub = _clip(inputs.boxes[i], halo)
+        elif i in used:
+            sub = _clip(inputs.cores[i], box)
+        else:
+            continue
+        for cell, cover in cells:
+            if len(cover) > 1 and i in cover and sub is not None:
+                grown = _clip(_grow(cell, feather, inputs.grid), inputs.boxes[i])
+                sub = _union(sub, grown) if grown is not None else sub
+        if sub is not None:
+            reads[i] = sub
+    return reads
+
+
+def _union(a: Box, b: Box) -> Box:
+    """The smallest box holding both."""
+    return (min(a[0], b[0]), min(a[1], b[1]), max(a[2], b[2]), max(a[3], b[3]))
 
 
 def _cells(inputs: Inputs, near: Sequence[int], box: Box) -> list[tuple[Box, list[int]]]:
