@@ -18,7 +18,9 @@ pixels), then times, in one run:
   reads, `method="first"`), written as the same tiled DEFLATE GeoTIFF (p2p's codec options,
   256² tiles, GDAL encoding on as many threads as p2p's budget gave its mosaic), in its own
   child process with its VmHWM; the two mosaics run `--repeat` times interleaved, the fastest
-  of each kept.
+  of each kept; with `--baseline DIR` (a checkout of another commit, e.g. `git worktree add
+  /tmp/base main`), that checkout's mosaic stage runs too, by this script's child, interleaved
+  with the others: before and after, side by side in one run.
 
 Per scene, orchestration overhead = (wall - sum of the predict stages' seconds - the mosaic
 stage's seconds) / N, from the run record (`stages.*.seconds`); with one worker the
@@ -51,7 +53,9 @@ import rasterio
 from affine import Affine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+# `--root DIR` (a mosaic child of `--baseline`): that checkout's p2p, not this one's
+ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else None
+sys.path.insert(0, ROOT or str(Path(__file__).resolve().parents[1]))
 
 P2P = shutil.which("p2p") or str(Path(sys.executable).with_name("p2p"))
 PIXEL = 10.0  # metres, write_scene's
@@ -186,8 +190,11 @@ def gdal_child(out: str, predictions: str, threads: str) -> None:
                       "hwm": vm_hwm_mb()}))  # fmt: skip
 
 
-def child(kind: str, out: Path, predictions: list[str], *extra: str) -> dict[str, float]:
+def child(
+    kind: str, out: Path, predictions: list[str], *extra: str, root: str | None = None
+) -> dict[str, float]:
     cmd = [sys.executable, __file__, f"--{kind}-child", str(out), json.dumps(predictions), *extra]
+    cmd += ["--root", root] if root else []
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     result: dict[str, float] = json.loads(done.stdout.strip().splitlines()[-1])
     return result
@@ -199,16 +206,21 @@ def best(runs: list[dict[str, float]]) -> dict[str, float]:
 
 
 def mosaics(
-    folder: Path, n: int, predictions: list[str], repeat: int
-) -> tuple[dict[str, float], dict[str, float]]:
-    """The p2p mosaic stage and GDAL's merge of the predictions, `repeat` times interleaved;
-    GDAL encodes on the threads p2p's budget gave its mosaic (same codec, same threads)."""
-    ours, theirs = [], []
+    folder: Path, n: int, predictions: list[str], repeat: int, baseline: str | None
+) -> dict[str, dict[str, float]]:
+    """The p2p mosaic stage (`p2p`), GDAL's merge of the predictions (`gdal`) and, with a
+    `baseline` checkout, its mosaic stage (`base`), `repeat` times interleaved; GDAL encodes
+    on the threads p2p's budget gave its mosaic (same codec, same threads)."""
+    runs: dict[str, list[dict[str, float]]] = {"p2p": [], "gdal": [], "base": []}
     for k in range(repeat):
-        ours.append(child("mosaic", folder / f"mosaic{n}_{k}", predictions))
-        threads = str(int(ours[-1]["threads"]))
-        theirs.append(child("gdal", folder / f"gdal{n}_{k}.tif", predictions, threads))
-    return best(ours), best(theirs)
+        if baseline:
+            runs["base"].append(
+                child("mosaic", folder / f"base{n}_{k}", predictions, root=baseline)
+            )
+        runs["p2p"].append(child("mosaic", folder / f"mosaic{n}_{k}", predictions))
+        threads = str(int(runs["p2p"][-1]["threads"]))
+        runs["gdal"].append(child("gdal", folder / f"gdal{n}_{k}.tif", predictions, threads))
+    return {name: best(r) for name, r in runs.items() if r}
 
 
 def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[int, Any]:
@@ -222,11 +234,11 @@ def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[in
     rows = {}
     for n, scenes in batches.items():
         cli, predictions = run_cli(folder, n, scenes)
-        p2p, gdal = mosaics(folder, n, predictions, args.repeat)
+        done = mosaics(folder, n, predictions, args.repeat, args.baseline)
         with rasterio.open(folder / f"gdal{n}_0.tif") as ds:
             pixels = ds.width * ds.height
-        rows[n] = {"flow": flows[n], "cli": cli, "mosaic": p2p, "gdal": gdal, "px": pixels,
-                   "load": os.getloadavg()[0]}  # fmt: skip
+        rows[n] = {"flow": flows[n], "cli": cli, "mosaic": done["p2p"], "gdal": done["gdal"],
+                   "base": done.get("base"), "px": pixels, "load": os.getloadavg()[0]}  # fmt: skip
     return rows
 
 
@@ -257,10 +269,30 @@ def print_tables(rows: dict[int, Any], args: argparse.Namespace, load_before: fl
     for n, r in rows.items():
         m, g, mp = r["mosaic"], r["gdal"], r["px"] / 1e6
         ratio = m["seconds"] / g["seconds"]
-        print(f"| {n} | {mp:.1f} | {m['threads']:.0f} | {m['seconds']:.1f} "
+        print(f"| {n} | {mp:.1f} | {m['threads']:.0f} | {m['seconds']:.2f} "
               f"| {m['seconds'] / mp:.3f} "
-              f"| {m['hwm']:.0f} ({m['base']:.0f}) | {g['seconds']:.1f} "
+              f"| {m['hwm']:.0f} ({m['base']:.0f}) | {g['seconds']:.2f} "
               f"| {g['hwm']:.0f} ({g['base']:.0f}) | {ratio:.2f} |")  # fmt: skip
+    if any(r["base"] for r in rows.values()):
+        print_baseline(rows, args.baseline)
+
+
+def print_baseline(rows: dict[int, Any], baseline: str) -> None:
+    """The baseline's mosaic beside this checkout's, each against GDAL's merge of the same run,
+    and each one's VmHWM against its own at the first N."""
+    print(f"\nbaseline {baseline} (its p2p, this script's mosaic child), same runs")
+    print("\n| N | baseline s | baseline / GDAL | baseline VmHWM MB (vs first N) | p2p s "
+          "| p2p / GDAL | p2p VmHWM MB (vs first N) | load |")  # fmt: skip
+    print("|---" * 8 + "|")
+    first = next(iter(rows.values()))
+    for n, r in rows.items():
+        b, m, g = r["base"], r["mosaic"], r["gdal"]
+        grow_b = b["hwm"] / first["base"]["hwm"] - 1
+        grow_m = m["hwm"] / first["mosaic"]["hwm"] - 1
+        print(f"| {n} | {b['seconds']:.2f} | {b['seconds'] / g['seconds']:.2f} "
+              f"| {b['hwm']:.0f} ({grow_b:+.0%}) | {m['seconds']:.2f} "
+              f"| {m['seconds'] / g['seconds']:.2f} | {m['hwm']:.0f} ({grow_m:+.0%}) "
+              f"| {r['load']:.1f} |")  # fmt: skip
 
 
 def main() -> None:
@@ -273,6 +305,8 @@ def main() -> None:
     parser.add_argument("--mosaic-child", nargs=2, help=argparse.SUPPRESS)
     parser.add_argument("--repeat", type=int, default=3, help="Mosaic runs (best kept).")
     parser.add_argument("--gdal-child", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--root", help=argparse.SUPPRESS)
+    parser.add_argument("--baseline", help="Checkout of another commit whose mosaic runs too.")
     args = parser.parse_args()
     if args.flow_child:
         return flow_child(args.flow_child)

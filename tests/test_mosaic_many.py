@@ -38,23 +38,24 @@ def _scenes(tmp_path: Path) -> list[Path]:
     return paths
 
 
-def _whole_canvas_blend(paths: list[Path], shape: tuple[int, int]) -> np.ndarray:
-    """The blend the mosaic promises, computed over the whole canvas at once: each scene
-    weighted by its capped distance to its nearest invalid pixel, weights normalized."""
+def _whole_canvas_blend(paths: list[Path], shape: tuple[int, int], cols: int = 3) -> np.ndarray:
+    """The blend the mosaic promises, computed over the whole canvas at once: each scene (`cols`
+    to a row, `STEP` apart) weighted by its capped distance to its nearest invalid pixel (any
+    band at the file's nodata), weights normalized, cast with nodata 0 as the mosaic casts."""
     placed = []
     for k, path in enumerate(paths):
-        row, col = divmod(k, 3)
-        data = np.zeros((1, *shape))
-        valid = np.zeros(shape, bool)
+        row, col = divmod(k, cols)
         with rasterio.open(path) as ds:
-            pixels = ds.read()
+            pixels, nodata = ds.read(), ds.nodata
+        data = np.zeros((pixels.shape[0], *shape))
+        valid = np.zeros(shape, bool)
         window = (slice(row * STEP, row * STEP + SIDE), slice(col * STEP, col * STEP + SIDE))
-        data[(0, *window)] = pixels[0]
-        valid[window] = pixels[0] != 0
+        data[(slice(None), *window)] = pixels
+        valid[window] = (pixels != nodata).all(axis=0)
         placed.append((data, edge_distance(valid, FEATHER)))
     total = sum(weight for _, weight in placed)
     safe = np.where(total > 0, total, 1.0)
-    values = np.zeros((1, *shape))
+    values = np.zeros(placed[0][0].shape)
     for data, weight in placed:
         share = weight / safe
         values += np.where(share > 0, data * share, 0.0)
@@ -72,6 +73,26 @@ def test_mosaic_of_many_scenes_is_the_whole_canvas_blend(tmp_path: Path) -> None
     expected = _whole_canvas_blend(paths, shape)
     assert (mosaic == 0).sum() > 0 and (mosaic != 0).sum() > 0
     np.testing.assert_array_equal(mosaic, expected)
+
+
+def test_pixels_one_scene_alone_covers_are_cast_as_the_blend_casts_them(tmp_path: Path) -> None:
+    # the second scene's nodata is 7, so its valid pixels may hold 0, the mosaic's nodata (the
+    # first scene's): copied where it lies alone, blended in the overlap, each moved to 1
+    rng = np.random.default_rng(2)
+    paths = []
+    for k, nodata in enumerate((0, 7)):
+        data = rng.integers(10, 3000, (2, SIDE, SIDE)).astype(np.uint16)
+        if k == 1:
+            data[1, 100:110, ::5] = 0  # valid, across the overlap (columns < 40) and beyond
+            data[:, 200:230, 20:90] = 7  # a hole reaching into the overlap
+        t = Affine(10, 0, 500000 + 10 * STEP * k, 0, -10, 1000000)
+        paths.append(write_geotiff(tmp_path / f"n{k}.tif", data, transform=t, nodata=nodata))
+    out = tmp_path / "m.tif"
+    mosaic_scenes(paths, out, MosaicConfig(), feather=FEATHER)
+    with rasterio.open(out) as ds:
+        mosaic = ds.read()
+    np.testing.assert_array_equal(mosaic, _whole_canvas_blend(paths, (SIDE, STEP + SIDE)))
+    assert (mosaic[1, 100:110, SIDE + 5 : STEP + SIDE : 5] == 1).all()  # alone: 0 became 1
 
 
 FEW_FILES = """

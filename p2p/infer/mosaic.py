@@ -10,8 +10,9 @@ weighted by its Euclidean distance to the nearest invalid pixel (its footprint's
 nodata hole), capped at `feather`. The distance is exact within the cap because the halo holds
 every pixel that close. Where inputs overlap, values are averaged with these weights, so each
 scene fades out over `feather` pixels towards its edge and no seam appears; where one input is
-valid, its value is copied unchanged. Memory is bounded by one window plus its halo per input
-that meets it, and one strip of the output; inputs are read only where they lie and opened
+valid, its value is copied unchanged (and only where scenes overlap are weights found). Memory
+is bounded by one window plus its halo per input that meets it, and one block row of the
+output (blended into, and held by the writer); inputs are read only where they lie and opened
 only while the strips need them (`p2p.infer.mosaic_blend`: one window's blend). A single input
 that this would give back unchanged is copied as a file instead
 (`p2p.infer.mosaic_copy.copyable`).
