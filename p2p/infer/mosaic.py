@@ -214,9 +214,11 @@ def mosaic_scenes(
     tags = {"P2P_MOSAIC_INPUTS": str(len(inputs)), "P2P_FEATHER": str(feather)}
     tags |= dict(extra_tags or {})
     readers = Inputs(inputs, grids, grid, resampling)
-    pixel_bytes = bands * np.dtype(dtype).itemsize
-    columns = min(grid.width, WINDOW + 2 * geotiff.BLOCK)  # copying, publishing: GDAL's reads
-    with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, 2 * pixel_bytes):
+    # copying and publishing (the blend sets its own, `_cache_bytes`): the blocks of a window
+    # and its halo of each input one meets, and the output's
+    pixel_bytes = bands * np.dtype(dtype).itemsize * (readers.depth(WINDOW, feather) + 1)
+    columns = min(grid.width, WINDOW + 2 * geotiff.BLOCK)
+    with geotiff.streaming_cache(columns, WINDOW + 2 * geotiff.BLOCK, pixel_bytes):
         sink = RowSink(Path(output), job, grid.height)
         if copy:
             src = Path(inputs[0])
