@@ -22,7 +22,6 @@ COG) onto NAME.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -34,11 +33,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from p2p import __version__
 from p2p.bands.normalization import BandStats
-from p2p.core.cache import fingerprint_file, stage_key
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import ConfigError, InputError
+from p2p.infer.provenance import output_tags, scene_job
 from p2p.infer.strips import (
     Progress,
     StripLoop,
@@ -69,10 +67,6 @@ UNCERTAINTY_SAMPLED = (
     "test-time symmetries' outputs, in target units, blended across windows with the "
     "prediction's weights"
 )
-
-#: Version of the predict stage's artifacts and of the partial-output state format.
-#: Format of a resumable partial output (the row-strip state); bump it when that changes.
-JOB_VERSION = 1
 
 
 @dataclass(frozen=True)
@@ -200,59 +194,6 @@ def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) ->
         return reader.grid
 
 
-def job_parts(
-    weights_hash: str, scene: SceneConfig, config: PredictConfig
-) -> tuple[dict[str, Any], list[str]]:
-    """What decides a prediction's pixels: (settings, input fingerprints).
-
-    The one definition: `scene_job` hashes it to guard a resumed partial output, and the
-    predict stage keys on it (`p2p.stages.predict`).
-    """
-    inputs = [f"weights:{weights_hash}", *(fingerprint_file(p) for p in scene.source)]
-    return {
-        "scene": scene.model_dump(mode="json"),
-        "predict": config.model_dump(mode="json"),
-    }, inputs
-
-
-def scene_job(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) -> str:
-    """Fingerprint of everything that decides the output's pixels."""
-    return stage_key("predict-scene", JOB_VERSION, *job_parts(bundle.weights_hash, scene, config))
-
-
-#: Tag holding a prediction's window layout (`p2p.infer.seams` finds window boundaries by it).
-LAYOUT_TAG = "P2P_WINDOW_LAYOUT"
-
-
-def layout_tag(plan: StripPlan) -> str:
-    """The window layout as JSON, ``[rows, columns]`` per entry: window ``k`` of an axis spans
-    ``[origin + k·stride - overlap, … + tile)`` and owns ``[origin + k·stride, … + stride)``;
-    ``count`` windows per axis (1: no boundary on that axis)."""
-    ly, lx = plan.ly, plan.lx
-    return json.dumps(
-        {
-            "tile": [ly.tile, lx.tile],
-            "overlap": [ly.overlap, lx.overlap],
-            "stride": [ly.stride, lx.stride],
-            "origin": [0, 0],
-            "count": [ly.count, lx.count],
-            "blend": lx.blend,
-        }
-    )
-
-
-def _tags(
-    bundle: BundleRef, scene: SceneConfig, config: PredictConfig, plan: StripPlan
-) -> dict[str, str]:
-    return {
-        "P2P_VERSION": __version__,
-        "P2P_MODEL_SHA256": str(bundle.weights_hash),
-        "P2P_SCENE": scene.scene_id,
-        "P2P_SETTINGS": config.model_dump_json(),
-        LAYOUT_TAG: layout_tag(plan),
-    }
-
-
 def _streaming_cache(reader: SceneReader, bundle: BundleRef, config: PredictConfig) -> Any:
     """GDAL's block cache: the source's block rows that one row of windows reads, across the
     scene's width, and one read's columns of the target (`p2p.infer.strips.windows_per_read`),
@@ -353,7 +294,7 @@ def _open_sinks(
     (float32, NaN nodata, tagged `P2P_LAYER=uncertainty`); created unless resumed."""
     job = scene_job(bundle, scene, config)
     names = [str(n) for n in bundle.meta.target_bands]
-    tags = _tags(bundle, scene, config, plan)
+    tags = output_tags(bundle, scene, config, plan)
     layers = [(output, plan.dtype, plan.nodata, names, tags)]
     if config.uncertainty:
         meaning = UNCERTAINTY if not config.samples else UNCERTAINTY_SAMPLED.format(config.samples)

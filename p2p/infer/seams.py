@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from rasterio.windows import Window
 
-from p2p.infer.inference import LAYOUT_TAG
+from p2p.infer.provenance import LAYOUT_TAG
 from p2p.infer.windows import AxisLayout
 from p2p.raster import SceneReader
 

@@ -18,14 +18,14 @@ VERSION = 2
 
 
 def key_parts(model: str | Path, scene: SceneConfig, config: PredictConfig) -> KeyParts:
-    """What decides the pixels (`p2p.infer.inference.job_parts`): the bundle's weights hash,
+    """What decides the pixels (`p2p.infer.provenance.job_parts`): the bundle's weights hash,
     the scene's settings and file fingerprints, and the inference settings.
 
     Raises:
         InputError: a source file is missing.
         BundleError: the model folder is not a bundle.
     """
-    from p2p.infer.inference import job_parts
+    from p2p.infer.provenance import job_parts
     from p2p.model.meta import read_ref
 
     for path in scene.source:
