@@ -22,8 +22,7 @@ from p2p.core.config import BatchPredictConfig, ModelConfig, PipelineConfig, Sce
 from p2p.core.errors import BundleError, CheckpointError, PathNotAllowedError
 from p2p.core.roots import checked_batch_config, checked_pipeline_config
 from p2p.model.bundle import META, WEIGHTS, load_bundle
-from p2p.model.checkpoint import load_newest
-from p2p.model.training import load_generator
+from p2p.model.checkpoint import load_generator, load_newest
 from tests.faultkit import (
     PREDICT_OPTS,
     ROOT,

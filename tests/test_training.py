@@ -20,11 +20,11 @@ from p2p.bands.augment import augment_pair, dihedral
 from p2p.bands.normalization import denormalize
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import CheckpointError, InputError
-from p2p.model.checkpoint import load_checkpoint
+from p2p.model.checkpoint import load_checkpoint, load_generator
 from p2p.model.epoch import TrainProgress
 from p2p.model.metrics import MetricAccumulator
 from p2p.model.pix2pix import lr_factor
-from p2p.model.training import load_generator, train
+from p2p.model.training import train
 
 
 def iter_metrics(out_dir: Path) -> Iterator[dict[str, Any]]:

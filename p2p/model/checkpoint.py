@@ -6,7 +6,8 @@ epoch and every RNG state. It is one safetensors file: every tensor (weights, op
 moments and steps, RNG states) is a named tensor, and the rest of the state (numbers, lists,
 schedules, metrics) is strict JSON in the file's metadata, in which each tensor stands as
 ``{"$tensor": name}``. Loading parses a JSON document and reads raw tensor bytes, nothing
-else: no pickle anywhere, so a crafted checkpoint can run no code.
+else: no pickle anywhere, so a crafted checkpoint can run no code. `load_generator` builds the
+generator a checkpoint holds (its last, average or best one).
 """
 
 from __future__ import annotations
@@ -17,14 +18,19 @@ import math
 import random
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from p2p.core.errors import CheckpointError
 from p2p.core.fsutil import atomic_path
+from p2p.model.networks import UNetGenerator, build_generator
+
+if TYPE_CHECKING:
+    from p2p.core.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
@@ -176,3 +182,37 @@ def load_newest(folder: Path, device: torch.device | str = "cpu") -> dict[str, A
         state["path"] = str(path)
         return state
     return None
+
+
+def load_generator(
+    checkpoint: Path,
+    model_cfg: ModelConfig,
+    in_channels: int,
+    out_channels: int,
+    device: str | torch.device = "cpu",
+    best: bool = False,
+) -> UNetGenerator:
+    """The generator of a training checkpoint, in eval mode.
+
+    Args:
+        checkpoint: A training checkpoint.
+        model_cfg: Its architecture.
+        in_channels: Source bands.
+        out_channels: Target bands.
+        device: Where to put it.
+        best: The generator of the best validation epoch held in the checkpoint (the
+            checkpoint's own when it holds none).
+
+    Raises:
+        CheckpointError: The file cannot be read or holds a different architecture.
+    """
+    try:
+        state = load_checkpoint(checkpoint)
+        g = build_generator(model_cfg, in_channels, out_channels)
+        kept = state.get("best") if best else None
+        last = state.get("generator_ema", state["generator"])  # the average, when trained with one
+        g.load_state_dict(kept["generator"] if kept else last)
+    except Exception as exc:
+        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise CheckpointError(checkpoint, f"cannot load the generator ({problem})") from None
+    return g.to(device).eval()

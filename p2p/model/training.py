@@ -37,7 +37,7 @@ from p2p.core.fsutil import atomic_write_text, json_text
 from p2p.model.checkpoint import (
     capture_rng,
     checkpoint_path,
-    load_checkpoint,
+    load_generator,
     load_newest,
     restore_rng,
     save_checkpoint,
@@ -53,7 +53,7 @@ from p2p.model.epoch import (
     validate,
     write_epoch_preview,
 )
-from p2p.model.networks import UNetGenerator, build_generator
+from p2p.model.networks import UNetGenerator
 from p2p.model.pix2pix import Pix2Pix, build_pix2pix, select_device
 
 if TYPE_CHECKING:
@@ -371,37 +371,3 @@ def _flat(metrics: dict[str, Any]) -> dict[str, Any]:
         return {}
     flat = {f"val_{k}": v for k, v in metrics["overall"].items()}
     return {**flat, "val_bands": metrics["bands"]}
-
-
-def load_generator(
-    checkpoint: Path,
-    model_cfg: ModelConfig,
-    in_channels: int,
-    out_channels: int,
-    device: str | torch.device = "cpu",
-    best: bool = False,
-) -> UNetGenerator:
-    """The generator of a training checkpoint, in eval mode.
-
-    Args:
-        checkpoint: A training checkpoint.
-        model_cfg: Its architecture.
-        in_channels: Source bands.
-        out_channels: Target bands.
-        device: Where to put it.
-        best: The generator of the best validation epoch held in the checkpoint (the
-            checkpoint's own when it holds none).
-
-    Raises:
-        CheckpointError: The file cannot be read or holds a different architecture.
-    """
-    try:
-        state = load_checkpoint(checkpoint)
-        g = build_generator(model_cfg, in_channels, out_channels)
-        kept = state.get("best") if best else None
-        last = state.get("generator_ema", state["generator"])  # the average, when trained with one
-        g.load_state_dict(kept["generator"] if kept else last)
-    except Exception as exc:
-        problem = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise CheckpointError(checkpoint, f"cannot load the generator ({problem})") from None
-    return g.to(device).eval()

@@ -9,7 +9,8 @@ not imported here, so the engines never pay for xarray.
 """
 
 from p2p.raster.align import RESAMPLING, intersection, open_aligned
-from p2p.raster.scene import Grid, SceneReader, open_raster
+from p2p.raster.grid import Grid
+from p2p.raster.scene import SceneReader, open_raster
 
 __all__ = [
     "RESAMPLING",

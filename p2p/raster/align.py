@@ -16,7 +16,8 @@ from pathlib import Path
 from rasterio.warp import transform_bounds
 
 from p2p.core.errors import AlignmentError
-from p2p.raster.scene import Grid, SceneReader
+from p2p.raster.grid import Grid
+from p2p.raster.scene import SceneReader
 
 RESAMPLING = ("nearest", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "mode")
 
