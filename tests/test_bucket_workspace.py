@@ -20,7 +20,7 @@ import torch
 from distributed import Client, Nanny, Scheduler, SpecCluster, get_task_stream
 from torch.utils.data import DataLoader
 
-from p2p.core import storage
+from p2p.core import transfer
 from p2p.core.bucketlock import BucketLock, LeaseLost
 from p2p.core.cache import KeyParts, read_manifest, run_stage
 from p2p.core.config import PipelineConfig, TrainConfig
@@ -157,7 +157,7 @@ def test_stage_folders_in_a_bucket_are_objects_with_the_manifest_last(
     assert read_manifest(url) == json.loads(s3.get(f"{url}/manifest.json"))
     again = run_stage(ws, parts, lambda folder: pytest.fail("rebuilt a finished stage"))
     assert again.cached and again.summary == record.summary
-    assert not storage.staging_dir(url).exists()  # the local staging folder is gone
+    assert not transfer.staging_dir(url).exists()  # the local staging folder is gone
 
 
 def test_tiling_killed_in_a_bucket_resumes_to_the_chips_of_a_local_run(

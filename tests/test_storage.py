@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from rasterio.windows import Window
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.cache import fingerprint_file
 from p2p.core.errors import InputError, OutputError
 from p2p.raster import SceneReader
@@ -77,14 +77,14 @@ def test_upload_if_changed_skips_the_same_bytes(s3: Any, tmp_path: Path) -> None
     url = s3.url("out/result.tif")
     local = tmp_path / "result.tif"
     local.write_bytes(b"first")
-    assert storage.upload_if_changed(local, url) and s3.get(url) == b"first"
+    assert transfer.upload_if_changed(local, url) and s3.get(url) == b"first"
     puts = len([line for line in s3.log_lines() if '"PUT /' in line])
-    assert not storage.upload_if_changed(local, url)
+    assert not transfer.upload_if_changed(local, url)
     assert len([line for line in s3.log_lines() if '"PUT /' in line]) == puts
     local.write_bytes(b"second")
-    assert storage.upload_if_changed(local, url) and s3.get(url) == b"second"
+    assert transfer.upload_if_changed(local, url) and s3.get(url) == b"second"
     with pytest.raises(OutputError, match="no such bucket 'no-such-bucket-p2p'"):
-        storage.check_writable("s3://no-such-bucket-p2p/x.tif")
+        transfer.check_writable("s3://no-such-bucket-p2p/x.tif")
 
 
 def test_access_denied_is_one_line(

@@ -164,11 +164,11 @@ def check_output_path(path: str) -> None:
         InputError: `path` is a folder, or a file stands where one of its folders must be.
         OutputError: an ``s3://`` output's bucket is missing or not reachable.
     """
-    from p2p.core import storage
+    from p2p.core import storage, transfer
     from p2p.core.errors import InputError
 
     if storage.is_remote(path):
-        storage.check_writable(path)
+        transfer.check_writable(path)
         return
 
     target = Path(path).absolute()

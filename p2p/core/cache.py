@@ -32,9 +32,10 @@ from typing import Any, NamedTuple
 from filelock import FileLock
 from pydantic import BaseModel, ConfigDict, Field
 
-from p2p.core import files, storage
+from p2p.core import files, storage, transfer
 from p2p.core.bucketlock import BucketLock
 from p2p.core.errors import StageError
+from p2p.core.fsutil import sha256_file
 
 log = logging.getLogger(__name__)
 
@@ -89,11 +90,7 @@ def fingerprint_file(path: str | Path, strict: bool = False) -> str:
     p = Path(path).resolve()
     st = p.stat()
     if strict:
-        digest = hashlib.sha256()
-        with open(p, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(block)
-        return f"sha256:{digest.hexdigest()}"
+        return f"sha256:{sha256_file(p)}"
     return f"{p}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -266,7 +263,7 @@ def _build(
     url = str(folder)
     if build_in_bucket is not None:
         return build_in_bucket(url), None
-    staging = storage.staging_dir(url)
+    staging = transfer.staging_dir(url)
     staging.mkdir(parents=True, exist_ok=True)
     _sweep_temporaries(staging)
     summary = build(staging)

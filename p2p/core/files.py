@@ -19,7 +19,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.errors import InputError, OutputError
 from p2p.core.fsutil import atomic_write_bytes, json_text
 
@@ -158,7 +158,7 @@ def upload_tree(local: Path, url: str, last: str | None = None) -> None:
     ordered = [p for p in files if p.name != last or p.parent != local]
     ordered += [p for p in files if p not in ordered]
     for path in ordered:
-        storage.upload(path, storage.join(url, *path.relative_to(local).parts))
+        transfer.upload(path, storage.join(url, *path.relative_to(local).parts))
 
 
 def relocate(value: Any, old: str, new: str) -> Any:

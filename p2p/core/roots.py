@@ -17,7 +17,7 @@ import os
 from collections.abc import Iterable
 from pathlib import Path
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.config import BatchPredictConfig, PipelineConfig, SceneConfig
 from p2p.core.configfile import expand_scenes, map_scene_paths
 from p2p.core.errors import ConfigError, InputError, PathNotAllowedError
@@ -107,7 +107,7 @@ def check_bucket_workspace(config: PipelineConfig) -> None:
     """
     if not storage.is_remote(config.workspace):
         return
-    storage.check_writable(config.workspace)
+    transfer.check_writable(config.workspace)
     if config.train.nodes > 1:
         raise ConfigError(
             "train.nodes",

@@ -31,12 +31,12 @@ from typing import Any
 import torch
 
 from p2p.core.errors import BundleError, ConfigError
+from p2p.core.fsutil import sha256_file
 from p2p.model.bundle import (
     ONNX,
     WEIGHTS,
     BundleRef,
     load_bundle,
-    sha256_file,
     write_bundle_folder,
     write_meta,
 )

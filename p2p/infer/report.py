@@ -15,7 +15,7 @@ import numpy as np
 import rasterio
 from numpy.typing import NDArray
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.errors import P2PError
 from p2p.core.fsutil import atomic_path
 
@@ -341,10 +341,10 @@ def deliver_file(source: str | Path, output: str | Path) -> bool:
     if storage.is_remote(source):  # a stage folder in a bucket workspace
         with tempfile.TemporaryDirectory() as tmp:
             local = Path(tmp, storage.name(source))
-            storage.download(str(source), local)
+            transfer.download(str(source), local)
             return deliver_file(local, output)
     if storage.is_remote(output):
-        return storage.upload_if_changed(Path(source), str(output))
+        return transfer.upload_if_changed(Path(source), str(output))
     output = Path(output)
     if output.is_file() and filecmp.cmp(source, output, shallow=False):
         return False

@@ -29,9 +29,9 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load, load_file, save
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.errors import BundleError
-from p2p.core.fsutil import create_temp_dir, fsync_dir, fsync_file
+from p2p.core.fsutil import create_temp_dir, fsync_dir, fsync_file, sha256_file
 from p2p.model.meta import (
     FORMAT_VERSION,
     META,
@@ -41,7 +41,6 @@ from p2p.model.meta import (
     BundleRef,
     read_bundle_object,
     read_meta,
-    sha256_file,
     weights_digest,
     write_meta,
 )
@@ -96,11 +95,11 @@ def write_bundle(model_dir: str | Path, generator: UNetGenerator, meta: BundleMe
     """
     if storage.is_remote(model_dir):
         url = str(model_dir)
-        storage.check_writable(url)
+        transfer.check_writable(url)
         with tempfile.TemporaryDirectory(prefix="p2p-bundle-") as scratch:
             local = write_bundle(Path(scratch, "model"), generator, meta)
             for name in (WEIGHTS, META):  # model.json last: it makes the bundle visible
-                storage.upload(Path(local, name), storage.join(url, name))
+                transfer.upload(Path(local, name), storage.join(url, name))
         return url
     model_dir = Path(model_dir)
     if (generator.in_channels, generator.out_channels) != (meta.in_channels, meta.out_channels):

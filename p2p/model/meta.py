@@ -20,7 +20,7 @@ from p2p import __version__
 from p2p.core import storage
 from p2p.core.config import ModelConfig
 from p2p.core.errors import BundleError, InputError
-from p2p.core.fsutil import json_text
+from p2p.core.fsutil import json_text, sha256_file
 
 #: 2: optional linear path in the generator (`model.linear_anchor`) and the baselines.
 FORMAT_VERSION = 2
@@ -106,15 +106,6 @@ class BundleMeta:
         """
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in data.items() if k in known})
-
-
-def sha256_file(path: Path) -> str:
-    """sha256 (hex) of a file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def write_meta(folder: Path, meta: BundleMeta, weights_sha256: str) -> None:

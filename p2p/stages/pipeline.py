@@ -22,7 +22,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any, Literal
 
-from p2p.core import storage
+from p2p.core import storage, transfer
 from p2p.core.cache import StageRecord
 from p2p.core.config import (
     ExportTilesConfig,
@@ -396,5 +396,5 @@ def default_workspace(output: str | Path) -> Path:
     """Where `p2p predict` caches its stages unless told: a hidden folder beside the output
     (for an ``s3://`` output, a local folder named after it, so a rerun resumes there)."""
     if storage.is_remote(output):
-        return storage.staging_dir(str(output)) / ".p2p-work"
+        return transfer.staging_dir(str(output)) / ".p2p-work"
     return Path(output).absolute().parent / ".p2p-work"
