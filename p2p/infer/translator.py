@@ -216,15 +216,16 @@ class DihedralMean:
         assert m2 is not None
         return (m2 / n).sqrt()
 
-    def _combine(self, turned_back: Iterator[torch.Tensor]) -> torch.Tensor:
-        """Mean (and spread) of the 8 outputs, turned back: `(N, C_out or 2·C_out, s, s)`."""
-        outputs = list(turned_back) if self.spread else []
+    def _combine(self, turned_back: Iterator[torch.Tensor], spread: bool) -> torch.Tensor:
+        """Mean (and with `spread`, the spread) of the 8 outputs, turned back:
+        `(N, C_out or 2·C_out, s, s)`."""
+        outputs = list(turned_back) if spread else []
         total: torch.Tensor | None = None
         for y in outputs or turned_back:
             total = y if total is None else total + y
         assert total is not None
         mean = total / 8
-        if not self.spread:
+        if not spread:
             return mean
         var = sum(((y - mean) ** 2 for y in outputs), torch.zeros_like(mean)) / 8
         return torch.cat([mean, var.sqrt()], dim=1)
@@ -236,12 +237,13 @@ class DihedralMean:
 
         assert isinstance(self.model, TensorModel)
         model = self.model
+        sampled = self.spread and self.sampler is not None and self.samples > 0
         out = self._combine(
-            undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)
+            (undo_dihedral(model.run(dihedral(x, k).contiguous()), k) for k in range(8)),
+            self.spread and not sampled,  # the sampled spread replaces the symmetries'
         )
-        if self.spread and self.sampler is not None and self.samples:
-            c = out.shape[1] // 2
-            out[:, c:] = self._sampled_spread(x, self.samples)
+        if sampled:
+            return torch.cat([out, self._sampled_spread(x, self.samples)], dim=1)
         return out
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -254,8 +256,13 @@ class DihedralMean:
 
         x, model = torch.from_numpy(batch), self.model
         total = self._combine(
-            undo_dihedral(torch.from_numpy(model(np.ascontiguousarray(dihedral(x, k).numpy()))), k)
-            for k in range(8)
+            (
+                undo_dihedral(
+                    torch.from_numpy(model(np.ascontiguousarray(dihedral(x, k).numpy()))), k
+                )
+                for k in range(8)
+            ),
+            self.spread,
         )
         return np.ascontiguousarray(total.numpy(), dtype=np.float32)
 
