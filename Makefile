@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.p2p-installed
 WORKSPACE ?= demo-work
 
-.PHONY: venv demo test test-fast lint docs bench clean
+.PHONY: venv demo test test-fast lint docs bench gpu-wheels clean
 
 venv: $(STAMP)
 
@@ -42,6 +42,19 @@ bench: venv
 	$(PY) benchmarks/train_step.py
 	$(PY) benchmarks/tiling.py
 	$(PY) benchmarks/inference.py
+
+# The packages benchmarks/gpu_checks.sh needs that a bare CUDA image (Python 3.12, torch,
+# numpy, pandas, pytest; docs/measurements.md, "GPU checks") lacks, as wheels in .whl/ for a
+# machine with no package index; the versions are this venv's.
+GPU_WHEELS := rasterio affine cligj click-plugins pydantic pydantic_core annotated-types \
+	typing-inspection zarr numcodecs donfig google-crc32c dask distributed locket partd tblib \
+	tornado zict rioxarray pyproj
+gpu-wheels: venv
+	mkdir -p .whl
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+		--implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl \
+		$$($(PY) -m pip freeze | grep -i -E "^($$(echo $(GPU_WHEELS) | tr ' ' '|'))==")
 
 clean:
 	rm -rf $(VENV) $(WORKSPACE)
