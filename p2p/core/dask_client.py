@@ -15,7 +15,7 @@ from distributed import Client, LocalCluster
 
 from p2p.core.config import DaskConfig
 from p2p.core.errors import ConfigError
-from p2p.core.threads import available_cores
+from p2p.core.threads import CORES_ENV, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -76,7 +76,10 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
         processes: Local workers as processes (default: isolates Python-heavy work from the
             GIL) or as threads in this process, which start in a fraction of a second and
             share memory; threads suit work that releases the GIL (GDAL decoding, compression,
-            numpy copies), such as tiling. Ignored with `address`.
+            numpy copies), such as tiling. Ignored with `address`. Worker processes are
+            each told their share of the cores (``P2P_CORES``, `worker_env`); threads
+            share this process's cores, and a task's budget divides them by all their
+            task slots (`p2p.core.threads.worker_slots`).
 
     Raises:
         ConfigError: the scheduler at `address` cannot be reached.
@@ -92,7 +95,11 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
             make_safe(client)
             yield client
         return
-    n_workers, threads_per_worker = local_shape(config)
+    cores = available_cores()
+    n_workers, threads_per_worker = local_shape(config, cores)
+    # Only worker processes get an environment: threads run in this process, whose cores a
+    # process-wide cap would wrongly shrink (and a threaded Worker takes no `env`).
+    env = {"env": worker_env(n_workers, cores)} if processes else {}
     with (
         safe_config(),
         LocalCluster(  # type: ignore[no-untyped-call]
@@ -100,6 +107,7 @@ def dask_client(config: DaskConfig, processes: bool = True) -> Iterator[Client]:
             threads_per_worker=threads_per_worker,
             processes=processes,
             dashboard_address=":0",  # any free port: never collide with a running cluster
+            **env,
         ) as cluster,
         Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
@@ -127,6 +135,14 @@ def local_shape(config: DaskConfig, cores: int | None = None) -> tuple[int, int]
         threads = config.threads_per_worker or cores
         return max(1, cores // threads), threads
     return config.n_workers, config.threads_per_worker or max(1, cores // config.n_workers)
+
+
+def worker_env(n_workers: int, cores: int) -> dict[str, str]:
+    """The environment of each of `n_workers` worker processes sharing `cores`: its share
+    in ``P2P_CORES`` (cores // workers, at least 1), which caps what it counts as its own
+    (`p2p.core.threads.available_cores`). Without it, every worker process would count all
+    the cores: 2 workers x 1 task on 2 cores ran 2 x 2 torch and GDAL threads."""
+    return {CORES_ENV: str(max(1, cores // max(1, n_workers)))}
 
 
 def worker_hosts(address: str) -> list[str]:

@@ -34,15 +34,28 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+if TYPE_CHECKING:
+    from distributed import Worker
 
 log = logging.getLogger(__name__)
 
 #: The environment variable carrying an explicit thread count to child processes.
 ENV = "P2P_THREADS"
+#: The environment variable capping the cores a process may use (a Dask worker's share).
+CORES_ENV = "P2P_CORES"
+#: Seconds a worker trusts its count of the task slots on its host (one scheduler round trip).
+HOST_SLOTS_TTL_S = 60.0
+#: Seconds a worker waits for the scheduler's answer before counting its own slots alone.
+HOST_SLOTS_TIMEOUT_S = 5.0
 #: Where the cgroup (v2 unified, or v1 cpu controller) of this process is mounted.
 CGROUP_ROOT = Path("/sys/fs/cgroup")
 #: Environment variables that size OpenMP, MKL and OpenBLAS pools in child processes.
 _POOL_VARS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
+#: Per worker address: when its host's task slots were counted, and the count.
+_HOST_SLOTS: dict[str, tuple[float, int]] = {}
 
 
 def affinity_cores() -> int:
@@ -75,12 +88,27 @@ def cgroup_quota(root: Path = CGROUP_ROOT) -> float | None:
 
 def available_cores(root: Path = CGROUP_ROOT) -> int:
     """Cores this process may use: its affinity, capped by its cgroup quota (rounded up, at
-    least 1)."""
+    least 1) and by ``P2P_CORES`` (`cores_from_env`)."""
     cores = affinity_cores()
     quota = cgroup_quota(root)
     if quota is not None:
         cores = min(cores, max(1, math.ceil(quota)))
-    return cores
+    cap = cores_from_env()
+    return cores if cap is None else min(cores, cap)
+
+
+def _positive_env(name: str) -> int | None:
+    """The positive integer in environment variable `name` (None when unset or not one)."""
+    value = os.environ.get(name, "").strip()
+    if not (value.isascii() and value.isdigit()):
+        return None
+    return int(value) or None
+
+
+def cores_from_env() -> int | None:
+    """The cores this process was given in ``P2P_CORES`` (None when unset or bad): a Dask
+    worker's share of its machine, or a user's cap."""
+    return _positive_env(CORES_ENV)
 
 
 @dataclass(frozen=True)
@@ -104,8 +132,7 @@ class ThreadBudget:
 
 def setting_from_env() -> int | None:
     """The explicit thread count handed down in ``P2P_THREADS`` (None when unset or bad)."""
-    value = os.environ.get(ENV, "").strip()
-    return int(value) if value.isdigit() and int(value) > 0 else None
+    return _positive_env(ENV)
 
 
 def busy_elsewhere(samples: int = 5, root: Path = Path("/proc")) -> int:
@@ -233,8 +260,8 @@ def use_threads(threads: int | None = None) -> ThreadBudget:
 
 
 def dask_task_budget(threads: int | None = None) -> ThreadBudget | None:
-    """The budget of a task running on a Dask worker: the worker's cores divided by its task
-    slots (None outside a worker)."""
+    """The budget of a task running on a Dask worker: the worker's cores divided by the task
+    slots sharing them (`worker_slots`; None outside a worker)."""
     if "distributed" not in sys.modules:
         return None
     from distributed import get_worker
@@ -243,7 +270,60 @@ def dask_task_budget(threads: int | None = None) -> ThreadBudget | None:
         worker = get_worker()
     except ValueError:
         return None
-    return decide_budget(threads, slots=int(worker.state.nthreads))
+    return decide_budget(threads, slots=worker_slots(worker))
+
+
+def worker_slots(worker: Worker) -> int:
+    """Task slots sharing the cores of `worker`'s process: those of every worker running in
+    this process (workers as threads share its cores), and, unless ``P2P_CORES`` gave the
+    process its own share of the machine, those of every worker on its host (`host_slots`:
+    worker processes started side by side, e.g. ``dask worker --nworkers 4``, each see all
+    the machine's cores)."""
+    here = process_slots(worker)
+    return here if cores_from_env() is not None else max(here, host_slots(worker))
+
+
+def process_slots(worker: Worker) -> int:
+    """Task slots of `worker` and of the other workers running in this process."""
+    from distributed import Worker
+    from distributed.core import Status
+
+    try:
+        live = {w for w in Worker._instances if w.status in (Status.running, Status.paused)}
+    except RuntimeError:  # a worker started or ended meanwhile: count this one alone
+        live = set()
+    return sum(int(w.state.nthreads) for w in live | {worker})
+
+
+def host_slots(worker: Worker) -> int:
+    """Task slots of the running workers on `worker`'s host, as its scheduler knows them
+    (their addresses and threads: one small round trip, kept `HOST_SLOTS_TTL_S` per worker
+    so that workers joining later count; 0 where the scheduler does not answer in
+    `HOST_SLOTS_TIMEOUT_S`)."""
+    now = time.monotonic()
+    cached = _HOST_SLOTS.get(worker.address)
+    if cached is not None and now - cached[0] < HOST_SLOTS_TTL_S:
+        return cached[1]
+    from distributed.utils import sync
+
+    try:
+        nthreads: dict[str, int] = sync(
+            worker.loop,
+            worker.scheduler.ncores_running,
+            callback_timeout=HOST_SLOTS_TIMEOUT_S,
+        )
+    except Exception as exc:  # a budget never fails a task: count this process alone
+        log.debug("threads: no worker count from the scheduler (%s)", exc)
+        nthreads = {}
+    host = _host(worker.address)
+    slots = sum(int(n) for address, n in nthreads.items() if _host(address) == host)
+    _HOST_SLOTS[worker.address] = (now, slots)
+    return slots
+
+
+def _host(address: str) -> str:
+    """The host of a Dask address (``tcp://10.0.0.5:40123`` -> ``10.0.0.5``)."""
+    return urlsplit(address).hostname or address
 
 
 def task_budget(threads: int | None = None) -> ThreadBudget:
