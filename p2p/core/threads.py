@@ -10,6 +10,13 @@ Those cores are divided among what runs at once in the process or on the machine
 worker's task slots, DDP ranks on one node. DataLoader workers compute with one thread each
 (they only read and augment chips), and the training process keeps the budget.
 
+``P2P_CORES`` in the environment caps the cores a process may use (never beyond affinity and
+quota; a bad value is ignored). The Dask worker processes p2p starts are each given their
+share of the machine in it (cores // workers), since each would otherwise count all the
+machine's cores as its own. A task on workers p2p did not start (``dask.address``) and
+without ``P2P_CORES`` divides its process's cores by the task slots of every worker on its
+host, as the scheduler knows them (`worker_slots`; one round trip, cached a minute).
+
 `apply_budget` sets the result where each library reads it: torch's intra-op threads (when
 torch is loaded; otherwise ``OMP_NUM_THREADS`` makes torch start with it, so a process that
 never needs torch does not import it), GDAL's ``GDAL_NUM_THREADS`` (its multi-threaded
