@@ -77,7 +77,7 @@ def test_workers_someone_else_started_count_their_host_s_slots(
     monkeypatch.delenv("P2P_THREADS", raising=False)
     monkeypatch.delenv(CORES_ENV, raising=False)
     with (
-        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=None) as cluster,
+        LocalCluster(n_workers=2, threads_per_worker=1, dashboard_address=":0") as cluster,
         Client(cluster) as client,
     ):
         workers = list(client.scheduler_info(n_workers=-1)["workers"])
