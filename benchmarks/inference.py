@@ -21,7 +21,9 @@ installed `p2p predict --no-tta --format gtiff` of the same scene end to end (pr
 included) with a near-null model (ngf 1, num_downs 2), so the pipeline's own cost shows on any
 machine; ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the near-null model
 alone over as many windows (random input, p2p's CPU path), and end-to-end / (floor + model):
-what the pipeline costs beyond reading, writing and the model it has to run.
+what the pipeline costs beyond reading, writing and the model it has to run; and the CPU
+seconds (user + system, all threads) of the floor and of `p2p predict`, whose ratio a busy
+machine moves far less than the wall times'.
 
 Then the peak memory of
 predicting scenes of 1x, 4x and 16x the area of `--rss-side`², as GeoTIFF and as COG, each in
@@ -40,6 +42,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -194,15 +197,28 @@ def floor_rows(folder: Path, args: argparse.Namespace) -> list[str]:
     write_model(folder / "null", 1, 2)
     scene = folder / f"floor_{side}.tif"
     write_scene(scene, side, seed=3)
-    floors, models, e2es = [], [], []
+    floors, models, e2es, floor_cpu, e2e_cpu = [], [], [], [], []
     for _ in range(args.repeat):
+        before = cpu_seconds(resource.RUSAGE_SELF)  # the floor runs in this process
         floors.append(io_floor(scene, folder / "floor_out.tif", args.compress))
+        floor_cpu.append(cpu_seconds(resource.RUSAGE_SELF) - before)
         models.append(null_forward(folder / "null", side, args))
+        before = cpu_seconds(resource.RUSAGE_CHILDREN)  # p2p predict: the one child ended since
         e2es.append(cli_predict(folder / "null", scene, folder / "e2e" / "out.tif", args))
+        e2e_cpu.append(cpu_seconds(resource.RUSAGE_CHILDREN) - before)
     floor, model, e2e = min(floors), min(models), min(e2es)
     mp = side * side / 1e6
     return [f"| {side}² | {args.compress} | {floor:.1f} | {model:.1f} | {e2e:.1f} | {mp / e2e:.1f} "
-            f"| {e2e / floor:.2f} | {e2e / (floor + model):.2f} |"]  # fmt: skip
+            f"| {e2e / floor:.2f} | {e2e / (floor + model):.2f} | {min(floor_cpu):.1f} "
+            f"| {min(e2e_cpu):.1f} | {min(e2e_cpu) / min(floor_cpu):.2f} |"]  # fmt: skip
+
+
+def cpu_seconds(who: int) -> float:
+    """User + system CPU seconds of this process (`resource.RUSAGE_SELF`, all its threads) or
+    of its ended, waited-for children (`RUSAGE_CHILDREN`): on a busy machine the CPU a run
+    costs moves far less than its wall time."""
+    usage = resource.getrusage(who)
+    return usage.ru_utime + usage.ru_stime
 
 
 def null_forward(model_dir: Path, side: int, args: argparse.Namespace) -> float:
@@ -321,9 +337,10 @@ def main() -> None:
                   f"predict --no-tta` end to end, near-null U-Net (ngf 1, num_downs 2), tile "
                   f"{args.tile}, overlap {args.overlap}, best of {args.repeat}; load average "
                   f"{os.getloadavg()[0]:.1f}:")  # fmt: skip
-            print("| scene | codec | floor s | model alone s | p2p predict s | MP/s | e2e / floor "
-                  "| e2e / (floor + model) |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|---|")
+            print("| scene | codec | floor s | model alone s | p2p predict s | MP/s "
+                  "| e2e / floor | e2e / (floor + model) | floor CPU s | p2p CPU s "
+                  "| CPU e2e / floor |")  # fmt: skip
+            print("|---|---|---|---|---|---|---|---|---|---|---|")
             for row in floor_rows(folder, args):
                 print(row)
         if args.skip_rss:
