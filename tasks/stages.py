@@ -37,6 +37,8 @@ from tasks.common import (
 
 #: Run-function parameters a task does not expose: it supplies the first, the second is local.
 SUPPLIED = ("progress", "client")
+#: The tag of the stages that want the accelerator; ``prefect concurrency-limit create gpu N``.
+GPU_TAG = "gpu"
 
 
 def stage_task(stage: Stage) -> Task[..., StageRecord]:
@@ -71,7 +73,7 @@ def stage_task(stage: Stage) -> Task[..., StageRecord]:
         retries=stage.retries,
         retry_delay_seconds=5 if stage.retries else 0,
         retry_condition_fn=transient_failure if stage.retries else None,
-        tags=["gpu"] if stage.gpu else None,
+        tags=[GPU_TAG] if stage.gpu else None,
         cache_policy=NO_CACHE,
         persist_result=False,
     )
@@ -82,10 +84,38 @@ def stage_task(stage: Stage) -> Task[..., StageRecord]:
 TASKS: dict[str, Task[..., StageRecord]] = {stage.name: stage_task(stage) for stage in stages()}
 
 
+def gpu_tags() -> list[str]:
+    """``["gpu"]`` where this run's Prefect server holds a ``gpu`` tag concurrency limit, else
+    none (one API read).
+
+    A tag with no limit limits nothing, but Prefect's task engine still asks the server for a
+    slot of it as each tagged task run starts (again whenever its "no such limit" memo, kept
+    5 s, has lapsed). On a SQLite server that request is a write transaction which collides
+    with the server's own writes of the starting run, is refused (503), and the client waits
+    2 s before asking again: in `benchmarks/batch.py` one such stall per 5-7 s of a many-scene
+    flow, a quarter of its wall time. Where the read itself fails the tag is kept: a limit
+    that may exist must hold.
+    """
+    from prefect.client.orchestration import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        with get_client(sync_client=True) as client:
+            client.read_concurrency_limit_by_tag(GPU_TAG)
+    except ObjectNotFound:
+        return []
+    except Exception:  # the read failed: keep the tag
+        return [GPU_TAG]
+    return [GPU_TAG]
+
+
 def run_on_prefect(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
     """A pipeline runner (`p2p.stages.pipeline.Runner`): submit each call as the stage's task
-    (run name = the call's label, e.g. ``tile-scene_a``) on the flow's task runner; wait for all."""
+    (run name = the call's label, e.g. ``tile-scene_a``) on the flow's task runner; wait for all.
+    A GPU stage's tasks carry the ``gpu`` tag where the server limits it (`gpu_tags`)."""
     task_ = TASKS[stage.name]
+    if stage.gpu:
+        task_ = task_.with_options(tags=gpu_tags())
     futures = [
         task_.with_options(task_run_name=label.replace(":", "-")).submit(workspace, **arguments)
         for label, arguments in calls
