@@ -18,9 +18,11 @@ pixels), then times, in one run:
   reads, `method="first"`), written as the same tiled DEFLATE GeoTIFF (p2p's codec options,
   256² tiles, GDAL encoding on as many threads as p2p's budget gave its mosaic), in its own
   child process with its VmHWM; the two mosaics run `--repeat` times interleaved, the fastest
-  of each kept; with `--baseline DIR` (a checkout of another commit, e.g. `git worktree add
-  /tmp/base main`), that checkout's mosaic stage runs too, by this script's child, interleaved
-  with the others: before and after, side by side in one run.
+  of each kept; with `--baseline DIR` (a checkout of another commit's `p2p/`, `tasks/` and
+  `flows/`, e.g. `git archive main p2p tasks flows | tar -x -C /tmp/base`), that checkout's
+  mosaic stage runs too, by this script's child, interleaved with the others, and its flow
+  runs in a flow child of its own just before this checkout's: before and after, side by
+  side in one run.
 
 Per scene, orchestration overhead = (wall - sum of the predict stages' seconds - the mosaic
 stage's seconds) / N, from the run record (`stages.*.seconds`); with one worker the
@@ -53,7 +55,7 @@ import rasterio
 from affine import Affine
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-# `--root DIR` (a mosaic child of `--baseline`): that checkout's p2p, not this one's
+# `--root DIR` (a mosaic or flow child of `--baseline`): that checkout's code, not this one's
 ROOT = sys.argv[sys.argv.index("--root") + 1] if "--root" in sys.argv else None
 sys.path.insert(0, ROOT or str(Path(__file__).resolve().parents[1]))
 
@@ -124,12 +126,18 @@ def flow_child(spec: str) -> None:
             print(json.dumps(split(record, time.perf_counter() - start)), flush=True)
 
 
-def run_flows(folder: Path, batches: dict[int, list[str]], workers: int) -> dict[int, Any]:
+def run_flows(
+    folder: Path, batches: dict[int, list[str]], workers: int, root: str | None = None
+) -> dict[int, Any]:
+    """The flow child over the batches (with `root`: that checkout's flow, its own
+    workspaces); each batch's split."""
+    tag = "baseflow" if root else "flow"
     spec = {"model": str(folder / "model"), "workers": workers, "batches": [
-        {"workspace": str(folder / f"flow{n}"), "scenes": scenes,
-         "output": str(folder / f"flow{n}" / "mosaic.tif")} for n, scenes in batches.items()
+        {"workspace": str(folder / f"{tag}{n}"), "scenes": scenes,
+         "output": str(folder / f"{tag}{n}" / "mosaic.tif")} for n, scenes in batches.items()
     ]}  # fmt: skip
     cmd = [sys.executable, __file__, "--flow-child", json.dumps(spec)]
+    cmd += ["--root", root] if root else []
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     lines = [json.loads(x) for x in done.stdout.splitlines() if x.startswith('{"wall"')]
     return dict(zip(batches, lines, strict=True))
@@ -230,6 +238,7 @@ def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[in
     for k, base in enumerate(bases):
         write_scene(base, args.side, seed=k)
     batches = {n: write_scenes(folder / f"s{n}", n, args.side, args.overlap, bases) for n in sizes}
+    base_flows = run_flows(folder, batches, args.workers, args.baseline) if args.baseline else {}
     flows = run_flows(folder, batches, args.workers)
     rows = {}
     for n, scenes in batches.items():
@@ -238,7 +247,8 @@ def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[in
         with rasterio.open(folder / f"gdal{n}_0.tif") as ds:
             pixels = ds.width * ds.height
         rows[n] = {"flow": flows[n], "cli": cli, "mosaic": done["p2p"], "gdal": done["gdal"],
-                   "base": done.get("base"), "px": pixels, "load": os.getloadavg()[0]}  # fmt: skip
+                   "base": done.get("base"), "base_flow": base_flows.get(n), "px": pixels,
+                   "load": os.getloadavg()[0]}  # fmt: skip
     return rows
 
 
@@ -275,6 +285,7 @@ def print_tables(rows: dict[int, Any], args: argparse.Namespace, load_before: fl
               f"| {g['hwm']:.0f} ({g['base']:.0f}) | {ratio:.2f} |")  # fmt: skip
     if any(r["base"] for r in rows.values()):
         print_baseline(rows, args.baseline)
+        print_baseline_flow(rows)
 
 
 def print_baseline(rows: dict[int, Any], baseline: str) -> None:
@@ -295,6 +306,20 @@ def print_baseline(rows: dict[int, Any], baseline: str) -> None:
               f"| {r['load']:.1f} |")  # fmt: skip
 
 
+def print_baseline_flow(rows: dict[int, Any]) -> None:
+    """The baseline's flow (its flow, tasks and p2p in a flow child of its own, run just
+    before this checkout's) beside this checkout's."""
+    print("\nflows: the baseline's child first, then this checkout's, on the same scenes")
+    print("\n| N | baseline wall s | baseline Σpredict s | baseline wall/N s | wall s "
+          "| Σpredict s | wall/N s | CLI wall/N s |")  # fmt: skip
+    print("|---" * 8 + "|")
+    for n, r in rows.items():
+        b, f, c = r["base_flow"], r["flow"], r["cli"]
+        print(f"| {n} | {b['wall']:.1f} | {b['predict']:.1f} | {b['per_scene']:.2f} "
+              f"| {f['wall']:.1f} | {f['predict']:.1f} | {f['per_scene']:.2f} "
+              f"| {c['per_scene']:.2f} |")  # fmt: skip
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[4, 16, 64], help="Batches.")
@@ -306,7 +331,9 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3, help="Mosaic runs (best kept).")
     parser.add_argument("--gdal-child", nargs=3, help=argparse.SUPPRESS)
     parser.add_argument("--root", help=argparse.SUPPRESS)
-    parser.add_argument("--baseline", help="Checkout of another commit whose mosaic runs too.")
+    parser.add_argument(
+        "--baseline", help="Checkout of another commit whose flow and mosaic run too."
+    )
     args = parser.parse_args()
     if args.flow_child:
         return flow_child(args.flow_child)
