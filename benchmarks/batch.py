@@ -10,7 +10,9 @@ pixels), then times, in one run:
   `dask.address`; wall = the flow call (server and cluster start-up excluded: a deployment
   finds both running);
 - CLI: the installed `p2p predict --input S1 ... --input SN --json`, a subprocess (wall
-  includes its start-up);
+  includes its start-up), run by the flow child right after each flow, so that the two
+  runs' predictions are timed in the same minute (on a shared machine the load swings
+  within minutes: a prediction took 0.2 s or 0.4 s apart from anything p2p did);
 - mosaic: `p2p.stages.mosaic.run` alone over the N predictions the CLI made, in a fresh
   workspace in its own child process with `p2p predict`'s thread budget; its peak memory is
   that process's VmHWM (and, beside it, the VmHWM after the imports, before the mosaic);
@@ -104,8 +106,10 @@ def split(record: dict[str, Any], wall: float) -> dict[str, float]:
 
 
 def flow_child(spec: str) -> None:
-    """Run the flow once per batch of `spec` (JSON: model, workers, batches) on one server and
-    one cluster; print each run's split as a JSON line."""
+    """Run the flow once per batch of `spec` (JSON: model, workers, batches, folder, cli) on
+    one server and one cluster; print each run's split as a JSON line. With `cli`, `p2p
+    predict` of the same scenes runs right after each flow (same minute, same load: the
+    predictions of the two are compared) and the line holds its split and predictions."""
     from distributed import LocalCluster
     from prefect.testing.utilities import prefect_test_harness
 
@@ -123,16 +127,21 @@ def flow_child(spec: str) -> None:
             )  # fmt: skip
             start = time.perf_counter()
             record = batch_predict(config)
-            print(json.dumps(split(record, time.perf_counter() - start)), flush=True)
+            line = split(record, time.perf_counter() - start)
+            if job["cli"]:
+                scenes = batch["scenes"]
+                line["cli"], line["predictions"] = run_cli(Path(job["folder"]), len(scenes), scenes)
+            print(json.dumps(line), flush=True)
 
 
 def run_flows(
     folder: Path, batches: dict[int, list[str]], workers: int, root: str | None = None
 ) -> dict[int, Any]:
     """The flow child over the batches (with `root`: that checkout's flow, its own
-    workspaces); each batch's split."""
+    workspaces, no CLI runs); each batch's split (and its CLI run's, `flow_child`)."""
     tag = "baseflow" if root else "flow"
-    spec = {"model": str(folder / "model"), "workers": workers, "batches": [
+    spec = {"model": str(folder / "model"), "workers": workers, "folder": str(folder),
+            "cli": root is None, "batches": [
         {"workspace": str(folder / f"{tag}{n}"), "scenes": scenes,
          "output": str(folder / f"{tag}{n}" / "mosaic.tif")} for n, scenes in batches.items()
     ]}  # fmt: skip
@@ -241,8 +250,8 @@ def measure(folder: Path, sizes: list[int], args: argparse.Namespace) -> dict[in
     base_flows = run_flows(folder, batches, args.workers, args.baseline) if args.baseline else {}
     flows = run_flows(folder, batches, args.workers)
     rows = {}
-    for n, scenes in batches.items():
-        cli, predictions = run_cli(folder, n, scenes)
+    for n in batches:
+        cli, predictions = flows[n].pop("cli"), flows[n].pop("predictions")
         done = mosaics(folder, n, predictions, args.repeat, args.baseline)
         with rasterio.open(folder / f"gdal{n}_0.tif") as ds:
             pixels = ds.width * ds.height
