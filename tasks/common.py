@@ -48,12 +48,13 @@ def artifact_key(*parts: str) -> str:
 class StageProgress:
     """A progress callback (done, total) that feeds a Prefect progress artifact and the CLI.
 
-    The artifact is created only once the stage has run for `interval` seconds (and then
-    updated about once per `interval`, and at the end): each artifact call is a round trip to
-    the Prefect server made in the stage's own threads, blocking the work it reports on (three
-    calls, 40-60 ms, in a 0.5 s prediction on a busy 2-core machine). So a stage that finishes
-    within the interval publishes no progress, only its result (`publish_record`), and a cached
-    stage publishes none; a long one shows its progress in the UI as before.
+    The artifact is created only at a report `interval` seconds or more after the first one
+    (then updated about once per `interval`, and at the end): each artifact call is a round
+    trip to the Prefect server made in the stage's own threads, blocking the work it reports
+    on (three calls, 40-60 ms, in a 0.5 s prediction on a busy 2-core machine). So a stage
+    that finishes within the interval publishes no progress, only its result
+    (`publish_record`), and a cached stage publishes none; a long one shows its progress in
+    the UI as before.
 
     Args:
         label: The stage's label (``predict-scene_a``): the artifact's description.
