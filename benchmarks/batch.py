@@ -7,8 +7,9 @@ pixels), then times, in one run:
 
 - flow: the `batch_predict` flow in a child process on a temporary Prefect server, its scenes
   predicted on a Dask LocalCluster of `--workers` worker processes (one thread each) given as
-  `dask.address`; wall = the flow call (server and cluster start-up excluded: a deployment
-  finds both running);
+  `dask.address`; wall = the flow call (server and cluster start-up excluded, and the
+  workers' first imports, torch among them: a deployment finds both running and its workers
+  warm; the first flow process of the child is cold, as a deployment's flow run is);
 - CLI: the installed `p2p predict --input S1 ... --input SN --json`, a subprocess (wall
   includes its start-up), run by the flow child right after each flow, so that the two
   runs' predictions are timed in the same minute (on a shared machine the load swings
@@ -105,12 +106,20 @@ def split(record: dict[str, Any], wall: float) -> dict[str, float]:
             "overhead": (wall - predicted - mosaic) / n, "per_scene": wall / n}  # fmt: skip
 
 
+def warm_worker() -> None:
+    """What a worker imports in its first prediction (torch, the predict stage, the stage
+    tasks): paid once by a deployment's long-lived workers, so paid before the timer here."""
+    import p2p.infer.inference
+    import p2p.model.bundle  # noqa: F401
+    import tasks.stages  # noqa: F401
+
+
 def flow_child(spec: str) -> None:
     """Run the flow once per batch of `spec` (JSON: model, workers, batches, folder, cli) on
     one server and one cluster; print each run's split as a JSON line. With `cli`, `p2p
     predict` of the same scenes runs right after each flow (same minute, same load: the
     predictions of the two are compared) and the line holds its split and predictions."""
-    from distributed import LocalCluster
+    from distributed import Client, LocalCluster
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.batch_predict import batch_predict
@@ -118,7 +127,8 @@ def flow_child(spec: str) -> None:
 
     job = json.loads(spec)
     cluster = LocalCluster(n_workers=job["workers"], threads_per_worker=1, dashboard_address=None)
-    with prefect_test_harness(server_startup_timeout=120), cluster:
+    with prefect_test_harness(server_startup_timeout=120), cluster, Client(cluster) as client:
+        client.run(warm_worker)
         for batch in job["batches"]:
             config = BatchPredictConfig(
                 workspace=batch["workspace"], model=job["model"], scenes=batch["scenes"],
