@@ -127,8 +127,9 @@ def flow_child(spec: str) -> None:
 
     job = json.loads(spec)
     cluster = LocalCluster(n_workers=job["workers"], threads_per_worker=1, dashboard_address=None)
-    with prefect_test_harness(server_startup_timeout=120), cluster, Client(cluster) as client:
-        client.run(warm_worker)
+    with prefect_test_harness(server_startup_timeout=120), cluster:
+        with Client(cluster) as client:  # closed before the flows: theirs is the only one
+            client.run(warm_worker)
         for batch in job["batches"]:
             config = BatchPredictConfig(
                 workspace=batch["workspace"], model=job["model"], scenes=batch["scenes"],
