@@ -90,11 +90,11 @@ def gpu_tags() -> list[str]:
 
     A tag with no limit limits nothing, but Prefect's task engine still asks the server for a
     slot of it as each tagged task run starts (again whenever its "no such limit" memo, kept
-    5 s, has lapsed). On a SQLite server that request is a write transaction which collides
-    with the server's own writes of the starting run, is refused (503), and the client waits
-    2 s before asking again: in `benchmarks/batch.py` one such stall per 5-7 s of a many-scene
-    flow, a quarter of its wall time. Where the read itself fails the tag is kept: a limit
-    that may exist must hold.
+    5 s, has lapsed). On the SQLite server that request (a write transaction, made as the
+    server writes the starting run's states) was answered 503 nearly every time, and the
+    client waits 2 s before asking again: in `benchmarks/batch.py` one such stall per 5-7 s of
+    a many-scene flow, up to a quarter of its wall time. Where the read itself fails the tag
+    is kept: a limit that may exist must hold.
     """
     from prefect.client.orchestration import get_client
     from prefect.exceptions import ObjectNotFound
