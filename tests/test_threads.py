@@ -163,6 +163,20 @@ def test_a_lone_process_leaves_the_cores_other_work_holds(
     assert decide_budget(3, others=8).torch == 3  # a setting is never capped
 
 
+def test_a_quiet_machine_is_read_once_without_waiting(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One runnable thread (the reader itself) is the fewest there can be: the budget of every
+    task and CLI command does not sleep through the other samples (40 ms) to learn it."""
+    (tmp_path / "loadavg").write_text("0.10 0.20 0.30 1/812 4242\n")
+
+    def no_sleep(seconds: float) -> None:
+        raise AssertionError(f"slept {seconds} s on a quiet machine")
+
+    monkeypatch.setattr("p2p.core.threads.time.sleep", no_sleep)
+    assert busy_elsewhere(samples=5, root=tmp_path) == 0
+
+
 def _stat(root: Path, pid: int, tid: int, state: str, nice: int) -> None:
     """A /proc/PID/task/TID/stat line as Linux writes it (a comm with spaces and brackets)."""
     fields = [state, "1", str(pid), str(pid), "0", "-1", "4194560", *["0"] * 8, "20", str(nice)]

@@ -157,6 +157,8 @@ def busy_elsewhere(samples: int = 5, root: Path = Path("/proc")) -> int:
             counts.append(int((root / "loadavg").read_text().split()[3].split("/")[0]))
         except (OSError, ValueError, IndexError):
             return 0
+        if counts[-1] <= 1:  # this thread alone: the fewest cannot go lower (no sleeps)
+            return 0
         if i + 1 < samples:
             time.sleep(0.01)
     others = max(0, min(counts) - 1)
