@@ -16,6 +16,7 @@ from distributed import Client, LocalCluster
 from p2p.core.config import DaskConfig, PipelineConfig
 from p2p.core.dask_client import local_shape
 from p2p.core.threads import (
+    CORES_ENV,
     _runnable_at_priority,
     available_cores,
     busy_elsewhere,
@@ -32,7 +33,7 @@ ONE_CORE = sorted(os.sched_getaffinity(0))[:1]
 
 def _in_child(code: str, cores: list[int], **env: str) -> str:
     """Run `code` in a fresh interpreter pinned to `cores`; its last stdout line."""
-    clean = {k: v for k, v in os.environ.items() if not k.endswith("THREADS")}
+    clean = {k: v for k, v in os.environ.items() if not k.endswith("THREADS") and k != CORES_ENV}
     done = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
@@ -44,6 +45,20 @@ def _in_child(code: str, cores: list[int], **env: str) -> str:
         timeout=120,
     )
     return done.stdout.strip().splitlines()[-1]
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="needs two cores")
+def test_a_process_started_with_p2p_cores_budgets_within_it() -> None:
+    """``P2P_CORES=1`` (a Dask worker's share, or a user's cap) in a process that may use two
+    cores: its budget and torch's threads follow the cap."""
+    code = (
+        "from p2p.core.threads import use_threads\n"
+        "b = use_threads()\n"
+        "import torch\n"
+        "print(b.cores, b.torch, torch.get_num_threads())"
+    )
+    two = sorted(os.sched_getaffinity(0))[:2]
+    assert _in_child(code, two, **{CORES_ENV: "1"}) == "1 1 1"
 
 
 def test_a_process_pinned_to_one_core_budgets_one_torch_thread() -> None:

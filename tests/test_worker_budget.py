@@ -115,24 +115,3 @@ def test_p2p_cores_caps_a_process_and_a_bad_value_is_ignored(
     assert available_cores() == (1 if capped else cores)
     monkeypatch.setenv(CORES_ENV, str(cores + 5))  # never beyond affinity and quota
     assert available_cores() == cores
-
-
-@needs_two_cores
-def test_a_process_started_with_p2p_cores_budgets_within_it() -> None:
-    code = (
-        "from p2p.core.threads import use_threads\n"
-        "b = use_threads()\n"
-        "import torch\n"
-        "print(b.cores, b.torch, torch.get_num_threads())"
-    )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        check=True,
-        cwd=ROOT,
-        env=_clean_env(**{CORES_ENV: "1"}),
-        preexec_fn=lambda: os.sched_setaffinity(0, TWO_CORES),
-        timeout=120,
-    )
-    assert done.stdout.strip().splitlines()[-1] == "1 1 1"
