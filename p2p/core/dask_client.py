@@ -8,14 +8,13 @@ import socket
 import sys
 from collections.abc import Iterator
 from typing import Any
-from urllib.parse import urlsplit
 
 import dask
 from distributed import Client, LocalCluster
 
 from p2p.core.config import DaskConfig
 from p2p.core.errors import ConfigError
-from p2p.core.threads import CORES_ENV, available_cores
+from p2p.core.threads import CORES_ENV, address_host, available_cores
 
 log = logging.getLogger(__name__)
 
@@ -153,7 +152,7 @@ def worker_hosts(address: str) -> list[str]:
     """
     with dask_client(DaskConfig(address=address)) as client:
         workers = client.scheduler_info(n_workers=-1)["workers"]
-    return sorted({urlsplit(str(addr)).hostname or str(addr) for addr in workers})
+    return sorted({address_host(str(addr)) for addr in workers})
 
 
 def this_machine() -> set[str]:

@@ -338,13 +338,13 @@ def host_slots(worker: Worker) -> int:
     except Exception as exc:  # a budget never fails a task: count this process alone
         log.debug("threads: no worker count from the scheduler (%s)", exc)
         nthreads = {}
-    host = _host(worker.address)
-    slots = sum(int(n) for address, n in nthreads.items() if _host(address) == host)
+    host = address_host(worker.address)
+    slots = sum(int(n) for address, n in nthreads.items() if address_host(address) == host)
     _HOST_SLOTS[worker.address] = (now, slots)
     return slots
 
 
-def _host(address: str) -> str:
+def address_host(address: str) -> str:
     """The host of a Dask address (``tcp://10.0.0.5:40123`` -> ``10.0.0.5``)."""
     return urlsplit(address).hostname or address
 
