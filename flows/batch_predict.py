@@ -10,7 +10,7 @@ and their task runs report to this flow's Prefect server (`tasks.cluster`).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from prefect import Flow, flow
@@ -29,32 +29,43 @@ from tasks.common import publish_run
 from tasks.stages import run_action, run_on_prefect
 
 
-@flow(name="predict-scenes")
-def predict_scenes(workspace: str, calls: list[tuple[str, dict[str, Any]]]) -> list[StageRecord]:
-    """Predict each scene on its own grid, on whichever task runner this flow was given."""
-    return run_on_prefect(predict.STAGE, workspace, calls)
+def predict_scenes(calls: Sequence[Call]) -> Flow[[str, int], list[StageRecord]]:
+    """The predictions' subflow over `calls`, which it takes from this closure rather than as a
+    parameter: Prefect hands every task it submits to a Dask cluster its flow run's context,
+    parameters included (pickled with the task), so N calls as a parameter made each of the N
+    tasks carry all N (532 KB a task at N = 1024: a quadratic load on the scheduler). Its
+    parameters are the workspace and the number of scenes; the task runs name the scenes."""
+
+    @flow(name="predict-scenes")
+    def predict_scenes(workspace: str, scenes: int) -> list[StageRecord]:
+        """Predict each scene on its own grid, on whichever task runner this flow was given."""
+        return run_on_prefect(predict.STAGE, workspace, calls)
+
+    return predict_scenes
 
 
-FanOut = Flow[[str, list[tuple[str, dict[str, Any]]]], list[StageRecord]]
+FanOut = Callable[[str, Sequence[Call]], list[StageRecord]]
 
 
 @contextlib.contextmanager
 def _fan_out(address: str | None) -> Iterator[FanOut]:
-    """The predictions' subflow: on the Dask cluster at `address` when given, its task runs
+    """The predictions as a subflow: on the Dask cluster at `address` when given, its task runs
     reporting to this flow's server while the block runs."""
     if not address:
-        yield predict_scenes
+        yield lambda workspace, calls: predict_scenes(calls)(workspace, len(calls))
         return
     with reporting_runner(address) as runner:
-        yield predict_scenes.with_options(task_runner=runner)
+        yield lambda workspace, calls: predict_scenes(calls).with_options(task_runner=runner)(
+            workspace, len(calls)
+        )
 
 
 def _runner(fan_out: FanOut) -> Runner:
-    """Predictions fan out in the subflow `fan_out`; the other stages run as tasks here."""
+    """Predictions fan out in a subflow (`fan_out`); the other stages run as tasks here."""
 
     def run(stage: Stage, workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
         if stage.name == predict.NAME:
-            return fan_out(workspace, list(calls))
+            return fan_out(workspace, calls)
         return run_on_prefect(stage, workspace, calls)
 
     return run

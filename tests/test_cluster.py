@@ -105,7 +105,9 @@ def task_runs(flow_run_id):
             artifact_filter=ArtifactFilter(task_run_id=TaskRun(any_=[r.id for r in runs]))
         )
     made = [str(a.task_run_id) for a in artifacts]
-    return sorted((r.name, r.state.name, made.count(str(r.id))) for r in runs)
+    ran = sorted((r.name, r.state.name, made.count(str(r.id))) for r in runs)
+    return {"runs": ran, "subflows": [sorted(f.parameters) + [f.parameters.get("scenes")]
+                                      for f in subflows]}
 
 if __name__ == "__main__":
     config = BatchPredictConfig.model_validate_json(sys.argv[1])
@@ -135,7 +137,11 @@ def test_worker_task_runs_land_on_the_flows_temporary_server(
         timeout=400,
     )
     assert done.returncode == 0, done.stderr[-3000:]
-    runs = json.loads(done.stdout.strip().splitlines()[-1])
+    seen = json.loads(done.stdout.strip().splitlines()[-1])
+    runs = seen["runs"]
+    # the predictions' subflow takes no per-scene parameter: Prefect pickles a flow run's
+    # parameters into every task it hands to Dask (they held all the calls: N x N in all)
+    assert seen["subflows"] == [["scenes", "workspace", 2]]
     # the task runs and the artifacts they published are on the flow's server
     assert [(name, state) for name, state, _ in runs] == [
         ("predict-a", "Completed"),
