@@ -33,7 +33,7 @@ def predict_scenes(calls: Sequence[Call]) -> Flow[[str, int], list[StageRecord]]
     """The predictions' subflow over `calls`, which it takes from this closure rather than as a
     parameter: Prefect hands every task it submits to a Dask cluster its flow run's context,
     parameters included (pickled with the task), so N calls as a parameter made each of the N
-    tasks carry all N (532 KB a task at N = 1024: a quadratic load on the scheduler). Its
+    tasks carry all N (539 KB a task at N = 1024: a quadratic load on the scheduler). Its
     parameters are the workspace and the number of scenes; the task runs name the scenes."""
 
     @flow(name="predict-scenes")
@@ -52,12 +52,22 @@ def _fan_out(address: str | None) -> Iterator[FanOut]:
     """The predictions as a subflow: on the Dask cluster at `address` when given, its task runs
     reporting to this flow's server while the block runs."""
     if not address:
-        yield lambda workspace, calls: predict_scenes(calls)(workspace, len(calls))
+        yield _predict_on(None)
         return
     with reporting_runner(address) as runner:
-        yield lambda workspace, calls: predict_scenes(calls).with_options(task_runner=runner)(
-            workspace, len(calls)
-        )
+        yield _predict_on(runner)
+
+
+def _predict_on(runner: Any) -> FanOut:
+    """Predictions in a `predict_scenes` subflow on `runner` (None: the flow's default)."""
+
+    def fan_out(workspace: str, calls: Sequence[Call]) -> list[StageRecord]:
+        subflow = predict_scenes(calls)
+        if runner is not None:
+            subflow = subflow.with_options(task_runner=runner)
+        return subflow(workspace, len(calls))
+
+    return fan_out
 
 
 def _runner(fan_out: FanOut) -> Runner:
