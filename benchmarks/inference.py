@@ -19,7 +19,8 @@ With `--floor-side`, the pipeline against the I/O floor: GDAL (through rasterio,
 reading the source whole and writing a same-size output with the same codec, beside the
 installed `p2p predict --no-tta --format gtiff` of the same scene end to end (process start-up
 included) with a near-null model (ngf 1, num_downs 2), so the pipeline's own cost shows on any
-machine; ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the near-null model
+machine, on each of `--runtimes` (torch; onnx: the model exported, run by onnxruntime, and
+torch never imported); ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the near-null model
 alone over as many windows (random input, p2p's CPU path), and end-to-end / (floor + model):
 what the pipeline costs beyond reading, writing and the model it has to run; and the CPU
 seconds (user + system, all threads) of the floor and of `p2p predict`, whose ratio a busy
@@ -39,6 +40,7 @@ of `p2p predict` itself (run in such a subprocess through its console-script ent
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import re
@@ -59,9 +61,11 @@ from p2p.bands.normalization import BandStats, normalize
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.threads import available_cores
 from p2p.infer.inference import predict_scene
+from p2p.infer.runtime import open_translator
 from p2p.infer.translator import DihedralMean, Translator, WindowModel, pick_device
 from p2p.infer.windows import AxisLayout, axis_layout
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
+from p2p.model.meta import read_ref
 from p2p.model.networks import UNetGenerator
 from p2p.raster import Grid
 from p2p.raster.geotiff import profile
@@ -173,15 +177,19 @@ def io_floor(scene: Path, out: Path, compress: str) -> float:
     return seconds
 
 
-def cli_predict(model_dir: Path, scene: Path, out: Path, args: argparse.Namespace) -> float:
-    """Seconds for the installed `p2p predict --no-tta` of `scene`, start-up included."""
+def cli_predict(
+    model_dir: Path, scene: Path, out: Path, args: argparse.Namespace, runtime: str = "torch"
+) -> float:
+    """Seconds for the installed `p2p predict --no-tta` of `scene` on `runtime`, start-up
+    included."""
     p2p = Path(sys.executable).with_name("p2p")  # else (not installed, e.g. on a GPU box
     # reached with PYTHONPATH) the same entry point as a module: one import more at start-up
     entry = [str(p2p)] if p2p.exists() else [sys.executable, "-m", "p2p"]
     cmd = [*entry, "predict", "--model", str(model_dir), "--input", str(scene), "--output",
            str(out), "--workspace", str(out.parent / "ws"), "--format", "gtiff", "--no-tta",
            "--tile-size", str(args.tile), "--overlap", str(args.overlap), "--batch-size",
-           str(args.batch), "--device", args.device, "--compress", args.compress]  # fmt: skip
+           str(args.batch), "--device", args.device, "--compress", args.compress,
+           "--runtime", runtime]  # fmt: skip
     start = time.perf_counter()
     subprocess.run(cmd, check=True, capture_output=True)
     seconds = time.perf_counter() - start
@@ -190,27 +198,52 @@ def cli_predict(model_dir: Path, scene: Path, out: Path, args: argparse.Namespac
     return seconds
 
 
+def floor_runtimes(model_dir: Path, asked: list[str]) -> list[str]:
+    """The runtimes of the floor rows: ``onnx`` only where it can be exported and run here
+    (the null bundle gets its ``model.onnx``)."""
+    if "onnx" not in asked:
+        return asked
+    if not all(importlib.util.find_spec(m) for m in ("onnxruntime", "onnxscript")):
+        print("(no onnxruntime or onnxscript here: the onnx floor row is skipped)")
+        return [r for r in asked if r != "onnx"]
+    from p2p.infer.onnxbundle import export_onnx
+
+    export_onnx(model_dir)
+    return asked
+
+
 def floor_rows(folder: Path, args: argparse.Namespace) -> list[str]:
-    """The I/O floor and `p2p predict` end to end (near-null model), best of `--repeat`
-    interleaved runs, at `--floor-side`."""
+    """The I/O floor and `p2p predict` end to end (near-null model) on each runtime, best of
+    `--repeat` interleaved runs, at `--floor-side`."""
     side = args.floor_side
-    write_model(folder / "null", 1, 2)
+    null = folder / "null"
+    write_model(null, 1, 2)
+    runtimes = floor_runtimes(null, args.runtimes)
     scene = folder / f"floor_{side}.tif"
     write_scene(scene, side, seed=3)
-    floors, models, e2es, floor_cpu, e2e_cpu = [], [], [], [], []
+    floors, floor_cpu = [], []
+    models: dict[str, list[float]] = {r: [] for r in runtimes}
+    e2es: dict[str, list[float]] = {r: [] for r in runtimes}
+    e2e_cpu: dict[str, list[float]] = {r: [] for r in runtimes}
     for _ in range(args.repeat):
         before = cpu_seconds(resource.RUSAGE_SELF)  # the floor runs in this process
         floors.append(io_floor(scene, folder / "floor_out.tif", args.compress))
         floor_cpu.append(cpu_seconds(resource.RUSAGE_SELF) - before)
-        models.append(null_forward(folder / "null", side, args))
-        before = cpu_seconds(resource.RUSAGE_CHILDREN)  # p2p predict: the one child ended since
-        e2es.append(cli_predict(folder / "null", scene, folder / "e2e" / "out.tif", args))
-        e2e_cpu.append(cpu_seconds(resource.RUSAGE_CHILDREN) - before)
-    floor, model, e2e = min(floors), min(models), min(e2es)
-    mp = side * side / 1e6
-    return [f"| {side}² | {args.compress} | {floor:.1f} | {model:.1f} | {e2e:.1f} | {mp / e2e:.1f} "
-            f"| {e2e / floor:.2f} | {e2e / (floor + model):.2f} | {min(floor_cpu):.1f} "
-            f"| {min(e2e_cpu):.1f} | {min(e2e_cpu) / min(floor_cpu):.2f} |"]  # fmt: skip
+        for runtime in runtimes:
+            models[runtime].append(null_forward(null, side, args, runtime))
+            before = cpu_seconds(resource.RUSAGE_CHILDREN)  # the one child ended since
+            e2es[runtime].append(
+                cli_predict(null, scene, folder / "e2e" / "out.tif", args, runtime)
+            )
+            e2e_cpu[runtime].append(cpu_seconds(resource.RUSAGE_CHILDREN) - before)
+    floor, mp, rows = min(floors), side * side / 1e6, []
+    for r in runtimes:
+        model, e2e, cpu = min(models[r]), min(e2es[r]), min(e2e_cpu[r])
+        rows.append(f"| {side}² | {r} | {args.compress} | {floor:.1f} | {model:.1f} | {e2e:.1f} "
+                    f"| {mp / e2e:.1f} | {e2e / floor:.2f} | {e2e / (floor + model):.2f} "
+                    f"| {min(floor_cpu):.1f} | {cpu:.1f} "
+                    f"| {cpu / min(floor_cpu):.2f} |")  # fmt: skip
+    return rows
 
 
 def cpu_seconds(who: int) -> float:
@@ -221,12 +254,14 @@ def cpu_seconds(who: int) -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def null_forward(model_dir: Path, side: int, args: argparse.Namespace) -> float:
+def null_forward(model_dir: Path, side: int, args: argparse.Namespace, runtime: str) -> float:
     """Seconds the near-null model alone takes over as many windows as a `side`² scene has
-    (its batches on p2p's CPU path, all cores; the windows' content does not change the time),
-    so the floor rows can say what the pipeline costs beyond reading, writing and the model."""
+    (its batches on p2p's CPU path for `runtime`, all cores; the windows' content does not
+    change the time), so the floor rows can say what the pipeline costs beyond reading,
+    writing and the model."""
     layout = axis_layout(side, args.tile, args.overlap, 4, "cosine")
-    model = Translator(load_bundle(model_dir).generator, pick_device(args.device))
+    config = PredictConfig(runtime=runtime, device=args.device, tta=False)
+    model = open_translator(read_ref(model_dir), config)
     batch = np.random.default_rng(0).uniform(-1, 1, (args.batch, BANDS, args.tile, args.tile))
     batch = batch.astype(np.float32)
     start = time.perf_counter()
@@ -303,6 +338,8 @@ def main() -> None:
         help="Scene side of the I/O-floor comparison (0: skip it).",
     )
     parser.add_argument("--compress", default="deflate", help="Codec of the floor rows.")
+    parser.add_argument("--runtimes", nargs="+", default=["torch", "onnx"],
+                        choices=["torch", "onnx"], help="Runtimes of the floor rows.")  # fmt: skip
     modes = ["gtiff", "cog", "cli"]
     parser.add_argument("--rss-modes", nargs="+", default=modes, choices=modes,
                         help="What the RSS rows measure (cli: p2p predict).")  # fmt: skip
@@ -337,10 +374,10 @@ def main() -> None:
                   f"predict --no-tta` end to end, near-null U-Net (ngf 1, num_downs 2), tile "
                   f"{args.tile}, overlap {args.overlap}, best of {args.repeat}; load average "
                   f"{os.getloadavg()[0]:.1f}:")  # fmt: skip
-            print("| scene | codec | floor s | model alone s | p2p predict s | MP/s "
+            print("| scene | runtime | codec | floor s | model alone s | p2p predict s | MP/s "
                   "| e2e / floor | e2e / (floor + model) | floor CPU s | p2p CPU s "
                   "| CPU e2e / floor |")  # fmt: skip
-            print("|---|---|---|---|---|---|---|---|---|---|---|")
+            print("|---|---|---|---|---|---|---|---|---|---|---|---|")
             for row in floor_rows(folder, args):
                 print(row)
         if args.skip_rss:

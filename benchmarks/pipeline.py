@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 from inference import write_model, write_scene
 
 from p2p.core.config import PredictConfig, SceneConfig
-from p2p.infer import strips, translator
+from p2p.infer import runtime, strips
 from p2p.infer.inference import predict_scene
 from p2p.model.bundle import load_bundle
 
@@ -59,7 +59,7 @@ def main() -> None:
         outputs: dict[str, bytes] = {}
         for _ in range(args.repeat):
             for name, depth, devices in VARIANTS:
-                strips.PIPELINE_DEPTH, translator.TENSOR_DEVICES = depth, devices
+                strips.PIPELINE_DEPTH, runtime.TENSOR_DEVICES = depth, devices
                 out = folder / f"{name}.tif"
                 start = time.perf_counter()
                 predict_scene(bundle, SceneConfig(source=str(folder / "scene.tif")), out, config)

@@ -23,7 +23,7 @@ from rasterio.windows import Window
 
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.errors import InputError
-from p2p.infer import strips, translator
+from p2p.infer import runtime, strips
 from p2p.infer.inference import predict_scene
 from p2p.infer.pipeline import Prefetch, Writer
 from p2p.model.bundle import Bundle, load_bundle
@@ -69,7 +69,7 @@ def bundle(tmp_path_factory: pytest.TempPathFactory) -> Bundle:
 def _engine(monkeypatch: pytest.MonkeyPatch, variant: tuple[int, tuple[str, ...]]) -> None:
     depth, devices = variant
     monkeypatch.setattr(strips, "PIPELINE_DEPTH", depth)
-    monkeypatch.setattr(translator, "TENSOR_DEVICES", devices)
+    monkeypatch.setattr(runtime, "TENSOR_DEVICES", devices)
 
 
 def _run_recording_commits(
@@ -217,9 +217,9 @@ RESUME_SCRIPT = """
 import sys, time
 from p2p.model.bundle import load_bundle
 from p2p.core.config import PredictConfig, SceneConfig
-from p2p.infer import translator
+from p2p.infer import runtime
 from p2p.infer.inference import predict_scene
-translator.TENSOR_DEVICES = ("cpu",)  # the tensor path, threaded (the default depth)
+runtime.TENSOR_DEVICES = ("cpu",)  # the tensor path, threaded (the default depth)
 config = PredictConfig.model_validate_json(sys.argv[4])
 slow = lambda done, total: time.sleep(0.2)  # leaves time to kill mid-scene
 predict_scene(load_bundle(sys.argv[1]), SceneConfig(source=sys.argv[2]), sys.argv[3], config, slow)

@@ -19,7 +19,8 @@ from p2p.bands.normalization import BandStats
 from p2p.core.config import ModelConfig, PredictConfig, SceneConfig, TrainConfig
 from p2p.infer.backends import TorchWindows
 from p2p.infer.inference import predict_scene
-from p2p.infer.translator import Translator, open_windows
+from p2p.infer.runtime import open_windows
+from p2p.infer.translator import Translator
 from p2p.model.bundle import Bundle, BundleMeta, load_bundle, write_bundle
 from p2p.model.checkpoint import load_checkpoint
 from p2p.model.networks import UNetGenerator

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -17,9 +18,11 @@ from p2p.core.config import DaskConfig, PredictConfig, SceneConfig
 from p2p.core.errors import BundleError
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
 from p2p.infer.inference import predict_scene
-from p2p.infer.onnxbundle import export_onnx, onnx_model
-from p2p.infer.translator import OnnxTranslator, open_translator
+from p2p.infer.onnxbundle import export_onnx
+from p2p.infer.onnxrun import OnnxTranslator, intra_op_threads, onnx_model
+from p2p.infer.runtime import open_translator
 from p2p.model.bundle import ONNX, BundleMeta, load_bundle, write_bundle
+from p2p.model.meta import read_ref
 from p2p.model.networks import UNetGenerator
 from p2p.stages.dataset import run as dataset_stage
 from p2p.stages.tile import run as tile_stage
@@ -202,3 +205,62 @@ def test_predict_scene_runs_the_onnx_runtime_in_the_same_engine(tmp_path: Path) 
     with rasterio.open(a.output) as ta, rasterio.open(b.output) as tb:
         np.testing.assert_allclose(tb.read(), ta.read(), atol=1e-5)
         assert json.loads(tb.tags()["P2P_SETTINGS"])["runtime"] == "onnx"
+
+
+def test_a_bundle_ref_predicts_as_the_loaded_bundle_on_either_runtime(tmp_path: Path) -> None:
+    """The predict stage hands the engine a `BundleRef`: the torch runtime loads its weights,
+    the ONNX one runs ``model.onnx`` without them; the pixels are the loaded bundle's."""
+    model = _tiny_bundle(tmp_path / "model")
+    export_onnx(model)
+    rng = np.random.default_rng(4)
+    pixels = rng.normal(0, 1, (2, 50, 70)).astype(np.float32)
+    scene = SceneConfig(source=[str(write_geotiff(tmp_path / "s.tif", pixels))])
+    cfg = PredictConfig(tile_size=32, overlap=8, output_format="gtiff", device="cpu", tta=False)
+    for runtime in ("torch", "onnx"):
+        config = cfg.model_copy(update={"runtime": runtime})
+        a = predict_scene(load_bundle(model), scene, tmp_path / f"{runtime}-a.tif", config)
+        b = predict_scene(read_ref(model), scene, tmp_path / f"{runtime}-b.tif", config)
+        with rasterio.open(a.output) as ta, rasterio.open(b.output) as tb:
+            assert np.array_equal(ta.read(), tb.read())
+
+
+def test_onnx_threads_follow_the_budget_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without torch loaded, the session takes the count `apply_budget` wrote for OpenMP."""
+    monkeypatch.delitem(sys.modules, "p2p.infer.cpuforward")
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")
+    assert intra_op_threads() == 3
+
+
+def test_cli_onnx_predict_without_tta_never_imports_torch(tmp_path: Path) -> None:
+    """`p2p predict --runtime onnx --no-tta` starts without torch's 1.0–1.5 s import: the
+    installed CLI's own import log (PYTHONPROFILEIMPORTTIME) holds no torch, and its output is
+    the in-process ONNX prediction's."""
+    model = _tiny_bundle(tmp_path / "model")
+    export_onnx(model)
+    pixels = np.random.default_rng(5).normal(0, 1, (2, 60, 60)).astype(np.float32)
+    source = write_geotiff(tmp_path / "s.tif", pixels)
+    out = tmp_path / "out.tif"
+    args = ["predict", "--model", model, "--input", source, "--output", out, "--runtime", "onnx",
+            "--no-tta", "--tile-size", 32, "--overlap", 8, "--device", "cpu", "--format", "gtiff",
+            "--workspace", tmp_path / "ws"]  # fmt: skip
+    env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
+    done = subprocess.run(
+        [P2P, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    imported = {
+        line.rsplit("|", 1)[-1].strip()
+        for line in done.stderr.splitlines()
+        if line.startswith("import time:")
+    }
+    assert "onnxruntime" in imported and "rasterio" in imported
+    assert not {name for name in imported if name.split(".")[0] == "torch"}
+    config = PredictConfig(
+        tile_size=32, overlap=8, output_format="gtiff", device="cpu", tta=False, runtime="onnx"
+    )
+    expected = predict_scene(
+        read_ref(model), SceneConfig(source=[str(source)]), tmp_path / "in.tif", config
+    )
+    with rasterio.open(out) as got, rasterio.open(expected.output) as want:
+        assert np.array_equal(got.read(), want.read())

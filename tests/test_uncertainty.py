@@ -18,7 +18,7 @@ from pydantic import ValidationError
 from p2p.bands.augment import dihedral, undo_dihedral
 from p2p.bands.normalization import BandStats, prepare_window
 from p2p.core.config import PredictConfig, SceneConfig
-from p2p.infer import translator
+from p2p.infer import runtime
 from p2p.infer.inference import predict_scene, uncertainty_path
 from p2p.model.bundle import Bundle, load_bundle
 from tests.faultkit import write_scene, write_tiny_bundle
@@ -52,7 +52,7 @@ def test_uncertainty_raster_beside_the_prediction(
     tmp_path: Path, bundle: Bundle, monkeypatch: pytest.MonkeyPatch, tensors: bool
 ) -> None:
     if tensors:  # the CUDA code, on the CPU
-        monkeypatch.setattr(translator, "TENSOR_DEVICES", ("cpu", "cuda"))
+        monkeypatch.setattr(runtime, "TENSOR_DEVICES", ("cpu", "cuda"))
     scene = SceneConfig(source=str(_scene(tmp_path / "scene.tif")))
     plain = predict_scene(
         bundle, scene, tmp_path / "plain.tif", CFG.model_copy(update={"uncertainty": False})

@@ -29,7 +29,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
@@ -50,9 +50,6 @@ from p2p.infer.windows import axis_layout, round_up
 from p2p.model.meta import BundleMeta, BundleRef
 from p2p.raster import Grid, SceneReader, geotiff
 from p2p.raster.partial import RowSink
-
-if TYPE_CHECKING:  # the runtime (and torch) is imported only when windows are computed
-    from p2p.model.bundle import Bundle
 
 log = logging.getLogger(__name__)
 
@@ -186,7 +183,7 @@ def check_scene(bundle: BundleRef, scene: SceneConfig, config: PredictConfig) ->
         The scene's grid (the prediction's).
     """
     if config.runtime != "torch" or config.device == "cuda" or config.samples:
-        from p2p.infer.translator import check_runtime
+        from p2p.infer.runtime import check_runtime
 
         check_runtime(bundle, config)
     with _open_source(scene, bundle, config) as reader:
@@ -219,7 +216,7 @@ def _streaming_cache(reader: SceneReader, bundle: BundleRef, config: PredictConf
 
 
 def predict_scene(
-    bundle: Bundle,
+    bundle: BundleRef,
     scene: SceneConfig,
     output: str | Path,
     config: PredictConfig,
@@ -228,7 +225,9 @@ def predict_scene(
     """Translate a whole scene with a bundle's generator into a raster on the source's grid.
 
     Args:
-        bundle: The model bundle (its generator is moved to the chosen device).
+        bundle: The model bundle: a `Bundle` (loaded: its generator is moved to the chosen
+            device) or a `BundleRef`, whose weights the torch runtime loads (``runtime:
+            onnx`` runs its ``model.onnx`` and never imports torch without ``tta``).
         scene: The source scene (`source`, `source_bands`, `nodata`); its target is ignored.
         output: The raster to write (GeoTIFF, or COG when ``config.output_format == "cog"``);
             with ``config.uncertainty`` the test-time spread goes beside it
@@ -253,7 +252,7 @@ def predict_scene(
         _streaming_cache(reader, bundle, config),
     ):
         plan = _plan(reader, bundle, config, scene.source[0])
-        from p2p.infer.translator import open_windows  # torch: only when windows are run
+        from p2p.infer.runtime import open_windows  # a runtime: only when windows are run
 
         windows = open_windows(bundle, config)
         output.parent.mkdir(parents=True, exist_ok=True)
@@ -283,7 +282,7 @@ def uncertainty_path(output: Path) -> Path:
 
 
 def _open_sinks(
-    bundle: Bundle,
+    bundle: BundleRef,
     scene: SceneConfig,
     config: PredictConfig,
     output: Path,
@@ -316,7 +315,7 @@ def _open_sinks(
 
 
 def predict_rows(
-    bundle: Bundle,
+    bundle: BundleRef,
     scene: SceneConfig,
     config: PredictConfig,
     rows: Sequence[tuple[int, int]],
@@ -351,7 +350,7 @@ def predict_rows(
                     runs.append([r])
         if not runs:
             return
-        from p2p.infer.translator import open_windows
+        from p2p.infer.runtime import open_windows
 
         windows = open_windows(bundle, config.model_copy(update={"uncertainty": False}))
 

@@ -1,4 +1,4 @@
-"""The generator of a bundle as ONNX: `export_onnx` writes it, `onnx_model` finds it checked.
+"""The generator of a bundle as ONNX: `export_onnx` writes it (`p2p.infer.onnxrun` runs it).
 
 `p2p export --model DIR` adds ``model.onnx`` to a bundle: the generator in eval mode (BatchNorm
 with its running statistics, no dropout) traced by ``torch.onnx.export`` with a dynamic batch
@@ -30,12 +30,12 @@ from typing import Any
 
 import torch
 
-from p2p.core.errors import BundleError, ConfigError
+from p2p.core.errors import ConfigError
 from p2p.core.fsutil import sha256_file
+from p2p.infer.onnxrun import local_folder
 from p2p.model.bundle import (
     ONNX,
     WEIGHTS,
-    BundleRef,
     load_bundle,
     write_bundle_folder,
     write_meta,
@@ -106,7 +106,7 @@ def export_onnx(model_dir: str | Path) -> Path:
     """
     bundle = load_bundle(model_dir)
     multiple = int(2**bundle.meta.model.num_downs)
-    final = _local(bundle.path, "export into")
+    final = local_folder(bundle.path, "export into")
 
     def fill(tmp: Path) -> None:
         _link_or_copy(final / WEIGHTS, tmp / WEIGHTS)
@@ -126,37 +126,9 @@ def export_onnx(model_dir: str | Path) -> Path:
     return final / ONNX
 
 
-def _local(path: Path | str, what: str) -> Path:
-    """A bundle folder on this file system; an object-storage bundle is refused in one line."""
-    if not isinstance(path, Path):
-        raise BundleError(path, f"cannot {what} a bundle on object storage; copy it locally first")
-    return path
-
-
 def _link_or_copy(src: Path, dst: Path) -> None:
     """Hard-link `src` at `dst` (bundle files are never changed in place), else copy it."""
     try:
         os.link(src, dst)
     except OSError:
         shutil.copy2(src, dst)
-
-
-def onnx_model(bundle: BundleRef) -> Path:
-    """The bundle's ``model.onnx``, after checking it is the export of these very weights.
-
-    Raises:
-        BundleError: The bundle has no export, or the file is missing, altered or was made
-            from other weights; the message says to run ``p2p export``.
-    """
-    record = bundle.meta.onnx
-    path = _local(bundle.path, "run on onnxruntime") / str(record.get("file", ONNX))
-    again = f"run `p2p export --model {bundle.path}`"
-    if not record:
-        raise BundleError(bundle.path, f"has no ONNX model; {again} first")
-    if record.get("weights_sha256") != bundle.weights_hash:
-        raise BundleError(path, f"was exported from other weights; {again}")
-    if not path.is_file():
-        raise BundleError(path, f"missing; {again}")
-    if sha256_file(path) != record.get("sha256"):
-        raise BundleError(path, f"does not match its checksum in model.json; {again}")
-    return path

@@ -1,31 +1,21 @@
-"""Running a generator on batches of normalized windows: torch or onnxruntime, CPU or GPU.
+"""The torch runtime: a bundle's generator on batches of normalized windows, CPU or GPU.
 
 The windowed engine (`p2p.infer.inference`) sees a `WindowModel`, a function of window batches; the
-runtime behind it is a setting (`PredictConfig.runtime`), not a second engine. `Translator`
-runs the bundle's torch generator; `OnnxTranslator` runs its ``model.onnx`` (`p2p export`).
-Needs only torch and numpy (onnxruntime only for the ONNX runtime, imported when used).
+runtime behind it is a setting (`PredictConfig.runtime`) that `p2p.infer.runtime` resolves, not a
+second engine. `Translator` runs the bundle's torch generator (`p2p.infer.onnxrun` runs its
+``model.onnx``); `DihedralMean` averages either over the square's symmetries.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 import torch
 
-from p2p.bands.normalization import BandStats
-from p2p.core.errors import ConfigError
-from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
 from p2p.infer.cpuforward import WindowParallel, intra_op_budget
-from p2p.model.networks.unet import DROPOUT_LEVEL, has_dropout
 from p2p.model.pix2pix import select_device
-
-if TYPE_CHECKING:
-    from p2p.core.config import PredictConfig
-    from p2p.model.bundle import Bundle
-    from p2p.model.meta import BundleRef
 
 
 class WindowModel(Protocol):
@@ -104,62 +94,6 @@ def to_device(batch: np.ndarray, device: torch.device) -> torch.Tensor:
     """A host batch on `device` (through pinned memory on CUDA, so the copy runs async)."""
     x = torch.from_numpy(batch)
     return x.pin_memory().to(device, non_blocking=True) if device.type == "cuda" else x
-
-
-def _onnxruntime() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise ConfigError(
-            "predict.runtime", "onnx needs onnxruntime: pip install 'p2p[onnx]'"
-        ) from None
-    return onnxruntime
-
-
-def onnx_providers(device: str) -> list[str]:
-    """onnxruntime execution providers for ``auto``/``cpu``/``cuda``, best first.
-
-    Raises:
-        ConfigError: onnxruntime is not installed, or ``cuda`` was asked for and it has no
-            CUDA provider.
-    """
-    ort = _onnxruntime()
-    has_cuda = "CUDAExecutionProvider" in ort.get_available_providers()
-    if device == "cuda" and not has_cuda:
-        raise ConfigError(
-            "predict.device",
-            "cuda was asked for but onnxruntime has no CUDA provider (install onnxruntime-gpu)",
-        )
-    cuda = ["CUDAExecutionProvider"] if has_cuda and device != "cpu" else []
-    return [*cuda, "CPUExecutionProvider"]
-
-
-class OnnxTranslator:
-    """An exported generator (``model.onnx``) run by onnxruntime, fp32 on every provider.
-
-    Args:
-        path: The ONNX file (`p2p.infer.onnxbundle.onnx_model` checks it belongs to the bundle).
-        device: ``auto`` (CUDA provider when present), ``cpu`` or ``cuda``.
-    """
-
-    def __init__(self, path: Path, device: str) -> None:
-        ort = _onnxruntime()
-        options = ort.SessionOptions()
-        # the thread budget's count (the torch path's), not onnxruntime's default (every
-        # physical core, which oversubscribes a Dask worker's task slots); pixels do not
-        # depend on the count (tests/test_onnx.py). Idle workers would spin after each run
-        # by default, on the cores the strip loop's reader and writer decode and encode on.
-        options.intra_op_num_threads = intra_op_budget()
-        options.inter_op_num_threads = 1
-        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-        self.session = ort.InferenceSession(str(path), options, providers=onnx_providers(device))
-        self.input = self.session.get_inputs()[0].name
-
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
-        x = np.ascontiguousarray(batch, dtype=np.float32)
-        (y,) = self.session.run(None, {self.input: x})
-        return np.asarray(y, dtype=np.float32)
 
 
 class DihedralMean:
@@ -265,74 +199,3 @@ class DihedralMean:
             self.spread,
         )
         return np.ascontiguousarray(total.numpy(), dtype=np.float32)
-
-
-def open_translator(bundle: Bundle, config: PredictConfig) -> WindowModel:
-    """The bundle's generator on the runtime and device `config` asks for (averaged over the
-    square's symmetries with ``config.tta``).
-
-    Raises:
-        ConfigError: The device is absent.
-        BundleError: ``runtime: onnx`` and the bundle has no valid ``model.onnx``.
-    """
-    if config.runtime == "onnx":
-        from p2p.infer.onnxbundle import onnx_model
-
-        model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
-        return DihedralMean(model, config.uncertainty) if config.tta else model
-    model = Translator(bundle.generator, pick_device(config.device))
-    return _averaged(model, bundle, config)
-
-
-def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> WindowModel:
-    """`model` averaged over the symmetries (with ``tta``), with the spread across them or,
-    with ``samples``, across dropout-on samples of each symmetry."""
-    if not config.tta:
-        return model
-    if not (config.uncertainty and config.samples):
-        return DihedralMean(model, config.uncertainty)
-    from p2p.infer.sampling import sampling_generator
-
-    sampler = Translator(sampling_generator(bundle.generator), model.device)
-    return DihedralMean(model, True, sampler, config.samples)
-
-
-#: Device types on which the strip loop keeps windows, symmetries and blend sums as torch
-#: tensors (`TorchWindows`); elsewhere numpy is faster. Tests add "cpu" to run that path here.
-TENSOR_DEVICES = ("cuda",)
-
-
-def open_windows(bundle: Bundle, config: PredictConfig) -> Windows:
-    """The strip loop's model and arrays for `config`: on a `TENSOR_DEVICES` device with the
-    torch runtime, tensors on that device; otherwise numpy around `open_translator`.
-
-    Raises:
-        ConfigError, BundleError: as `open_translator`.
-    """
-    stats = BandStats.from_dict(bundle.meta.source_stats)
-    if config.runtime == "torch":
-        device = pick_device(config.device)
-        if device.type in TENSOR_DEVICES:
-            tensors = _averaged(Translator(bundle.generator, device), bundle, config)
-            assert isinstance(tensors, TensorModel)
-            return TorchWindows(tensors, device, stats)
-    return NumpyWindows(open_translator(bundle, config), stats)
-
-
-def check_runtime(bundle: BundleRef, config: PredictConfig) -> None:
-    """Raise what `open_translator` would raise, without loading a session."""
-    model = bundle.meta.model
-    if config.samples and not has_dropout(model.num_downs, model.dropout):
-        raise ConfigError(
-            "predict.samples",
-            f"the model has no dropout layer (dropout {model.dropout}, num_downs "
-            f"{model.num_downs}; U-Nets of num_downs >= {DROPOUT_LEVEL + 2} have them), so "
-            "its samples would all be the same; leave samples at 0",
-        )
-    if config.runtime == "onnx":
-        from p2p.infer.onnxbundle import onnx_model
-
-        onnx_model(bundle)
-        onnx_providers(config.device)
-    else:
-        pick_device(config.device)

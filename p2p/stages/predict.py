@@ -58,13 +58,11 @@ def run(
     from p2p.model.meta import read_ref
 
     parts = key_parts(model, scene, config)  # a missing scene is named before the model is read
-    read_ref(model, verify=True)  # truncated weights: refused before the stage folder exists
+    ref = read_ref(model, verify=True)  # truncated weights: refused before the stage folder exists
 
     def build(folder: Path) -> dict[str, Any]:
-        from p2p.model.bundle import load_bundle  # torch and the weights: only when predicting
-
-        bundle = load_bundle(model)
-        result = predict_scene(bundle, scene, folder / f"{scene.scene_id}.tif", config, progress)
+        # the runtime loads what it runs: the torch runtime the weights, the ONNX one its file
+        result = predict_scene(ref, scene, folder / f"{scene.scene_id}.tif", config, progress)
         return {
             "output": result.output,
             "scene": result.scene,
