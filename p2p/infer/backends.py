@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import numpy as np
 
 from p2p.bands.normalization import BandStats, normalize, prepare_window
+from p2p.infer.windows import take_runs
 
 if TYPE_CHECKING:
     import torch
@@ -78,9 +79,13 @@ class NumpyWindows:
 
     def stage(self, data: np.ndarray, valid: np.ndarray, iy: np.ndarray, ix: np.ndarray) -> Any:
         x = prepare_window(data, valid, self.stats)
-        if _whole(iy, x.shape[1]) and _whole(ix, x.shape[2]):
-            return x  # inside the scene: the read is the windows' pixels already
-        return x[:, iy[:, None], ix]  # mirrored at an edge: one gather, one copy
+        # inside the scene the read is the windows' pixels already; mirrored at an edge,
+        # the runs of scene pixels in order are copied as slices
+        if not _whole(iy, x.shape[1]):
+            x = take_runs(x, iy, 1)
+        if not _whole(ix, x.shape[2]):
+            x = take_runs(x, ix, 2)
+        return x
 
     def rows(self, staged: Any) -> Array:
         return staged
