@@ -20,9 +20,10 @@ reading the source whole and writing a same-size output with the same codec, bes
 installed `p2p predict --no-tta --format gtiff` of the same scene end to end (process start-up
 included) with a near-null model (ngf 1, num_downs 2), so the pipeline's own cost shows on any
 machine, on each of `--runtimes` (torch; onnx: the model exported, run by onnxruntime, and
-torch never imported); ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the near-null model
-alone over as many windows (random input, p2p's CPU path), and end-to-end / (floor + model):
-what the pipeline costs beyond reading, writing and the model it has to run; and the CPU
+torch never imported); ratio end-to-end / floor (goal <= 2.0 on CPU). Beside them, the
+near-null model alone over as many windows (random input, p2p's CPU path), and
+end-to-end / (floor + model): what the pipeline costs beyond reading, writing and the model
+it has to run; and the CPU
 seconds (user + system, all threads) of the floor and of `p2p predict`, whose ratio a busy
 machine moves far less than the wall times'.
 
