@@ -61,9 +61,11 @@ from affine import Affine
 from p2p.bands.normalization import BandStats, normalize
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.core.threads import available_cores
+from p2p.infer.backends import WindowModel
 from p2p.infer.inference import predict_scene
 from p2p.infer.runtime import open_translator
-from p2p.infer.translator import DihedralMean, Translator, WindowModel, pick_device
+from p2p.infer.translator import Translator, pick_device
+from p2p.infer.tta import DihedralMean
 from p2p.infer.windows import AxisLayout, axis_layout
 from p2p.model.bundle import BundleMeta, load_bundle, write_bundle
 from p2p.model.meta import read_ref

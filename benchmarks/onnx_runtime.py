@@ -30,10 +30,10 @@ from inference import scene_windows, write_model, write_scene
 
 from p2p.bands.normalization import BandStats
 from p2p.core.config import PredictConfig, SceneConfig
+from p2p.infer.backends import WindowModel
 from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx
 from p2p.infer.runtime import open_translator
-from p2p.infer.translator import WindowModel
 from p2p.infer.windows import axis_layout
 from p2p.model.bundle import load_bundle
 

@@ -14,6 +14,7 @@ import rasterio
 import torch
 
 from p2p.bands.normalization import BandStats, normalize
+from p2p.bands.symmetry import dihedral, undo_dihedral
 from p2p.core.config import DaskConfig, PredictConfig, SceneConfig
 from p2p.core.errors import BundleError
 from p2p.demo import DemoScenes, demo_config, write_demo_scenes
@@ -21,6 +22,7 @@ from p2p.infer.inference import predict_scene
 from p2p.infer.onnxbundle import export_onnx
 from p2p.infer.onnxrun import OnnxTranslator, intra_op_threads, onnx_model
 from p2p.infer.runtime import open_translator
+from p2p.infer.tta import DihedralMean
 from p2p.model.bundle import ONNX, BundleMeta, load_bundle, write_bundle
 from p2p.model.meta import read_ref
 from p2p.model.networks import UNetGenerator
@@ -222,28 +224,36 @@ def test_a_bundle_ref_predicts_as_the_loaded_bundle_on_either_runtime(tmp_path: 
         b = predict_scene(read_ref(model), scene, tmp_path / f"{runtime}-b.tif", config)
         with rasterio.open(a.output) as ta, rasterio.open(b.output) as tb:
             assert np.array_equal(ta.read(), tb.read())
+    # weights replaced after the ref was read (and keyed the prediction): refused, no output
+    ref = read_ref(model)
+    _tiny_bundle(model, "instance")
+    torch_cfg = cfg.model_copy(update={"runtime": "torch"})
+    with pytest.raises(BundleError, match="weights changed while predicting"):
+        predict_scene(ref, scene, tmp_path / "stale.tif", torch_cfg)
+    assert not list(tmp_path.glob("*stale*"))
 
 
 def test_onnx_threads_follow_the_budget_without_torch(monkeypatch: pytest.MonkeyPatch) -> None:
     """Without torch loaded, the session takes the count `apply_budget` wrote for OpenMP."""
-    monkeypatch.delitem(sys.modules, "p2p.infer.cpuforward")
-    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "p2p.infer.cpuforward", raising=False)
+    monkeypatch.delitem(sys.modules, "torch", raising=False)
     monkeypatch.setenv("OMP_NUM_THREADS", "3")
     assert intra_op_threads() == 3
 
 
-def test_cli_onnx_predict_without_tta_never_imports_torch(tmp_path: Path) -> None:
-    """`p2p predict --runtime onnx --no-tta` starts without torch's 1.0–1.5 s import: the
-    installed CLI's own import log (PYTHONPROFILEIMPORTTIME) holds no torch, and its output is
-    the in-process ONNX prediction's."""
+@pytest.mark.parametrize("tta", [False, True])
+def test_cli_onnx_predict_never_imports_torch(tmp_path: Path, tta: bool) -> None:
+    """`p2p predict --runtime onnx` starts without torch's 1.0–1.5 s import, with test-time
+    augmentation (turned in numpy) or without: the installed CLI's own import log
+    (PYTHONPROFILEIMPORTTIME) holds no torch, and its output is the in-process prediction's."""
     model = _tiny_bundle(tmp_path / "model")
     export_onnx(model)
     pixels = np.random.default_rng(5).normal(0, 1, (2, 60, 60)).astype(np.float32)
     source = write_geotiff(tmp_path / "s.tif", pixels)
     out = tmp_path / "out.tif"
     args = ["predict", "--model", model, "--input", source, "--output", out, "--runtime", "onnx",
-            "--no-tta", "--tile-size", 32, "--overlap", 8, "--device", "cpu", "--format", "gtiff",
-            "--workspace", tmp_path / "ws"]  # fmt: skip
+            "--tta" if tta else "--no-tta", "--tile-size", 32, "--overlap", 8, "--device", "cpu",
+            "--format", "gtiff", "--workspace", tmp_path / "ws"]  # fmt: skip
     env = {**os.environ, "PYTHONPROFILEIMPORTTIME": "1"}
     done = subprocess.run(
         [P2P, *map(str, args)], capture_output=True, text=True, timeout=300, env=env
@@ -257,10 +267,31 @@ def test_cli_onnx_predict_without_tta_never_imports_torch(tmp_path: Path) -> Non
     assert "onnxruntime" in imported and "rasterio" in imported
     assert not {name for name in imported if name.split(".")[0] == "torch"}
     config = PredictConfig(
-        tile_size=32, overlap=8, output_format="gtiff", device="cpu", tta=False, runtime="onnx"
+        tile_size=32, overlap=8, output_format="gtiff", device="cpu", tta=tta, runtime="onnx"
     )
     expected = predict_scene(
         read_ref(model), SceneConfig(source=[str(source)]), tmp_path / "in.tif", config
     )
     with rasterio.open(out) as got, rasterio.open(expected.output) as want:
         assert np.array_equal(got.read(), want.read())
+
+
+def test_onnx_tta_in_numpy_is_the_torch_turned_mean(tmp_path: Path) -> None:
+    """The symmetries turned in numpy around onnxruntime give, bit for bit, the mean and
+    variance of the same outputs turned as torch tensors (as before they were). The spread is
+    numpy's square root, which is correctly rounded; torch's float32 CPU `sqrt` is not (it
+    is one unit off on about a sixth of values)."""
+    model = _tiny_bundle(tmp_path / "model")
+    export_onnx(model)
+    onnx = open_translator(read_ref(model), PredictConfig(runtime="onnx", tta=False))
+    x = np.random.default_rng(6).uniform(-1, 1, (3, 2, 32, 32)).astype(np.float32)
+    outputs = [
+        undo_dihedral(torch.from_numpy(onnx(dihedral(torch.from_numpy(x), k).numpy())), k)
+        for k in range(8)
+    ]
+    mean = sum(outputs[1:], outputs[0]) / 8
+    var = sum(((y - mean) ** 2 for y in outputs), torch.zeros_like(mean)) / 8
+    got = DihedralMean(onnx, spread=True)(x)
+    exact = np.sqrt(var.numpy().astype(np.float64)).astype(np.float32)
+    assert np.array_equal(got, np.concatenate([mean.numpy(), exact], axis=1))
+    assert np.array_equal(DihedralMean(onnx)(x), mean.numpy())

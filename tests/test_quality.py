@@ -22,8 +22,8 @@ import rasterio
 import torch
 from distributed import Client
 
-from p2p.bands.augment import dihedral, undo_dihedral
 from p2p.bands.normalization import denormalize
+from p2p.bands.symmetry import dihedral, undo_dihedral
 from p2p.core.cache import StageRecord
 from p2p.core.config import (
     DaskConfig,

@@ -16,8 +16,9 @@ import pytest
 import torch
 from synthetic import SyntheticPairs, target_function
 
-from p2p.bands.augment import augment_pair, dihedral
+from p2p.bands.augment import augment_pair
 from p2p.bands.normalization import denormalize
+from p2p.bands.symmetry import dihedral
 from p2p.core.config import ModelConfig, TrainConfig
 from p2p.core.errors import CheckpointError, InputError
 from p2p.model.checkpoint import load_checkpoint, load_generator

@@ -15,8 +15,8 @@ import rasterio
 import torch
 from pydantic import ValidationError
 
-from p2p.bands.augment import dihedral, undo_dihedral
 from p2p.bands.normalization import BandStats, prepare_window
+from p2p.bands.symmetry import dihedral, undo_dihedral
 from p2p.core.config import PredictConfig, SceneConfig
 from p2p.infer import runtime
 from p2p.infer.inference import predict_scene, uncertainty_path

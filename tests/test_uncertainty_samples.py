@@ -16,7 +16,8 @@ from p2p.bands.normalization import BandStats
 from p2p.core.config import ModelConfig, PredictConfig, SceneConfig
 from p2p.infer.inference import predict_scene, uncertainty_path
 from p2p.infer.sampling import dropout_layers, sampling_generator
-from p2p.infer.translator import DihedralMean, Translator
+from p2p.infer.translator import Translator
+from p2p.infer.tta import DihedralMean
 from p2p.model.bundle import Bundle, load_bundle, write_bundle
 from p2p.model.meta import BundleMeta
 from p2p.model.networks.unet import UNetGenerator, has_dropout

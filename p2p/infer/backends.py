@@ -18,7 +18,7 @@ rounding (tests/test_engine.py); on CUDA the model's autocast sets the precision
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -28,10 +28,26 @@ from p2p.infer.windows import take_runs
 if TYPE_CHECKING:
     import torch
 
-    from p2p.infer.translator import TensorModel, WindowModel
-
 #: A numpy array or a torch tensor, as the `Windows` in use makes them.
 Array = Any
+
+
+class WindowModel(Protocol):
+    """`(N, C_in, h, w)` float32 normalized → `(N, C_out, h, w)` float32 normalized."""
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+@runtime_checkable
+class TensorModel(Protocol):
+    """A `WindowModel` that also runs batches already on its device (`run`), with no host
+    copy: `(N, C_in, h, w)` float32 normalized tensor → the same for `C_out`, on that device."""
+
+    device: torch.device
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+    def run(self, x: torch.Tensor) -> torch.Tensor: ...
 
 
 class Windows(Protocol):

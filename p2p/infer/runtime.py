@@ -2,8 +2,8 @@
 
 - ``torch``: the bundle's generator (`p2p.infer.translator`); on a `TENSOR_DEVICES` device the
   strip loop's arrays live there too (`TorchWindows`).
-- ``onnx``: its ``model.onnx`` on onnxruntime (`p2p.infer.onnxrun`); without test-time
-  augmentation torch is never imported, nor the weights loaded.
+- ``onnx``: its ``model.onnx`` on onnxruntime (`p2p.infer.onnxrun`), test-time augmentation
+  in numpy (`p2p.infer.tta`): torch is never imported, nor the weights loaded.
 
 Importing this module imports neither torch nor onnxruntime.
 """
@@ -13,12 +13,14 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from p2p.bands.normalization import BandStats
-from p2p.core.errors import ConfigError
-from p2p.infer.backends import NumpyWindows, TorchWindows, Windows
+from p2p.core.errors import BundleError, ConfigError
+from p2p.infer.backends import NumpyWindows, TensorModel, TorchWindows, Windows
+from p2p.infer.tta import DihedralMean
 
 if TYPE_CHECKING:
     from p2p.core.config import PredictConfig
-    from p2p.infer.translator import Translator, WindowModel
+    from p2p.infer.backends import WindowModel
+    from p2p.infer.translator import Translator
     from p2p.model.bundle import Bundle
     from p2p.model.meta import BundleRef
 
@@ -28,10 +30,20 @@ TENSOR_DEVICES = ("cuda",)
 
 
 def loaded(bundle: BundleRef) -> Bundle:
-    """`bundle` with its generator: as it is when loaded already, else loaded (on the CPU)."""
+    """`bundle` with its generator: as it is when loaded already, else loaded (on the CPU).
+
+    Raises:
+        BundleError: as `load_bundle`, or the weights are no longer those `bundle` was read
+            with (its checksum keys the prediction).
+    """
     from p2p.model.bundle import Bundle, load_bundle
 
-    return bundle if isinstance(bundle, Bundle) else load_bundle(bundle.path)
+    if isinstance(bundle, Bundle):
+        return bundle
+    weights = load_bundle(bundle.path)
+    if weights.weights_hash != bundle.weights_hash:
+        raise BundleError(bundle.path, "its weights changed while predicting; run it again")
+    return weights
 
 
 def open_translator(bundle: BundleRef, config: PredictConfig) -> WindowModel:
@@ -47,11 +59,7 @@ def open_translator(bundle: BundleRef, config: PredictConfig) -> WindowModel:
         from p2p.infer.onnxrun import OnnxTranslator, onnx_model
 
         model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
-        if not config.tta:
-            return model
-        from p2p.infer.translator import DihedralMean
-
-        return DihedralMean(model, config.uncertainty)
+        return DihedralMean(model, config.uncertainty) if config.tta else model
     from p2p.infer.translator import Translator, pick_device
 
     bundle = loaded(bundle)
@@ -63,7 +71,7 @@ def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> Windo
     with ``samples``, across dropout-on samples of each symmetry."""
     if not config.tta:
         return model
-    from p2p.infer.translator import DihedralMean, Translator
+    from p2p.infer.translator import Translator
 
     if not (config.uncertainty and config.samples):
         return DihedralMean(model, config.uncertainty)
@@ -82,7 +90,7 @@ def open_windows(bundle: BundleRef, config: PredictConfig) -> Windows:
     """
     stats = BandStats.from_dict(bundle.meta.source_stats)
     if config.runtime == "torch":
-        from p2p.infer.translator import TensorModel, Translator, pick_device
+        from p2p.infer.translator import Translator, pick_device
 
         device = pick_device(config.device)
         if device.type in TENSOR_DEVICES:
