@@ -227,7 +227,7 @@ def predict_scene(
     Args:
         bundle: The model bundle: a `Bundle` (loaded: its generator is moved to the chosen
             device) or a `BundleRef`, whose weights the torch runtime loads (``runtime:
-            onnx`` runs its ``model.onnx`` and never imports torch without ``tta``).
+            onnx`` runs its ``model.onnx`` and never imports torch).
         scene: The source scene (`source`, `source_bands`, `nodata`); its target is ignored.
         output: The raster to write (GeoTIFF, or COG when ``config.output_format == "cog"``);
             with ``config.uncertainty`` the test-time spread goes beside it

@@ -1,9 +1,10 @@
 """A bundle's ``model.onnx`` (`p2p export`) run by onnxruntime, without torch.
 
-A prediction with ``runtime: onnx`` and no test-time augmentation never imports torch: its
-process starts about 1.2 s sooner (torch's import alone is 1.0–1.5 s of CPU) and the strip
-loop's windows go from numpy to onnxruntime and back. `p2p.infer.runtime` picks this module or
-the torch runtime (`p2p.infer.translator`); `p2p.infer.onnxbundle` writes the file.
+A prediction with ``runtime: onnx`` never imports torch (test-time augmentation turns numpy
+arrays, `p2p.infer.tta`): its process starts about 1.2 s sooner (torch's import alone is
+1.0–1.5 s of CPU) and the strip loop's windows go from numpy to onnxruntime and back.
+`p2p.infer.runtime` picks this module or the torch runtime (`p2p.infer.translator`);
+`p2p.infer.onnxbundle` writes the file.
 """
 
 from __future__ import annotations
