@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from p2p.infer.windows import AxisLayout, axis_layout, reflect_index, take_runs
+from p2p.infer.windows import AxisLayout, add_weighted, axis_layout, reflect_index, take_runs
 
 
 @st.composite
@@ -107,3 +107,26 @@ def test_take_runs_takes_what_numpy_takes(size: int, start: int, length: int, ax
     np.testing.assert_array_equal(take_runs(x, index, axis), x.take(index, axis))
     shuffled = np.random.default_rng(length).permutation(index)
     np.testing.assert_array_equal(take_runs(x, shuffled, axis), x.take(shuffled, axis))
+
+
+@settings(max_examples=60, deadline=None)
+@given(layout=layouts(), axis=st.integers(1, 2), lo=st.integers(0, 95), seed=st.integers(0, 9))
+def test_add_weighted_sums_as_the_multiply_would(
+    layout: AxisLayout, axis: int, lo: int, seed: int
+) -> None:
+    """Leaving the multiply out where a window's float32 weight is exactly 1 gives the very
+    sums of ``dst += src * w``, for any window and any part of it."""
+    rng = np.random.default_rng(seed)
+    k = seed % layout.count
+    weights = layout.weights.astype(np.float32)
+    lo = min(lo, layout.tile - 1)
+    w = weights[k, lo:]
+    u0, u1 = layout.unit_runs[k]
+    assert (weights[k, u0:u1] == 1).all() and (u0 == u1 or 1 not in weights[k, :u0])
+    shape = [2, 3, 3]
+    shape[axis] = len(w)
+    src = rng.normal(size=shape).astype(np.float32)
+    dst = rng.normal(size=shape).astype(np.float32)
+    expected = dst + src * (w if axis == 2 else w[:, None])
+    add_weighted(dst, src, w if axis == 2 else w[:, None], (u0 - lo, u1 - lo), axis)
+    np.testing.assert_array_equal(dst, expected)

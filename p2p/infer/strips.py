@@ -27,7 +27,7 @@ from rasterio.windows import Window
 
 from p2p.bands.normalization import BandStats, denormalize
 from p2p.infer.pipeline import Prefetch, Writer
-from p2p.infer.windows import AxisLayout, reflect_index
+from p2p.infer.windows import AxisLayout, add_weighted, reflect_index
 from p2p.raster import SceneReader, geotiff
 from p2p.raster.partial import RowSink
 
@@ -67,41 +67,11 @@ class _Run:
     plan: StripPlan
     wy: Array
     wx: Array
-    #: per window, the window-local run `[a, b)` where its weights are exactly 1 (its centre)
-    ones_y: list[tuple[int, int]]
-    ones_x: list[tuple[int, int]]
 
     @classmethod
     def of(cls, windows: Windows, plan: StripPlan) -> _Run:
-        wy, wx = (a.weights.astype(np.float32) for a in (plan.ly, plan.lx))
-        return cls(windows, plan, windows.array(wy), windows.array(wx), _ones(wy), _ones(wx))
-
-
-def _ones(weights: np.ndarray) -> list[tuple[int, int]]:
-    """For each row of `(count, tile)` weights, the first run `[a, b)` of entries exactly 1
-    (`(0, 0)` where there is none)."""
-    runs = []
-    for row in weights == 1:
-        if not row.any():
-            runs.append((0, 0))
-            continue
-        a = int(row.argmax())
-        runs.append((a, a + int(np.argmin(np.append(row[a:], False)))))
-    return runs
-
-
-def _add_weighted(dst: Array, src: Array, w: Array, ones: tuple[int, int], axis: int) -> None:
-    """``dst += src * w``, `w` along `axis` of `src` (its first axis), leaving the multiply
-    out on `ones` (`[a, b)` along that axis, where `w` is exactly 1): the same float32 sums
-    (x·1 is x), with one pass over a window's centre instead of two and no temporary."""
-    n = src.shape[axis]
-    a, b = min(max(ones[0], 0), n), min(max(ones[1], 0), n)
-    a, b = (a, b) if a < b else (n, n)
-    lead = (slice(None),) * axis
-    for lo, hi, unit in ((0, a, False), (a, b, True), (b, n, False)):
-        if lo < hi:
-            part = (*lead, slice(lo, hi))
-            dst[part] += src[part] if unit else src[part] * w[lo:hi]
+        wy, wx = (windows.array(a.weights.astype(np.float32)) for a in (plan.ly, plan.lx))
+        return cls(windows, plan, wy, wx)
 
 
 #: What the reader hands over per read: (staged input, valid `(h, w)` bool, top, left).
@@ -219,9 +189,9 @@ def _predict_window_row(
             for n, k in enumerate(batch_ks):
                 s = lx.start(k)
                 lo, hi = max(0, -s), min(lx.tile, lx.size - s)
-                u0, u1 = run.ones_x[k]
+                u0, u1 = lx.unit_runs[k]
                 dst = out[:, :, s + lo - base : s + hi - base]
-                _add_weighted(dst, y[n, :, :, lo:hi], run.wx[k, lo:hi], (u0 - lo, u1 - lo), 2)
+                add_weighted(dst, y[n, :, :, lo:hi], run.wx[k, lo:hi], (u0 - lo, u1 - lo), 2)
         done = lx.size if ks.stop == lx.count else max(base, lx.start(ks.stop))
         add(base, out[:, :, : done - base])
         base, kept = done, out[:, :, done - base :]
@@ -335,9 +305,9 @@ def _add_to_strips(run: _Run, loop: StripLoop, j: int, c0: int, out: Array) -> N
                 grown[:, : strip.shape[1]] = strip
             loop.acc[r] = strip = grown
         w = run.wy[j, lo - s : hi - s, None]  # `(rows, 1)`: broadcast along the columns
-        u0, u1 = run.ones_y[j]
+        u0, u1 = ly.unit_runs[j]
         dst = strip[:, lo - a : hi - a, c0:c1]
-        _add_weighted(dst, out[:, lo - s : hi - s], w, (u0 - (lo - s), u1 - (lo - s)), 1)
+        add_weighted(dst, out[:, lo - s : hi - s], w, (u0 - (lo - s), u1 - (lo - s)), 1)
 
 
 def strip_values(plan: StripPlan, acc: np.ndarray, valid: np.ndarray) -> np.ndarray:
