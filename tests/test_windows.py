@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -128,5 +129,9 @@ def test_add_weighted_sums_as_the_multiply_would(
     src = rng.normal(size=shape).astype(np.float32)
     dst = rng.normal(size=shape).astype(np.float32)
     expected = dst + src * (w if axis == 2 else w[:, None])
+    tensor = torch.from_numpy(dst.copy())  # the GPU path's arrays: one multiply and add
     add_weighted(dst, src, w if axis == 2 else w[:, None], (u0 - lo, u1 - lo), axis)
     np.testing.assert_array_equal(dst, expected)
+    weights_t = torch.from_numpy(w if axis == 2 else w[:, None].copy())
+    add_weighted(tensor, torch.from_numpy(src), weights_t, (u0 - lo, u1 - lo), axis)
+    np.testing.assert_array_equal(tensor.numpy(), expected)

@@ -192,10 +192,16 @@ def take_runs(x: np.ndarray, index: np.ndarray, axis: int) -> np.ndarray:
 
 
 def add_weighted(dst: Any, src: Any, w: Any, ones: tuple[int, int], axis: int) -> None:
-    """``dst += src * w`` for numpy arrays or torch tensors, `w` along `axis` of `src` (its
-    first axis), leaving the multiply out on `ones` (`[a, b)` along that axis, where `w` is
+    """``dst += src * w``, `w` along `axis` of `src` (its first axis).
+
+    On numpy arrays the multiply is left out on `ones` (`[a, b)` along that axis, where `w` is
     exactly 1, `AxisLayout.unit_runs`): the same float32 sums (x·1 is x), with one pass over a
-    window's centre instead of two and no temporary."""
+    window's centre instead of two and no temporary. Torch tensors (on a GPU) take the one
+    multiply and add: there the kernel launches a split adds would cost more than the pass.
+    """
+    if not isinstance(dst, np.ndarray):
+        dst += src * w
+        return
     n = src.shape[axis]
     a, b = min(max(ones[0], 0), n), min(max(ones[1], 0), n)
     a, b = (a, b) if a < b else (n, n)
