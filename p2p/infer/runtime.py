@@ -18,9 +18,10 @@ from p2p.infer.backends import NumpyWindows, TensorModel, TorchWindows, Windows
 from p2p.infer.tta import DihedralMean
 
 if TYPE_CHECKING:
+    import torch
+
     from p2p.core.config import PredictConfig
     from p2p.infer.backends import WindowModel
-    from p2p.infer.translator import Translator
     from p2p.model.bundle import Bundle
     from p2p.model.meta import BundleRef
 
@@ -60,19 +61,21 @@ def open_translator(bundle: BundleRef, config: PredictConfig) -> WindowModel:
 
         model: WindowModel = OnnxTranslator(onnx_model(bundle), config.device)
         return DihedralMean(model, config.uncertainty) if config.tta else model
-    from p2p.infer.translator import Translator, pick_device
+    from p2p.infer.translator import pick_device
 
-    bundle = loaded(bundle)
-    return _averaged(Translator(bundle.generator, pick_device(config.device)), bundle, config)
+    return _torch_model(bundle, pick_device(config.device), config)
 
 
-def _averaged(model: Translator, bundle: Bundle, config: PredictConfig) -> WindowModel:
-    """`model` averaged over the symmetries (with ``tta``), with the spread across them or,
-    with ``samples``, across dropout-on samples of each symmetry."""
-    if not config.tta:
-        return model
+def _torch_model(bundle: BundleRef, device: torch.device, config: PredictConfig) -> WindowModel:
+    """The bundle's generator on `device` (its weights loaded if `bundle` is a ref), averaged
+    over the symmetries (with ``tta``), with the spread across them or, with ``samples``,
+    across dropout-on samples of each symmetry."""
     from p2p.infer.translator import Translator
 
+    bundle = loaded(bundle)
+    model = Translator(bundle.generator, device)
+    if not config.tta:
+        return model
     if not (config.uncertainty and config.samples):
         return DihedralMean(model, config.uncertainty)
     from p2p.infer.sampling import sampling_generator
@@ -90,12 +93,11 @@ def open_windows(bundle: BundleRef, config: PredictConfig) -> Windows:
     """
     stats = BandStats.from_dict(bundle.meta.source_stats)
     if config.runtime == "torch":
-        from p2p.infer.translator import Translator, pick_device
+        from p2p.infer.translator import pick_device
 
         device = pick_device(config.device)
         if device.type in TENSOR_DEVICES:
-            bundle = loaded(bundle)
-            tensors = _averaged(Translator(bundle.generator, device), bundle, config)
+            tensors = _torch_model(bundle, device, config)
             assert isinstance(tensors, TensorModel)
             return TorchWindows(tensors, device, stats)
     return NumpyWindows(open_translator(bundle, config), stats)
