@@ -137,6 +137,12 @@ class ThreadBudget:
     explicit: bool
 
 
+def pool_threads_from_env() -> int | None:
+    """The intra-op count `apply_budget` wrote for the OpenMP pools (``OMP_NUM_THREADS``;
+    None when unset or bad): what a runtime other than torch computes with in this process."""
+    return _positive_env(_POOL_VARS[0])
+
+
 def setting_from_env() -> int | None:
     """The explicit thread count handed down in ``P2P_THREADS`` (None when unset or bad)."""
     return _positive_env(ENV)

@@ -9,7 +9,6 @@ arrays, `p2p.infer.tta`): its process starts about 1.2 s sooner (torch's import 
 
 from __future__ import annotations
 
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,7 +17,7 @@ import numpy as np
 
 from p2p.core.errors import BundleError, ConfigError
 from p2p.core.fsutil import sha256_file
-from p2p.core.threads import available_cores
+from p2p.core.threads import available_cores, pool_threads_from_env
 from p2p.model.meta import ONNX, BundleRef
 
 
@@ -88,8 +87,7 @@ def intra_op_threads() -> int:
     torch = sys.modules.get("torch")
     if torch is not None:
         return int(torch.get_num_threads())
-    value = os.environ.get("OMP_NUM_THREADS", "")
-    return int(value) if value.isdigit() and int(value) > 0 else available_cores()
+    return pool_threads_from_env() or available_cores()
 
 
 class OnnxTranslator:
