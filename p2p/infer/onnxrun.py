@@ -16,9 +16,8 @@ from typing import Any
 import numpy as np
 
 from p2p.core.errors import BundleError, ConfigError
-from p2p.core.fsutil import sha256_file
 from p2p.core.threads import available_cores, pool_threads_from_env
-from p2p.model.meta import ONNX, BundleRef
+from p2p.model.meta import ONNX, BundleRef, checked_sha256
 
 
 def local_folder(path: Path | str, what: str) -> Path:
@@ -44,7 +43,7 @@ def onnx_model(bundle: BundleRef) -> Path:
         raise BundleError(path, f"was exported from other weights; {again}")
     if not path.is_file():
         raise BundleError(path, f"missing; {again}")
-    if sha256_file(path) != record.get("sha256"):
+    if checked_sha256(path, str(record.get("sha256"))) != record.get("sha256"):
         raise BundleError(path, f"does not match its checksum in model.json; {again}")
     return path
 
